@@ -1,0 +1,3 @@
+"""mmjax: multimodal LLMs in JAX/Flax (Linen)."""
+
+__version__ = "0.1.0"

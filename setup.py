@@ -1,0 +1,28 @@
+"""Installs mmjax. `pip install -e .[test]` adds what the tests need."""
+import pathlib
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+
+
+def _requirements():
+  lines = (_HERE / "requirements.txt").read_text().splitlines()
+  return [l.split("#")[0].strip() for l in lines if l.split("#")[0].strip()]
+
+
+setuptools.setup(
+    name="mmjax",
+    version="0.1.0",
+    description="Multimodal LLMs in JAX/Flax: vision towers, connectors, "
+    "fusion paradigms, sharded multi-stage training.",
+    long_description=(_HERE / "README.md").read_text()
+    if (_HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["mmjax", "mmjax.*"]),
+    python_requires=">=3.10",
+    install_requires=_requirements(),
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    },
+)
