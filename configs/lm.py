@@ -1,0 +1,85 @@
+"""Text-only decoder LM trained from scratch on the built-in synthetic corpus.
+
+Run (seconds on a laptop CPU):
+  python -m mmjax.main --config=configs/lm.py:tiny --workdir=runs/lm_tiny
+
+Args (comma-separated key=value after the colon, big_vision style):
+  size=tiny|small   model and run size (default small); a bare word means size
+  steps=N           cap the stage at N steps (0 = the size's default)
+  batch=N           global batch size (0 = the size's default)
+Any key can also be overridden with --config.KEY=VALUE, e.g.
+  --config.stages.lm.optimizer.lr=1e-3
+"""
+import ml_collections
+
+from mmjax import config as config_lib
+
+_SIZES = {
+    # d_model, n_layers, n_heads, n_kv_heads, mlp_dim, vocab, seq, batch, steps
+    "tiny": dict(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=256,
+                 vocab_size=512, seq_len=64, batch=16, steps=300),
+    "small": dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2,
+                  mlp_dim=768, vocab_size=512, seq_len=128, batch=32,
+                  steps=2000),
+}
+
+
+def get_config(arg=None):
+  """Returns the LM recipe; see the module docstring for the args."""
+  args = config_lib.parse_arg(arg, size="small", steps=0, batch=0)
+  if args.size not in _SIZES:
+    raise config_lib.ConfigError(
+        f"config arg size={args.size!r} is not allowed; allowed values: "
+        f"{', '.join(_SIZES)}")
+  size = _SIZES[args.size]
+
+  config = ml_collections.ConfigDict()
+  config.family = "lm"
+  config.seed = 0
+  config.model = ml_collections.ConfigDict(dict(
+      vocab_size=size["vocab_size"], d_model=size["d_model"],
+      n_layers=size["n_layers"], n_heads=size["n_heads"],
+      n_kv_heads=size["n_kv_heads"], mlp_dim=size["mlp_dim"],
+      rope_theta=10000.0, norm_eps=1e-6, qkv_bias=False,
+      tie_embeddings=False, embed_scale=False, norm_offset_one=False,
+      mlp_activation="silu", logit_softcap=0.0, dtype="float32",
+      param_dtype="float32"))
+
+  # The corpus supports at most ~690 BPE pieces, hence 512 at every size.
+  # Tokenizer: an empty path trains a sentencepiece model on the corpus and
+  # saves it to WORKDIR/tokenizer.model (reused when the run resumes).
+  config.tokenizer = ml_collections.ConfigDict(dict(
+      path="", vocab_size=size["vocab_size"]))
+
+  config.data = ml_collections.ConfigDict(dict(
+      source="text_corpus",
+      num_sentences=20000,   # corpus size (train); a 5% held-out split evals
+      eval_fraction=0.05,
+      seq_len=size["seq_len"],
+      seed=0))
+
+  config.batch_size = args.batch or size["batch"]
+  config.stage_order = ("lm",)
+  config.stages = ml_collections.ConfigDict()
+  steps = args.steps or size["steps"]
+  config.stages.lm = ml_collections.ConfigDict(dict(
+      loss="lm",
+      steps=steps,
+      optimizer=ml_collections.ConfigDict(dict(
+          name="adamw", lr=3e-3, b1=0.9, b2=0.95, eps=1e-8,
+          weight_decay=0.01, grad_clip=1.0)),
+      schedule=ml_collections.ConfigDict(dict(
+          name="warmup_cosine", warmup_steps=min(50, max(1, steps // 10)),
+          end_lr_fraction=0.1)),
+  ))
+
+  config.log_every = 10
+  config.eval_every = 100      # held-out loss; 0 = only at the end
+  config.eval_batches = 4
+  config.progress_bar = True
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every=100, keep=3, async_save=True))
+  # Mesh axis sizes; -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.matmul_precision = "default"
+  return config

@@ -1,0 +1,187 @@
+"""Config arguments (big_vision style) and up-front validation.
+
+Every recipe is `configs/<family>.py` with `get_config(arg)`, where `arg` is a
+comma-separated list of `key=value` pairs (`size=tiny,steps=20`) or a bare
+variant name (`tiny` == `size=tiny`). `parse_arg` turns that string into a
+ConfigDict of typed values; `validate` checks a finished config before anything
+is compiled and raises `ConfigError` naming the key, the value and what is
+allowed.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config key or value a user must fix; the message says how."""
+
+
+def _coerce(key: str, raw: str, default: Any) -> Any:
+  """Parses `raw` into the type of `default`."""
+  try:
+    if isinstance(default, bool):
+      low = raw.lower()
+      if low not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(raw)
+      return low in ("true", "1", "yes")
+    if isinstance(default, int):
+      return int(raw)
+    if isinstance(default, float):
+      return float(raw)
+  except ValueError:
+    raise ConfigError(
+        f"config arg {key}={raw!r}: expected a {type(default).__name__} "
+        f"(default {default!r})") from None
+  return raw
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `key=value,...` into a ConfigDict with the defaults' types.
+
+  A bare word `w` means `size=w` when `size` is a known key, so
+  `configs/lm.py:tiny` works. Unknown keys raise ConfigError listing the
+  allowed ones.
+
+  Args:
+    arg: the text after `:` in `--config=configs/x.py:ARG` (may be None).
+    **defaults: every allowed key with its default value.
+
+  Returns:
+    A ConfigDict holding all keys, overridden where `arg` says so.
+  """
+  out = ml_collections.ConfigDict(dict(defaults))
+  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep:
+      if "size" in defaults:
+        key, raw = "size", item
+      else:
+        raise ConfigError(f"config arg {item!r} is not key=value; allowed "
+                          f"keys: {', '.join(sorted(defaults))}")
+    if key not in defaults:
+      raise ConfigError(
+          f"unknown config arg {key!r} (in {arg!r}); allowed keys: "
+          f"{', '.join(sorted(defaults))}{_did_you_mean(key, defaults)}")
+    out[key] = _coerce(key, raw.strip(), defaults[key])
+  return out
+
+
+def _did_you_mean(key: str, candidates: Iterable[str]) -> str:
+  close = difflib.get_close_matches(key, list(candidates), n=1)
+  return f". Did you mean {close[0]!r}?" if close else ""
+
+
+def get_path(config: ml_collections.ConfigDict, path: str) -> Any:
+  """Returns config value at dotted `path`; ConfigError when absent."""
+  node = config
+  walked = []
+  for part in path.split("."):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      where = ".".join(walked) or "<root>"
+      raise ConfigError(
+          f"unknown config key {path!r}: {where} has no {part!r}; it has: "
+          f"{', '.join(sorted(keys))}{_did_you_mean(part, keys)}")
+    node = node[part]
+    walked.append(part)
+  return node
+
+
+# ----------------------------------------------------------------- checks --
+# A check takes (config) and raises ConfigError. `validate` runs them all and
+# reports the first problem: one clear message beats a list of cascades.
+Check = Callable[[ml_collections.ConfigDict], None]
+
+
+def check_choice(path: str, allowed: Sequence[Any]) -> Check:
+  def check(config):
+    value = get_path(config, path)
+    if value not in allowed:
+      raise ConfigError(
+          f"config.{path}={value!r} is not allowed; allowed values: "
+          f"{', '.join(map(repr, allowed))}")
+  return check
+
+
+def check_int(path: str, minimum: int | None = None) -> Check:
+  def check(config):
+    value = get_path(config, path)
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ConfigError(f"config.{path}={value!r} must be an integer")
+    if minimum is not None and value < minimum:
+      raise ConfigError(f"config.{path}={value!r} must be >= {minimum}")
+  return check
+
+
+def check_number(path: str, low: float | None = None,
+                 high: float | None = None) -> Check:
+  def check(config):
+    value = get_path(config, path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f"config.{path}={value!r} must be a number")
+    if (low is not None and value < low) or (high is not None and value > high):
+      raise ConfigError(
+          f"config.{path}={value!r} must lie in [{low}, {high}]")
+  return check
+
+
+def check_that(condition: Callable[[ml_collections.ConfigDict], bool],
+               message: Callable[[ml_collections.ConfigDict], str]) -> Check:
+  """A consistency check across keys; `message` explains the fix."""
+  def check(config):
+    if not condition(config):
+      raise ConfigError(message(config))
+  return check
+
+
+def validate(config: ml_collections.ConfigDict, checks: Iterable[Check]) -> None:
+  """Runs every check; raises ConfigError at the first problem."""
+  for check in checks:
+    check(config)
+
+
+def stage_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The stages to run, in order, each checked to exist in config.stages."""
+  order = list(get_path(config, "stage_order"))
+  if not order:
+    raise ConfigError("config.stage_order is empty: name at least one stage")
+  available = list(config.stages.keys())
+  for name in order:
+    if name not in available:
+      raise ConfigError(
+          f"config.stage_order names stage {name!r}, which config.stages "
+          f"lacks; stages defined: {', '.join(available)}")
+  if len(set(order)) != len(order):
+    raise ConfigError(f"config.stage_order={order} repeats a stage")
+  return order
+
+
+def to_plain(value: Any) -> Any:
+  """ConfigDict/FrozenConfigDict -> nested plain dicts/lists (for JSON)."""
+  if isinstance(value, (ml_collections.ConfigDict,
+                        ml_collections.FrozenConfigDict, Mapping)):
+    return {k: to_plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_plain(v) for v in value]
+  return value
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`configs/lm.py:tiny` -> that file's get_config('tiny') (as absl does).
+
+  For notebooks, sweeps and tests, which have no --config flag.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      f"mmjax_config_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

@@ -1,0 +1,127 @@
+"""Text-only LM data: tokenizer preparation and packed next-token windows.
+
+The corpus is tokenised once into one stream (`<s> sentence </s> ...`), cut
+into windows of seq_len + 1 tokens, and served by grain: shuffled per epoch
+from a seed, batched, with iterator state that orbax checkpoints, so a
+resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import grain
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mmjax.config import ConfigError
+from mmjax.data import text_corpus
+from mmjax.data.tokenizer import Tokenizer
+
+
+def corpus_split(config: ml_collections.ConfigDict
+                 ) -> tuple[list[str], list[str]]:
+  """(train sentences, held-out sentences) of the configured corpus."""
+  data = config.data
+  if data.source != "text_corpus":
+    raise ConfigError(f"config.data.source={data.source!r}; allowed values: "
+                      "'text_corpus'")
+  sentences = text_corpus.sentences(data.num_sentences, seed=data.seed)
+  n_eval = max(1, int(len(sentences) * data.eval_fraction))
+  return sentences[:-n_eval], sentences[-n_eval:]
+
+
+def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: str
+                      ) -> Tokenizer:
+  """Loads config.tokenizer.path, or WORKDIR/tokenizer.model, or trains one.
+
+  A trained tokenizer is saved to the workdir so a resumed run (and later
+  generation) tokenises identically.
+  """
+  path = config.tokenizer.path
+  if path:
+    tok = Tokenizer.load(path)
+  else:
+    path = os.path.join(workdir, "tokenizer.model")
+    if os.path.exists(path):
+      tok = Tokenizer.load(path)
+    else:
+      train, _ = corpus_split(config)
+      logging.info("training a %d-piece sentencepiece model on %d sentences",
+                   config.tokenizer.vocab_size, len(train))
+      tok = Tokenizer.train(train, config.tokenizer.vocab_size,
+                            model_path=path, seed=config.data.seed)
+  if tok.vocab_size > config.model.vocab_size:
+    raise ConfigError(
+        f"tokenizer at {path} has {tok.vocab_size} pieces but "
+        f"config.model.vocab_size={config.model.vocab_size}; set "
+        f"--config.model.vocab_size={tok.vocab_size} or larger")
+  return tok
+
+
+def token_stream(sentences: list[str], tok: Tokenizer) -> np.ndarray:
+  """int32[T]: `<s> ids </s>` for each sentence, concatenated."""
+  ids = [tok.encode(s, add_bos=True, add_eos=True) for s in sentences]
+  return np.concatenate([np.asarray(x, np.int32) for x in ids])
+
+
+def windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
+  """int32[N, seq_len + 1] non-overlapping windows (the tail is dropped)."""
+  n = (len(stream) - 1) // seq_len
+  if n < 1:
+    raise ConfigError(f"corpus has {len(stream)} tokens, fewer than "
+                      f"config.data.seq_len + 1 = {seq_len + 1}")
+  idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+  return stream[idx]
+
+
+def lm_batch(w: np.ndarray) -> dict[str, np.ndarray]:
+  """int32[B, L+1] windows -> tokens/targets int32[B, L], loss_mask f32[B, L]."""
+  return {"tokens": w[:, :-1], "targets": w[:, 1:],
+          "loss_mask": np.ones((w.shape[0], w.shape[1] - 1), np.float32)}
+
+
+class LMData:
+  """Train and held-out windows of the text corpus."""
+
+  def __init__(self, config: ml_collections.ConfigDict, tok: Tokenizer):
+    train, held_out = corpus_split(config)
+    seq_len = config.data.seq_len
+    self.train_tokens = token_stream(train, tok)
+    self.train_windows = windows(self.train_tokens, seq_len)
+    self.eval_windows = windows(token_stream(held_out, tok), seq_len)
+    self.seed = config.data.seed
+
+  def unigram_entropy(self) -> float:
+    """Entropy (nats) of the training tokens: the loss a bag-of-words gets."""
+    return text_corpus.unigram_entropy(self.train_tokens)
+
+  def train_iterator(self, batch_size: int, process_index: int = 0,
+                     process_count: int = 1) -> "grain.DatasetIterator":
+    """Endless, per-epoch reshuffled batches; this process's rows only.
+
+    Every process walks the same global order and keeps its slice, so the
+    data a step sees does not depend on how many processes there are.
+    """
+    if batch_size % process_count:
+      raise ConfigError(f"config.batch_size={batch_size} is not divisible "
+                        f"by the {process_count} processes")
+    local = batch_size // process_count
+    lo = process_index * local
+    ds = (grain.MapDataset.source(self.train_windows)
+          .shuffle(seed=self.seed).repeat()
+          .batch(batch_size, drop_remainder=True)
+          .map(lambda w: lm_batch(w[lo:lo + local])))
+    return iter(ds)
+
+  def eval_batches(self, batch_size: int, num_batches: int,
+                   process_index: int = 0, process_count: int = 1
+                   ) -> Iterator[dict[str, Any]]:
+    """The first `num_batches` held-out batches (fixed: comparable evals)."""
+    local = batch_size // process_count
+    lo = process_index * local
+    n = len(self.eval_windows)
+    for b in range(num_batches):
+      rows = np.arange(b * batch_size, (b + 1) * batch_size) % n
+      yield lm_batch(self.eval_windows[rows][lo:lo + local])

@@ -1,0 +1,287 @@
+"""Decoder-only language model: LLaMA, Qwen2 and Gemma style.
+
+Module tree (the Hugging Face importer maps onto these names):
+
+  embed                      nn.Embed, embedding [V, D]
+  layers_{i}                 DecoderBlock
+    attn_norm, attn{q,k,v,o}, mlp_norm, mlp{gate,up,down}
+  final_norm
+  lm_head                    kernel [D, V]; absent with tie_embeddings
+
+KV cache: a list with one {'k', 'v'} dict per layer, each [B, S_max, Kh, Dh].
+Prefill writes slots 0..P-1 with `cache_index=0`; each later call writes its
+tokens at `cache_index` and attends over every slot up to its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.models import layers
+from mmjax.models import masks
+
+KVCache = list[dict[str, jax.Array]]
+
+_MLP_ACTIVATIONS = ("silu", "gelu_tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Sizes and family switches of a decoder LM.
+
+  Defaults are a tiny LLaMA-style model for tests.
+  """
+  vocab_size: int = 512
+  d_model: int = 128
+  n_layers: int = 2
+  n_heads: int = 4
+  n_kv_heads: int = 2
+  head_dim: int | None = None  # None -> d_model // n_heads.
+  mlp_dim: int = 256
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  qkv_bias: bool = False  # Qwen2.
+  tie_embeddings: bool = False  # Gemma.
+  embed_scale: bool = False  # Gemma: embeddings * sqrt(d_model).
+  norm_offset_one: bool = False  # Gemma RMSNorm: x * (1 + scale).
+  mlp_activation: str = "silu"  # Or 'gelu_tanh' (Gemma).
+  logit_softcap: float = 0.0  # 0 = off; else cap * tanh(logits / cap).
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads={self.n_heads} must be a multiple of "
+                       f"n_kv_heads={self.n_kv_heads}.")
+    if self.head_dim is None and self.d_model % self.n_heads:
+      raise ValueError(f"d_model={self.d_model} is not divisible by n_heads="
+                       f"{self.n_heads}; set head_dim explicitly.")
+    if self.resolved_head_dim % 2:
+      raise ValueError(f"RoPE needs an even head_dim, got "
+                       f"{self.resolved_head_dim}.")
+    if self.mlp_activation not in _MLP_ACTIVATIONS:
+      raise ValueError(f"mlp_activation={self.mlp_activation!r}; allowed: "
+                       f"{list(_MLP_ACTIVATIONS)}.")
+    if self.logit_softcap < 0:
+      raise ValueError(f"logit_softcap must be >= 0 (0 = off), got "
+                       f"{self.logit_softcap}.")
+    for name in ("dtype", "param_dtype"):
+      try:
+        jnp.dtype(getattr(self, name))
+      except TypeError as e:
+        raise ValueError(f"{name}={getattr(self, name)!r} is not a dtype name "
+                         f"(use e.g. 'float32' or 'bfloat16').") from e
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim if self.head_dim is not None else (
+        self.d_model // self.n_heads)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> DecoderConfig:
+    """Builds a config from a mapping, rejecting keys it does not know."""
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+      raise ValueError(f"Unknown DecoderConfig key(s) {unknown}; allowed keys: "
+                       f"{allowed}.")
+    return cls(**dict(d))
+
+
+def init_kv_cache(cfg: DecoderConfig,
+                  batch: int,
+                  max_len: int,
+                  dtype: Any = None) -> KVCache:
+  """Zero KV cache: one {'k', 'v'} dict per layer, each [B, max_len, Kh, Dh].
+
+  dtype defaults to cfg.dtype.
+  """
+  dtype = jnp.dtype(cfg.dtype if dtype is None else dtype)
+  shape = (batch, max_len, cfg.n_kv_heads, cfg.resolved_head_dim)
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+          for _ in range(cfg.n_layers)]
+
+
+class DecoderBlock(nn.Module):
+  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      x: jax.Array,
+      positions: jax.Array,
+      *,
+      mask: jax.Array,
+      cache: dict[str, jax.Array] | None = None,
+      cache_index: jax.Array | int | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """x: [B, L, D]; positions: [B, L]; mask: bool[B, L, S]."""
+    cfg = self.cfg
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+    def norm(name):
+      return layers.RMSNorm(eps=cfg.norm_eps, offset_one=cfg.norm_offset_one,
+                            dtype=dtype, param_dtype=param_dtype, name=name)
+
+    h, new_cache = layers.Attention(
+        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+        head_dim=cfg.resolved_head_dim, rope_theta=cfg.rope_theta,
+        qkv_bias=cfg.qkv_bias, dtype=dtype, param_dtype=param_dtype,
+        name="attn")(norm("attn_norm")(x), positions, mask=mask, cache=cache,
+                     cache_index=cache_index)
+    x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
+    h = layers.GatedMLP(mlp_dim=cfg.mlp_dim, activation=cfg.mlp_activation,
+                        dtype=dtype, param_dtype=param_dtype,
+                        name="mlp")(norm("mlp_norm")(x))
+    x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
+    return x, new_cache
+
+
+class DecoderLM(nn.Module):
+  """Decoder-only LM: float32 logits and, with a cache, the updated cache."""
+  cfg: DecoderConfig
+
+  def setup(self):
+    cfg = self.cfg
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.embed = nn.Embed(
+        num_embeddings=cfg.vocab_size, features=cfg.d_model, dtype=dtype,
+        param_dtype=param_dtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, "fan_in", "normal",
+                                             out_axis=0),
+            ("vocab", "embed")))
+    # A list attribute in setup names its entries layers_0, layers_1, ...
+    self.layers = [DecoderBlock(cfg) for _ in range(cfg.n_layers)]
+    self.final_norm = layers.RMSNorm(eps=cfg.norm_eps,
+                                     offset_one=cfg.norm_offset_one,
+                                     dtype=dtype, param_dtype=param_dtype)
+    if not cfg.tie_embeddings:
+      self.lm_head = nn.Dense(
+          cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.lecun_normal(), ("embed", "vocab")))
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    """tokens: int32[B, L] -> [B, L, D], scaled by sqrt(D) when configured."""
+    x = self.embed(tokens)
+    if self.cfg.embed_scale:
+      # Cast the factor first, as Gemma does, so bf16 rounding matches.
+      x = x * jnp.asarray(math.sqrt(self.cfg.d_model), x.dtype)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def __call__(
+      self,
+      tokens: jax.Array | None = None,
+      positions: jax.Array | None = None,
+      *,
+      embeddings: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      attention_mask: jax.Array | None = None,
+      cache: KVCache | None = None,
+      cache_index: jax.Array | int | None = None,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """Runs the LM over a token or embedding sequence.
+
+    Args:
+      tokens: int32[B, L]; exclusive with `embeddings`.
+      positions: [B, L] int or float RoPE positions. Default: arange(L) (+
+        cache_index with a cache); with segment_ids, restart at each segment.
+      embeddings: [B, L, D] already-embedded inputs (e.g. `embed_tokens` output
+        with image features scattered in); not scaled again.
+      segment_ids: int32[B, L] packing ids (0 = padding); training only.
+      attention_mask: bool[B, L, S] extra mask ANDed with the causal one; S = L,
+        or S_max with a cache (e.g. to hide left padding).
+      cache: `init_kv_cache` output or the cache a previous call returned.
+      cache_index: int32 scalar, cache slot of the first input token.
+
+    Returns:
+      (logits f32[B, L, V], new cache or None).
+    """
+    cfg = self.cfg
+    # Validate everything before any computation.
+    if (tokens is None) == (embeddings is None):
+      raise ValueError("Pass exactly one of tokens= and embeddings=.")
+    if cache is not None:
+      if len(cache) != cfg.n_layers:
+        raise ValueError(f"cache has {len(cache)} layers, model has "
+                         f"{cfg.n_layers}.")
+      if cache_index is None:
+        raise ValueError("A cache needs cache_index (slot of the first token).")
+      if segment_ids is not None:
+        raise ValueError("segment_ids (packing) is for training; with a cache "
+                         "pass attention_mask over the cache slots instead.")
+
+    if embeddings is None:
+      chex.assert_rank(tokens, 2)
+      x = self.embed_tokens(tokens)
+    else:
+      chex.assert_rank(embeddings, 3)
+      chex.assert_axis_dimension(embeddings, 2, cfg.d_model)
+      x = nn.with_logical_constraint(embeddings.astype(jnp.dtype(cfg.dtype)),
+                                     ("batch", "length", "embed"))
+    batch, length = x.shape[:2]
+
+    if cache is not None:
+      cache_index = jnp.asarray(cache_index, jnp.int32)
+      offset = cache_index
+      kv_len = cache[0]["k"].shape[1]
+    else:
+      offset = 0
+      kv_len = length
+
+    if positions is None:
+      if segment_ids is not None:
+        positions = masks.segment_positions(segment_ids)
+      else:
+        positions = jnp.broadcast_to(
+            offset + jnp.arange(length, dtype=jnp.int32), (batch, length))
+    chex.assert_shape(positions, (batch, length))
+
+    mask = masks.causal_mask(length, kv_len, offset)[None]
+    if segment_ids is not None:
+      chex.assert_shape(segment_ids, (batch, length))
+      mask = mask & masks.segment_mask(segment_ids, segment_ids)
+    if attention_mask is not None:
+      mask = mask & attention_mask.astype(bool)
+    mask = jnp.broadcast_to(mask, (batch, length, kv_len))
+
+    new_cache = [] if cache is not None else None
+    for i, block in enumerate(self.layers):
+      x, layer_cache = block(
+          x, positions, mask=mask,
+          cache=None if cache is None else cache[i], cache_index=cache_index)
+      if new_cache is not None:
+        new_cache.append(layer_cache)
+
+    x = self.final_norm(x)
+    if cfg.tie_embeddings:
+      logits = self.embed.attend(x)
+    else:
+      logits = self.lm_head(x)
+    logits = logits.astype(jnp.float32)
+    if cfg.logit_softcap > 0:
+      logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return logits, new_cache
+
+  @staticmethod
+  def init_cache(cfg: DecoderConfig,
+                 batch: int,
+                 max_len: int,
+                 dtype: Any = None) -> KVCache:
+    """Same as `init_kv_cache`."""
+    return init_kv_cache(cfg, batch, max_len, dtype)
+
+
+def param_count(params: Any) -> int:
+  """Number of scalars in a (possibly boxed) parameter tree."""
+  return sum(int(x.size) for x in jax.tree.leaves(nn.unbox(params)))

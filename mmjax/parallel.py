@@ -1,0 +1,132 @@
+"""Device mesh, the logical-axis rule table, and sharded initialisation.
+
+Parameters and activations carry logical axis names ('embed', 'heads', ...);
+one rule table maps them to mesh axes ('data', 'fsdp', 'tensor'). Init runs
+under jit with out_shardings from `jax.eval_shape`, so no device or host ever
+materialises the whole model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mmjax.config import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. The one place this table lives; a config may
+# override rows through `config.mesh.rules` ({'mlp': 'tensor', ...}).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("head_dim", None),
+    ("length", None),
+    ("layers", None),
+)
+
+
+def logical_rules(overrides: Mapping[str, Any] | None = None
+                  ) -> tuple[tuple[str, Any], ...]:
+  """DEFAULT_RULES with rows replaced (or added) by `overrides`."""
+  rules = dict(DEFAULT_RULES)
+  for name, target in (overrides or {}).items():
+    if isinstance(target, list):
+      target = tuple(target)
+    rules[name] = target
+  return tuple(rules.items())
+
+
+def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Resolves {'data': -1, 'fsdp': 2, 'tensor': 1} against the device count."""
+  shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
+  if sum(s == -1 for s in shape) > 1:
+    raise ConfigError(f"config.mesh={dict(sizes)}: at most one axis may be -1")
+  if any(s == 0 or s < -1 for s in shape):
+    raise ConfigError(
+        f"config.mesh={dict(sizes)}: sizes must be positive or -1 (the rest)")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ConfigError(
+          f"config.mesh={dict(sizes)}: {num_devices} devices are not "
+          f"divisible by the fixed axes' product {known}")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ConfigError(
+        f"config.mesh={dict(sizes)} needs {math.prod(shape)} devices but "
+        f"{num_devices} are available; use -1 for one axis to take the rest")
+  return tuple(shape)
+
+
+def make_mesh(sizes: Mapping[str, int],
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all devices)."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(sizes, len(devices))
+  try:
+    grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
+  except Exception:  # pylint: disable=broad-except
+    # Simulated CPU devices have no physical topology to optimise for.
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, MESH_AXES)
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+  """Sharding of a [B, ...] batch array: batch axis over data x fsdp."""
+  spec = nn.logical_to_mesh_axes(("batch",), rules)
+  return NamedSharding(mesh, spec)
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules
+                ) -> dict[str, jax.Array]:
+  """Places a process-local numpy batch as global arrays sharded on batch.
+
+  Each process passes only its own slice; `make_array_from_process_local_data`
+  assembles the global array (single-process: the whole batch).
+  """
+  sharding = batch_sharding(mesh, rules)
+  if jax.process_count() == 1:  # one transfer, no per-shard bookkeeping
+    return jax.device_put(dict(batch), sharding)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules):
+  """NamedShardings for a tree of (possibly boxed) abstract arrays."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules, *args
+                 ) -> tuple[Any, Any]:
+  """Runs `init_fn(*args)` under jit with logical out_shardings.
+
+  Args:
+    init_fn: returns a pytree of arrays boxed with logical names
+      (`nn.LogicallyPartitioned`), e.g. a train-state factory.
+    mesh: the device mesh.
+    rules: logical axis rules.
+    *args: passed to init_fn (e.g. a PRNG key).
+
+  Returns:
+    (unboxed sharded pytree, its NamedShardings)
+  """
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = logical_shardings(abstract, mesh, rules)
+  unboxed_init = lambda *a: nn.unbox(init_fn(*a))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    tree = jax.jit(unboxed_init, out_shardings=shardings)(*args)
+  return tree, shardings

@@ -1,0 +1,152 @@
+"""Orbax checkpoints of one stage: train state, data-iterator state, metadata.
+
+Layout: WORKDIR/checkpoints/<stage>/<step>/{state,data,meta}. Saves are async
+and atomic (orbax writes to a temporary directory, then renames). Restore
+tries the newest step first and falls back to older ones when a step cannot
+be read (a truncated or corrupt write), with a warning.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.experimental.multihost_utils  # pylint: disable=unused-import
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class IncompatibleCheckpointError(ValueError):
+  """The workdir holds a checkpoint of a model with other shapes."""
+
+
+def param_shapes(tree) -> dict[str, list[int]]:
+  """{'a/b/kernel': [d0, d1], ...} of a (possibly abstract) param tree."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(_key(k) for k in path): list(np.shape(leaf))
+          for path, leaf in flat}
+
+
+def _key(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def check_compatible(saved: Mapping[str, list[int]],
+                     current: Mapping[str, list[int]], where: str) -> None:
+  """Raises IncompatibleCheckpointError listing shape/name differences."""
+  problems = []
+  for name in sorted(set(saved) | set(current)):
+    a, b = saved.get(name), current.get(name)
+    if a != b:
+      problems.append(f"  {name}: checkpoint {a}, config {b}")
+  if problems:
+    shown = "\n".join(problems[:8])
+    more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
+    raise IncompatibleCheckpointError(
+        f"{where} holds a checkpoint of a different model "
+        f"({len(problems)} parameters differ):\n{shown}{more}\n"
+        "Use a new --workdir, or the config that wrote this checkpoint.")
+
+
+class StageCheckpointer:
+  """Saves and restores one stage's checkpoints."""
+
+  def __init__(self, directory: str, *, keep: int = 3,
+               async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True,
+        enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_names=("state", "data", "meta"),
+        options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: Mapping[str, Any],
+           meta: Mapping[str, Any]) -> None:
+    """Starts an async save; blocks only while arrays copy to host memory."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(dict(data_state)),
+        meta=ocp.args.JsonSave(dict(meta))), force=True)
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    return self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def newest_meta(self) -> tuple[int, dict[str, Any]] | None:
+    """(step, meta) of the newest readable step, or None."""
+    for step in reversed(self.steps()):
+      try:
+        return step, self.read_meta(step)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint %s/%d: metadata unreadable (%s)",
+                        self.directory, step, _short(e))
+    return None
+
+  def restore_latest(self, abstract_state: Any
+                     ) -> tuple[int, Any, dict, dict] | None:
+    """Restores the newest good step onto `abstract_state`'s shardings.
+
+    Args:
+      abstract_state: pytree of jax.ShapeDtypeStruct with `.sharding`.
+
+    Returns:
+      (step, state, data_state, meta), or None when no step is readable.
+    """
+    unreadable = []
+    for step in reversed(self.steps()):
+      try:
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        self._set_aside(unreadable)
+        return step, out["state"], out["data"], out["meta"]
+      except Exception as e:  # pylint: disable=broad-except
+        unreadable.append(step)
+        logging.warning(
+            "checkpoint %s/%d cannot be restored (%s); falling back to the "
+            "previous step", self.directory, step, _short(e))
+        print(f"WARNING: checkpoint step {step} in {self.directory} is "
+              f"unreadable ({_short(e)}); trying an older one", flush=True)
+    return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames unreadable steps to `corrupt-<step>` (kept for inspection).
+
+    The run redoes those steps and must be able to save them again.
+    """
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.directory, f"corrupt-{step}")
+        n = 1
+        while os.path.exists(dst):
+          dst = os.path.join(self.directory, f"corrupt-{step}.{n}")
+          n += 1
+        os.rename(src, dst)
+        print(f"WARNING: moved unreadable checkpoint {src} to {dst}",
+              flush=True)
+    jax.experimental.multihost_utils.sync_global_devices("ckpt_set_aside")
+    self._manager.reload()
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _short(e: Exception) -> str:
+  text = f"{type(e).__name__}: {e}"
+  return text if len(text) < 300 else text[:300] + "..."

@@ -1,0 +1,78 @@
+"""Builds the `Task` (model + loss + data) a stage trains.
+
+The loop in trainer.py is the same for every stage; what differs is here,
+chosen by `config.family` and the stage's `loss`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+
+from mmjax.config import ConfigError
+from mmjax.data import text_pipeline
+from mmjax.models.decoder import DecoderConfig, DecoderLM
+from mmjax.train import losses
+from mmjax.train.trainer import Task
+
+FAMILIES = ("lm",)
+LOSSES = ("lm",)
+
+
+def build_model(config: ml_collections.ConfigDict) -> DecoderLM:
+  """The model the config describes (text-only LM for family 'lm')."""
+  if config.family == "lm":
+    return DecoderLM(DecoderConfig.from_dict(config.model.to_dict()))
+  raise ConfigError(f"config.family={config.family!r}; allowed values: "
+                    f"{', '.join(map(repr, FAMILIES))}")
+
+
+def model_initializer(config: ml_collections.ConfigDict):
+  """rng -> boxed params, without data (for shape checks and init)."""
+  model = build_model(config)
+  seq_len = config.data.seq_len
+
+  def init(rng):
+    tokens = jax.numpy.zeros((1, seq_len), jax.numpy.int32)
+    return model.init(rng, tokens)["params"]
+  return model, init
+
+
+@dataclasses.dataclass
+class BuiltTask:
+  task: Task
+  info: dict[str, Any]      # facts for the report (e.g. unigram entropy)
+  tokenizer: Any
+
+
+def build_task(config: ml_collections.ConfigDict, stage_name: str,
+               workdir: str) -> BuiltTask:
+  stage = config.stages[stage_name]
+  if stage.loss != "lm":
+    raise ConfigError(f"config.stages.{stage_name}.loss={stage.loss!r}; "
+                      f"allowed values: {', '.join(map(repr, LOSSES))}")
+  model, init = model_initializer(config)
+  tok = text_pipeline.prepare_tokenizer(config, workdir)
+  data = text_pipeline.LMData(config, tok)
+
+  def loss_fn(params, batch, rng):
+    del rng  # no dropout in the LM
+    logits, _ = model.apply({"params": params}, batch["tokens"])
+    return losses.lm_loss(logits, batch["targets"], batch["loss_mask"])
+
+  task = Task(
+      init_params=init,
+      loss_fn=loss_fn,
+      train_iterator=data.train_iterator(
+          config.batch_size, jax.process_index(), jax.process_count()),
+      eval_batches=lambda: data.eval_batches(
+          config.batch_size, config.eval_batches, jax.process_index(),
+          jax.process_count()),
+      tokens_per_example=config.data.seq_len)
+  info = {"unigram_entropy": data.unigram_entropy(),
+          "train_windows": len(data.train_windows),
+          "eval_windows": len(data.eval_windows),
+          "vocab_size": tok.vocab_size}
+  return BuiltTask(task=task, info=info, tokenizer=tok)

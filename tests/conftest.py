@@ -1,0 +1,34 @@
+"""Shared test setup: tiny configs, quiet logs, no network."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def lm_config():
+  """configs/lm.py:tiny shrunk to seconds: a handful of steps, small data."""
+  from mmjax.config import load_config  # pylint: disable=g-import-not-at-top
+
+  def make(steps=12, **overrides):
+    config = load_config(os.path.join(REPO, "configs/lm.py") +
+                         f":tiny,steps={steps}")
+    config.data.num_sentences = 800
+    config.data.seq_len = 32
+    config.batch_size = 8
+    config.log_every = 2
+    config.eval_every = 0
+    config.eval_batches = 1
+    config.checkpoint.every = 4
+    config.progress_bar = False
+    for path, value in overrides.items():
+      node = config
+      *parents, leaf = path.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    return config
+  return make
