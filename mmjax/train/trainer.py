@@ -144,6 +144,13 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
       print(f"[{stage_name}] resuming from step {resumed_from} "
             f"({directory})", flush=True)
 
+  if main_process:
+    n_params = sum(int(np.prod(a.shape))
+                   for a in jax.tree.leaves(abstract["params"]))
+    mesh_text = " ".join(f"{k}={v}" for k, v in mesh.shape.items())
+    print(f"[{stage_name}] {n_params / 1e6:.2f}M params; mesh {mesh_text} "
+          f"over {jax.device_count()} {jax.devices()[0].platform} device(s); "
+          f"{total} steps of batch {config.batch_size}", flush=True)
   batch_sharding = parallel.batch_sharding(mesh, rules)
   train_step = _make_train_step(task.loss_fn, tx, schedule, config.seed,
                                 shardings, batch_sharding)
