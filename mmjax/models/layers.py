@@ -29,7 +29,18 @@ _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 _ACTIVATIONS = {
     "silu": nn.silu,
     "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": nn.relu,
 }
+
+
+def activation_fn(name: str):
+  """The activation called `name`; ValueError listing the allowed names."""
+  if name not in _ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; allowed: "
+                     f"{', '.join(sorted(_ACTIVATIONS))}")
+  return _ACTIVATIONS[name]
 
 _default_kernel_init = nn.initializers.lecun_normal()
 
@@ -84,9 +95,7 @@ class GatedMLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, L, D] -> [B, L, D]."""
-    if self.activation not in _ACTIVATIONS:
-      raise ValueError(f"Unknown activation {self.activation!r}; allowed: "
-                       f"{sorted(_ACTIVATIONS)}.")
+    act = activation_fn(self.activation)
     d_model = x.shape[-1]
 
     def dense(features, names, name):
@@ -97,7 +106,7 @@ class GatedMLP(nn.Module):
 
     gate = dense(self.mlp_dim, ("embed", "mlp"), "gate")(x)
     up = dense(self.mlp_dim, ("embed", "mlp"), "up")(x)
-    h = _ACTIVATIONS[self.activation](gate) * up
+    h = act(gate) * up
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     return dense(d_model, ("mlp", "embed"), "down")(h)
 
@@ -134,8 +143,9 @@ class HeadsIn(nn.Module):
 
 
 class HeadsOut(nn.Module):
-  """[B, L, H, Dh] -> [B, L, D] with a 3-D kernel [H, Dh, D], no bias."""
+  """[B, L, H, Dh] -> [B, L, D] with a 3-D kernel [H, Dh, D]."""
   features: int
+  use_bias: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -145,8 +155,124 @@ class HeadsOut(nn.Module):
     kernel = self.param(
         "kernel", _logical(init, ("heads", "head_dim", "embed")),
         (x.shape[-2], x.shape[-1], self.features), self.param_dtype)
-    return jnp.einsum("blhk,hkd->bld", x.astype(self.dtype),
-                      kernel.astype(self.dtype))
+    y = jnp.einsum("blhk,hkd->bld", x.astype(self.dtype),
+                   kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", _logical(nn.initializers.zeros, ("embed",)),
+                        (self.features,), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array | None, *, dtype: Dtype = None,
+                          scale: float | None = None) -> jax.Array:
+  """Softmax attention with grouped KV heads; scores in float32.
+
+  Args:
+    q: [B, L, H, Dh] queries.
+    k: [B, S, Kh, Dh] keys; Kh divides H (query head h reads KV head
+      h // (H // Kh), Hugging Face `repeat_kv` order).
+    v: [B, S, Kh, Dv] values.
+    mask: bool broadcastable to [B, L, S] (True = attend), or None.
+    dtype: dtype of the probabilities and output (default q.dtype).
+    scale: score scale (default 1/sqrt(Dh)).
+
+  Returns:
+    [B, L, H, Dv]. A row with every key masked averages all values (finite).
+  """
+  batch, length, n_heads, head_dim = q.shape
+  kv_len, n_kv = k.shape[1], k.shape[2]
+  dtype = dtype or q.dtype
+  group = n_heads // n_kv
+  # Split query heads into (kv head, group) so no KV copy is materialised.
+  q = q.reshape(batch, length, n_kv, group, head_dim)
+  scores = jnp.einsum("blkgd,bskd->bkgls", q, k,
+                      preferred_element_type=jnp.float32)
+  scores = scores * (scale if scale is not None else 1.0 / math.sqrt(head_dim))
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (batch, length, kv_len))
+    scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  out = jnp.einsum("bkgls,bskd->blkgd", probs, v.astype(dtype))
+  return out.reshape(batch, length, n_heads, v.shape[-1])
+
+
+class MultiHeadAttention(nn.Module):
+  """Biased multi-head attention without RoPE (ViT, text tower, connectors).
+
+  Self-attention when `kv` is None, cross-attention otherwise. Submodules
+  `q`, `k`, `v` ([D, H, Dh] kernels) and `o` ([H, Dh, D_out]), like the
+  `{q,k,v,out}_proj` of Hugging Face SigLIP/CLIP/BERT.
+
+  Attributes:
+    n_heads: heads H.
+    head_dim: Dh (default: query width // H).
+    n_kv_heads: KV heads (default H).
+    out_features: output width (default: query width).
+    use_bias: biases on all four projections.
+  """
+  n_heads: int
+  head_dim: int | None = None
+  n_kv_heads: int | None = None
+  out_features: int | None = None
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, kv: jax.Array | None = None, *,
+               mask: jax.Array | None = None) -> jax.Array:
+    """x: [B, L, D], kv: [B, S, Dkv] or None, mask: bool[B, L, S] -> [B, L, D']."""
+    kv = x if kv is None else kv
+    head_dim = self.head_dim or x.shape[-1] // self.n_heads
+    n_kv = self.n_kv_heads or self.n_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    q = HeadsIn(self.n_heads, head_dim, self.use_bias, "heads", name="q",
+                **kw)(x)
+    k = HeadsIn(n_kv, head_dim, self.use_bias, "kv_heads", name="k", **kw)(kv)
+    v = HeadsIn(n_kv, head_dim, self.use_bias, "kv_heads", name="v", **kw)(kv)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+    out = dot_product_attention(q, k, v, mask, dtype=self.dtype)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads",
+                                           "head_dim"))
+    out = HeadsOut(self.out_features or x.shape[-1], self.use_bias, name="o",
+                   **kw)(out)
+    return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+class MLP(nn.Module):
+  """`fc2(act(fc1(x)))` with biases (ViT / CLIP / BERT / projector MLPs).
+
+  Attributes:
+    hidden: width of fc1.
+    out_features: width of fc2 (default: input width).
+    activation: 'gelu_tanh' (SigLIP), 'gelu' (exact erf, BERT/LLaVA),
+      'quick_gelu' (CLIP), 'relu', 'silu'.
+    use_bias: biases on fc1 and fc2.
+  """
+  hidden: int
+  out_features: int | None = None
+  activation: str = "gelu_tanh"
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [..., D] -> [..., out_features]."""
+    act = activation_fn(self.activation)
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype,
+              param_dtype=self.param_dtype,
+              bias_init=_logical(nn.initializers.zeros, ("mlp",)))
+    h = nn.Dense(self.hidden, name="fc1",
+                 kernel_init=_logical(_default_kernel_init, ("embed", "mlp")),
+                 **kw)(x)
+    h = act(h)
+    kw["bias_init"] = _logical(nn.initializers.zeros, ("embed",))
+    return nn.Dense(self.out_features or x.shape[-1], name="fc2",
+                    kernel_init=_logical(_default_kernel_init,
+                                         ("mlp", "embed")), **kw)(h)
 
 
 class Attention(nn.Module):
@@ -205,7 +331,6 @@ class Attention(nn.Module):
     chex.assert_rank(x, 3)
     batch, length, d_model = x.shape
     chex.assert_shape(positions, (batch, length))
-    group = self.n_heads // self.n_kv_heads
 
     q = self._proj(self.n_heads, "heads", "q")(x)
     k = self._proj(self.n_kv_heads, "kv_heads", "k")(x)
@@ -234,18 +359,7 @@ class Attention(nn.Module):
       k = k.astype(self.dtype)
       v = v.astype(self.dtype)
 
-    kv_len = k.shape[1]
-    # Split query heads into (kv head, group) so no KV copy is materialised.
-    q = q.reshape(batch, length, self.n_kv_heads, group, self.head_dim)
-    scores = jnp.einsum("blkgd,bskd->bkgls", q, k,
-                        preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(self.head_dim))
-    if mask is not None:
-      mask = jnp.broadcast_to(mask, (batch, length, kv_len))
-      scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
-    out = out.reshape(batch, length, self.n_heads, self.head_dim)
+    out = dot_product_attention(q, k, v, mask, dtype=self.dtype)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads",
                                            "head_dim"))
 
