@@ -149,7 +149,7 @@ def test_gated_mlp_matches_numpy(activation):
 
 def test_gated_mlp_bad_activation():
   with pytest.raises(ValueError, match="gelu_tanh"):
-    layers.GatedMLP(mlp_dim=8, activation="relu").init(
+    layers.GatedMLP(mlp_dim=8, activation="swish2").init(
         jax.random.key(0), jnp.ones((1, 1, 4)))
 
 
