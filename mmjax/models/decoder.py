@@ -7,6 +7,8 @@ Module tree (the Hugging Face importer maps onto these names):
     attn_norm, attn{q,k,v,o}, mlp_norm, mlp{gate,up,down}
   final_norm
   lm_head                    kernel [D, V]; absent with tie_embeddings
+  xattn_{i}                  GatedCrossAttention before layers_{i}
+                             (only with xattn_every > 0)
 
 KV cache: a list with one {'k', 'v'} dict per layer, each [B, S_max, Kh, Dh].
 Prefill writes slots 0..P-1 with `cache_index=0`; each later call writes its
@@ -24,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import cross_attention
 from mmjax.models import layers
 from mmjax.models import masks
 
@@ -55,8 +58,28 @@ class DecoderConfig:
   logit_softcap: float = 0.0  # 0 = off; else cap * tanh(logits / cap).
   dtype: str = "float32"
   param_dtype: str = "float32"
+  # M-RoPE (Qwen2-VL): rotary frequencies per (t, h, w) section, summing to
+  # head_dim // 2; positions then come as [3, B, L]. None = 1-D RoPE.
+  mrope_sections: tuple[int, ...] | None = None
+  # Flamingo gated cross-attention before layers i with (i + 1) % n == 0
+  # (OpenFlamingo's cross_attn_every_n_layers); 0 = none.
+  xattn_every: int = 0
+  xattn_media: str = "last"  # 'last' (most recent image) or 'all'.
 
   def __post_init__(self):
+    if self.mrope_sections is not None:
+      object.__setattr__(self, "mrope_sections",
+                         tuple(int(s) for s in self.mrope_sections))
+      if sum(self.mrope_sections) != self.resolved_head_dim // 2:
+        raise ValueError(
+            f"mrope_sections={self.mrope_sections} must sum to head_dim // 2 "
+            f"= {self.resolved_head_dim // 2}")
+    if self.xattn_every < 0 or self.xattn_every > self.n_layers:
+      raise ValueError(f"xattn_every={self.xattn_every} must lie in [0, "
+                       f"n_layers={self.n_layers}]")
+    if self.xattn_media not in ("last", "all"):
+      raise ValueError(f"xattn_media={self.xattn_media!r}; allowed: "
+                       "'last', 'all'")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} must be a multiple of "
                        f"n_kv_heads={self.n_kv_heads}.")
@@ -78,6 +101,12 @@ class DecoderConfig:
       except TypeError as e:
         raise ValueError(f"{name}={getattr(self, name)!r} is not a dtype name "
                          f"(use e.g. 'float32' or 'bfloat16').") from e
+
+  @property
+  def xattn_layers(self) -> tuple[int, ...]:
+    """Indices of the layers preceded by a gated cross-attention block."""
+    n = self.xattn_every
+    return tuple(i for i in range(self.n_layers) if n and (i + 1) % n == 0)
 
   @property
   def resolved_head_dim(self) -> int:
@@ -123,7 +152,7 @@ class DecoderBlock(nn.Module):
       cache: dict[str, jax.Array] | None = None,
       cache_index: jax.Array | int | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-    """x: [B, L, D]; positions: [B, L]; mask: bool[B, L, S]."""
+    """x: [B, L, D]; positions: [B, L] or [3, B, L]; mask: bool[B, L, S]."""
     cfg = self.cfg
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
@@ -134,8 +163,8 @@ class DecoderBlock(nn.Module):
     h, new_cache = layers.Attention(
         n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
         head_dim=cfg.resolved_head_dim, rope_theta=cfg.rope_theta,
-        qkv_bias=cfg.qkv_bias, dtype=dtype, param_dtype=param_dtype,
-        name="attn")(norm("attn_norm")(x), positions, mask=mask, cache=cache,
+        qkv_bias=cfg.qkv_bias, mrope_sections=cfg.mrope_sections,
+        dtype=dtype, param_dtype=param_dtype, name="attn")(norm("attn_norm")(x), positions, mask=mask, cache=cache,
                      cache_index=cache_index)
     x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
     h = layers.GatedMLP(mlp_dim=cfg.mlp_dim, activation=cfg.mlp_activation,
@@ -161,6 +190,12 @@ class DecoderLM(nn.Module):
             ("vocab", "embed")))
     # A list attribute in setup names its entries layers_0, layers_1, ...
     self.layers = [DecoderBlock(cfg) for _ in range(cfg.n_layers)]
+    # A dict attribute names its entries xattn_<key>: xattn_3 sits before
+    # layers_3.
+    self.xattn = {str(i): cross_attention.GatedCrossAttention(
+        n_heads=cfg.n_heads, mlp_dim=cfg.mlp_dim, norm_eps=cfg.norm_eps,
+        mlp_activation=cfg.mlp_activation, dtype=dtype,
+        param_dtype=param_dtype) for i in cfg.xattn_layers}
     self.final_norm = layers.RMSNorm(eps=cfg.norm_eps,
                                      offset_one=cfg.norm_offset_one,
                                      dtype=dtype, param_dtype=param_dtype)
@@ -188,13 +223,18 @@ class DecoderLM(nn.Module):
       attention_mask: jax.Array | None = None,
       cache: KVCache | None = None,
       cache_index: jax.Array | int | None = None,
+      media: jax.Array | None = None,
+      media_times: jax.Array | None = None,
+      media_valid: jax.Array | None = None,
+      block_ids: jax.Array | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Runs the LM over a token or embedding sequence.
 
     Args:
       tokens: int32[B, L]; exclusive with `embeddings`.
-      positions: [B, L] int or float RoPE positions. Default: arange(L) (+
-        cache_index with a cache); with segment_ids, restart at each segment.
+      positions: [B, L] int or float RoPE positions, or [3, B, L] with
+        M-RoPE. Default: arange(L) (+ cache_index with a cache; three equal
+        copies with M-RoPE); with segment_ids, restart at each segment.
       embeddings: [B, L, D] already-embedded inputs (e.g. `embed_tokens` output
         with image features scattered in); not scaled again.
       segment_ids: int32[B, L] packing ids (0 = padding); training only.
@@ -202,6 +242,14 @@ class DecoderLM(nn.Module):
         or S_max with a cache (e.g. to hide left padding).
       cache: `init_kv_cache` output or the cache a previous call returned.
       cache_index: int32 scalar, cache slot of the first input token.
+      media: [B, M, Tm, Dm] media tokens for the gated cross-attention blocks
+        (config.xattn_every > 0); None skips the blocks (text-only input).
+      media_times: int32[B, L], media items seen at or before each token
+        (`cross_attention.text_time` of the media locations); with a cache,
+        the counts of the new tokens.
+      media_valid: bool[B, M], False for padding media items.
+      block_ids: int32[B, L]; tokens sharing a non-zero id see each other
+        in both directions (image blocks, prefix-LM style); 0 = causal only.
 
     Returns:
       (logits f32[B, L, V], new cache or None).
@@ -244,9 +292,30 @@ class DecoderLM(nn.Module):
       else:
         positions = jnp.broadcast_to(
             offset + jnp.arange(length, dtype=jnp.int32), (batch, length))
-    chex.assert_shape(positions, (batch, length))
+      if cfg.mrope_sections:
+        positions = jnp.broadcast_to(positions, (3, batch, length))
+    chex.assert_shape(positions, (3, batch, length) if cfg.mrope_sections
+                      else (batch, length))
+    if media is not None:
+      if not cfg.xattn_layers:
+        raise ValueError("media= given but the config has no cross-attention "
+                         "layers (xattn_every=0).")
+      if media_times is None:
+        raise ValueError("media= needs media_times (text_time of the media "
+                         "locations).")
+      chex.assert_rank(media, 4)
+      n_media, per_media = media.shape[1], media.shape[2]
+      xmask = cross_attention.media_mask(media_times, n_media, per_media,
+                                         cfg.xattn_media, media_valid)
+      media_flat = media.reshape(batch, n_media * per_media, media.shape[-1])
 
     mask = masks.causal_mask(length, kv_len, offset)[None]
+    if block_ids is not None:
+      chex.assert_shape(block_ids, (batch, length))
+      kv_blocks = block_ids if cache is None else jax.lax.dynamic_update_slice(
+          jnp.zeros((batch, kv_len), block_ids.dtype), block_ids, (0, offset))
+      same = block_ids[:, :, None] == kv_blocks[:, None, :]
+      mask = mask | (same & (block_ids[:, :, None] > 0))
     if segment_ids is not None:
       chex.assert_shape(segment_ids, (batch, length))
       mask = mask & masks.segment_mask(segment_ids, segment_ids)
@@ -256,6 +325,8 @@ class DecoderLM(nn.Module):
 
     new_cache = [] if cache is not None else None
     for i, block in enumerate(self.layers):
+      if media is not None and str(i) in self.xattn:
+        x = self.xattn[str(i)](x, media_flat, xmask)
       x, layer_cache = block(
           x, positions, mask=mask,
           cache=None if cache is None else cache[i], cache_index=cache_index)

@@ -295,6 +295,7 @@ class Attention(nn.Module):
   head_dim: int
   rope_theta: float = 10_000.0
   qkv_bias: bool = False
+  mrope_sections: tuple[int, ...] | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -316,7 +317,8 @@ class Attention(nn.Module):
 
     Args:
       x: [B, L, D].
-      positions: [B, L] int or float, fed to RoPE for queries and keys.
+      positions: [B, L] int or float (1-D RoPE, V2PE), or [3, B, L] (M-RoPE
+        with `mrope_sections`), fed to the rotary embedding of q and k.
       mask: bool[B, L, S] (True = attend), S = L without cache and S_max with
         one; None = attend everywhere (only allowed without cache).
       cache: {'k': [B, S_max, Kh, Dh], 'v': [B, S_max, Kh, Dh]} or None.
@@ -330,13 +332,16 @@ class Attention(nn.Module):
                        f"n_kv_heads={self.n_kv_heads}.")
     chex.assert_rank(x, 3)
     batch, length, d_model = x.shape
-    chex.assert_shape(positions, (batch, length))
+    chex.assert_shape(positions, (3, batch, length) if self.mrope_sections
+                      else (batch, length))
 
     q = self._proj(self.n_heads, "heads", "q")(x)
     k = self._proj(self.n_kv_heads, "kv_heads", "k")(x)
     v = self._proj(self.n_kv_heads, "kv_heads", "v")(x)
-    q = positions_lib.apply_rope(q, positions, self.rope_theta)
-    k = positions_lib.apply_rope(k, positions, self.rope_theta)
+    q = positions_lib.apply_positions(q, positions, self.rope_theta,
+                                      self.mrope_sections)
+    k = positions_lib.apply_positions(k, positions, self.rope_theta,
+                                      self.mrope_sections)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
     k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads",
                                        "head_dim"))

@@ -1,12 +1,20 @@
-"""Rotary position embeddings.
+"""Rotary position embeddings: 1-D RoPE and M-RoPE (Qwen2-VL).
 
-Only 1-D RoPE lives here for now. The code is split into three steps so that
-M-RoPE (Qwen2-VL) and V2PE (InternVL) can reuse the last two:
+This file holds the device-side half (jnp, jit-safe): turning position ids into
+rotations. The host-side builders of the ids themselves (M-RoPE t/h/w ids, V2PE
+fractional ids) live in `mmjax.models.position_ids`.
+
+The code is split into three steps:
 
   1. `rope_inv_freq`: the rotary frequencies of one head.
-  2. `rope_cos_sin`: angles `outer(pos, inv_freq)` -> cos/sin tables. M-RoPE
-     will build its tables from three position ids, one per frequency section.
+  2. `rope_cos_sin` / `mrope_cos_sin`: angles `pos * inv_freq` -> cos/sin
+     tables. M-RoPE picks, per frequency, which of its three ids (temporal,
+     height, width) supplies `pos`.
   3. `apply_rotary`: rotate a tensor by given cos/sin tables.
+
+`apply_positions` is the one entry point an attention layer calls: it looks at
+the rank of the position ids and picks 1-D RoPE (also used by V2PE, whose ids
+are simply fractional) or M-RoPE.
 
 The layout follows Hugging Face LLaMA ("rotate_half"): frequency i rotates the
 pair (x[i], x[i + Dh/2]), so q/k projection weights from HF checkpoints import
@@ -14,6 +22,8 @@ without any permutation of the head dimension.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -96,3 +106,112 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
         f"x {x.shape} and positions {positions.shape}.")
   cos, sin = rope_cos_sin(positions, rope_inv_freq(x.shape[-1], theta))
   return apply_rotary(x, cos, sin)
+
+
+def check_mrope_sections(sections: Sequence[int], head_dim: int) -> None:
+  """Raises ValueError unless `sections` splits the Dh/2 frequencies in three.
+
+  Args:
+    sections: (temporal, height, width) frequency counts, e.g. (16, 24, 24).
+    head_dim: Dh; the sections must sum to Dh // 2.
+  """
+  sections = tuple(sections)
+  if len(sections) != 3 or any(int(s) != s or s < 0 for s in sections):
+    raise ValueError(
+        f"mrope_sections must be three non-negative ints (temporal, height, "
+        f"width), got {sections}.")
+  if sum(sections) != head_dim // 2:
+    raise ValueError(
+        f"mrope_sections {sections} sum to {sum(sections)} but head_dim "
+        f"{head_dim} has {head_dim // 2} rotary frequencies; they must sum to "
+        f"head_dim // 2 (Qwen2-VL: head_dim 128, sections (16, 24, 24)).")
+
+
+def mrope_cos_sin(positions: jax.Array, inv_freq: jax.Array,
+                  sections: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+  """Cos/sin tables for M-RoPE.
+
+  Frequency i (of Dh/2) rotates by the temporal id for i < s0, by the height
+  id for s0 <= i < s0 + s1 and by the width id for the rest. As in 1-D RoPE the
+  Dh/2 angles are then repeated for the second half of the head; this equals
+  Hugging Face's `apply_multimodal_rotary_pos_emb`, which splits the Dh-wide
+  tables with `mrope_section * 2` and takes chunk j from axis `j % 3`.
+
+  Args:
+    positions: [3, ..., L] (t, h, w) ids, int or float.
+    inv_freq: f32[Dh // 2].
+    sections: (s0, s1, s2), summing to Dh // 2.
+
+  Returns:
+    (cos, sin): each f32[..., L, Dh].
+  """
+  s0, s1, _ = sections
+  pos = positions.astype(jnp.float32)[..., None]  # [3, ..., L, 1]
+  inv_freq = inv_freq.astype(jnp.float32)
+  angles = jnp.concatenate([
+      pos[0] * inv_freq[:s0],
+      pos[1] * inv_freq[s0:s0 + s1],
+      pos[2] * inv_freq[s0 + s1:],
+  ], axis=-1)
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_mrope(x: jax.Array, positions: jax.Array, theta: float,
+                sections: Sequence[int]) -> jax.Array:
+  """Multimodal RoPE (Qwen2-VL), Hugging Face rotate_half convention.
+
+  With all three ids equal (text) this is exactly `apply_rope`.
+
+  Args:
+    x: [B, L, H, Dh] queries or keys.
+    positions: [3, B, L] (temporal, height, width) ids, int or float.
+    theta: RoPE base (Qwen2-VL: 1e6).
+    sections: frequencies per axis, summing to Dh // 2 (Qwen2-VL 7B with
+      Dh = 128: (16, 24, 24)).
+
+  Returns:
+    [B, L, H, Dh] in x.dtype.
+  """
+  if x.ndim != 4 or positions.shape != (3,) + x.shape[:2]:
+    raise ValueError(
+        f"apply_mrope expects x [B, L, H, Dh] and positions [3, B, L]; got "
+        f"x {x.shape} and positions {positions.shape}.")
+  check_mrope_sections(sections, x.shape[-1])
+  inv_freq = rope_inv_freq(x.shape[-1], theta)
+  cos, sin = mrope_cos_sin(positions, inv_freq, tuple(sections))
+  return apply_rotary(x, cos, sin)
+
+
+def apply_positions(x: jax.Array,
+                    positions: jax.Array,
+                    theta: float,
+                    mrope_sections: Sequence[int] | None = None) -> jax.Array:
+  """Rotates queries or keys by whatever position ids the batch carries.
+
+  Dispatch on the rank of `positions` (see the data contract):
+    * [B, L] int (`rope`) or float (`v2pe`): 1-D RoPE via `apply_rope`.
+      `mrope_sections` is ignored: 1-D ids are M-RoPE with t = h = w.
+    * [3, B, L] (`mrope`): `apply_mrope`; `mrope_sections` is required.
+
+  Args:
+    x: [B, L, H, Dh] queries or keys.
+    positions: [B, L] or [3, B, L].
+    theta: RoPE base.
+    mrope_sections: (t, h, w) frequency split for M-RoPE ids.
+
+  Returns:
+    [B, L, H, Dh] in x.dtype.
+  """
+  if positions.ndim == 2:
+    return apply_rope(x, positions, theta)
+  if positions.ndim == 3:
+    if mrope_sections is None:
+      raise ValueError(
+          f"positions of shape {positions.shape} are M-RoPE ids [3, B, L], "
+          f"which need mrope_sections (e.g. (16, 24, 24) for head_dim 128); "
+          f"set the model's mrope_sections or pass 1-D positions [B, L].")
+    return apply_mrope(x, positions, theta, mrope_sections)
+  raise ValueError(
+      f"positions must be [B, L] (RoPE / V2PE) or [3, B, L] (M-RoPE); got "
+      f"shape {positions.shape}.")
