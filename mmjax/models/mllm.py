@@ -1,0 +1,305 @@
+"""The assembled multimodal LM: vision tower -> connector -> decoder LM.
+
+`MLLMConfig.fusion` picks how visual information enters the LM:
+
+  projection       ViT tokens -> projector (linear / mlp / pixel_shuffle /
+                   patch_merger), scattered into the token stream (LLaVA).
+  resampler        ViT tokens -> Perceiver resampler latents, scattered
+                   (Flamingo resampler as early fusion, Idefics2).
+  qformer          ViT tokens -> Q-Former queries -> linear, scattered (BLIP-2).
+  cross_attention  ViT tokens -> resampler latents, read by tanh-gated
+                   cross-attention blocks inside the LM (Flamingo); the token
+                   stream holds only an `<image>` marker per image.
+  one_backbone     raw patches -> linear -> LM, a learned newline vector after
+                   each patch row; no vision encoder (Fuyu).
+
+Parameter groups (top-level names, used for freezing): `vision`,
+`connector`, `llm` (cross-attention blocks are `llm/xattn_<i>`).
+
+Batch contract (DESIGN.md section 3): tokens int32[B, L]; images
+f32[B, M, H, W, C] (or [B, M, F, H, W, C] with F frames per media item);
+image_mask bool[B, M]; image_token_mask bool[B, L] (early fusion: where the
+visual tokens go, in order); media_locations bool[B, L] (cross-attention);
+positions [B, L] / [3, B, L] (M-RoPE) / f32[B, L] (V2PE).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.models import connectors as connectors_lib
+from mmjax.models import cross_attention
+from mmjax.models import qformer as qformer_lib
+from mmjax.models import resampler as resampler_lib
+from mmjax.models import vision as vision_lib
+from mmjax.models.decoder import DecoderConfig, DecoderLM, KVCache
+
+FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
+           "one_backbone")
+POSITIONS = ("rope", "mrope", "v2pe")
+PROJECTORS = ("linear", "mlp", "pixel_shuffle", "patch_merger")
+IMAGE_ATTENTION = ("causal", "bidirectional")
+
+
+@dataclasses.dataclass(frozen=True)
+class MLLMConfig:
+  """Everything that shapes the assembled model.
+
+  Attributes:
+    fusion: one of FUSIONS.
+    positions: one of POSITIONS ('mrope' needs lm.mrope_sections).
+    lm: the decoder.
+    vision: the vision tower (None for one_backbone).
+    projector: one of PROJECTORS (fusion 'projection' only).
+    resampler: for fusions 'resampler' and 'cross_attention'.
+    qformer: for fusion 'qformer'.
+    feature_layer: ViT hidden state fed to the connector (HF hidden_states
+      index; -2 = second-to-last, LLaVA); None = the final, post-LN output.
+    image_attention: 'causal', or 'bidirectional' within each image block.
+    patch_size: raw patch size of one_backbone.
+    image_size: default image side (one_backbone; else vision.image_size).
+    channels: image channels.
+    frames: frames per media item (video when > 1).
+  """
+  fusion: str
+  lm: DecoderConfig
+  positions: str = "rope"
+  vision: vision_lib.VisionConfig | None = None
+  projector: str = "mlp"
+  resampler: resampler_lib.ResamplerConfig | None = None
+  qformer: qformer_lib.QFormerConfig | None = None
+  feature_layer: int | None = -2
+  image_attention: str = "causal"
+  patch_size: int = 8
+  image_size: int = 64
+  channels: int = 3
+  frames: int = 1
+
+  def __post_init__(self):
+    def bad(key, value, allowed):
+      raise ValueError(f"{key}={value!r} is not allowed; allowed values: "
+                       f"{', '.join(map(repr, allowed))}")
+    if self.fusion not in FUSIONS:
+      bad("fusion", self.fusion, FUSIONS)
+    if self.positions not in POSITIONS:
+      bad("positions", self.positions, POSITIONS)
+    if self.image_attention not in IMAGE_ATTENTION:
+      bad("image_attention", self.image_attention, IMAGE_ATTENTION)
+    if self.fusion == "projection" and self.projector not in PROJECTORS:
+      bad("projector", self.projector, PROJECTORS)
+    if self.fusion != "one_backbone" and self.vision is None:
+      raise ValueError(f"fusion={self.fusion!r} needs a vision tower config")
+    if self.fusion in ("resampler", "cross_attention") and not self.resampler:
+      raise ValueError(f"fusion={self.fusion!r} needs a resampler config")
+    if self.fusion == "qformer" and self.qformer is None:
+      raise ValueError("fusion='qformer' needs a qformer config")
+    if (self.fusion == "cross_attention") != bool(self.lm.xattn_every):
+      raise ValueError(
+          "lm.xattn_every must be > 0 exactly when fusion='cross_attention' "
+          f"(fusion={self.fusion!r}, xattn_every={self.lm.xattn_every})")
+    if (self.positions == "mrope") != (self.lm.mrope_sections is not None):
+      raise ValueError(
+          "lm.mrope_sections must be set exactly when positions='mrope' "
+          f"(positions={self.positions!r}, "
+          f"mrope_sections={self.lm.mrope_sections})")
+    if self.frames < 1:
+      raise ValueError(f"frames={self.frames} must be >= 1")
+
+  @property
+  def side(self) -> int:
+    return self.vision.image_size if self.vision else self.image_size
+
+  @property
+  def patch(self) -> int:
+    return self.vision.patch_size if self.vision else self.patch_size
+
+
+def scatter_visual(text: jax.Array, visual: jax.Array, mask: jax.Array
+                   ) -> jax.Array:
+  """Puts visual tokens, in order, at the True positions of `mask`.
+
+  Args:
+    text: [B, L, D] token embeddings.
+    visual: [B, K, D] visual tokens of each example, images in order.
+    mask: bool[B, L]; row b must have at most K True entries (the data
+      pipeline checks the exact count on the host, see layout.py).
+
+  Returns:
+    [B, L, D]: text where mask is False, visual[b, k] at the k-th True.
+  """
+  idx = jnp.clip(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0,
+                 visual.shape[1] - 1)
+  gathered = jnp.take_along_axis(visual, idx[..., None], axis=1)
+  return jnp.where(mask[..., None], gathered.astype(text.dtype), text)
+
+
+def image_block_ids(image_token_mask: jax.Array) -> jax.Array:
+  """bool[B, L] -> int32[B, L]: 1, 2, ... per contiguous visual run, else 0."""
+  m = image_token_mask.astype(jnp.int32)
+  starts = m * (1 - jnp.pad(m, ((0, 0), (1, 0)))[:, :-1])
+  return jnp.cumsum(starts, axis=1) * m
+
+
+class OneBackbonePatches(nn.Module):
+  """Fuyu: raw patches -> Linear(p*p*C -> D); newline vector after each row.
+
+  The newline is a learned vector (`image_newline`); importing Fuyu copies
+  the text embedding of its newline token into it.
+  """
+  d_model: int
+  patch: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """images: [N, H, W, C] -> [N, gh * (gw + 1), D]."""
+    patches = vision_lib.patchify(images, self.patch)
+    gh, gw = images.shape[1] // self.patch, images.shape[2] // self.patch
+    x = nn.Dense(self.d_model, dtype=self.dtype, param_dtype=self.param_dtype,
+                 kernel_init=nn.with_logical_partitioning(
+                     nn.initializers.lecun_normal(), (None, "embed")),
+                 bias_init=nn.with_logical_partitioning(
+                     nn.initializers.zeros, ("embed",)),
+                 name="patch_embed")(patches)
+    newline = self.param("image_newline", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("embed",)), (self.d_model,),
+                         self.param_dtype)
+    x = x.reshape(x.shape[0], gh, gw, self.d_model)
+    nl = jnp.broadcast_to(newline.astype(x.dtype), (x.shape[0], gh, 1,
+                                                    self.d_model))
+    return jnp.concatenate([x, nl], axis=2).reshape(x.shape[0], -1,
+                                                    self.d_model)
+
+
+class MLLM(nn.Module):
+  """Vision tower + connector + decoder LM, wired by `cfg.fusion`."""
+  cfg: MLLMConfig
+
+  def setup(self):
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.lm.dtype)
+    pdtype = jnp.dtype(cfg.lm.param_dtype)
+    d = cfg.lm.d_model
+    if cfg.fusion != "one_backbone":
+      self.vision = vision_lib.VisionEncoder(cfg.vision)
+    if cfg.fusion == "projection":
+      self.connector = connectors_lib.make_projector(cfg.projector, d)
+    elif cfg.fusion in ("resampler", "cross_attention"):
+      self.connector = resampler_lib.PerceiverResampler(cfg.resampler)
+    elif cfg.fusion == "qformer":
+      self.connector = qformer_lib.QFormerConnector(cfg.qformer, d)
+    else:
+      self.connector = OneBackbonePatches(d, cfg.patch_size, dtype=dtype,
+                                          param_dtype=pdtype)
+    self.llm = DecoderLM(cfg.lm)
+
+  def encode_images(self, images: jax.Array) -> jax.Array:
+    """Visual tokens per media item.
+
+    Args:
+      images: f32[B, M, H, W, C] or f32[B, M, F, H, W, C].
+
+    Returns:
+      [B, M, T, D]: T tokens per item in LM width (early fusion), or in the
+      resampler's width for cross-attention.
+    """
+    cfg = self.cfg
+    if images.ndim == 5:
+      images = images[:, :, None]
+    chex.assert_rank(images, 6)
+    b, m, f = images.shape[:3]
+    flat = images.reshape((b * m * f,) + images.shape[3:])
+    if cfg.fusion == "one_backbone":
+      tokens = self.connector(flat)
+      return tokens.reshape(b, m, f * tokens.shape[1], tokens.shape[-1])
+    out = self.vision(flat, feature_layer=cfg.feature_layer)
+    tokens = out.tokens  # [b*m*f, N, Dv]
+    n, dv = tokens.shape[1], tokens.shape[2]
+    if cfg.fusion == "projection":
+      projected = self.connector(tokens, out.grid)  # [b*m*f, T, D]
+      return projected.reshape(b, m, f * projected.shape[1], -1)
+    if cfg.fusion in ("resampler", "cross_attention"):
+      latents = self.connector(tokens.reshape(b, m, f, n, dv))
+      return latents  # [b, m, n_latents, D']
+    queries = self.connector(tokens.reshape(b * m, f * n, dv))
+    return queries.reshape(b, m, queries.shape[1], queries.shape[2])
+
+  def __call__(
+      self,
+      tokens: jax.Array,
+      positions: jax.Array | None = None,
+      *,
+      images: jax.Array | None = None,
+      image_mask: jax.Array | None = None,
+      image_token_mask: jax.Array | None = None,
+      media_locations: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      attention_mask: jax.Array | None = None,
+      cache: KVCache | None = None,
+      cache_index: jax.Array | int | None = None,
+      visual: jax.Array | None = None,
+      media_times: jax.Array | None = None,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """Logits f32[B, L, V] (and the updated KV cache when one is given).
+
+    `visual` ([B, M, T, D], from `encode_images`) may be passed instead of
+    `images`, e.g. to encode once and decode many steps. `media_times`
+    overrides the counts derived from `media_locations` (decoding).
+    """
+    cfg = self.cfg
+    if visual is None and images is not None:
+      visual = self.encode_images(images)
+    b = tokens.shape[0]
+    kwargs = dict(segment_ids=segment_ids, attention_mask=attention_mask,
+                  cache=cache, cache_index=cache_index)
+    if cfg.fusion == "cross_attention":
+      if visual is not None:
+        if media_times is None:
+          if media_locations is None:
+            raise ValueError("fusion='cross_attention' needs media_locations "
+                             "(where each <image> marker sits)")
+          media_times = cross_attention.text_time(media_locations)
+        kwargs.update(media=visual, media_times=media_times,
+                      media_valid=image_mask)
+      return self.llm(tokens, positions, **kwargs)
+    x = self.llm.embed_tokens(tokens)
+    if visual is not None:
+      if image_token_mask is None:
+        raise ValueError(f"fusion={cfg.fusion!r} needs image_token_mask "
+                         "(where the visual tokens go)")
+      flat = visual.reshape(b, -1, visual.shape[-1])
+      x = scatter_visual(x, flat, image_token_mask)
+      if cfg.image_attention == "bidirectional":
+        kwargs["block_ids"] = image_block_ids(image_token_mask)
+    return self.llm(positions=positions, embeddings=x, **kwargs)
+
+
+def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:
+  """Builds MLLMConfig from plain nested dicts (a ConfigDict's to_dict())."""
+  d = dict(d)
+  lm = DecoderConfig.from_dict(d.pop("lm"))
+  vision = d.pop("vision", None)
+  resampler = d.pop("resampler", None)
+  qformer = d.pop("qformer", None)
+  fusion = d.get("fusion")
+  allowed = {f.name for f in dataclasses.fields(MLLMConfig)}
+  unknown = sorted(set(d) - allowed)
+  if unknown:
+    raise ValueError(f"unknown model keys {unknown}; allowed: "
+                     f"{sorted(allowed)}")
+  return MLLMConfig(
+      lm=lm,
+      vision=(vision_lib.VisionConfig.from_dict(vision)
+              if vision and fusion != "one_backbone" else None),
+      resampler=(resampler_lib.ResamplerConfig.from_dict(resampler)
+                 if resampler and fusion in ("resampler", "cross_attention")
+                 else None),
+      qformer=(qformer_lib.QFormerConfig.from_dict(qformer)
+               if qformer and fusion == "qformer" else None),
+      **d)
