@@ -100,3 +100,26 @@ def test_cli_override_reaches_config(tmp_path):
        "--config.model.d_model=96"],
       cwd=REPO, capture_output=True, text=True, timeout=60)
   assert r.stdout.split() == ["0.125", "96"], r.stderr
+
+
+@pytest.mark.parametrize("fusion", ["projection", "resampler", "qformer",
+                                    "cross_attention", "one_backbone"])
+@pytest.mark.parametrize("positions", ["rope", "mrope", "v2pe"])
+def test_shapes_config_validates_every_paradigm(fusion, positions):
+  config = C.load_config(os.path.join(
+      REPO, f"configs/shapes.py:size=tiny,fusion={fusion},positions={positions}"))
+  config_checks.validate_model(config)
+  assert config.model.fusion == fusion
+
+
+def test_shapes_config_errors():
+  with pytest.raises(C.ConfigError, match="fusion='early'.*projection, resampler"):
+    C.load_config(os.path.join(REPO, "configs/shapes.py:fusion=early"))
+  config = C.load_config(os.path.join(REPO, "configs/shapes.py:size=tiny"))
+  config.model.projector = "conv"
+  with pytest.raises(C.ConfigError, match="projector='conv'.*'linear', 'mlp'"):
+    config_checks.validate_model(config)
+  config = C.load_config(os.path.join(REPO, "configs/shapes.py:size=tiny"))
+  config.model.lm.mrope_sections = (4, 6, 6)
+  with pytest.raises(C.ConfigError, match="mrope_sections must be set exactly when"):
+    config_checks.validate_model(config)

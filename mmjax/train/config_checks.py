@@ -104,7 +104,20 @@ def _run_checks(config):
   ]
 
 
+def validate_model(config: ml_collections.ConfigDict) -> None:
+  """Checks config.model for its family; ConfigError naming what is wrong."""
+  if config.get("family") == "mllm":
+    from mmjax.models.mllm import mllm_config_from_dict  # pylint: disable=g-import-not-at-top
+    try:
+      mllm_config_from_dict(config.model.to_dict())
+    except (TypeError, ValueError) as e:
+      raise C.ConfigError(f"config.model: {e}") from None
+    return
+  C.validate(config, _model_checks(config))
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError at the first bad or inconsistent value."""
-  C.validate(config, _model_checks(config) + _data_checks(config) +
-             _stage_checks(config) + _run_checks(config))
+  validate_model(config)
+  C.validate(config, _data_checks(config) + _stage_checks(config) +
+             _run_checks(config))

@@ -14,17 +14,20 @@ import ml_collections
 from mmjax.config import ConfigError
 from mmjax.data import text_pipeline
 from mmjax.models.decoder import DecoderConfig, DecoderLM
+from mmjax.models.mllm import MLLM, mllm_config_from_dict
 from mmjax.train import losses
 from mmjax.train.trainer import Task
 
-FAMILIES = ("lm",)
+FAMILIES = ("lm", "mllm")
 LOSSES = ("lm",)
 
 
-def build_model(config: ml_collections.ConfigDict) -> DecoderLM:
-  """The model the config describes (text-only LM for family 'lm')."""
+def build_model(config: ml_collections.ConfigDict):
+  """The model the config describes: DecoderLM ('lm') or MLLM ('mllm')."""
   if config.family == "lm":
     return DecoderLM(DecoderConfig.from_dict(config.model.to_dict()))
+  if config.family == "mllm":
+    return MLLM(mllm_config_from_dict(config.model.to_dict()))
   raise ConfigError(f"config.family={config.family!r}; allowed values: "
                     f"{', '.join(map(repr, FAMILIES))}")
 

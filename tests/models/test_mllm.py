@@ -218,3 +218,31 @@ def test_mrope_layout_positions():
       [0, 1, 2, 2, 2, 2, 2, 2, 5],
       [0, 1, 2, 2, 2, 3, 3, 3, 5],
       [0, 1, 2, 3, 4, 2, 3, 4, 5]])
+
+
+@pytest.mark.parametrize("fusion,positions", [
+    ("resampler", "rope"), ("cross_attention", "rope"),
+    ("projection", "mrope")])
+def test_video_frames(fusion, positions):
+  """Two frames per media item: the second frame matters, and M-RoPE gives
+  the frames different temporal ids."""
+  cfg = _cfg(fusion, positions)
+  model, params, _ = _init(fusion, positions)
+  if fusion == "cross_attention":
+    params = _open_gates(params)
+  ex = layout.assemble(cfg, [[11, 12], layout.Media(64, 64, frames=2),
+                             [13, 14]], IMAGE_ID)
+  rng = np.random.default_rng(1)
+  video = jnp.asarray(rng.uniform(-1, 1, (1, 1, 2, 64, 64, 3)), jnp.float32)
+  def logits(v):
+    return model.apply(
+        {"params": params}, jnp.asarray(ex["tokens"])[None],
+        jnp.asarray(ex["positions"])[..., None, :], images=v,
+        image_mask=jnp.ones((1, 1), bool),
+        image_token_mask=jnp.asarray(ex["image_token_mask"])[None],
+        media_locations=jnp.asarray(ex["media_locations"])[None])[0]
+  a, b = logits(video), logits(video.at[:, :, 1].set(0.0))
+  assert float(jnp.abs(a - b)[0, -1].max()) > 1e-4
+  if positions == "mrope":
+    t_ids = ex["positions"][0][ex["image_token_mask"]]
+    assert sorted(set(t_ids.tolist())) == [2, 3]
