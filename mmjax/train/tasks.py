@@ -15,6 +15,7 @@ from mmjax.config import ConfigError
 from mmjax.data import text_pipeline
 from mmjax.models.decoder import DecoderConfig, DecoderLM
 from mmjax.models.mllm import MLLM, mllm_config_from_dict
+from mmjax.train import groups
 from mmjax.train import losses
 from mmjax.train.trainer import Task
 
@@ -73,7 +74,8 @@ def build_task(config: ml_collections.ConfigDict, stage_name: str,
       eval_batches=lambda: data.eval_batches(
           config.batch_size, config.eval_batches, jax.process_index(),
           jax.process_count()),
-      tokens_per_example=config.data.seq_len)
+      tokens_per_example=config.data.seq_len,
+      to_global=groups.prefix_mapper({"*": "llm"}))
   info = {"unigram_entropy": data.unigram_entropy(),
           "train_windows": len(data.train_windows),
           "eval_windows": len(data.eval_windows),

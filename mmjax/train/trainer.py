@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from mmjax import parallel
 from mmjax.train import checkpoint as ckpt_lib
+from mmjax.train import groups
 from mmjax.train import metrics as metrics_lib
 from mmjax.train import optim
 
@@ -58,11 +59,19 @@ class Task:
   train_iterator: Any
   eval_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None
   tokens_per_example: int = 0
+  # Model path -> path in the recipe's global parameter store.
+  to_global: Callable[[str], str] = lambda path: path
+  # Preference losses also get the frozen reference parameters (the
+  # model's parameters at stage start): loss_fn(params, batch, rng, ref).
+  needs_ref: bool = False
+  # Extra per-stage numbers for metrics (e.g. skipped records); () -> dict.
+  data_stats: Callable[[], Mapping[str, float]] | None = None
 
 
 @dataclasses.dataclass
 class StageResult:
   params: Any
+  global_params: dict[str, Any]   # flat {global path: array}: next stage's
   step: int
   final_metrics: dict[str, float]
   checkpoint_dir: str
@@ -103,21 +112,52 @@ def _trim_metrics(workdir: str, stage: str, step: int) -> None:
 
 
 def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
-              workdir: str, mesh: Mesh, rules) -> StageResult:
-  """Trains one stage to config.stages[stage_name].steps, resuming if needed."""
+              workdir: str, mesh: Mesh, rules,
+              store: Mapping[str, Any] | None = None) -> StageResult:
+  """Trains one stage to config.stages[stage_name].steps, resuming if needed.
+
+  Args:
+    store: the global parameter store handed over by the previous stage
+      (flat {path: array}); the model takes the leaves it has, initialises
+      the rest, and carries the leaves it does not use.
+  """
   stage = config.stages[stage_name]
   total = int(stage.steps)
   tx, schedule = optim.make_optimizer(stage)
   main_process = jax.process_index() == 0
-
-  def init_state(rng):
-    params = task.init_params(rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": tx.init(params),
-            "nonfinite_step": jnp.full((), -1, jnp.int32)}
+  store = dict(store or {})
 
   rng = jax.random.key(config.seed)
-  abstract = jax.eval_shape(init_state, rng)
+  model_flat = groups.flatten(nn.unbox(jax.eval_shape(task.init_params, rng)))
+  global_of = {p: task.to_global(p) for p in model_flat}
+  trained = set(groups.trainable_paths(
+      global_of.values(), stage.get("trainable", ("all",)),
+      where=f"stages.{stage_name}.trainable"))
+  train = [p for p in model_flat if global_of[p] in trained]
+  # Leaves the model takes from the store (shape-checked) and those it
+  # carries through untouched.
+  _, taken = groups.overlay(model_flat, store, task.to_global)
+  given = {p: store[task.to_global(p)] for p in model_flat
+           if task.to_global(p) in store}
+  carry = {g: v for g, v in store.items() if g not in set(taken)}
+
+  def init_state(rng, given, carry):
+    params = groups.flatten(task.init_params(rng))
+    for path, value in given.items():
+      box = params[path]
+      params[path] = (box.replace_boxed(value)
+                      if isinstance(box, nn.LogicallyPartitioned) else value)
+    trainable, _ = groups.split(params, train)
+    params = groups.unflatten(params)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "opt_state": tx.init(groups.unflatten(trainable)),
+             "nonfinite_step": jnp.full((), -1, jnp.int32),
+             "carry": groups.unflatten(carry)}
+    if task.needs_ref:
+      state["ref"] = params
+    return state
+
+  abstract = jax.eval_shape(init_state, rng, given, carry)
   shardings = parallel.logical_shardings(abstract, mesh, rules)
   abstract = nn.unbox(abstract)
   shapes = ckpt_lib.param_shapes(abstract["params"])
@@ -134,7 +174,8 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
   resumed_from = None
   final_metrics: dict[str, float] = {}
   if restored is None:
-    state, _ = parallel.sharded_init(init_state, mesh, rules, rng)
+    state, _ = parallel.sharded_init(init_state, mesh, rules, rng, given,
+                                     carry)
   else:
     resumed_from, state, data_state, saved_meta = restored
     task.train_iterator.set_state(data_state)
@@ -147,15 +188,28 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
   if main_process:
     n_params = sum(int(np.prod(a.shape))
                    for a in jax.tree.leaves(abstract["params"]))
+    n_train = sum(int(np.prod(model_flat[p].shape)) for p in train)
     mesh_text = " ".join(f"{k}={v}" for k, v in mesh.shape.items())
-    print(f"[{stage_name}] {n_params / 1e6:.2f}M params; mesh {mesh_text} "
+    print(f"[{stage_name}] {n_params / 1e6:.2f}M params "
+          f"({n_train / 1e6:.2f}M trained); mesh {mesh_text} "
           f"over {jax.device_count()} {jax.devices()[0].platform} device(s); "
           f"{total} steps of batch {config.batch_size}", flush=True)
   batch_sharding = parallel.batch_sharding(mesh, rules)
-  train_step = _make_train_step(task.loss_fn, tx, schedule, config.seed,
-                                shardings, batch_sharding)
-  eval_step = _make_eval_step(task.loss_fn, shardings["params"],
-                              batch_sharding)
+  jitted_step = _make_train_step(task, train, tx, schedule, config.seed,
+                                 shardings, batch_sharding)
+  compiled_steps = {}
+
+  def train_step(state, batch):
+    """Compiles once per batch signature (bucketed lengths) and logs the
+    compiled step's FLOPs and memory the first time."""
+    key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+    if key not in compiled_steps:
+      t0 = time.perf_counter()
+      compiled = jitted_step.lower(state, batch).compile()
+      compiled_steps[key] = compiled
+      writer.write(step, _compiled_stats(compiled, time.perf_counter() - t0))
+    return compiled_steps[key](state, batch)
+  eval_step = _make_eval_step(task, shardings, batch_sharding)
 
   writer = metrics_lib.MetricWriter(workdir, stage_name)
   meta = {"stage": stage_name, "total_steps": total, "param_shapes": shapes,
@@ -167,7 +221,7 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
       return {}
     sums, n = {}, 0
     for batch in task.eval_batches():
-      m = eval_step(state["params"], parallel.shard_batch(batch, mesh, rules))
+      m = eval_step(state, parallel.shard_batch(batch, mesh, rules))
       for k, v in jax.device_get(m).items():
         sums[k] = sums.get(k, 0.0) + float(v)
       n += 1
@@ -246,35 +300,53 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
     bar.close()
     writer.close()
     signal.signal(signal.SIGTERM, previous_handler)
-  return StageResult(params=state["params"], step=step,
+  global_params = {task.to_global(p): v for p, v in
+                   groups.flatten(state["params"]).items()}
+  global_params.update(groups.flatten(state["carry"]))
+  return StageResult(params=state["params"], global_params=global_params,
+                     step=step,
                      final_metrics=final_metrics, checkpoint_dir=directory,
                      resumed_from=resumed_from)
 
 
-def _make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
+def _make_train_step(task: Task, train: list[str],
+                     tx: optax.GradientTransformation,
                      schedule: optax.Schedule, seed: int, shardings,
                      batch_sharding):
-  """jit((state, batch) -> (state, metrics)), state donated."""
+  """jit((state, batch) -> (state, metrics)), state donated.
+
+  Gradients are taken with respect to the trainable leaves only, so XLA
+  computes no weight gradient for a frozen one and the optimizer state
+  covers only the trainable leaves.
+  """
 
   def step_fn(state, batch):
     step = state["step"]
     rng = jax.random.fold_in(jax.random.key(seed), step)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, metrics), grads = grad_fn(state["params"], batch, rng)
+    trainable, frozen = groups.split(groups.flatten(state["params"]), train)
+    extra = (state["ref"],) if task.needs_ref else ()
+
+    def loss_of(trained):
+      params = groups.unflatten({**frozen, **groups.flatten(trained)})
+      return task.loss_fn(params, batch, rng, *extra)
+
+    current = groups.unflatten(trainable)
+    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        current)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    updates, opt_state = tx.update(grads, state["opt_state"], current)
+    new = optax.apply_updates(current, updates)
     # A non-finite step leaves the state as it was, so nothing poisoned can
     # reach a checkpoint; the host raises at its next check.
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(finite, n, o), new, old)
     first_bad = jnp.where((state["nonfinite_step"] < 0) & ~finite, step,
                           state["nonfinite_step"])
-    new_state = {"step": step + 1,
-                 "params": keep(params, state["params"]),
-                 "opt_state": keep(opt_state, state["opt_state"]),
-                 "nonfinite_step": first_bad}
+    params = groups.unflatten({**frozen, **groups.flatten(keep(new, current))})
+    new_state = dict(state, step=step + 1, params=params,
+                     opt_state=keep(opt_state, state["opt_state"]),
+                     nonfinite_step=first_bad)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    lr=schedule(step))
     return new_state, metrics
@@ -283,8 +355,27 @@ def _make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
                  out_shardings=(shardings, None), donate_argnums=0)
 
 
-def _make_eval_step(loss_fn: LossFn, param_shardings, batch_sharding):
-  def eval_fn(params, batch):
-    _, metrics = loss_fn(params, batch, jax.random.key(0))
+def _compiled_stats(compiled, seconds: float) -> dict[str, float]:
+  """Per-device FLOPs and bytes of a compiled step (XLA's own accounting)."""
+  stats = {"compile_time_s": seconds}
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if cost and "flops" in cost:
+    stats["step_flops"] = float(cost["flops"])
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    for name in ("argument_size_in_bytes", "output_size_in_bytes",
+                 "temp_size_in_bytes"):
+      if hasattr(mem, name):
+        stats["step_" + name.replace("_size_in", "")] = float(
+            getattr(mem, name))
+  return stats
+
+
+def _make_eval_step(task: Task, shardings, batch_sharding):
+  def eval_fn(state, batch):
+    extra = (state["ref"],) if task.needs_ref else ()
+    _, metrics = task.loss_fn(state["params"], batch, jax.random.key(0),
+                              *extra)
     return metrics
-  return jax.jit(eval_fn, in_shardings=(param_shardings, batch_sharding))
+  return jax.jit(eval_fn, in_shardings=(shardings, batch_sharding))
