@@ -90,7 +90,75 @@ def get_config(arg=None):
   config.family = "mllm"
   config.seed = 0
   config.model = model_config(args.size, args.fusion, args.positions)
+  config.model.text = ml_collections.ConfigDict(dict(
+      vocab_size=512, max_len=32, width=s_vision_width(args.size),
+      depth=2, mlp_dim=4 * s_vision_width(args.size),
+      n_heads=_SIZES[args.size]["vision"]["n_heads"], embed_dim=64,
+      norm_eps=1e-6, activation="gelu_tanh", dtype="float32",
+      param_dtype="float32"))
   config.batch_size = args.batch or _SIZES[args.size]["batch"]
+  config.data = ml_collections.ConfigDict(dict(
+      dataset="shapes",
+      data_dir="",           # '' = $MMJAX_DATA_DIR or ~/.cache/mmjax/data
+      num_train=10000, num_validation=500, num_test=1000, num_heldout=1000,
+      image_size=64, vocab_size=512, seed=0,
+      max_len=128,           # longest sequence (contrastive: text length 32)
+      text_seq_len=64,       # window of the text-only LM stage
+      num_workers=0))
+  config.stages, config.stage_order = _stages(args.fusion, args.steps)
+  config.log_every = 10
+  config.eval_every = 0
+  config.eval_batches = 2
+  config.eval = ml_collections.ConfigDict(dict(
+      max_examples=200, batch_size=32, max_new_tokens=4))
+  config.progress_bar = True
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every=200, keep=2, async_save=True))
+  config.init_from = ""
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.matmul_precision = "default"
   return config
+
+
+def s_vision_width(size):
+  return _SIZES[size]["vision"]["width"]
+
+
+def _stage(loss, data, steps, trainable, lr, evals=(), warmup=20, **extra):
+  return ml_collections.ConfigDict(dict(
+      loss=loss, data=data, steps=steps, trainable=tuple(trainable),
+      evals=tuple(evals),
+      optimizer=ml_collections.ConfigDict(dict(
+          name="adamw", lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01,
+          grad_clip=1.0)),
+      schedule=ml_collections.ConfigDict(dict(
+          name="warmup_cosine", warmup_steps=min(warmup, max(1, steps // 5)),
+          end_lr_fraction=0.1)), **extra))
+
+
+def _stages(fusion, cap):
+  """The from-scratch recipe; `cap` > 0 caps every stage (smoke runs)."""
+  n = lambda steps: min(steps, cap) if cap else steps
+  # Flamingo-style models train their cross-attention blocks with the
+  # connector; the LM itself joins in instruction tuning.
+  connector = ("connector", "xattn") if fusion == "cross_attention" else (
+      "connector",)
+  stages = ml_collections.ConfigDict()  # (ConfigDict sorts its keys)
+  order = ["text_lm"]
+  stages.text_lm = _stage("lm", "text", n(300), ["llm"], 3e-3)
+  if fusion != "one_backbone":  # Fuyu has no vision tower to pretrain
+    stages.siglip = _stage("sigmoid_contrastive", "contrastive", n(300),
+                           ["vision", "text", "siglip"], 1e-3,
+                           evals=["retrieval"])
+    order.append("siglip")
+  if fusion == "qformer":
+    stages.qformer = _stage("qformer", "contrastive", n(200), ["connector"],
+                            1e-3)
+    order.append("qformer")
+  stages.align = _stage("lm", "caption", n(200), connector, 1e-3,
+                        evals=["vqa"])
+  stages.sft = _stage("lm", "shapes", n(600), connector + ("llm",), 1e-3,
+                      evals=["vqa"])
+  stages.dpo = _stage("dpo", "preference", n(100), connector + ("llm",),
+                      1e-5, evals=["vqa"], beta=0.1)
+  return stages, tuple(order + ["align", "sft", "dpo"])

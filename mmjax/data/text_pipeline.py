@@ -85,13 +85,19 @@ def lm_batch(w: np.ndarray) -> dict[str, np.ndarray]:
 class LMData:
   """Train and held-out windows of the text corpus."""
 
-  def __init__(self, config: ml_collections.ConfigDict, tok: Tokenizer):
-    train, held_out = corpus_split(config)
-    seq_len = config.data.seq_len
+  def __init__(self, train: list[str], held_out: list[str], tok: Tokenizer,
+               seq_len: int, seed: int):
     self.train_tokens = token_stream(train, tok)
     self.train_windows = windows(self.train_tokens, seq_len)
     self.eval_windows = windows(token_stream(held_out, tok), seq_len)
-    self.seed = config.data.seed
+    self.seed = seed
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, tok: Tokenizer
+                  ) -> "LMData":
+    """The text corpus of an LM recipe (configs/lm.py)."""
+    train, held_out = corpus_split(config)
+    return cls(train, held_out, tok, config.data.seq_len, config.data.seed)
 
   def unigram_entropy(self) -> float:
     """Entropy (nats) of the training tokens: the loss a bag-of-words gets."""

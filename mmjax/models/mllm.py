@@ -287,6 +287,7 @@ def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:
   vision = d.pop("vision", None)
   resampler = d.pop("resampler", None)
   qformer = d.pop("qformer", None)
+  d.pop("text", None)  # the SigLIP text tower of contrastive stages
   fusion = d.get("fusion")
   allowed = {f.name for f in dataclasses.fields(MLLMConfig)}
   unknown = sorted(set(d) - allowed)

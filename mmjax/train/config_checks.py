@@ -65,6 +65,49 @@ def _data_checks(config):
   ]
 
 
+def _mllm_stage_checks(config):
+  """What only the multimodal recipe needs: data formats, losses that fit
+  the fusion, preference data for preference losses, known groups."""
+  from mmjax.train import groups  # pylint: disable=g-import-not-at-top
+  from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
+  checks = [C.check_int("data.max_len", 8), C.check_int("data.num_train", 1),
+            C.check_int("data.text_seq_len", 2),
+            C.check_int("data.num_workers", 0),
+            C.check_int("batch_size", 1)]
+  fusion = config.model.fusion
+  for name in C.stage_names(config):
+    p = f"stages.{name}"
+    stage = config.stages[name]
+    checks += [C.check_choice(f"{p}.loss", mllm_tasks.MLLM_LOSSES),
+               C.check_choice(f"{p}.data", mllm_tasks.DATA_FORMATS)]
+    checks.append(C.check_that(
+        lambda c, s=stage: s.loss != "qformer" or fusion == "qformer",
+        lambda c, p=p: f"config.{p}.loss='qformer' needs a Q-Former, but "
+        f"config.model.fusion={fusion!r}; use fusion=qformer or drop the "
+        "stage"))
+    checks.append(C.check_that(
+        lambda c, s=stage: (s.loss in ("dpo", "mpo")) == (
+            s.data == "preference"),
+        lambda c, p=p, s=stage: f"config.{p}: loss={s.loss!r} with "
+        f"data={s.data!r}; preference losses (dpo, mpo) need "
+        "data='preference' and only they can use it"))
+    checks.append(C.check_that(
+        lambda c, s=stage: s.loss not in ("sigmoid_contrastive",
+                                          "softmax_contrastive", "qformer")
+        or fusion != "one_backbone",
+        lambda c, p=p: f"config.{p}: fusion='one_backbone' has no vision "
+        "tower to pretrain contrastively"))
+    for entry in stage.get("trainable", ("all",)):
+      checks.append(C.check_that(
+          lambda c, e=entry: e in groups.GROUPS or any(
+              ch in e for ch in "*?[/"),
+          lambda c, p=p, e=entry: f"config.{p}.trainable names {e!r}, "
+          f"which is no parameter group; groups: "
+          f"{', '.join(groups.GROUPS)} (or a glob like 'llm/layers_3/*')"))
+    checks.append(C.check_int(f"{p}.steps", 1))
+  return checks
+
+
 def _stage_checks(config):
   from mmjax.train.tasks import LOSSES  # pylint: disable=g-import-not-at-top
   checks = []
@@ -72,7 +115,15 @@ def _stage_checks(config):
     p = f"stages.{name}"
     checks += [
         C.check_choice(f"{p}.loss", LOSSES),
-        C.check_int(f"{p}.steps", 1),
+        C.check_int(f"{p}.steps", 1)]
+  return checks + _optimizer_checks(config)
+
+
+def _optimizer_checks(config):
+  checks = []
+  for name in C.stage_names(config):
+    p = f"stages.{name}"
+    checks += [
         C.check_choice(f"{p}.optimizer.name", optim.OPTIMIZERS),
         C.check_number(f"{p}.optimizer.lr", 0.0),
         C.check_number(f"{p}.optimizer.grad_clip", 0.0),
@@ -119,5 +170,9 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError at the first bad or inconsistent value."""
   validate_model(config)
+  if config.get("family") == "mllm":
+    C.validate(config, _mllm_stage_checks(config) + _optimizer_checks(config)
+               + _run_checks(config))
+    return
   C.validate(config, _data_checks(config) + _stage_checks(config) +
              _run_checks(config))

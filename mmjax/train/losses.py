@@ -1,6 +1,8 @@
 """Training losses. Each takes model outputs and a batch, returns a scalar."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -108,3 +110,251 @@ def softmax_contrastive_loss(zimg: jax.Array, ztxt: jax.Array,
   return loss, {"loss": loss, "i2t_loss": i2t_loss, "t2i_loss": t2i_loss,
                 "i2t_accuracy": i2t, "t2i_accuracy": t2i,
                 "temperature": jnp.exp(jnp.asarray(logit_scale, jnp.float32))}
+
+
+# ---------------------------------------------------------------------------
+# Preference tuning (DPO, MPO). DESIGN.md section 5, "Preference tuning".
+# ---------------------------------------------------------------------------
+
+PREFERENCE_KINDS = ("dpo", "mpo")
+MPO_WEIGHTS = (0.8, 0.2, 1.0)  # (DPO, BCO pair, NLL of chosen), InternVL MPO.
+
+
+def sequence_logprobs(logits: jax.Array, targets: jax.Array, mask: jax.Array
+                      ) -> jax.Array:
+  """Log-probability of each sequence's completion.
+
+  Args:
+    logits: f32[B, L, V] next-token logits.
+    targets: int[B, L], the token each position predicts.
+    mask: f32[B, L], 1 on the completion positions that count.
+
+  Returns:
+    f32[B]: sum over masked positions of log p(target).
+  """
+  token_logp = -optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), targets)
+  return jnp.sum(token_logp * mask.astype(jnp.float32), axis=-1)
+
+
+def _rewards(pol_chosen, pol_rejected, ref_chosen, ref_rejected, beta):
+  """Implicit rewards beta * (log pi - log pi_ref), each f32[B]."""
+  return beta * (pol_chosen - ref_chosen), beta * (pol_rejected - ref_rejected)
+
+
+def dpo_loss(pol_chosen: jax.Array, pol_rejected: jax.Array,
+             ref_chosen: jax.Array, ref_rejected: jax.Array,
+             beta: float = 0.1) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """DPO (sigmoid) loss: `-log sigmoid(beta*((pc - rc) - (pr - rr)))`.
+
+  Args:
+    pol_chosen, pol_rejected: f32[B] policy log-probs of the chosen and
+      rejected completions (`sequence_logprobs`).
+    ref_chosen, ref_rejected: f32[B] reference-model log-probs.
+    beta: inverse temperature of the implicit reward (DPO paper: 0.1).
+
+  Returns:
+    (mean loss, {'loss', 'rewards_chosen', 'rewards_rejected',
+    'reward_margin', 'reward_accuracy'}); the reward metrics are batch means
+    of beta * (policy - reference) (TRL's rewards/chosen, .../margins, ...).
+  """
+  r_c, r_r = _rewards(pol_chosen, pol_rejected, ref_chosen, ref_rejected,
+                      beta)
+  loss = jnp.mean(-jax.nn.log_sigmoid(r_c - r_r))
+  r_c, r_r = jax.lax.stop_gradient(r_c), jax.lax.stop_gradient(r_r)
+  return loss, {"loss": loss, "rewards_chosen": jnp.mean(r_c),
+                "rewards_rejected": jnp.mean(r_r),
+                "reward_margin": jnp.mean(r_c - r_r),
+                "reward_accuracy": jnp.mean((r_c > r_r).astype(jnp.float32))}
+
+
+def update_reward_mean(old_mean: jax.Array, old_count: jax.Array,
+                       r_c: jax.Array, r_r: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+  """Folds a batch of BCO rewards into the running mean (MPO's delta).
+
+  Every reward counts once, so with a constant batch size this equals TRL's
+  `RunningMoments` fed one batch mean per step. Start from (0.0, 0.0); TRL
+  updates *before* computing the loss, so the current batch is part of delta
+  (`preference_loss(..., reward_state=...)` does the same).
+
+  Args:
+    old_mean: scalar running mean of rewards seen so far.
+    old_count: scalar number of rewards seen so far (float; 0 at start).
+    r_c, r_r: f32[B] chosen and rejected rewards beta * (policy - ref).
+
+  Returns:
+    (new_mean, new_count), both f32 scalars; no gradient flows through them.
+  """
+  rewards = jax.lax.stop_gradient(
+      jnp.concatenate([jnp.ravel(r_c), jnp.ravel(r_r)]).astype(jnp.float32))
+  n = jnp.float32(rewards.size)
+  new_count = jnp.asarray(old_count, jnp.float32) + n
+  old_mean = jnp.asarray(old_mean, jnp.float32)
+  new_mean = old_mean + (jnp.mean(rewards) - old_mean) * n / new_count
+  return new_mean, new_count
+
+
+def mpo_loss(pol_chosen: jax.Array, pol_rejected: jax.Array,
+             ref_chosen: jax.Array, ref_rejected: jax.Array,
+             nll_chosen: jax.Array, beta: float = 0.1,
+             weights: tuple[float, float, float] = MPO_WEIGHTS,
+             delta: jax.Array | float | None = None
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mixed Preference Optimisation (InternVL): DPO + BCO pair + NLL.
+
+  `loss = w_p * DPO + w_q * BCO + w_g * NLL` with (w_p, w_q, w_g) = weights
+  (0.8, 0.2, 1.0 in InternVL 2.5/3, TRL `loss_type=['sigmoid', 'bco_pair',
+  'sft']`). With r_c = beta*(pc - rc), r_r = beta*(pr - rr):
+  `BCO = mean(-log sigmoid(r_c - delta) - log sigmoid(-(r_r - delta)))`.
+
+  Args:
+    pol_chosen, pol_rejected, ref_chosen, ref_rejected: f32[B] summed
+      completion log-probs, as for `dpo_loss`.
+    nll_chosen: the generation (SFT) loss of the chosen completions: a scalar
+      or f32[B] (averaged). `preference_loss` passes TRL's normalisation,
+      the NLL summed over every chosen completion token of the batch divided
+      by the number of those tokens; pass f32[B] per-sequence token means for
+      a per-example normalisation instead.
+    beta: reward inverse temperature.
+    weights: (DPO, BCO, NLL) weights.
+    delta: BCO reward shift, the running mean of past rewards (keep it with
+      `update_reward_mean`). None falls back to the mean of this batch's
+      2B rewards; that fallback sees only one batch, so it is noisier than
+      the running mean. Gradients never flow through delta.
+
+  Returns:
+    (loss, metrics): the `dpo_loss` metrics plus 'dpo_loss', 'bco_loss',
+    'nll_loss', 'bco_delta' and 'loss'.
+  """
+  w_p, w_q, w_g = weights
+  dpo, metrics = dpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected,
+                          beta)
+  r_c, r_r = _rewards(pol_chosen, pol_rejected, ref_chosen, ref_rejected,
+                      beta)
+  if delta is None:
+    delta = jnp.mean(jnp.concatenate([r_c, r_r]))
+  delta = jax.lax.stop_gradient(jnp.asarray(delta, jnp.float32))
+  bco = jnp.mean(-jax.nn.log_sigmoid(r_c - delta)
+                 - jax.nn.log_sigmoid(-(r_r - delta)))
+  nll = jnp.mean(nll_chosen)
+  loss = w_p * dpo + w_q * bco + w_g * nll
+  metrics.update(loss=loss, dpo_loss=dpo, bco_loss=bco, nll_loss=nll,
+                 bco_delta=delta)
+  return loss, metrics
+
+
+_PAIR_KEYS = ("tokens", "targets", "loss_mask", "positions",
+              "image_token_mask", "media_locations")
+
+
+def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
+  """Right-pads `x` with zeros along `axis` up to `length`."""
+  width = [(0, 0)] * x.ndim
+  width[axis] = (0, length - x.shape[axis])
+  return jnp.pad(x, width)
+
+
+def concat_preference_pair(batch: dict[str, jax.Array]
+                           ) -> dict[str, jax.Array | None]:
+  """Stacks `chosen_*` over `rejected_*` into one batch of 2B rows.
+
+  Rows 0..B-1 are the chosen sequences, B..2B-1 the rejected ones. The two
+  sides may differ in length: the shorter is right-padded with zeros (pad
+  token, mask 0), which a causal LM never reads from earlier positions.
+  Positions concatenate on axis 0 ([B, L], int or V2PE float) or axis 1
+  ([3, B, L], M-RoPE). `images`/`image_mask` are shared and repeated.
+
+  Returns:
+    {'tokens', 'targets', 'loss_mask', 'positions', 'image_token_mask',
+    'media_locations', 'images', 'image_mask'}; optional keys are None when
+    the batch lacks them.
+  """
+  length = max(batch["chosen_tokens"].shape[-1],
+               batch["rejected_tokens"].shape[-1])
+  out = {}
+  for key in _PAIR_KEYS:
+    chosen, rejected = batch.get("chosen_" + key), batch.get("rejected_" + key)
+    if chosen is None or rejected is None:
+      if (chosen is None) != (rejected is None):
+        raise ValueError(f"preference batch has only one of chosen_{key} and "
+                         f"rejected_{key}; give both or neither.")
+      out[key] = None
+      continue
+    axis = 1 if chosen.ndim == 3 else 0  # M-RoPE positions are [3, B, L].
+    out[key] = jnp.concatenate([_pad_to(chosen, length, chosen.ndim - 1),
+                                _pad_to(rejected, length, rejected.ndim - 1)],
+                               axis=axis)
+  for key in ("images", "image_mask"):
+    value = batch.get(key)
+    out[key] = None if value is None else jnp.concatenate([value, value], 0)
+  return out
+
+
+def preference_loss(model_apply: Callable[..., jax.Array], params: Any,
+                    ref_params: Any, batch: dict[str, jax.Array],
+                    kind: str = "dpo", beta: float = 0.1, *,
+                    mpo_weights: tuple[float, float, float] = MPO_WEIGHTS,
+                    reward_state: tuple[jax.Array, jax.Array] | None = None
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """DPO or MPO loss of a policy against a frozen reference model.
+
+  Each model runs ONCE on the chosen and rejected sequences stacked along
+  the batch axis (`concat_preference_pair`); the reference is wrapped in
+  `jax.lax.stop_gradient` (its parameters and its logits), so it never
+  receives a gradient.
+
+  Args:
+    model_apply: `(params, tokens, positions, images=, image_mask=,
+      image_token_mask=, media_locations=) -> logits f32[N, L, V]`, e.g.
+      `lambda p, *a, **k: MLLM(cfg).apply({'params': p}, *a, **k)[0]`.
+    params: policy parameters (differentiated).
+    ref_params: reference parameters (the SFT model).
+    batch: `chosen_{tokens,targets,loss_mask,positions,image_token_mask,
+      media_locations}`, the same `rejected_*`, and the shared `images`
+      f32[B, M, H, W, C] and `image_mask` bool[B, M]; loss_mask marks the
+      completion tokens whose log-probs are summed.
+    kind: 'dpo' or 'mpo'.
+    beta: reward inverse temperature.
+    mpo_weights: (DPO, BCO, NLL) weights for kind='mpo'.
+    reward_state: MPO only: (running mean, count) of past rewards. When
+      given, this batch is folded in first (as TRL does), the updated mean is
+      delta, and metrics carry the new state as 'reward_mean' and
+      'reward_count' for the caller to keep. None uses the batch-mean
+      fallback of `mpo_loss`.
+
+  Returns:
+    (loss, metrics) of `dpo_loss` / `mpo_loss`, plus 'logps_chosen' and
+    'logps_rejected' (policy batch means).
+  """
+  if kind not in PREFERENCE_KINDS:
+    raise ValueError(f"preference kind {kind!r} is not allowed; allowed: "
+                     f"{', '.join(PREFERENCE_KINDS)}.")
+  pair = concat_preference_pair(batch)
+  n = batch["chosen_tokens"].shape[0]
+
+  def run(p):
+    return model_apply(p, pair["tokens"], pair["positions"],
+                       images=pair["images"], image_mask=pair["image_mask"],
+                       image_token_mask=pair["image_token_mask"],
+                       media_locations=pair["media_locations"])
+
+  mask = pair["loss_mask"].astype(jnp.float32)
+  logps = sequence_logprobs(run(params), pair["targets"], mask)
+  ref_logps = jax.lax.stop_gradient(sequence_logprobs(
+      run(jax.lax.stop_gradient(ref_params)), pair["targets"], mask))
+  pc, pr, rc, rr = logps[:n], logps[n:], ref_logps[:n], ref_logps[n:]
+  if kind == "dpo":
+    loss, metrics = dpo_loss(pc, pr, rc, rr, beta)
+  else:
+    nll = -jnp.sum(pc) / jnp.maximum(jnp.sum(mask[:n]), 1.0)
+    delta = None
+    if reward_state is not None:
+      r_c, r_r = _rewards(pc, pr, rc, rr, beta)
+      delta, count = update_reward_mean(*reward_state, r_c, r_r)
+    loss, metrics = mpo_loss(pc, pr, rc, rr, nll, beta, mpo_weights, delta)
+    if reward_state is not None:
+      metrics.update(reward_mean=delta, reward_count=count)
+  metrics.update(logps_chosen=jnp.mean(jax.lax.stop_gradient(pc)),
+                 logps_rejected=jnp.mean(jax.lax.stop_gradient(pr)))
+  return loss, metrics

@@ -16,8 +16,27 @@ from mmjax import parallel
 from mmjax.train import config_checks, report, tasks, trainer
 
 
+def load_init_from(path: str) -> dict[str, Any]:
+  """Flat {path: array} of an external checkpoint (`config.init_from`).
+
+  The checkpoint is an orbax pytree whose top level names the parameter
+  groups (llm, vision, connector, ...), e.g. what `mmjax.convert` writes.
+  """
+  if not path:
+    return {}
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from mmjax.train import groups  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(path):
+    raise config_lib.ConfigError(
+        f"config.init_from={path!r} is not a directory; give an orbax "
+        "checkpoint of a parameter tree (e.g. what mmjax.convert writes)")
+  tree = ocp.StandardCheckpointer().restore(os.path.abspath(path))
+  return groups.flatten(tree.get("params", tree))
+
+
 def run_recipe(config: ml_collections.ConfigDict, workdir: str,
-               verbose: bool = True) -> list[tuple[str, Any, dict]]:
+               verbose: bool = True, after_stage=None
+               ) -> list[tuple[str, Any, dict]]:
   """Validates, then trains (or resumes) each stage; writes report.md.
 
   Raises:
@@ -25,6 +44,9 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
     IncompatibleCheckpointError: the workdir holds another model's
       checkpoint (nothing in it is touched).
     NonFiniteLossError: the loss became NaN/inf.
+
+  `after_stage(name, built_task, result)` runs after each stage (the main
+  job evaluates there).
   """
   workdir = os.path.abspath(workdir)
   config_checks.validate_config(config)
@@ -40,7 +62,7 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
   stages = config_lib.stage_names(config)
   # Refuse an incompatible workdir before writing anything into it.
   for name in stages:
-    _, init = tasks.model_initializer(config)
+    _, init = tasks.model_initializer(config, name)
     trainer.check_workdir(workdir, name, trainer.abstract_params(init))
 
   main_process = jax.process_index() == 0
@@ -50,9 +72,16 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
               encoding="utf-8") as f:
       json.dump(config_lib.to_plain(config), f, indent=2)
   done = []
+  # The global parameter store: each stage starts from what the previous
+  # one ended with (or from config.init_from), with a fresh optimizer.
+  store = load_init_from(config.get("init_from", ""))
   for name in stages:
     built = tasks.build_task(config, name, workdir)
-    result = trainer.run_stage(config, name, built.task, workdir, mesh, rules)
+    result = trainer.run_stage(config, name, built.task, workdir, mesh, rules,
+                               store=store)
+    store = result.global_params
+    if after_stage is not None:
+      after_stage(name, built, result)
     done.append((name, result, built.info))
     finished_before = (result.resumed_from is not None and
                        result.resumed_from >= config.stages[name].steps)

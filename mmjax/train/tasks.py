@@ -33,8 +33,13 @@ def build_model(config: ml_collections.ConfigDict):
                     f"{', '.join(map(repr, FAMILIES))}")
 
 
-def model_initializer(config: ml_collections.ConfigDict):
-  """rng -> boxed params, without data (for shape checks and init)."""
+def model_initializer(config: ml_collections.ConfigDict,
+                      stage_name: str | None = None):
+  """(model, rng -> boxed params) of a stage, without data (shape checks)."""
+  if config.family == "mllm":
+    from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
+    model, init, _ = mllm_tasks.stage_model(config, stage_name)
+    return model, init
   model = build_model(config)
   seq_len = config.data.seq_len
 
@@ -53,13 +58,17 @@ class BuiltTask:
 
 def build_task(config: ml_collections.ConfigDict, stage_name: str,
                workdir: str) -> BuiltTask:
+  """Model, loss and data of a stage, for the family of the config."""
+  if config.family == "mllm":
+    from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
+    return mllm_tasks.build_mllm_task(config, stage_name, workdir)
   stage = config.stages[stage_name]
   if stage.loss != "lm":
     raise ConfigError(f"config.stages.{stage_name}.loss={stage.loss!r}; "
                       f"allowed values: {', '.join(map(repr, LOSSES))}")
   model, init = model_initializer(config)
   tok = text_pipeline.prepare_tokenizer(config, workdir)
-  data = text_pipeline.LMData(config, tok)
+  data = text_pipeline.LMData.from_config(config, tok)
 
   def loss_fn(params, batch, rng):
     del rng  # no dropout in the LM

@@ -268,6 +268,9 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
         logged = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         dt = (now - last_log_time) / max(step - last_log_step, 1)
         logged["step_time_s"] = dt
+        if task.data_stats is not None:
+          logged.update({f"data/{k}": float(v)
+                         for k, v in task.data_stats().items()})
         if task.tokens_per_example:
           logged["tokens_per_s"] = (config.batch_size *
                                     task.tokens_per_example / dt)
