@@ -10,6 +10,11 @@ Module tree (the Hugging Face importer maps onto these names):
   xattn_{i}                  GatedCrossAttention before layers_{i}
                              (only with xattn_every > 0)
 
+With scan_layers=True the blocks become one scanned `layers` entry whose leaves
+carry a leading [n_layers] axis (logical name 'layers');
+`remat.stack_layer_params` / `remat.unstack_layer_params` convert between the
+two trees. The remat policy (config.remat) never changes the tree.
+
 KV cache: a list with one {'k', 'v'} dict per layer, each [B, S_max, Kh, Dh].
 Prefill writes slots 0..P-1 with `cache_index=0`; each later call writes its
 tokens at `cache_index` and attends over every slot up to its own.
@@ -29,6 +34,7 @@ import jax.numpy as jnp
 from mmjax.models import cross_attention
 from mmjax.models import layers
 from mmjax.models import masks
+from mmjax.models import remat as remat_lib
 
 KVCache = list[dict[str, jax.Array]]
 
@@ -65,8 +71,18 @@ class DecoderConfig:
   # (OpenFlamingo's cross_attn_every_n_layers); 0 = none.
   xattn_every: int = 0
   xattn_media: str = "last"  # 'last' (most recent image) or 'all'.
+  # Activation checkpointing per block: remat.REMAT_POLICIES.
+  remat: str = "none"
+  # Run the blocks under nn.scan (one compiled block; stacked param tree,
+  # see the module docstring). Full-sequence calls only: no KV cache.
+  scan_layers: bool = False
 
   def __post_init__(self):
+    remat_lib.check_remat(self.remat, "DecoderConfig.remat")
+    if self.scan_layers and self.xattn_every:
+      raise ValueError("scan_layers=True needs identical blocks; it cannot "
+                       "interleave cross-attention (set xattn_every=0 or "
+                       "scan_layers=False).")
     if self.mrope_sections is not None:
       object.__setattr__(self, "mrope_sections",
                          tuple(int(s) for s in self.mrope_sections))
@@ -147,12 +163,14 @@ class DecoderBlock(nn.Module):
       self,
       x: jax.Array,
       positions: jax.Array,
-      *,
       mask: jax.Array,
       cache: dict[str, jax.Array] | None = None,
       cache_index: jax.Array | int | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-    """x: [B, L, D]; positions: [B, L] or [3, B, L]; mask: bool[B, L, S]."""
+    """x: [B, L, D]; positions: [B, L] or [3, B, L]; mask: bool[B, L, S].
+
+    Returns (x, new cache or None): also the (carry, output) of a scan step.
+    """
     cfg = self.cfg
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
@@ -188,8 +206,16 @@ class DecoderLM(nn.Module):
             nn.initializers.variance_scaling(1.0, "fan_in", "normal",
                                              out_axis=0),
             ("vocab", "embed")))
-    # A list attribute in setup names its entries layers_0, layers_1, ...
-    self.layers = [DecoderBlock(cfg) for _ in range(cfg.n_layers)]
+    block = remat_lib.remat_block(DecoderBlock, cfg.remat,
+                                  prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      self.layers = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+    else:
+      # A list attribute in setup names its entries layers_0, layers_1, ...
+      self.layers = [block(cfg) for _ in range(cfg.n_layers)]
     # A dict attribute names its entries xattn_<key>: xattn_3 sits before
     # layers_3.
     self.xattn = {str(i): cross_attention.GatedCrossAttention(
@@ -267,6 +293,10 @@ class DecoderLM(nn.Module):
       if segment_ids is not None:
         raise ValueError("segment_ids (packing) is for training; with a cache "
                          "pass attention_mask over the cache slots instead.")
+      if cfg.scan_layers:
+        raise ValueError("scan_layers=True has no KV cache; decode with a "
+                         "scan_layers=False model and "
+                         "remat.unstack_layer_params(params).")
 
     if embeddings is None:
       chex.assert_rank(tokens, 2)
@@ -324,14 +354,17 @@ class DecoderLM(nn.Module):
     mask = jnp.broadcast_to(mask, (batch, length, kv_len))
 
     new_cache = [] if cache is not None else None
-    for i, block in enumerate(self.layers):
-      if media is not None and str(i) in self.xattn:
-        x = self.xattn[str(i)](x, media_flat, xmask)
-      x, layer_cache = block(
-          x, positions, mask=mask,
-          cache=None if cache is None else cache[i], cache_index=cache_index)
-      if new_cache is not None:
-        new_cache.append(layer_cache)
+    if cfg.scan_layers:
+      x, _ = self.layers(x, positions, mask)
+    else:
+      for i, block in enumerate(self.layers):
+        if media is not None and str(i) in self.xattn:
+          x = self.xattn[str(i)](x, media_flat, xmask)
+        x, layer_cache = block(
+            x, positions, mask,
+            None if cache is None else cache[i], cache_index)
+        if new_cache is not None:
+          new_cache.append(layer_cache)
 
     x = self.final_norm(x)
     if cfg.tie_embeddings:

@@ -29,7 +29,10 @@ def patch_grid(cfg: MLLMConfig, height: int, width: int) -> tuple[int, int]:
     height, width: image size in pixels.
   """
   p = cfg.patch
-  if height <= 0 or width <= 0 or height % p or width % p:
+  native = height == width == cfg.side
+  # At its native size a tower drops the remainder like a valid conv does
+  # (So400m/14 at 384 px: 27x27 patches); other sizes must divide.
+  if height <= 0 or width <= 0 or (not native and (height % p or width % p)):
     raise ImageSizeError(
         f"image of {height}x{width} px cannot be cut into {p}x{p} patches; "
         f"resize it to a multiple of {p} (the config's image size is "

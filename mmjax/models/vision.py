@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.models import layers
+from mmjax.models import remat as remat_lib
 
 _POOLS = ("none", "map")
 _KIND_DEFAULTS = {
@@ -65,8 +66,10 @@ class VisionConfig:
   pool: str | None = None
   dtype: str = "float32"
   param_dtype: str = "float32"
+  remat: str = "none"  # Per EncoderBlock: remat.REMAT_POLICIES.
 
   def __post_init__(self):
+    remat_lib.check_remat(self.remat, "VisionConfig.remat")
     if self.kind not in _KIND_DEFAULTS:
       raise ValueError(f"VisionConfig.kind={self.kind!r}; allowed: "
                        f"{list(_KIND_DEFAULTS)}.")
@@ -386,8 +389,9 @@ class VisionEncoder(nn.Module):
 
     block_kw = dict(n_heads=cfg.n_heads, mlp_dim=cfg.mlp_dim,
                     activation=cfg.activation, norm_eps=cfg.norm_eps, **kw)
+    block = remat_lib.remat_block(EncoderBlock, cfg.remat)
     for i in range(n_run):
-      x = EncoderBlock(name=f"layers_{i}", **block_kw)(x)
+      x = block(name=f"layers_{i}", **block_kw)(x)
 
     if feature_layer is not None:
       return VisionOutput(tokens=x[:, int(is_clip):], pooled=None, grid=grid)

@@ -75,11 +75,17 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
   # The global parameter store: each stage starts from what the previous
   # one ended with (or from config.init_from), with a fresh optimizer.
   store = load_init_from(config.get("init_from", ""))
+  evaluator = None
+  if config.family == "mllm":
+    from mmjax.train import stage_evals  # pylint: disable=g-import-not-at-top
+    evaluator = stage_evals.StageEvaluator(config, workdir)
   for name in stages:
     built = tasks.build_task(config, name, workdir)
     result = trainer.run_stage(config, name, built.task, workdir, mesh, rules,
                                store=store)
     store = result.global_params
+    if evaluator is not None:
+      evaluator(name, built, result)
     if after_stage is not None:
       after_stage(name, built, result)
     done.append((name, result, built.info))
@@ -89,7 +95,9 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
       print(f"[{name}] already finished ({result.step} steps): "
             f"{result.checkpoint_dir}", flush=True)
   if main_process:
-    path = report.write_report(workdir, f"mmjax run: {config.family}", done)
+    path = report.write_report(
+        workdir, f"mmjax run: {config.family}", done,
+        extra=evaluator.report() if evaluator is not None else "")
     if verbose:
       print(f"done. report: {path}  metrics: "
             f"{os.path.join(workdir, 'metrics.jsonl')}", flush=True)

@@ -11,8 +11,10 @@ def _fmt(v: Any) -> str:
 
 
 def write_report(workdir: str, title: str,
-                 stages: Sequence[tuple[str, Any, Mapping[str, Any]]]) -> str:
-  """Writes report.md; `stages` holds (name, StageResult, info) triples."""
+                 stages: Sequence[tuple[str, Any, Mapping[str, Any]]],
+                 extra: str = "") -> str:
+  """Writes report.md; `stages` holds (name, StageResult, info) triples;
+  `extra` (markdown: evaluations, plots) follows the stage sections."""
   lines = [f"# {title}", "",
            f"Written {datetime.datetime.now().isoformat(timespec='seconds')}"
            f" from `{os.path.abspath(workdir)}`.", ""]
@@ -26,6 +28,8 @@ def write_report(workdir: str, title: str,
       lines += [f"| {k} | {_fmt(v)} |"
                 for k, v in sorted(result.final_metrics.items())]
     lines.append("")
+  if extra:
+    lines += ["", extra]
   path = os.path.join(workdir, "report.md")
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write("\n".join(lines))

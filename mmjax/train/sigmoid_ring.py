@@ -34,7 +34,7 @@ from mmjax.train import losses
 
 
 def _block(zimg: jax.Array, ztxt: jax.Array, scale: jax.Array,
-           bias: jax.Array, offset: jax.Array, diagonal: bool
+           bias: jax.Array, offset: jax.Array | int, diagonal: bool
            ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
   """Loss sum and metric statistics of one [b, c] block of the logits.
 

@@ -14,8 +14,8 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-_ARGS = ["--config=configs/lm.py:tiny,steps=240", "--config.log_every=20",
-         "--config.checkpoint.every=40", "--config.eval_every=0",
+_ARGS = ["--config=configs/lm.py:tiny,steps=120", "--config.log_every=20",
+         "--config.checkpoint.every=20", "--config.eval_every=0",
          "--config.data.num_sentences=2000", "--config.progress_bar=False"]
 
 
@@ -35,7 +35,7 @@ def _wait_for_step(workdir, step, proc, timeout=240):
 
 
 def _final_params(workdir):
-  path = os.path.join(workdir, "checkpoints", "lm", "240", "state")
+  path = os.path.join(workdir, "checkpoints", "lm", "120", "state")
   return ocp.StandardCheckpointer().restore(path)["params"]
 
 
@@ -55,10 +55,10 @@ def _assert_same(a, b):
 
 def test_kill_9_then_rerun_equals_uninterrupted(straight, tmp_path):
   proc = _start(tmp_path)
-  _wait_for_step(tmp_path, 80, proc)
+  _wait_for_step(tmp_path, 40, proc)
   proc.kill()  # SIGKILL: no handler runs, an async save may be half done
   proc.wait()
-  assert not os.path.isdir(tmp_path / "checkpoints" / "lm" / "240")
+  assert not os.path.isdir(tmp_path / "checkpoints" / "lm" / "120")
   proc = _start(tmp_path)
   out, _ = proc.communicate(timeout=600)
   assert proc.returncode == 0, out
@@ -68,13 +68,13 @@ def test_kill_9_then_rerun_equals_uninterrupted(straight, tmp_path):
 
 def test_sigterm_saves_and_rerun_equals_uninterrupted(straight, tmp_path):
   proc = _start(tmp_path)
-  _wait_for_step(tmp_path, 40, proc)
+  _wait_for_step(tmp_path, 20, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode != 0, out
   assert "SIGTERM: saved step" in out
   saved = int(out.split("SIGTERM: saved step ")[1].split()[0])
-  assert 40 <= saved < 240
+  assert 20 <= saved < 120
   assert os.path.isdir(tmp_path / "checkpoints" / "lm" / str(saved))
   proc = _start(tmp_path)
   out, _ = proc.communicate(timeout=600)

@@ -1,0 +1,84 @@
+"""Convert Hugging Face checkpoints to mmjax, and mmjax decoder LMs back.
+
+Import (no network; a local directory with config.json + *.safetensors):
+  python -m mmjax.convert --hf_dir=DIR --out=OUT [--mesh=fsdp:4,tensor:2]
+writes OUT/config.json ({"family", "model", "hf"}) and OUT/params (orbax).
+
+Export (a converted 'lm' directory -> a transformers-loadable directory):
+  python -m mmjax.convert --mmjax_dir=OUT --out=HF_DIR
+
+Errors (unsupported architecture, missing or mis-shaped tensors, pickle-only
+checkpoints) print one line on stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory "
+                              "(config.json + *.safetensors) to import.")
+_MMJAX_DIR = flags.DEFINE_string("mmjax_dir", None, "A directory written by "
+                                 "an import of family 'lm', to export.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_MESH = flags.DEFINE_string("mesh", "", "Place parameters on a device mesh "
+                            "while importing, e.g. 'fsdp:4,tensor:2' (axes "
+                            "data, fsdp, tensor; -1 = the rest). Empty: "
+                            "default device.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT/params.")
+_NEWLINE = flags.DEFINE_integer("fuyu_newline_id", None, "Fuyu's '|NEWLINE|' "
+                                "token id when tokenizer.json is absent.")
+
+
+def _mesh(spec: str):
+  from mmjax import parallel  # pylint: disable=g-import-not-at-top
+  sizes = {}
+  for item in filter(None, spec.split(",")):
+    name, _, size = item.partition(":")
+    if name not in parallel.MESH_AXES or not size.lstrip("-").isdigit():
+      raise ValueError(f"--mesh={spec!r}: expected comma-separated AXIS:SIZE "
+                       f"with AXIS in {parallel.MESH_AXES}.")
+    sizes[name] = int(size)
+  sizes.setdefault("data", -1 if -1 not in sizes.values() else 1)
+  return parallel.make_mesh(sizes)
+
+
+def run(argv) -> str:
+  """Does the work; returns the output directory."""
+  del argv
+  from mmjax import hf  # pylint: disable=g-import-not-at-top
+  if not _OUT.value or bool(_HF_DIR.value) == bool(_MMJAX_DIR.value):
+    raise ValueError("pass --out and exactly one of --hf_dir (import) or "
+                     "--mmjax_dir (export).")
+  if _MMJAX_DIR.value:
+    from mmjax.models.decoder import DecoderConfig  # pylint: disable=g-import-not-at-top
+    conv = hf.load_converted(_MMJAX_DIR.value)
+    if conv.family != "lm":
+      raise hf.HFExportError(f"{_MMJAX_DIR.value} holds family "
+                             f"{conv.family!r}; only 'lm' exports.")
+    return str(hf.export_decoder(conv.params, DecoderConfig.from_dict(
+        conv.model), _OUT.value))
+  mesh = _mesh(_MESH.value) if _MESH.value else None
+  conv = hf.import_checkpoint(_HF_DIR.value, mesh=mesh,
+                              newline_token_id=_NEWLINE.value)
+  out = hf.save_converted(conv, _OUT.value, overwrite=_OVERWRITE.value)
+  for note in conv.hf["notes"]:
+    print(f"note: {note}")
+  return str(out)
+
+
+def main(argv):
+  try:
+    out = run(argv)
+  except (ValueError, OSError) as e:  # HFImportError / HFExportError too
+    message = " ".join(str(e).split())
+    print(f"mmjax.convert: error: {type(e).__name__}: {message}",
+          file=sys.stderr)
+    sys.exit(1)
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

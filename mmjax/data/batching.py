@@ -1,0 +1,150 @@
+"""Batching: bucket lengths, padding sequences, collating rows into a batch.
+
+`Collate` is the pipeline's grain `batch_fn`. It receives all B rows of a
+global batch (prepared by every process), picks the bucket from the longest
+valid row so that every process pads to the same L, and builds this
+process's rows: padded sequences (`pad_sequences`) and resized, normalised
+images. Pad rows (`valid` False) carry pad tokens, loss 0 and no images.
+Bad-example counts of all rows travel in the batch under `_stats`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mmjax.data import formats
+from mmjax.data import images as images_lib
+from mmjax.models.mllm import MLLMConfig
+
+# Counters the pipeline keeps: examples cut to max_len, skips per kind.
+STAT_KEYS = ("truncated",) + tuple(f"skipped_{k}" for k in formats.BAD_KINDS)
+# Per-sequence batch keys (preference batches prefix them chosen_/rejected_).
+SEQUENCE_KEYS = ("tokens", "targets", "loss_mask", "positions",
+                 "image_token_mask", "media_locations")
+
+
+def default_buckets(max_len: int, smallest: int = 64) -> tuple[int, ...]:
+  """Powers of two from `smallest` below max_len, then max_len."""
+  out, n = [], smallest
+  while n < max_len:
+    out.append(n)
+    n *= 2
+  return tuple(out) + (max_len,)
+
+
+def check_buckets(buckets: Sequence[int] | None, max_len: int
+                  ) -> tuple[int, ...]:
+  """Sorted bucket lengths, max_len last (every example fits one)."""
+  if buckets is None:
+    return default_buckets(max_len)
+  if not all(isinstance(b, int) and 0 < b <= max_len for b in buckets):
+    raise ValueError(f"buckets={list(buckets)} must be ints in [1, "
+                     f"max_len={max_len}]")
+  return tuple(sorted(set(buckets) | {max_len}))
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= length."""
+  for b in buckets:
+    if b >= length:
+      return b
+  raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+def pad_sequences(seqs: Sequence[Mapping[str, np.ndarray] | None], length: int,
+                  positions: str, pad_id: int) -> dict[str, np.ndarray]:
+  """Stacks `formats.chat_sequence` outputs into padded [b, length] arrays.
+
+  Args:
+    seqs: one sequence per row, None for a pad row.
+    length: the bucket length L (>= every sequence's length).
+    positions: the model's scheme, 'rope' | 'mrope' | 'v2pe'.
+    pad_id: the tokenizer's pad id.
+
+  Returns:
+    SEQUENCE_KEYS: tokens, targets int32[b, L] (pad_id after the sequence);
+    loss_mask f32[b, L] (0 after); image_token_mask, media_locations bool[b, L]
+    (False after); positions int32[b, L] / f32[b, L] continuing last + 1,
+    last + 2, ... (pad rows: 0, 1, ...) or, for mrope, int32[3, b, L] with 1
+    after the sequence, as Hugging Face's Qwen2-VL pads.
+  """
+  b = len(seqs)
+  out = {"tokens": np.full((b, length), pad_id, np.int32),
+         "targets": np.full((b, length), pad_id, np.int32),
+         "loss_mask": np.zeros((b, length), np.float32),
+         "image_token_mask": np.zeros((b, length), bool),
+         "media_locations": np.zeros((b, length), bool)}
+  ramp = np.arange(length)
+  if positions == "mrope":
+    pos = np.ones((3, b, length), np.int32)  # HF fills padding with 1.
+  else:
+    dtype = np.float32 if positions == "v2pe" else np.int32
+    pos = np.broadcast_to(ramp, (b, length)).astype(dtype)
+  for i, seq in enumerate(seqs):
+    if seq is None:
+      continue
+    n = len(seq["tokens"])
+    for key in out:  # Positions (other shapes) follow.
+      out[key][i, :n] = seq[key]
+    if positions == "mrope":
+      pos[:, i, :n] = seq["positions"]
+    else:
+      pos[i, :n] = seq["positions"]
+      pos[i, n:] = seq["positions"][n - 1] + 1 + ramp[:length - n]
+  out["positions"] = pos
+  return out
+
+
+class Collate:
+  """Global rows -> this process's padded batch (grain batch_fn)."""
+
+  def __init__(self, *, fmt: str, cfg: MLLMConfig, pad_id: int,
+               buckets: tuple[int, ...], max_len: int, max_images: int,
+               lo: int, local: int, resize: str):
+    self.fmt, self.cfg, self.pad_id, self.buckets = fmt, cfg, pad_id, buckets
+    self.max_len, self.max_images, self.lo, self.local = (max_len, max_images,
+                                                          lo, local)
+    self.resize, self.kind = resize, images_lib.normalization_kind(cfg)
+    self.fill = images_lib.pad_colour(self.kind)
+
+  def _pixels(self, image: np.ndarray) -> np.ndarray:
+    side = self.cfg.side
+    square = images_lib.resize_square(image, side, self.resize, self.fill)
+    return images_lib.normalize(square, self.kind)
+
+  def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    counts = dict.fromkeys(STAT_KEYS, 0)
+    for row in rows:  # Every process sees every row: global counts.
+      for key, n in row["counts"].items():
+        counts[key] += n
+    mine = rows[self.lo:self.lo + self.local]
+    valid = np.asarray([row["valid"] for row in mine], bool)
+    side, b = self.cfg.side, len(mine)
+    batch = {"images": np.zeros((b, self.max_images, side, side, 3),
+                                np.float32),
+             "image_mask": np.zeros((b, self.max_images), bool)}
+    for i, row in enumerate(mine):
+      for j, image in enumerate(row.get("images", [])):
+        batch["images"][i, j] = self._pixels(image)
+        batch["image_mask"][i, j] = True
+    if self.fmt == "contrastive":
+      batch["text_tokens"] = np.full((b, self.max_len), self.pad_id, np.int32)
+      batch["text_pad_mask"] = np.zeros((b, self.max_len), bool)
+      for i, row in enumerate(mine):
+        if row["valid"]:
+          batch["text_tokens"][i] = row["text_tokens"]
+          batch["text_pad_mask"][i] = row["text_pad_mask"]
+      return {**batch, "valid": valid, "_stats": counts}
+    names = ("chosen", "rejected") if self.fmt == "preference" else ("seq",)
+    # The bucket comes from all global rows, so every process agrees on L.
+    longest = max([len(row[name]["tokens"]) for row in rows if row["valid"]
+                   for name in names], default=1)
+    length = bucket_length(longest, self.buckets)
+    for name in names:
+      padded = pad_sequences([row[name] if row["valid"] else None
+                              for row in mine], length, self.cfg.positions,
+                             self.pad_id)
+      prefix = "" if name == "seq" else f"{name}_"
+      batch.update({prefix + k: v for k, v in padded.items()})
+    return {**batch, "valid": valid, "_stats": counts}

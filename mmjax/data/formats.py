@@ -1,0 +1,264 @@
+"""Record formats -> conversations -> laid-out token sequences (host side).
+
+A *format* says how a decoded source record (`builders.load_source`) becomes
+training examples. Records that hold several items (a shapes record's
+questions or captions) give one example per item: `example_index` flattens
+them into (record, item) pairs, so an epoch covers every item.
+
+  shapes               user `<image>\\n{question}` / assistant `{answer}`
+  caption              user `<image>\\ndescribe the image.` / assistant
+                       caption (shapes `captions`, or image_caption's
+                       `caption`): alignment pretraining
+  image_caption        the same as caption (image_caption folder builds)
+  llava_conversations  the record's turns as given (`from`/`value` or
+                       `role`/`content`), 0 or 1 image
+  preference           prompt as `shapes`, then chosen / rejected answers
+                       (shapes `pref_questions`, `chosen`, `rejected`)
+  contrastive          image + caption text for a SigLIP text tower
+
+`chat_sequence` tokenises a conversation (`Tokenizer.encode_chat`), expands
+each `<image>` with `layout.assemble` and makes next-token inputs / targets;
+`caption_tokens` pads caption text the SigLIP way. Problems raise
+`BadExample` (kind in `BAD_KINDS`) or layout's `ImageSizeError` /
+`PlaceholderMismatchError`; the pipeline turns them into counted skips or a
+`builders.BadRecordError` naming the record.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mmjax.data.tokenizer import IMAGE_TOKEN, Tokenizer
+from mmjax.models import layout
+from mmjax.models.mllm import MLLMConfig
+
+FORMATS = ("shapes", "caption", "image_caption", "llava_conversations",
+           "preference", "contrastive")
+CHAT_FORMATS = ("shapes", "caption", "image_caption", "llava_conversations")
+CAPTION_PROMPT = "describe the image."
+# Reasons an example is skipped (the pipeline counts `skipped_<kind>`).
+BAD_KINDS = ("image_size", "placeholder_mismatch", "too_long",
+             "too_many_images", "empty", "malformed")
+
+
+class BadExample(ValueError):
+  """An example the pipeline cannot use; `kind` is one of BAD_KINDS."""
+
+  def __init__(self, kind: str, message: str):
+    super().__init__(message)
+    self.kind = kind
+
+
+@dataclasses.dataclass
+class Chat:
+  """One conversation and its images (uint8[H, W, 3] each, in order)."""
+  record_id: str
+  turns: list[dict[str, str]]
+  images: list[np.ndarray]
+
+
+@dataclasses.dataclass
+class PreferencePair:
+  """A prompt, two completions of it, and the prompt's images."""
+  record_id: str
+  prompt: list[dict[str, str]]
+  chosen: str
+  rejected: str
+  images: list[np.ndarray]
+
+
+@dataclasses.dataclass
+class CaptionText:
+  """An image and its caption text (contrastive pretraining)."""
+  record_id: str
+  image: np.ndarray
+  text: str
+
+
+def _captions(record: Mapping[str, Any]) -> list[str]:
+  if "captions" in record:
+    return list(record["captions"])
+  if "caption" in record:
+    return [record["caption"]]
+  raise BadExample("malformed", "record has neither 'captions' nor 'caption'")
+
+
+def num_items(record: Mapping[str, Any], fmt: str) -> int:
+  """Examples one record gives under `fmt` (0 if it has no items)."""
+  if fmt == "shapes":
+    return len(record.get("questions", []))
+  if fmt == "preference":
+    return len(record.get("pref_questions", []))
+  if fmt in ("caption", "image_caption", "contrastive"):
+    return len(record.get("captions", [])) if "captions" in record else 1
+  return 1
+
+
+def example_index(source: Sequence[Mapping[str, Any]], fmt: str
+                  ) -> np.ndarray:
+  """int64[N, 2]: (record index, item index) of every example of a source.
+
+  Multi-item formats read every record once.
+  """
+  check_format(fmt)
+  n = len(source)
+  # Records of one source share a schema: one-caption records (image_caption
+  # builds) need no read per record. Reads decode images: ~1 ms per record.
+  single = fmt == "llava_conversations" or n == 0 or (
+      fmt in ("caption", "image_caption", "contrastive")
+      and "captions" not in source[0])
+  if single:
+    return np.stack([np.arange(n), np.zeros(n, np.int64)], axis=1)
+  pairs = [(r, i) for r in range(n) for i in range(num_items(source[r], fmt))]
+  return np.asarray(pairs, np.int64).reshape(-1, 2)
+
+
+def check_format(fmt: str) -> None:
+  if fmt not in FORMATS:
+    raise ValueError(f"fmt={fmt!r}; allowed values: {', '.join(FORMATS)}")
+
+
+def _images(record: Mapping[str, Any]) -> list[np.ndarray]:
+  image = record.get("image")
+  return [] if image is None else [image]
+
+
+def _user_with_image(text: str) -> dict[str, str]:
+  return {"role": "user", "content": f"{IMAGE_TOKEN}\n{text}"}
+
+
+def record_example(record: Mapping[str, Any], item: int, fmt: str
+                   ) -> Chat | PreferencePair | CaptionText:
+  """The `item`-th example of a decoded record under `fmt`."""
+  rid = str(record.get("id", "?"))
+  if fmt == "shapes":
+    turns = [_user_with_image(record["questions"][item]),
+             {"role": "assistant", "content": record["answers"][item]}]
+    return Chat(rid, turns, _images(record))
+  if fmt in ("caption", "image_caption"):
+    turns = [_user_with_image(CAPTION_PROMPT),
+             {"role": "assistant", "content": _captions(record)[item]}]
+    return Chat(rid, turns, _images(record))
+  if fmt == "llava_conversations":
+    turns = record["conversations"]
+    if isinstance(turns, str):
+      turns = json.loads(turns)
+    if not isinstance(turns, list):
+      raise BadExample("malformed", "conversations is not a list of turns")
+    return Chat(rid, list(turns), _images(record))
+  if fmt == "preference":
+    prompt = [_user_with_image(record["pref_questions"][item])]
+    return PreferencePair(rid, prompt, record["chosen"][item],
+                          record["rejected"][item], _images(record))
+  if fmt == "contrastive":
+    images = _images(record)
+    if len(images) != 1:
+      raise BadExample("placeholder_mismatch", "a contrastive example needs "
+                       f"exactly one image, the record has {len(images)}")
+    return CaptionText(rid, images[0], _captions(record)[item])
+  check_format(fmt)
+  raise AssertionError(fmt)
+
+
+def _expand_mask(mask: list[int], markers: list[int], n: int) -> list[int]:
+  """The loss mask with each `<image>` marker replaced by n zeros."""
+  out, start = [], 0
+  for m in markers:
+    out += mask[start:m] + [0] * n
+    start = m + 1
+  return out + mask[start:]
+
+
+def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
+                  turns: Sequence[Mapping[str, str]], num_images: int, *,
+                  max_len: int, rng: np.random.Generator | None = None,
+                  v2pe_stride: int | None = None) -> dict[str, Any]:
+  """Tokenises and lays out a conversation; next-token inputs and targets.
+
+  Every image is at the model's side (the pipeline resizes to it). A
+  sequence longer than max_len is cut after its last image block; when an
+  image block itself would be cut it is a BadExample('too_long').
+
+  Args:
+    cfg: the model config (fusion, positions, image side).
+    tok: the tokenizer.
+    turns: the conversation (`encode_chat` turns).
+    num_images: images given with it; must equal its `<image>` markers.
+    max_len: the longest input allowed (tokens, not counting the shift).
+    rng: V2PE stride generator (training), or None.
+    v2pe_stride: fixed V2PE stride (eval), or None for the default.
+
+  Returns:
+    tokens, targets int32[L]; loss_mask f32[L] (1 on answer tokens and the
+    assistant's end-of-turn, 0 on prompts and placeholders); positions
+    int32[L] / int32[3, L] / f32[L]; image_token_mask, media_locations
+    bool[L]; truncated bool. L <= max_len.
+  """
+  if not turns or not any(str(t.get("content", t.get("value", ""))).strip()
+                          for t in turns):
+    raise BadExample("empty", "the conversation has no text")
+  try:
+    ids, mask = tok.encode_chat(turns)
+  except ValueError as e:
+    raise BadExample("malformed", str(e)) from e
+  if not any(mask):
+    raise BadExample("empty", "the conversation has no assistant answer")
+  markers = [i for i, t in enumerate(ids) if t == tok.image_id]
+  if len(markers) != num_images:
+    raise layout.PlaceholderMismatchError(
+        f"the text has {len(markers)} {IMAGE_TOKEN} marker(s) but "
+        f"{num_images} image(s) were given; put exactly one {IMAGE_TOKEN} "
+        "per image in the text")
+  side = cfg.side
+  pieces: list[Any] = []
+  start = 0
+  for m in markers:
+    pieces += [ids[start:m], layout.Media(side, side, cfg.frames)]
+    start = m + 1
+  pieces.append(ids[start:])
+  out = layout.assemble(cfg, pieces, tok.image_id, v2pe_stride=v2pe_stride,
+                        rng=rng)
+  n = layout.placeholder_tokens(cfg, side, side, cfg.frames) if markers else 0
+  full_mask = np.asarray(_expand_mask(mask, markers, n), np.float32)
+  tokens = out["tokens"]
+  visual = out["image_token_mask"] | out["media_locations"]
+  length = len(tokens) - 1
+  truncated = length > max_len
+  if truncated:
+    vis = np.flatnonzero(visual)
+    end = int(vis[-1]) + 1 if len(vis) else 0
+    if end > max_len:
+      raise BadExample("too_long", f"{length} tokens > max_len={max_len} and "
+                       f"its last image block ends at token {end}: truncation "
+                       "would cut an image; raise max_len or shorten the text")
+    length = max_len
+  loss_mask = full_mask[1:length + 1]
+  if not loss_mask.any():
+    raise BadExample("too_long", f"no answer token is left within max_len="
+                     f"{max_len} ({len(tokens) - 1} tokens); raise max_len")
+  return {"tokens": tokens[:length], "targets": tokens[1:length + 1],
+          "loss_mask": loss_mask,
+          "positions": out["positions"][..., :length],
+          "image_token_mask": out["image_token_mask"][:length],
+          "media_locations": out["media_locations"][:length],
+          "truncated": truncated}
+
+
+def caption_tokens(tok: Tokenizer, text: str, length: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Caption text padded the SigLIP way: int32[length], bool[length].
+
+  `tok.encode(text)` then eos, cut to `length` keeping eos last ("sticky"),
+  right-padded with pad_id to exactly `length`: the SigLIP text tower pools
+  the last position, so every text must have the same fixed length. The mask
+  is True on real tokens.
+  """
+  if not text.strip():
+    raise BadExample("empty", "the caption is empty")
+  ids = tok.encode(text)[:length - 1] + [tok.eos_id]
+  tokens = np.full(length, tok.pad_id, np.int32)
+  tokens[:len(ids)] = ids
+  return tokens, np.arange(length) < len(ids)

@@ -1,0 +1,347 @@
+"""grain pipelines for multimodal models: records -> padded, bucketed batches.
+
+  it = pipeline.make_iterator(builders.load_source(builder, "train"),
+                              fmt="shapes", cfg=model_cfg, tokenizer=tok,
+                              batch_size=32, seed=0, max_len=256)
+  batch = next(it); state = it.get_state()   # JSON; it.set_state(state)
+
+Stages: `formats` (record -> conversation -> laid-out sequence), `images`
+(resize, normalise), `batching` (buckets, padding, collation), this module
+(order, bad examples, grain wiring, iterator state).
+
+Order. Examples (`formats.example_index`: one per shapes question / caption)
+form an endless stream of epochs, each a fresh permutation from (seed,
+epoch) (numpy: grain's index_shuffle costs 0.3 ms a call); global batch k is
+stream rows [k*B, (k+1)*B). Every process prepares (reads, tokenises, lays
+out, checks) all B rows, so that all agree on the bucket and on the refills
+below, and resizes / normalises only its own rows: the data of a step does
+not depend on the process count. The price: each process reads and decodes
+every record of the global batch (~1 ms a record for tfds sources).
+train=False is one unshuffled pass; the last batch is filled with pad rows
+(`valid` False, loss_mask 0).
+
+Bad examples (image the model cannot take, `<image>` count != images, too
+long after truncation, empty, malformed): with on_bad_record='skip' the row
+is refilled from (seed, row, attempt)-seeded random examples (train) or
+becomes a pad row (eval); `stats()` counts `skipped_<kind>` and `truncated`.
+'raise' raises builders.BadRecordError naming the record.
+
+A batch is a pure function of its index k, so the iterator state is
+{"next_batch": k, "stats": ..., and fields that must match on restore}: JSON,
+independent of num_workers and process count. Workers (`mp_prefetch`, grain
+slices whole batches among them) need a `__main__` guard in scripts; absl
+flags are marked parsed if no app.run did it (grain's workers read them).
+
+Batch (numpy, process-local rows b = batch_size / process_count, L a bucket,
+M = max_images, S = cfg.side):
+  tokens, targets int32[b, L]; loss_mask f32[b, L]; positions int32[b, L]
+  (rope) | int32[3, b, L] (mrope) | f32[b, L] (v2pe); image_token_mask,
+  media_locations bool[b, L]; images f32[b, M, S, S, 3]; image_mask
+  bool[b, M]; valid bool[b]. Padding: pad_id tokens/targets, loss 0, masks
+  False, positions last+1, last+2... (rope, v2pe) or 1 (mrope, as HF).
+  preference: chosen_* and rejected_* for each sequence key (one L for both),
+  shared images, image_mask, valid. contrastive: images, image_mask, valid,
+  text_tokens int32[b, max_len], text_pad_mask bool[b, max_len] (True = real
+  token).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from typing import Any, Mapping, Sequence
+
+import grain
+import numpy as np
+from absl import flags, logging
+
+from mmjax.data import batching
+from mmjax.data import formats
+from mmjax.data import images as images_lib
+from mmjax.data.builders import ON_BAD_RECORD, BadRecordError
+from mmjax.data.tokenizer import Tokenizer
+from mmjax.models import layout
+from mmjax.models.mllm import MLLMConfig
+
+MAX_ATTEMPTS = 64  # Bad examples in a row before the dataset is given up on.
+_ENDLESS_ROWS = 1 << 62
+_LOGGED_BAD = 5  # Per process: the first bad examples are logged in full.
+
+
+@functools.lru_cache(maxsize=4)  # Batches can straddle two epochs.
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """int64[n]: the example order of one epoch."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+# source -> {fmt: example_index}: evaluation makes a new iterator per eval,
+# and indexing reads every record (~1 ms each for tfds sources).
+_INDEX_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _example_index(source: Sequence[Mapping[str, Any]], fmt: str
+                   ) -> np.ndarray:
+  try:
+    cached = _INDEX_CACHE.setdefault(source, {})
+  except TypeError:  # Not weak-referenceable (a list): no caching.
+    return formats.example_index(source, fmt)
+  if fmt not in cached:
+    cached[fmt] = formats.example_index(source, fmt)
+  return cached[fmt]
+
+
+def _classify(error: Exception) -> str:
+  if isinstance(error, formats.BadExample):
+    return error.kind
+  if isinstance(error, layout.ImageSizeError):
+    return "image_size"
+  if isinstance(error, layout.PlaceholderMismatchError):
+    return "placeholder_mismatch"
+  return "malformed"
+
+
+class _RowMaker:
+  """Global row index -> a prepared example (grain map; runs in workers).
+
+  Images stay uint8 here: only the process that keeps a row resizes it.
+  """
+  _logged = 0
+
+  def __init__(self, source, index: np.ndarray, *, fmt: str, cfg: MLLMConfig,
+               tok: Tokenizer, seed: int, max_len: int, max_images: int,
+               train: bool, on_bad_record: str, v2pe_eval_stride: int | None):
+    self.source, self.index, self.fmt, self.cfg = source, index, fmt, cfg
+    self.tok, self.seed, self.max_len = tok, seed, max_len
+    self.max_images, self.train = max_images, train
+    self.on_bad_record, self.v2pe_eval_stride = on_bad_record, v2pe_eval_stride
+
+  def _example_number(self, row: int, attempt: int) -> int:
+    n = len(self.index)
+    if not self.train:
+      return row
+    if attempt:  # A refill: any example, from (seed, row, attempt).
+      return int(np.random.default_rng([self.seed, row, attempt]).integers(n))
+    epoch, position = divmod(row, n)
+    return int(_permutation(self.seed, epoch, n)[position])
+
+  def __call__(self, row: int) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    if not self.train and row >= len(self.index):
+      return {"valid": False, "counts": counts}
+    for attempt in range(MAX_ATTEMPTS):
+      number = self._example_number(row, attempt)
+      record_index, item = (int(v) for v in self.index[number])
+      record_id = str(record_index)
+      try:
+        record = self.source[record_index]
+        record_id = str(record.get("id", record_index))
+        prepared = self._prepare(record, item, row, attempt)
+      except (ValueError, KeyError, IndexError, TypeError, AttributeError,
+              OSError) as e:
+        kind = _classify(e)
+        where = (f"record {record_id!r} (index {record_index}, item {item}, "
+                 f"fmt={self.fmt!r})")
+        if self.on_bad_record == "raise":
+          raise BadRecordError(
+              f"{where}: {kind}: {e}. Fix or remove it, or pass "
+              "on_bad_record='skip'.") from e
+        if _RowMaker._logged < _LOGGED_BAD:
+          _RowMaker._logged += 1
+          logging.warning("skipping %s: %s: %s", where, kind, e)
+        key = f"skipped_{kind}"
+        counts[key] = counts.get(key, 0) + 1
+        if not self.train:
+          return {"valid": False, "counts": counts}
+        continue
+      if prepared.pop("truncated", False):
+        counts["truncated"] = counts.get("truncated", 0) + 1
+      prepared["counts"] = counts
+      return prepared
+    raise BadRecordError(
+        f"{MAX_ATTEMPTS} bad examples in a row at row {row} ({counts}); the "
+        f"source is mostly unusable for fmt={self.fmt!r} under this config")
+
+  def _prepare(self, record: Mapping[str, Any], item: int, row: int,
+               attempt: int) -> dict[str, Any]:
+    example = formats.record_example(record, item, self.fmt)
+    raw = ([example.image] if isinstance(example, formats.CaptionText)
+           else example.images)
+    if len(raw) > self.max_images:
+      raise formats.BadExample("too_many_images", f"{len(raw)} images > "
+                               f"max_images={self.max_images}")
+    rgb = [images_lib.to_rgb(im) for im in raw]
+    out: dict[str, Any] = {"valid": True, "images": rgb}
+    if isinstance(example, formats.CaptionText):
+      out["text_tokens"], out["text_pad_mask"] = formats.caption_tokens(
+          self.tok, example.text, self.max_len)
+      return out
+
+    def sequence(turns):
+      rng = None
+      if self.train and self.cfg.positions == "v2pe":
+        # The same seed for chosen and rejected: equal strides for the prompt.
+        rng = np.random.default_rng([self.seed, row, attempt])
+      return formats.chat_sequence(
+          self.cfg, self.tok, turns, len(rgb), max_len=self.max_len, rng=rng,
+          v2pe_stride=None if self.train else self.v2pe_eval_stride)
+
+    if isinstance(example, formats.PreferencePair):
+      for name, answer in (("chosen", example.chosen),
+                           ("rejected", example.rejected)):
+        out[name] = sequence(example.prompt + [{"role": "assistant",
+                                                "content": answer}])
+      out["truncated"] = out["chosen"]["truncated"] or out["rejected"][
+          "truncated"]
+    else:
+      out["seq"] = sequence(example.turns)
+      out["truncated"] = out["seq"]["truncated"]
+    return out
+
+
+class BatchIterator:
+  """Process-local batches with JSON state (`get_state` / `set_state`).
+
+  Attributes:
+    fingerprint: what a restored state must match (format, batch_size,
+      seed, max_len, train, num_examples).
+  """
+
+  def __init__(self, batches: grain.MapDataset, *, num_workers: int,
+               read_options: grain.ReadOptions, fingerprint: dict[str, Any]):
+    self._batches, self._num_workers = batches, num_workers
+    self._read_options, self.fingerprint = read_options, fingerprint
+    self._next, self._it = 0, None
+    self._stats = dict.fromkeys(batching.STAT_KEYS, 0)
+
+  def __iter__(self) -> BatchIterator:
+    return self
+
+  def _start(self) -> None:
+    ds = self._batches[self._next:] if self._next else self._batches
+    ds = ds.to_iter_dataset(self._read_options)
+    if self._num_workers > 0:
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain reads its flags in workers.
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self._num_workers))
+    self._it = iter(ds)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._it is None:
+      self._start()
+    batch = next(self._it)
+    for key, n in batch.pop("_stats").items():
+      self._stats[key] += int(n)
+    self._next += 1
+    # Copies out of worker shared memory, which is freed with grain's array.
+    return {k: np.array(v) for k, v in batch.items()}
+
+  def stats(self) -> dict[str, int]:
+    """Counts since the start of training: truncated, skipped_<kind>."""
+    return dict(self._stats)
+
+  def get_state(self) -> dict[str, Any]:
+    return {"next_batch": self._next, "stats": self.stats(),
+            **self.fingerprint}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Continues at the state's batch (a JSON round trip is fine)."""
+    wrong = {k: (state.get(k), v) for k, v in self.fingerprint.items()
+             if state.get(k) != v}
+    if wrong:
+      raise ValueError(
+          "The data state was saved by another pipeline, (saved, now): "
+          f"{wrong}; resuming would not replay the same batches. Restore with "
+          "the same data settings, or start in a new workdir.")
+    self.close()
+    self._next = int(state["next_batch"])
+    self._stats = {k: int(state["stats"].get(k, 0)) for k in batching.STAT_KEYS}
+
+  def close(self) -> None:
+    """Stops worker processes (also done at garbage collection)."""
+    if self._it is not None:
+      self._it.close()
+      self._it = None
+
+  def __enter__(self) -> BatchIterator:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
+                  cfg: MLLMConfig, tokenizer: Tokenizer, batch_size: int,
+                  seed: int, max_len: int, max_images: int = 1,
+                  train: bool = True, process_index: int = 0,
+                  process_count: int = 1, num_workers: int = 0,
+                  buckets: Sequence[int] | None = None,
+                  on_bad_record: str = "skip", resize: str = "square",
+                  v2pe_eval_stride: int | None = None,
+                  read_threads: int = 2) -> BatchIterator:
+  """An iterator of this process's rows of each global batch (module doc).
+
+  Args:
+    source: random-access decoded records (`builders.load_source`).
+    fmt: one of formats.FORMATS.
+    cfg: the model config: image side, fusion, positions, normalisation.
+    tokenizer: its `image_id` marks images in the text.
+    batch_size: global batch size, divisible by process_count.
+    seed: shuffling, refill and V2PE-stride seed (int >= 0).
+    max_len: longest input sequence (contrastive: the fixed text length).
+    max_images: M, image slots per example (more: a bad example).
+    train: endless reshuffled epochs, or one pass in order.
+    process_index, process_count: this process and how many share a batch.
+    num_workers: worker processes (0: in this process).
+    buckets: sequence lengths a batch is padded to (None: default_buckets).
+    on_bad_record: 'skip' (count it) or 'raise' (BadRecordError).
+    resize: images.RESIZE_MODES.
+    v2pe_eval_stride: V2PE stride when train=False (None: the default).
+    read_threads: threads preparing batches in each process.
+  """
+  formats.check_format(fmt)
+  if on_bad_record not in ON_BAD_RECORD:
+    raise ValueError(f"on_bad_record={on_bad_record!r}; allowed values: "
+                     f"{ON_BAD_RECORD}")
+  if resize not in images_lib.RESIZE_MODES:
+    raise ValueError(f"resize={resize!r}; allowed values: "
+                     f"{images_lib.RESIZE_MODES}")
+  if cfg.frames != 1:
+    raise ValueError(f"cfg.frames={cfg.frames}: the pipeline makes images, "
+                     "not videos; use frames=1")
+  if not (isinstance(seed, int) and seed >= 0):
+    raise ValueError(f"seed={seed!r} must be an int >= 0")
+  if batch_size < 1 or batch_size % process_count:
+    raise ValueError(f"batch_size={batch_size} must be a positive multiple "
+                     f"of process_count={process_count}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in "
+                     f"[0, {process_count})")
+  if max_images < 1 or max_len < 2 or num_workers < 0:
+    raise ValueError(f"need max_images >= 1 (got {max_images}), max_len >= 2 "
+                     f"(got {max_len}), num_workers >= 0 (got {num_workers})")
+  index = _example_index(source, fmt)
+  if not len(index):
+    raise ValueError(f"the source has no {fmt!r} examples ({len(source)} "
+                     "records)")
+  rows = _RowMaker(source, index, fmt=fmt, cfg=cfg, tok=tokenizer, seed=seed,
+                   max_len=max_len, max_images=max_images, train=train,
+                   on_bad_record=on_bad_record,
+                   v2pe_eval_stride=v2pe_eval_stride)
+  local = batch_size // process_count
+  collate = batching.Collate(
+      fmt=fmt, cfg=cfg, pad_id=tokenizer.pad_id,
+      buckets=batching.check_buckets(buckets, max_len), max_len=max_len,
+      max_images=max_images, lo=process_index * local, local=local,
+      resize=resize)
+  n_rows = (_ENDLESS_ROWS if train
+            else math.ceil(len(index) / batch_size) * batch_size)
+  batches = (grain.MapDataset.range(n_rows).map(rows)
+             .batch(batch_size, drop_remainder=True, batch_fn=collate))
+  fingerprint = {"format": fmt, "batch_size": batch_size, "seed": seed,
+                 "max_len": max_len, "train": train,
+                 "num_examples": len(index)}
+  read = grain.ReadOptions(num_threads=read_threads,
+                           prefetch_buffer_size=max(2, read_threads))
+  return BatchIterator(batches, num_workers=num_workers, read_options=read,
+                       fingerprint=fingerprint)

@@ -1,0 +1,139 @@
+"""Reading a local Hugging Face checkpoint directory, tensor by tensor.
+
+A directory holds `config.json` and either one `*.safetensors` file, several
+shards listed in `model.safetensors.index.json`, or several unlisted shards.
+Tensors are read with the `safetensors` package's numpy API (bfloat16 and
+float8, which numpy lacks, through its flax API), one tensor at a time; the
+headers alone give every name, shape and dtype, so a whole checkpoint is
+validated before any data is read. Pickle files (`pytorch_model.bin`,
+`*.pt`) are never opened: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+from safetensors import safe_open
+
+# Formats that numpy cannot hold; read through the flax (jax) API instead.
+_NON_NUMPY_DTYPES = ("BF16", "F8_E4M3", "F8_E5M2")
+_PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class HFImportError(ValueError):
+  """A checkpoint directory mmjax cannot import; the message says why."""
+
+
+def _short_list(items: Sequence[str], limit: int = 12) -> str:
+  items = list(items)
+  shown = ", ".join(items[:limit])
+  if len(items) > limit:
+    shown += f", ... ({len(items) - limit} more)"
+  return shown or "(none)"
+
+
+class Checkpoint:
+  """Lazy view of a Hugging Face model directory.
+
+  Attributes:
+    path: the directory.
+    config: the parsed `config.json`.
+  """
+
+  def __init__(self, hf_dir: str | pathlib.Path):
+    self.path = pathlib.Path(hf_dir)
+    if not self.path.is_dir():
+      raise HFImportError(
+          f"{hf_dir} is not a directory; expected a Hugging Face model "
+          f"directory holding config.json and *.safetensors weights.")
+    config_file = self.path / "config.json"
+    if not config_file.is_file():
+      raise HFImportError(
+          f"{hf_dir} has no config.json; expected config.json and "
+          f"*.safetensors. Found: {_short_list(self._listing())}.")
+    try:
+      self.config: dict[str, Any] = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+      raise HFImportError(f"{config_file} is not valid JSON: {e}") from None
+    self._meta: dict[str, tuple[pathlib.Path, tuple[int, ...], str]] = {}
+    for file in self._weight_files():
+      with safe_open(str(file), framework="numpy") as f:
+        for key in f.keys():
+          sl = f.get_slice(key)
+          self._meta[key] = (file, tuple(sl.get_shape()), sl.get_dtype())
+
+  def _listing(self) -> list[str]:
+    return sorted(p.name for p in self.path.iterdir())
+
+  def _weight_files(self) -> list[pathlib.Path]:
+    index = self.path / INDEX_FILE
+    if index.is_file():
+      weight_map = json.loads(index.read_text()).get("weight_map", {})
+      names = sorted(set(weight_map.values()))
+      missing = [n for n in names if not (self.path / n).is_file()]
+      if missing:
+        raise HFImportError(
+            f"{index} lists shard(s) that are missing: {_short_list(missing)}"
+            f"; found: {_short_list(self._listing())}.")
+      return [self.path / n for n in names]
+    files = sorted(self.path.glob("*.safetensors"))
+    if files:
+      return files
+    pickles = sorted({p.name for pat in _PICKLE_PATTERNS
+                      for p in self.path.glob(pat)})
+    if pickles:
+      raise HFImportError(
+          f"{self.path} holds only pickle checkpoint(s) ({_short_list(pickles)}"
+          f"); mmjax reads *.safetensors only and never unpickles (that can "
+          f"run arbitrary code). Re-save it with transformers: "
+          f"`model.save_pretrained(dir, safe_serialization=True)`.")
+    raise HFImportError(
+        f"{self.path} has no weights: expected *.safetensors (or {INDEX_FILE}"
+        f" with its shards); found: {_short_list(self._listing())}.")
+
+  def keys(self) -> list[str]:
+    """Every tensor name, sorted."""
+    return sorted(self._meta)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._meta
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return self._meta[key][1]
+
+  def dtype(self, key: str) -> str:
+    """safetensors dtype name, e.g. 'F32', 'BF16'."""
+    return self._meta[key][2]
+
+  def get(self, key: str) -> np.ndarray:
+    """Reads one tensor as float32 numpy (integers keep their dtype)."""
+    file, _, dtype = self._meta[key]
+    if dtype in _NON_NUMPY_DTYPES:
+      with safe_open(str(file), framework="flax") as f:
+        return np.asarray(f.get_tensor(key), dtype=np.float32)
+    with safe_open(str(file), framework="numpy") as f:
+      x = f.get_tensor(key)
+    return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+
+  def resolve_prefix(self, candidates: Sequence[str], probe: str,
+                     what: str) -> str:
+    """The first prefix p of `candidates` such that p + probe is a tensor.
+
+    Hugging Face names the same module differently across versions
+    (`vision_tower.vision_model.` in 4.x, `model.vision_tower.` in 5.x);
+    importers list every spelling they accept.
+
+    Raises:
+      HFImportError: none matches; lists what was tried and found.
+    """
+    for prefix in candidates:
+      if prefix + probe in self._meta:
+        return prefix
+    tried = [p + probe for p in candidates]
+    raise HFImportError(
+        f"cannot find the {what} in {self.path}: expected one of "
+        f"{_short_list(tried)}; found tensors: {_short_list(self.keys())}.")

@@ -1,0 +1,123 @@
+"""Evaluations after each stage of the multimodal recipe, and the report.
+
+A stage's `evals` lists what to measure once it finishes:
+  retrieval  image<->caption recall@1/@5 of the contrastive model (test split)
+  vqa        greedy answers to the test and held-out questions: exact match
+             by question type, yes/no (POPE-style) metrics, absent-object
+             yes-rate
+Results go to WORKDIR/eval/<stage>.json, to metrics.jsonl (with "stage" and
+"step"), and into WORKDIR/report.md with plots beside it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+
+from mmjax import evaluate
+from mmjax.data import builders
+from mmjax.train import metrics as metrics_lib
+from mmjax.train import mllm_tasks, plots
+
+EVALS = ("retrieval", "vqa")
+VQA_SPLITS = ("test", "heldout")
+
+
+def _eval_path(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, "eval", f"{stage}.json")
+
+
+class StageEvaluator:
+  """The `after_stage` hook of `run_recipe` for the multimodal recipe."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.results: dict[str, dict[str, Any]] = {}
+
+  def __call__(self, name: str, built, result) -> None:
+    stage = self.config.stages[name]
+    evals = tuple(stage.get("evals", ()))
+    if not evals:
+      return
+    path = _eval_path(self.workdir, name)
+    finished_before = (result.resumed_from is not None and
+                       result.resumed_from >= stage.steps)
+    if finished_before and os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        self.results[name] = json.load(f)  # measured in an earlier run
+      return
+    t0 = time.perf_counter()
+    metrics = self.measure(name, evals, built, result)
+    metrics["eval_time_s"] = time.perf_counter() - t0
+    self.results[name] = metrics
+    if jax.process_index() == 0:
+      evaluate.write_results(self.workdir, name, metrics)
+      writer = metrics_lib.MetricWriter(self.workdir, name, tensorboard=False)
+      writer.write(result.step, {f"eval/{k}": v for k, v in metrics.items()
+                                 if isinstance(v, (int, float))})
+      writer.close()
+      print(f"[{name}] " + ", ".join(
+          f"{k}={v:.3f}" for k, v in metrics.items()
+          if isinstance(v, float) and ("acc/all" in k or "recall@1" in k
+                                       or "absent_yes_rate" in k)),
+            flush=True)
+
+  def measure(self, name: str, evals, built, result) -> dict[str, Any]:
+    config = self.config
+    builder = mllm_tasks.shapes_dataset(config)
+    tok = built.tokenizer
+    model, _, _ = mllm_tasks.stage_model(config, name)
+    out: dict[str, Any] = {}
+    if "retrieval" in evals:
+      source = builders.load_source(builder, "test")
+      out.update(evaluate.evaluate_retrieval(
+          model, result.params, tok, source, config.model.text.max_len,
+          max_examples=config.eval.max_examples,
+          batch_size=config.eval.batch_size))
+    if "vqa" in evals:
+      cfg = mllm_tasks.model_config(config)
+      for split in VQA_SPLITS:
+        source = builders.load_source(builder, split)
+        m = evaluate.evaluate_shapes_vqa(
+            model, result.params, cfg, tok, source,
+            max_examples=config.eval.max_examples,
+            batch_size=config.eval.batch_size,
+            max_new_tokens=config.eval.max_new_tokens)
+        out.update({f"{split}/{k}": v for k, v in m.items()})
+    return out
+
+  def report(self) -> str:
+    """Markdown of every evaluation, with the plots it refers to."""
+    records = metrics_lib.read_metrics(self.workdir)
+    lines = []
+    loss_png = plots.plot_losses(records,
+                                 os.path.join(self.workdir, "losses.png"))
+    lines += ["## Plots", "", f"![losses]({os.path.basename(loss_png)})"]
+    by_stage = {name: {k[len("test/"):]: v for k, v in m.items()
+                       if k.startswith("test/acc/")}
+                for name, m in self.results.items()}
+    by_stage = {k: v for k, v in by_stage.items() if v}
+    if by_stage:
+      acc_png = plots.plot_accuracy(by_stage, os.path.join(
+          self.workdir, "accuracy.png"))
+      lines += ["", f"![accuracy by question type]"
+                    f"({os.path.basename(acc_png)})"]
+    lines.append("")
+    for name, m in self.results.items():
+      lines.append(evaluate.results_markdown(name, _headline(m)))
+    return "\n".join(lines)
+
+
+def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+  """The metrics worth a table row (no counts), samples of the test split."""
+  keep = {k: v for k, v in metrics.items()
+          if isinstance(v, (int, float)) and "count" not in k}
+  samples = metrics.get("test/samples")
+  if samples:
+    keep["samples"] = samples
+  return keep
