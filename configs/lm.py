@@ -43,7 +43,9 @@ def get_config(arg=None):
       rope_theta=10000.0, norm_eps=1e-6, qkv_bias=False,
       tie_embeddings=False, embed_scale=False, norm_offset_one=False,
       mlp_activation="silu", logit_softcap=0.0, dtype="float32",
-      param_dtype="float32"))
+      param_dtype="float32",
+      remat="none",          # none | full | dots | dots_all (per block)
+      scan_layers=False))    # nn.scan over blocks (stacked 'layers' tree)
 
   # The corpus supports at most ~690 BPE pieces, hence 512 at every size.
   # Tokenizer: an empty path trains a sentencepiece model on the corpus and

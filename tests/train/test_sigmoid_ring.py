@@ -33,7 +33,7 @@ _MEMORY_EMBED = 64
 
 
 def _embeddings(batch, dim, seed=0):
-  """Unit-norm zimg, ztxt f32[batch, dim], each text correlated with its image."""
+  """Unit-norm zimg, ztxt f32[batch, dim]; text i correlates with image i."""
   rng = np.random.default_rng(seed)
   zimg = rng.normal(size=(batch, dim))
   ztxt = 0.7 * zimg + rng.normal(size=(batch, dim))
