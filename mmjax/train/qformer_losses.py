@@ -41,7 +41,10 @@ connector is `QFormerConnector` = `qformer` + `language_projection`):
                                 in stage 2
   (none)                        llm/...: the frozen LM
 
-`qformer_to_mllm_params` performs the copy. The trainer freezes `vision`;
+`to_global` maps stage-1 parameter paths to these global (MLLM) names for
+the recipe's hand-over store (`heads` go to `qformer_heads/...`, which no
+MLLM parameter takes); `qformer_to_mllm_params` does the same copy on two
+parameter trees. The trainer freezes `vision`;
 `qformer_losses` also stops the gradient at the vision features by default
 (BLIP-2 keeps the ViT frozen), which skips the ViT backward pass.
 """
@@ -58,9 +61,15 @@ import optax
 
 from mmjax.models.qformer import QFormer, QFormerConfig, QFormerPretrainHeads
 from mmjax.models.vision import VisionConfig, VisionEncoder
+from mmjax.train import groups
 
 BOS_ID = 2  # mmjax.data.tokenizer.BOS_ID; the default ITG start token.
 LABEL_SMOOTHING = 0.1  # LAVIS, for ITC and ITG (not ITM).
+
+# Stage-1 path ('qformer/layer_0/...') -> global store path (the MLLM's).
+to_global = groups.prefix_mapper({"vision": "vision",
+                                  "qformer": "connector/qformer",
+                                  "heads": "qformer_heads"})
 
 
 class QFormerPretrainModel(nn.Module):
@@ -140,7 +149,7 @@ class QFormerPretrainModel(nn.Module):
 
 def _smoothed_ce(logits: jax.Array, labels: jax.Array,
                  label_smoothing: float) -> jax.Array:
-  """Cross-entropy with torch-style label smoothing; [..., K], [...] -> [...]."""
+  """Cross-entropy, torch-style label smoothing: [..., K], [...] -> [...]."""
   k = logits.shape[-1]
   targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)

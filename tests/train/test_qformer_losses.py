@@ -4,6 +4,7 @@ import math
 import os
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,7 +82,8 @@ def _lm_logits_fn():
 
 
 def _norm(tree):
-  return float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(tree))))
+  return float(np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2)
+                           for g in jax.tree.leaves(tree))))
 
 
 def test_params_have_the_documented_top_level_names():
@@ -139,9 +141,9 @@ def test_itc_matches_a_numpy_reference(smoothing):
   image /= np.linalg.norm(image, axis=-1, keepdims=True)
   text = rng.normal(size=(5, 8))
   text /= np.linalg.norm(text, axis=-1, keepdims=True)
-  loss, metrics, sim = ql.itc_loss(jnp.asarray(image, jnp.float32),
-                                   jnp.asarray(text, jnp.float32),
-                                   jnp.float32(0.1), smoothing)
+  loss, metrics, sim = jax.jit(ql.itc_loss, static_argnums=3)(
+      jnp.asarray(image, jnp.float32), jnp.asarray(text, jnp.float32),
+      jnp.float32(0.1), smoothing)
   want, want_sim = _itc_numpy(image, text, 0.1, smoothing)
   np.testing.assert_allclose(np.asarray(sim), want_sim, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
@@ -161,11 +163,12 @@ def test_hard_negatives_never_pick_the_positive():
   rng = np.random.default_rng(4)
   sim = rng.normal(size=(5, 5)) + 10.0 * np.eye(5)  # Positives dominate.
   sim[0, 3] = 6.0  # Text 3 is image 0's hardest negative.
-  keys = jax.random.split(jax.random.key(0), 4000)
-  neg_text, neg_image = jax.jit(jax.vmap(
-      ql.sample_hard_negatives, in_axes=(None, 0)))(
-          jnp.asarray(sim, jnp.float32), keys)
-  neg_text, neg_image = np.asarray(neg_text), np.asarray(neg_image)
+  # A loop over seeds compiles faster than vmap on this CPU.
+  sample = jax.jit(lambda s, seed: ql.sample_hard_negatives(
+      s, jax.random.key(seed)))
+  draws = [sample(jnp.asarray(sim, jnp.float32), i) for i in range(1000)]
+  neg_text = np.stack([np.asarray(t) for t, _ in draws])
+  neg_image = np.stack([np.asarray(i) for _, i in draws])
   rows = np.arange(5)[None]
   assert not (neg_text == rows).any() and not (neg_image == rows).any()
   assert ((neg_text >= 0) & (neg_text < 5)).all()
@@ -174,7 +177,7 @@ def test_hard_negatives_never_pick_the_positive():
                      (neg_image, _negative_probs(sim.T))):
     freq = np.stack([np.bincount(got[:, i], minlength=5) / len(got)
                      for i in range(5)])
-    np.testing.assert_allclose(freq, probs, atol=0.03)
+    np.testing.assert_allclose(freq, probs, atol=0.05)
   assert _negative_probs(sim)[0, 3] > 0.9
   with pytest.raises(ValueError, match="at least 2"):
     ql.sample_hard_negatives(jnp.zeros((1, 1)), jax.random.key(0))
@@ -184,9 +187,10 @@ def test_itm_loss_labels_positives_first():
   b = 3
   good = jnp.concatenate([jnp.tile(jnp.array([[-5.0, 5.0]]), (b, 1)),
                           jnp.tile(jnp.array([[5.0, -5.0]]), (2 * b, 1))])
-  loss, metrics = ql.itm_loss(good, b)
+  itm = jax.jit(ql.itm_loss, static_argnums=1)
+  loss, metrics = itm(good, b)
   assert float(metrics["itm_accuracy"]) == 1.0 and float(loss) < 1e-3
-  loss, metrics = ql.itm_loss(-good, b)
+  loss, metrics = itm(-good, b)
   assert float(metrics["itm_accuracy"]) == 0.0 and float(loss) > 9.0
 
 
@@ -277,3 +281,14 @@ def test_stage1_params_map_onto_the_mllm_connector():
                                   jax.random.key(0)))["params"]
   with pytest.raises(ValueError, match="trees differ"):
     ql.qformer_to_mllm_params(other, mllm)
+  # The path mapper of the recipe's hand-over store agrees.
+  flat_pre = traverse_util.flatten_dict(pre, sep="/")
+  flat_mllm = traverse_util.flatten_dict(mllm, sep="/")
+  for path, leaf in flat_pre.items():
+    name = ql.to_global(path)
+    if path.startswith("heads/"):
+      assert name.startswith("qformer_heads/") and name not in flat_mllm
+    else:
+      assert flat_mllm[name].shape == leaf.shape, path
+  assert ql.to_global("qformer/query_tokens") == (
+      "connector/qformer/query_tokens")
