@@ -23,6 +23,9 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=_requirements(),
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # torch and transformers only run the Hugging Face parity tests
+        # (tests/hf); pin torch: an unpinned one pulls GBs of CUDA wheels.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0",
+                 "transformers==4.57.1", "safetensors>=0.4"],
     },
 )

@@ -48,17 +48,18 @@ def _mesh(spec: str):
 def run(argv) -> str:
   """Does the work; returns the output directory."""
   del argv
+  # Imported here so that --help and flag errors need no jax.
   from mmjax import hf  # pylint: disable=g-import-not-at-top
+  from mmjax.models import decoder  # pylint: disable=g-import-not-at-top
   if not _OUT.value or bool(_HF_DIR.value) == bool(_MMJAX_DIR.value):
     raise ValueError("pass --out and exactly one of --hf_dir (import) or "
                      "--mmjax_dir (export).")
   if _MMJAX_DIR.value:
-    from mmjax.models.decoder import DecoderConfig  # pylint: disable=g-import-not-at-top
     conv = hf.load_converted(_MMJAX_DIR.value)
     if conv.family != "lm":
       raise hf.HFExportError(f"{_MMJAX_DIR.value} holds family "
                              f"{conv.family!r}; only 'lm' exports.")
-    return str(hf.export_decoder(conv.params, DecoderConfig.from_dict(
+    return str(hf.export_decoder(conv.params, decoder.DecoderConfig.from_dict(
         conv.model), _OUT.value))
   mesh = _mesh(_MESH.value) if _MESH.value else None
   conv = hf.import_checkpoint(_HF_DIR.value, mesh=mesh,

@@ -15,3 +15,8 @@ from mmjax.hf.importer import (Converted, SUPPORTED_MODEL_TYPES,
                                save_converted)
 from mmjax.hf.safetensors_io import Checkpoint, HFImportError
 from mmjax.hf.export import HFExportError, export_decoder
+
+__all__ = ["Checkpoint", "Converted", "FAMILIES", "HFExportError",
+           "HFImportError", "SUPPORTED_MODEL_TYPES", "build_module",
+           "export_decoder", "import_checkpoint", "load_converted",
+           "save_converted"]

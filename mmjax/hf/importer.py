@@ -148,8 +148,10 @@ def save_converted(conv: Converted, out_dir: str | pathlib.Path,
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(target, conv.params, force=overwrite)
   ckptr.wait_until_finished()
-  (out / "config.json").write_text(json.dumps(
-      {"family": conv.family, "model": conv.model, "hf": conv.hf}, indent=2))
+  if jax.process_index() == 0:
+    (out / "config.json").write_text(json.dumps(
+        {"family": conv.family, "model": conv.model, "hf": conv.hf},
+        indent=2))
   return out
 
 

@@ -110,7 +110,7 @@ def decoder_config(tc: Mapping[str, Any], model_type: str | None = None,
       vocab_size=int(get("vocab_size")), d_model=d_model,
       n_layers=int(get("num_hidden_layers")), n_heads=heads,
       n_kv_heads=int(tc.get("num_key_value_heads") or heads),
-      head_dim=None if head_dim * heads == d_model and not gemma else head_dim,
+      head_dim=None if head_dim * heads == d_model else head_dim,
       mlp_dim=int(get("intermediate_size")),
       rope_theta=float(get("rope_theta")), norm_eps=float(get("rms_norm_eps")),
       qkv_bias=model_type in ("qwen2", "qwen2_vl", "qwen2_vl_text"),
@@ -171,12 +171,8 @@ def lm_import(ckpt, config: Mapping[str, Any], notes: list[str]
     (DecoderConfig as a dict, plan, ignore patterns).
   """
   model_type = config.get("model_type")
-  tc = text_config_of(config)
-  if model_type == "qwen2_vl":
-    tc_type = "qwen2_vl_text"
-  else:
-    tc_type = model_type
-  cfg = decoder_config(tc, tc_type, notes)
+  cfg = decoder_config(text_config_of(config), {"qwen2_vl": "qwen2_vl_text"}
+                       .get(model_type, model_type), notes)
   prefix = ckpt.resolve_prefix(
       ["model.language_model.", "model.", "language_model.model.", ""],
       "embed_tokens.weight", "decoder embeddings")

@@ -335,7 +335,8 @@ def idefics_import(ckpt: Checkpoint, config: Mapping[str, Any],
     for norm in ("input_layernorm", "post_attention_layernorm"):
       P.add_norm(plan, mj + norm, hf + norm, d, bias=False)
     P.add_attention(
-        plan, mj + "cross_attn", {n: f"{hf}cross_attn.{n}_proj" for n in "qkvo"},
+        plan, mj + "cross_attn",
+        {n: f"{hf}cross_attn.{n}_proj" for n in "qkvo"},
         d_q=d, d_kv=media, heads=lm.n_heads, kv_heads=lm.n_heads, head_dim=hd,
         d_out=d, qkv_bias=False, o_bias=False)
     for name, (a, b) in (("gate", (d, lm.mlp_dim)), ("up", (d, lm.mlp_dim)),

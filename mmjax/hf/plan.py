@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mmjax.hf.safetensors_io import Checkpoint, HFImportError, _short_list
+from mmjax.hf.safetensors_io import Checkpoint, HFImportError, short_list
 
 Shape = tuple[int, ...]
 
@@ -156,8 +156,8 @@ def _check_checkpoint(ckpt: Checkpoint, plan: Plan,
     raise HFImportError(
         f"{ckpt.path} is missing {len(missing)} tensor(s) that a "
         f"{ckpt.config.get('model_type', '?')!r} checkpoint with this "
-        f"config.json must have: {_short_list(missing)}. Found "
-        f"{len(ckpt.keys())} tensors: {_short_list(ckpt.keys())}.")
+        f"config.json must have: {short_list(missing)}. Found "
+        f"{len(ckpt.keys())} tensors: {short_list(ckpt.keys())}.")
   wrong = [f"{k}: expected {list(s)}, found {list(ckpt.shape(k))}"
            for k, s in sorted(needed.items()) if ckpt.shape(k) != s]
   if wrong:
@@ -171,7 +171,7 @@ def _check_checkpoint(ckpt: Checkpoint, plan: Plan,
     raise HFImportError(
         f"{ckpt.path} has {len(unused)} tensor(s) this importer does not "
         f"know where to put (an architecture variant mmjax cannot express?): "
-        f"{_short_list(unused)}.")
+        f"{short_list(unused)}.")
 
 
 def _check_against_model(plan: Plan, abstract: Any) -> dict[str, Any]:
@@ -181,8 +181,8 @@ def _check_against_model(plan: Plan, abstract: Any) -> dict[str, Any]:
   if extra or absent:
     raise HFImportError(
         f"internal mapping error: the import plan and the mmjax model "
-        f"disagree; parameters without a source: {_short_list(absent)}; "
-        f"sources without a parameter: {_short_list(extra)}.")
+        f"disagree; parameters without a source: {short_list(absent)}; "
+        f"sources without a parameter: {short_list(extra)}.")
   return leaves
 
 

@@ -28,7 +28,7 @@ class HFImportError(ValueError):
   """A checkpoint directory mmjax cannot import; the message says why."""
 
 
-def _short_list(items: Sequence[str], limit: int = 12) -> str:
+def short_list(items: Sequence[str], limit: int = 12) -> str:
   items = list(items)
   shown = ", ".join(items[:limit])
   if len(items) > limit:
@@ -54,7 +54,7 @@ class Checkpoint:
     if not config_file.is_file():
       raise HFImportError(
           f"{hf_dir} has no config.json; expected config.json and "
-          f"*.safetensors. Found: {_short_list(self._listing())}.")
+          f"*.safetensors. Found: {short_list(self._listing())}.")
     try:
       self.config: dict[str, Any] = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
@@ -77,8 +77,8 @@ class Checkpoint:
       missing = [n for n in names if not (self.path / n).is_file()]
       if missing:
         raise HFImportError(
-            f"{index} lists shard(s) that are missing: {_short_list(missing)}"
-            f"; found: {_short_list(self._listing())}.")
+            f"{index} lists shard(s) that are missing: {short_list(missing)}"
+            f"; found: {short_list(self._listing())}.")
       return [self.path / n for n in names]
     files = sorted(self.path.glob("*.safetensors"))
     if files:
@@ -87,13 +87,13 @@ class Checkpoint:
                       for p in self.path.glob(pat)})
     if pickles:
       raise HFImportError(
-          f"{self.path} holds only pickle checkpoint(s) ({_short_list(pickles)}"
+          f"{self.path} holds only pickle checkpoint(s) ({short_list(pickles)}"
           f"); mmjax reads *.safetensors only and never unpickles (that can "
           f"run arbitrary code). Re-save it with transformers: "
           f"`model.save_pretrained(dir, safe_serialization=True)`.")
     raise HFImportError(
         f"{self.path} has no weights: expected *.safetensors (or {INDEX_FILE}"
-        f" with its shards); found: {_short_list(self._listing())}.")
+        f" with its shards); found: {short_list(self._listing())}.")
 
   def keys(self) -> list[str]:
     """Every tensor name, sorted."""
@@ -136,4 +136,4 @@ class Checkpoint:
     tried = [p + probe for p in candidates]
     raise HFImportError(
         f"cannot find the {what} in {self.path}: expected one of "
-        f"{_short_list(tried)}; found tensors: {_short_list(self.keys())}.")
+        f"{short_list(tried)}; found tensors: {short_list(self.keys())}.")

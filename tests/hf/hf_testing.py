@@ -1,4 +1,4 @@
-"""Shared helpers of the Hugging Face parity tests (torch + transformers on CPU).
+"""Shared helpers of the Hugging Face parity tests (torch, transformers, CPU).
 
 Random Hugging Face init makes weak references (near-uniform attention, tiny
 activations), so `perturb` scales every matrix up and jitters every vector
@@ -12,6 +12,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import torch  # pylint: disable=g-import-not-at-top
 
 torch.set_grad_enabled(False)
+# Hugging Face models draw their init from torch's global generator.
+torch.manual_seed(0)
 
 # Parity bound for float32 logits / hidden states (max abs diff), also used
 # relative to the reference's magnitude for large outputs.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from safetensors.numpy import load_file, save_file
 
 import hf_testing
 from mmjax import hf
@@ -94,7 +95,6 @@ def test_siglip_vision_tower_without_prefix(tmp_path):
   model = hf_testing.perturb(transformers.SiglipVisionModel(
       transformers.SiglipVisionConfig(**_VISION)), seed=3)
   path = hf_testing.save(model, tmp_path / "prefixed")
-  from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-not-at-top
   tensors = load_file(f"{path}/model.safetensors")
   bare = tmp_path / "bare"
   bare.mkdir()
