@@ -17,21 +17,43 @@ from mmjax.train import config_checks, report, tasks, trainer
 
 
 def load_init_from(path: str) -> dict[str, Any]:
-  """Flat {path: array} of an external checkpoint (`config.init_from`).
+  """Flat {global path: array} of an external checkpoint (`config.init_from`).
 
-  The checkpoint is an orbax pytree whose top level names the parameter
-  groups (llm, vision, connector, ...), e.g. what `mmjax.convert` writes.
+  `path` is what `python -m mmjax.convert` wrote (a directory with
+  config.json and params/), or an orbax parameter tree whose top level names
+  the groups (llm, vision, connector, ...). Arrays are restored onto one
+  device whatever mesh saved them; the stage re-shards them.
   """
   if not path:
     return {}
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from mmjax import hf  # pylint: disable=g-import-not-at-top
   from mmjax.train import groups  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(path)
+  if os.path.basename(path) == "params" and os.path.exists(
+      os.path.join(os.path.dirname(path), "config.json")):
+    path = os.path.dirname(path)
   if not os.path.isdir(path):
     raise config_lib.ConfigError(
-        f"config.init_from={path!r} is not a directory; give an orbax "
-        "checkpoint of a parameter tree (e.g. what mmjax.convert writes)")
-  tree = ocp.StandardCheckpointer().restore(os.path.abspath(path))
-  return groups.flatten(tree.get("params", tree))
+        f"config.init_from={path!r} is not a directory; give the output of "
+        "`python -m mmjax.convert` or an orbax parameter tree")
+  if os.path.exists(os.path.join(path, "config.json")):
+    converted = hf.load_converted(path)
+    family, params = converted.family, converted.params
+  else:
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    ckptr = ocp.StandardCheckpointer()
+    meta = ckptr.metadata(path)
+    meta = getattr(meta, "item_metadata", meta)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        getattr(meta, "tree", meta))
+    family, params = "", ckptr.restore(path, target)
+  mapping = {"lm": {"*": "llm"},
+             "two_tower": {"vision_model": "vision", "text_model": "text",
+                           "*": "siglip"}}.get(family, {})
+  to_global = groups.prefix_mapper(mapping)
+  return {to_global(k): v for k, v in groups.flatten(params).items()}
 
 
 def run_recipe(config: ml_collections.ConfigDict, workdir: str,

@@ -62,3 +62,20 @@ def test_handover_takes_matching_leaves_and_carries_the_rest(lm_config,
                                   np.asarray(value))
   np.testing.assert_array_equal(second.global_params["vision/extra/kernel"],
                                 np.ones((3, 2)))
+
+
+def test_init_from_external_checkpoint(lm_config, tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from mmjax.train import recipe  # pylint: disable=g-import-not-at-top
+  first = _run(lm_config(steps=4), tmp_path / "a")
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(tmp_path / "ext", {"llm": first.params})
+  ckptr.wait_until_finished()
+  config = lm_config(steps=1, **{"stages.lm.optimizer.lr": 0.0,
+                                 "init_from": str(tmp_path / "ext")})
+  (_, result, _), = recipe.run_recipe(config, tmp_path / "b", verbose=False)
+  for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(result.params),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ConfigError, match="init_from"):
+    recipe.load_init_from(str(tmp_path / "missing"))
