@@ -23,7 +23,7 @@ how many tokens each connector emits is answered by layout.py (one place).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import chex
 import flax.linen as nn

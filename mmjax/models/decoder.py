@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import config_util
 from mmjax.models import cross_attention
 from mmjax.models import layers
 from mmjax.models import masks
@@ -111,12 +112,7 @@ class DecoderConfig:
     if self.logit_softcap < 0:
       raise ValueError(f"logit_softcap must be >= 0 (0 = off), got "
                        f"{self.logit_softcap}.")
-    for name in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, name))
-      except TypeError as e:
-        raise ValueError(f"{name}={getattr(self, name)!r} is not a dtype name "
-                         f"(use e.g. 'float32' or 'bfloat16').") from e
+    config_util.check_dtypes(self)
 
   @property
   def xattn_layers(self) -> tuple[int, ...]:
@@ -132,12 +128,7 @@ class DecoderConfig:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> DecoderConfig:
     """Builds a config from a mapping, rejecting keys it does not know."""
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-      raise ValueError(f"Unknown DecoderConfig key(s) {unknown}; allowed keys: "
-                       f"{allowed}.")
-    return cls(**dict(d))
+    return config_util.from_dict(cls, d)
 
 
 def init_kv_cache(cfg: DecoderConfig,

@@ -43,6 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import config_util
 from mmjax.models import layers
 
 _logical = layers._logical  # pylint: disable=protected-access
@@ -83,22 +84,12 @@ class QFormerConfig:
       raise ValueError(f"width={self.width} is not divisible by n_heads="
                        f"{self.n_heads}.")
     layers.activation_fn(self.activation)  # Raises on an unknown name.
-    for name in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, name))
-      except TypeError as e:
-        raise ValueError(f"{name}={getattr(self, name)!r} is not a dtype name "
-                         f"(use e.g. 'float32' or 'bfloat16').") from e
+    config_util.check_dtypes(self)
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> QFormerConfig:
     """Builds a config from a mapping, rejecting keys it does not know."""
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-      raise ValueError(f"Unknown QFormerConfig key(s) {unknown}; allowed "
-                       f"keys: {allowed}.")
-    return cls(**dict(d))
+    return config_util.from_dict(cls, d)
 
 
 def qformer_attention_mask(n_query: int, text_len: int, mode: str,

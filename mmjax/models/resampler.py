@@ -53,6 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import config_util
 from mmjax.models import layers
 
 _logical = layers._logical  # pylint: disable=protected-access
@@ -103,12 +104,7 @@ class ResamplerConfig:
     if self.style == "idefics2" and (self.max_frames or self.max_media):
       raise ValueError("max_frames / max_media are Flamingo time embeddings; "
                        "the idefics2 style has none. Set them to None.")
-    for name in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, name))
-      except TypeError as e:
-        raise ValueError(f"{name}={getattr(self, name)!r} is not a dtype name "
-                         f"(use e.g. 'float32' or 'bfloat16').") from e
+    config_util.check_dtypes(self)
 
   @property
   def resolved_kv_heads(self) -> int:
@@ -122,12 +118,7 @@ class ResamplerConfig:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> ResamplerConfig:
     """Builds a config from a mapping, rejecting keys it does not know."""
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-      raise ValueError(f"Unknown ResamplerConfig key(s) {unknown}; allowed "
-                       f"keys: {allowed}.")
-    return cls(**dict(d))
+    return config_util.from_dict(cls, d)
 
 
 class GatedProjection(nn.Module):

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import config_util
 from mmjax.models import layers
 from mmjax.models import vision
 
@@ -68,12 +69,7 @@ class TextTowerConfig:
       raise ValueError(f"width={self.width} is not divisible by n_heads="
                        f"{self.n_heads}; change one so heads split the width.")
     layers.activation_fn(self.activation)  # ValueError listing the names.
-    for name in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, name))
-      except TypeError as e:
-        raise ValueError(f"{name}={getattr(self, name)!r} is not a dtype name "
-                         f"(use e.g. 'float32' or 'bfloat16').") from e
+    config_util.check_dtypes(self)
 
   @property
   def out_dim(self) -> int:
@@ -83,12 +79,7 @@ class TextTowerConfig:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> TextTowerConfig:
     """Builds a config from a mapping, rejecting keys it does not know."""
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-      raise ValueError(f"Unknown TextTowerConfig key(s) {unknown}; allowed "
-                       f"keys: {allowed}.")
-    return cls(**dict(d))
+    return config_util.from_dict(cls, d)
 
 
 _VARIANTS: dict[str, dict[str, Any]] = {

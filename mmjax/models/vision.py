@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.models import config_util
 from mmjax.models import layers
 from mmjax.models import remat as remat_lib
 
@@ -94,12 +95,7 @@ class VisionConfig:
     if self.kind == "clip" and self.pool != "none":
       raise ValueError("CLIP pools its CLS token and has no MAP head; set "
                        "pool='none' (or leave it unset) for kind='clip'.")
-    for name in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, name))
-      except TypeError as e:
-        raise ValueError(f"{name}={getattr(self, name)!r} is not a dtype name "
-                         f"(use e.g. 'float32' or 'bfloat16').") from e
+    config_util.check_dtypes(self)
 
   @property
   def grid(self) -> int:
@@ -114,12 +110,7 @@ class VisionConfig:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> VisionConfig:
     """Builds a config from a mapping, rejecting keys it does not know."""
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-      raise ValueError(f"Unknown VisionConfig key(s) {unknown}; allowed keys: "
-                       f"{allowed}.")
-    return cls(**dict(d))
+    return config_util.from_dict(cls, d)
 
 
 _SIZE_FIELDS = ("width", "depth", "mlp_dim", "n_heads", "patch_size",

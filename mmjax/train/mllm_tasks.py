@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from mmjax.config import ConfigError
 from mmjax.data import builders, pipeline, shapes, text_pipeline

@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
-from absl import logging
 from jax.sharding import Mesh
 
 from mmjax import parallel

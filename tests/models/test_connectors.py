@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from mmjax.models import connectors
-from mmjax.models import qformer
-from mmjax.models import resampler
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

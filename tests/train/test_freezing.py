@@ -16,7 +16,7 @@ def _compiled(workdir):
 
 def test_frozen_layers_cost_nothing_and_do_not_move(lm_config, tmp_path):
   config = lm_config(steps=4)
-  full = _run(config, tmp_path / "all")
+  _run(config, tmp_path / "all")
   frozen_cfg = lm_config(steps=4)
   frozen_cfg.stages.lm.trainable = ("llm/layers_1/*",)
   part = _run(frozen_cfg, tmp_path / "part")

@@ -1,7 +1,5 @@
 """The training loop: learning, checkpoints, fall-back, NaN guard, resume."""
-import json
 import os
-import shutil
 
 import jax
 import numpy as np
