@@ -104,7 +104,10 @@ def get_config(arg=None):
       image_size=64, vocab_size=512, seed=0,
       max_len=128,           # longest sequence (contrastive: text length 32)
       text_seq_len=64,       # window of the text-only LM stage
-      num_workers=0))
+      num_workers=0,
+      # Your own data for stages with data='llava_conversations' (a
+      # LLaVA-Instruct JSON) or 'image_caption' (a JSONL of image/caption):
+      folder_json="", folder_images=""))
   config.stages, config.stage_order = _stages(args.fusion, args.steps)
   config.log_every = 10
   config.eval_every = 0

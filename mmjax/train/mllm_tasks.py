@@ -53,6 +53,32 @@ def shapes_dataset(config: ml_collections.ConfigDict):
       vocab_size=d.vocab_size)
 
 
+def stage_sources(config: ml_collections.ConfigDict, fmt: str, shapes_builder
+                  ) -> tuple[Any, Any]:
+  """(train, held-out) sources of a stage's data format.
+
+  Shapes formats read the shapes dataset; `llava_conversations` and
+  `image_caption` read a folder named by config.data.folder_json (the JSON /
+  JSONL file) and config.data.folder_images, built once into the data dir.
+  Folders have one split; the held-out batches are its first records.
+  """
+  if fmt in ("llava_conversations", "image_caption"):
+    json_path = config.data.get("folder_json", "")
+    image_dir = config.data.get("folder_images", "")
+    if not json_path or not os.path.exists(json_path):
+      raise ConfigError(
+          f"data={fmt!r} needs config.data.folder_json (a {fmt} JSON file) "
+          f"and config.data.folder_images; got {json_path!r}")
+    cls = (builders.LlavaConversationsBuilder if fmt == "llava_conversations"
+           else builders.ImageCaptionBuilder)
+    builder = builders.build(cls, data_dir(config), json_path=json_path,
+                             image_dir=image_dir)
+    source = builders.load_source(builder, "train")
+    return source, source
+  return (builders.load_source(shapes_builder, "train"),
+          builders.load_source(shapes_builder, "validation"))
+
+
 def tokenizer_for(builder) -> Tokenizer:
   return Tokenizer.load(os.path.join(builder.data_dir,
                                      builders.TOKENIZER_FILE))
@@ -182,9 +208,8 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
     info["unigram_entropy"] = data.unigram_entropy()
     return BuiltTask(task=task, info=info, tokenizer=tok)
 
-  train_it = _iterator(config, stage, builders.load_source(builder, "train"),
-                       fmt, cfg, tok, True, seed)
-  val_src = builders.load_source(builder, "validation")
+  train_src, val_src = stage_sources(config, fmt, builder)
+  train_it = _iterator(config, stage, train_src, fmt, cfg, tok, True, seed)
 
   def eval_batches():
     it = _iterator(config, stage, val_src, fmt, cfg, tok, False)
