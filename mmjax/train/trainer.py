@@ -236,10 +236,15 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
           f"learning rate (config.stages.{stage_name}.optimizer.lr="
           f"{stage.optimizer.lr}) or check the data of that step.")
 
+  saved = {"step": resumed_from}
+
   def save():
+    if saved["step"] == step:  # e.g. SIGTERM right after a periodic save
+      return
     guard_finite()
     ckpt.save(step, state, task.train_iterator.get_state(),
               dict(meta, finished=step >= total, metrics=final_metrics))
+    saved["step"] = step
 
   # SIGTERM (preemption): finish the current step, checkpoint, exit.
   preempt = {"flag": False}

@@ -124,3 +124,24 @@ def test_incompatible_workdir_is_refused_untouched(lm_config, tmp_path):
   after = {p: os.path.getmtime(os.path.join(r, p))
            for r, _, fs in os.walk(tmp_path) for p in fs}
   assert before == after
+
+
+def test_sigterm_right_after_a_periodic_save(lm_config, tmp_path):
+  """SIGTERM during the step that also saves periodically: one save, exit."""
+  import os as _os  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+
+  class TermAt(CrashAfter):
+    def __next__(self):
+      if self.count == 3:  # fetching the batch of step 4 (a checkpoint step)
+        _os.kill(_os.getpid(), signal.SIGTERM)
+      return super().__next__()
+
+  config = lm_config(steps=12)
+  built = tasks.build_task(config, "lm", str(tmp_path))
+  built.task.train_iterator = TermAt(built.task.train_iterator, 10**9)
+  with pytest.raises(trainer.Preempted, match="saved step 4"):
+    trainer.run_stage(config, "lm", built.task, str(tmp_path),
+                      parallel.make_mesh(config.mesh.to_dict()),
+                      parallel.logical_rules())
+  assert sorted(_os.listdir(tmp_path / "checkpoints" / "lm")) == ["4"]
