@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmjax.models import connectors
+from tests import helpers
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -38,13 +39,7 @@ def _init(module, x, grid=None, seed=3):
 
 
 def _assert_all_boxed(variables):
-  leaves = jax.tree.leaves(
-      variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert leaves
-  for leaf in leaves:
-    assert isinstance(leaf, nn.LogicallyPartitioned), type(leaf)
-    assert set(leaf.names) <= _ALLOWED_NAMES, leaf.names
-    assert len(leaf.names) == leaf.value.ndim
+  helpers.assert_all_boxed(variables, _ALLOWED_NAMES)
 
 
 def _internvl_pixel_shuffle(x, scale_factor=0.5):

@@ -11,6 +11,7 @@ import pytest
 from mmjax.models import layers
 from mmjax.models import masks
 from mmjax.models import positions as positions_lib
+from tests import helpers
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -53,13 +54,7 @@ def _init_attention(qkv_bias, key=0):
 
 
 def _assert_all_boxed(variables):
-  leaves = jax.tree.leaves(
-      variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert leaves
-  for leaf in leaves:
-    assert isinstance(leaf, nn.LogicallyPartitioned), type(leaf)
-    assert set(leaf.names) <= _ALLOWED_NAMES, leaf.names
-    assert len(leaf.names) == leaf.value.ndim
+  helpers.assert_all_boxed(variables, _ALLOWED_NAMES)
 
 
 # ----------------------------------------------------------------- masks

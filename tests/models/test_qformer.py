@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mmjax.models import qformer
+from tests import helpers
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -25,13 +26,7 @@ CFG = qformer.QFormerConfig(n_queries=4, width=32, depth=2, n_heads=4,
 
 
 def _assert_all_boxed(variables):
-  leaves = jax.tree.leaves(
-      variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert leaves
-  for leaf in leaves:
-    assert isinstance(leaf, nn.LogicallyPartitioned), type(leaf)
-    assert set(leaf.names) <= _ALLOWED_NAMES, leaf.names
-    assert len(leaf.names) == leaf.value.ndim
+  helpers.assert_all_boxed(variables, _ALLOWED_NAMES)
 
 
 def _noise(variables, seed=1):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmjax.models import resampler
+from tests import helpers
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -31,13 +32,7 @@ def _normal(seed, shape, scale=1.0):
 
 
 def _assert_all_boxed(variables):
-  leaves = jax.tree.leaves(
-      variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert leaves
-  for leaf in leaves:
-    assert isinstance(leaf, nn.LogicallyPartitioned), type(leaf)
-    assert set(leaf.names) <= _ALLOWED_NAMES, leaf.names
-    assert len(leaf.names) == leaf.value.ndim
+  helpers.assert_all_boxed(variables, _ALLOWED_NAMES)
 
 
 @functools.lru_cache(maxsize=None)
