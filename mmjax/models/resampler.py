@@ -55,6 +55,7 @@ import jax.numpy as jnp
 
 from mmjax.models import config_util
 from mmjax.models import layers
+from mmjax.models import vision
 
 _logical = layers._logical  # pylint: disable=protected-access
 
@@ -152,10 +153,7 @@ class GatedProjection(nn.Module):
 
 def _layer_norm(eps: float, name: str, dtype: Any,
                 param_dtype: Any) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
-      scale_init=_logical(nn.initializers.ones, ("embed",)),
-      bias_init=_logical(nn.initializers.zeros, ("embed",)))
+  return vision.layer_norm(eps, dtype, param_dtype, name)
 
 
 class _PerceiverLayer(nn.Module):

@@ -13,6 +13,7 @@ from mmjax.models import layout
 from mmjax.models.decoder import DecoderLM
 from mmjax.models.mllm import MLLM, FUSIONS, POSITIONS, mllm_config_from_dict
 from mmjax.models.mllm import image_block_ids, scatter_visual
+from tests import helpers
 from tests.conftest import REPO
 
 IMAGE_ID = 4
@@ -55,18 +56,6 @@ def _apply(model, params, batch, **overrides):
                      media_locations=b["media_locations"])[0]
 
 
-def _fill(path, leaf, rng):
-  """Random parameters without compiling init (slow on CPU): norms 1,
-  biases and cross-attention gates 0 (as at init), weights ~ 1/sqrt(fan_in)."""
-  name = jax.tree_util.keystr(path)
-  if "alpha" in name or name.endswith("['bias']"):
-    return jnp.zeros(leaf.shape, leaf.dtype)
-  if name.endswith("['scale']"):
-    return jnp.ones(leaf.shape, leaf.dtype)
-  fan_in = leaf.shape[0] if leaf.ndim > 1 else 1
-  return jnp.asarray(rng.normal(0, fan_in ** -0.5, leaf.shape), leaf.dtype)
-
-
 @functools.lru_cache(maxsize=None)
 def _init(fusion, positions):
   cfg = _cfg(fusion, positions)
@@ -77,10 +66,7 @@ def _init(fusion, positions):
       image_mask=batch["image_mask"],
       image_token_mask=batch["image_token_mask"],
       media_locations=batch["media_locations"]), jax.random.key(0)))["params"]
-  rng = np.random.default_rng(0)
-  params = jax.tree_util.tree_map_with_path(
-      lambda p, x: _fill(p, x, rng), abstract)
-  return model, params, batch
+  return model, helpers.random_params(abstract, seed=0), batch
 
 
 def _open_gates(params, value=0.5):

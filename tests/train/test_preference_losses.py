@@ -13,6 +13,7 @@ from mmjax.config import load_config
 from mmjax.models import layout
 from mmjax.models.mllm import MLLM, mllm_config_from_dict
 from mmjax.train import losses
+from tests import helpers
 from tests.conftest import REPO
 
 IMAGE_ID = 4
@@ -242,17 +243,6 @@ def test_preference_loss_errors():
                            batch)
 
 
-def _fill(path, leaf, rng):
-  """Random parameters without compiling init (as tests/models/test_mllm)."""
-  name = jax.tree_util.keystr(path)
-  if name.endswith("['bias']"):
-    return jnp.zeros(leaf.shape, leaf.dtype)
-  if name.endswith("['scale']"):
-    return jnp.ones(leaf.shape, leaf.dtype)
-  fan_in = leaf.shape[0] if leaf.ndim > 1 else 1
-  return jnp.asarray(rng.normal(0, fan_in ** -0.5, leaf.shape), leaf.dtype)
-
-
 @functools.lru_cache(maxsize=None)
 def _tiny_mllm():
   """configs/shapes.py:size=tiny, and a chosen/rejected batch of two pairs
@@ -284,8 +274,7 @@ def _tiny_mllm():
       images=batch["images"], image_mask=batch["image_mask"],
       image_token_mask=batch["chosen_image_token_mask"]),
                                      jax.random.key(0)))["params"]
-  fill = lambda seed: jax.tree_util.tree_map_with_path(
-      functools.partial(_fill, rng=np.random.default_rng(seed)), abstract)
+  fill = lambda seed: helpers.random_params(abstract, seed)
   apply = lambda p, *a, **k: model.apply({"params": p}, *a, **k)[0]
   return apply, fill(0), fill(1), batch
 
