@@ -133,7 +133,11 @@ def _stage(loss, data, steps, trainable, lr, evals=(), warmup=20, **extra):
       evals=tuple(evals),
       optimizer=ml_collections.ConfigDict(dict(
           name="adamw", lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01,
-          grad_clip=1.0)),
+          grad_clip=1.0,
+          # Per-group learning-rate factors (groups not trained are ignored).
+          lr_mult=ml_collections.ConfigDict(
+              {g: 1.0 for g in ("vision", "connector", "llm", "xattn",
+                                "text", "siglip")}))),
       schedule=ml_collections.ConfigDict(dict(
           name="warmup_cosine", warmup_steps=min(warmup, max(1, steps // 5)),
           end_lr_fraction=0.1)), **extra))

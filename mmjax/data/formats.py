@@ -6,6 +6,9 @@ questions or captions) give one example per item: `example_index` flattens
 them into (record, item) pairs, so an epoch covers every item.
 
   shapes               user `<image>\\n{question}` / assistant `{answer}`
+  shapes_chat          all of a record's questions as one multi-turn chat
+                       (image in the first user turn, order shuffled per
+                       record): one image pass supervises every answer
   caption              user `<image>\\ndescribe the image.` / assistant
                        caption (shapes `captions`, or image_caption's
                        `caption`): alignment pretraining
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -35,9 +39,9 @@ from mmjax.data.tokenizer import IMAGE_TOKEN, Tokenizer
 from mmjax.models import layout
 from mmjax.models.mllm import MLLMConfig
 
-FORMATS = ("shapes", "caption", "image_caption", "llava_conversations",
+FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations",
            "preference", "contrastive")
-CHAT_FORMATS = ("shapes", "caption", "image_caption", "llava_conversations")
+CHAT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations")
 CAPTION_PROMPT = "describe the image."
 # Reasons an example is skipped (the pipeline counts `skipped_<kind>`).
 BAD_KINDS = ("image_size", "placeholder_mismatch", "too_long",
@@ -107,13 +111,34 @@ def example_index(source: Sequence[Mapping[str, Any]], fmt: str
   n = len(source)
   # Records of one source share a schema: one-caption records (image_caption
   # builds) need no read per record. Reads decode images: ~1 ms per record.
-  single = fmt == "llava_conversations" or n == 0 or (
+  single = fmt in ("llava_conversations", "shapes_chat") or n == 0 or (
       fmt in ("caption", "image_caption", "contrastive")
       and "captions" not in source[0])
   if single:
     return np.stack([np.arange(n), np.zeros(n, np.int64)], axis=1)
   pairs = [(r, i) for r in range(n) for i in range(num_items(source[r], fmt))]
   return np.asarray(pairs, np.int64).reshape(-1, 2)
+
+
+def shapes_chat_turns(record_id: str, questions: Sequence[str],
+                      answers: Sequence[str]) -> list[dict[str, str]]:
+  """A record's Q&A as one chat, in an order fixed by the record id.
+
+  A fixed order per record keeps every example a pure function of the
+  record (exact resume); shuffling across records keeps the model from
+  learning that a question type always comes first.
+  """
+  if not questions:
+    raise BadExample("empty", "the record has no questions")
+  order = np.random.default_rng(zlib.crc32(record_id.encode())).permutation(
+      len(questions))
+  turns = []
+  for k, i in enumerate(order):
+    q = questions[i]
+    turns += [_user_with_image(q) if k == 0 else {"role": "user",
+                                                  "content": q},
+              {"role": "assistant", "content": answers[i]}]
+  return turns
 
 
 def check_format(fmt: str) -> None:
@@ -138,6 +163,9 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str
     turns = [_user_with_image(record["questions"][item]),
              {"role": "assistant", "content": record["answers"][item]}]
     return Chat(rid, turns, _images(record))
+  if fmt == "shapes_chat":
+    return Chat(rid, shapes_chat_turns(rid, record["questions"],
+                                       record["answers"]), _images(record))
   if fmt in ("caption", "image_caption"):
     turns = [_user_with_image(CAPTION_PROMPT),
              {"role": "assistant", "content": _captions(record)[item]}]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from mmjax import config as C
-from mmjax.train import optim
+from mmjax.train import groups, optim
 
 DTYPES = ("float32", "bfloat16")
 MATMUL_PRECISIONS = ("default", "high", "highest")
@@ -68,7 +68,6 @@ def _data_checks(config):
 def _mllm_stage_checks(config):
   """What only the multimodal recipe needs: data formats, losses that fit
   the fusion, preference data for preference losses, known groups."""
-  from mmjax.train import groups  # pylint: disable=g-import-not-at-top
   from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
   checks = [C.check_int("data.max_len", 8), C.check_int("data.num_train", 1),
             C.check_int("data.text_seq_len", 2),
@@ -130,6 +129,14 @@ def _optimizer_checks(config):
         C.check_choice(f"{p}.schedule.name", optim.SCHEDULES),
         C.check_int(f"{p}.schedule.warmup_steps", 0),
     ]
+    for group, factor in dict(config.stages[name].optimizer.get(
+        "lr_mult", None) or {}).items():
+      checks.append(C.check_that(
+          lambda c, g=group, f=factor: g in groups.GROUPS and isinstance(
+              f, (int, float)) and f >= 0,
+          lambda c, p=p, g=group, f=factor: f"config.{p}.optimizer.lr_mult."
+          f"{g}={f!r}: keys must be parameter groups "
+          f"({', '.join(groups.GROUPS)}) and factors numbers >= 0"))
     if config.stages[name].optimizer.name == "adamw":
       checks += [C.check_number(f"{p}.optimizer.b1", 0.0, 0.999999),
                  C.check_number(f"{p}.optimizer.b2", 0.0, 0.999999),

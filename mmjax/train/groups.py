@@ -45,7 +45,8 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-def _matches(path: str, entry: str) -> bool:
+def matches(path: str, entry: str) -> bool:
+  """Whether a global path belongs to a group name or glob."""
   if entry in GROUPS:
     hit = any(fnmatch.fnmatchcase(path, p) for p in GROUPS[entry])
     return hit and not any(fnmatch.fnmatchcase(path, p)
@@ -58,14 +59,14 @@ def trainable_paths(paths: Iterable[str], trainable: Sequence[str],
   """The paths a stage trains; ConfigError for an entry matching nothing."""
   paths = list(paths)
   for entry in trainable:
-    if not any(_matches(p, entry) for p in paths):
+    if not any(matches(p, entry) for p in paths):
       tops = sorted({p.split("/")[0] for p in paths})
       raise ConfigError(
           f"config.{where}: {entry!r} matches no parameter; groups: "
           f"{', '.join(GROUPS)}; this model's top-level names: "
           f"{', '.join(tops)} (glob patterns such as 'llm/layers_3/*' work "
           "too)")
-  return [p for p in paths if any(_matches(p, e) for e in trainable)]
+  return [p for p in paths if any(matches(p, e) for e in trainable)]
 
 
 def split(flat: Mapping[str, Any], train: Sequence[str]

@@ -33,8 +33,8 @@ from mmjax.train.trainer import Task
 
 MLLM_LOSSES = ("lm", "sigmoid_contrastive", "softmax_contrastive", "dpo",
                "mpo", "qformer")
-DATA_FORMATS = ("text", "shapes", "caption", "preference", "contrastive",
-                "llava_conversations", "image_caption")
+DATA_FORMATS = ("text", "shapes", "shapes_chat", "caption", "preference",
+                "contrastive", "llava_conversations", "image_caption")
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str:

@@ -1,10 +1,13 @@
 """Optimizers and learning-rate schedules, built from a stage's config."""
 from __future__ import annotations
 
+from typing import Mapping
+
 import ml_collections
 import optax
 
 from mmjax.config import ConfigError
+from mmjax.train import groups
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("warmup_cosine", "warmup_linear", "constant")
@@ -31,9 +34,46 @@ def make_schedule(stage: ml_collections.ConfigDict) -> optax.Schedule:
   raise ConfigError(f"schedule.name={sched.name!r}; allowed: {SCHEDULES}")
 
 
-def make_optimizer(stage: ml_collections.ConfigDict
+def lr_multipliers(stage: ml_collections.ConfigDict,
+                   global_of: Mapping[str, str]) -> dict[str, float]:
+  """{model path: lr multiplier} from `optimizer.lr_mult` ({group: factor}).
+
+  E.g. lr_mult.vision=0.1 trains the ViT at a tenth of the stage's rate (as
+  InternVL and LLaVA-OneVision do when they unfreeze the vision tower).
+  """
+  mults = dict(stage.optimizer.get("lr_mult", None) or {})
+  out = {}
+  for path, g in global_of.items():
+    for group, factor in mults.items():
+      if groups.matches(g, group):
+        out[path] = float(factor)
+  return out
+
+
+def _scale_by_path(scales: Mapping[str, float]
+                   ) -> optax.GradientTransformation:
+  """Multiplies the update of each listed '/'-path leaf by its factor."""
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    flat = groups.flatten(updates)
+    return groups.unflatten({k: v * scales[k] if k in scales else v
+                             for k, v in flat.items()}), state
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(stage: ml_collections.ConfigDict,
+                   scales: Mapping[str, float] | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(gradient transformation incl. clipping, lr schedule) for a stage."""
+  """(gradient transformation incl. clipping, lr schedule) for a stage.
+
+  `scales` ({path: factor}, from `lr_multipliers`) scales the final updates
+  of those leaves: their learning rate (and decoupled weight decay) times
+  the factor.
+  """
   opt = stage.optimizer
   schedule = make_schedule(stage)
   chain = []
@@ -46,4 +86,6 @@ def make_optimizer(stage: ml_collections.ConfigDict
     chain.append(optax.sgd(schedule, momentum=opt.get("momentum", None)))
   else:
     raise ConfigError(f"optimizer.name={opt.name!r}; allowed: {OPTIMIZERS}")
+  if scales:
+    chain.append(_scale_by_path(scales))
   return optax.chain(*chain), schedule

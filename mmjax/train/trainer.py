@@ -122,7 +122,6 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
   """
   stage = config.stages[stage_name]
   total = int(stage.steps)
-  tx, schedule = optim.make_optimizer(stage)
   main_process = jax.process_index() == 0
   store = dict(store or {})
 
@@ -133,6 +132,8 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
       global_of.values(), stage.get("trainable", ("all",)),
       where=f"stages.{stage_name}.trainable"))
   train = [p for p in model_flat if global_of[p] in trained]
+  tx, schedule = optim.make_optimizer(
+      stage, optim.lr_multipliers(stage, {p: global_of[p] for p in train}))
   # Leaves the model takes from the store (shape-checked) and those it
   # carries through untouched.
   _, taken = groups.overlay(model_flat, store, task.to_global)

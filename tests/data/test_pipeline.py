@@ -107,6 +107,32 @@ def test_loss_mask_is_exactly_the_answer(shapes):
     assert record["questions"][i] in prompt
 
 
+def test_shapes_chat_supervises_every_answer_of_a_record(shapes):
+  source, tok = shapes
+  batch = next(_iterator(source, tok, fmt="shapes_chat", train=False))
+  for i in range(2):  # In order: records 0 and 1, one chat each.
+    record = source[i]
+    mask = batch["loss_mask"][i] == 1
+    answers = tok.decode(batch["targets"][i][mask]).split("<|end|>")[:-1]
+    prompt = tok.decode(batch["tokens"][i][~batch["image_token_mask"][i]])
+    # Every question once, each followed by its own answer, one image.
+    order = sorted(range(len(record["questions"])),
+                   key=lambda q: prompt.index(record["questions"][q]))
+    assert [a.strip() for a in answers] == [record["answers"][q]
+                                            for q in order]
+    assert batch["image_token_mask"][i].sum() == layout.placeholder_tokens(
+        _config("projection"), 64, 64)
+  # The order differs between records (fixed per record id).
+  firsts = set()
+  for record in (source[j] for j in range(8)):
+    turns = formats.shapes_chat_turns(str(record["id"]), record["questions"],
+                                      record["answers"])
+    assert turns == formats.shapes_chat_turns(
+        str(record["id"]), record["questions"], record["answers"])
+    firsts.add(turns[0]["content"].split("\n")[1].split()[0])
+  assert len(firsts) > 1
+
+
 def test_positions_padding(shapes):
   source, tok = shapes
   rope = next(_iterator(source, tok, train=False))

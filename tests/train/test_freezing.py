@@ -79,3 +79,31 @@ def test_init_from_external_checkpoint(lm_config, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(ConfigError, match="init_from"):
     recipe.load_init_from(str(tmp_path / "missing"))
+
+
+def test_lr_mult_scales_a_groups_updates(lm_config, tmp_path):
+  """lr_mult.llm=0.5 with plain SGD: every update is exactly half."""
+  def sgd(mult, name):
+    config = lm_config(steps=1, **{"stages.lm.optimizer.name": "sgd",
+                                   "stages.lm.optimizer.grad_clip": 0.0,
+                                   "stages.lm.schedule.name": "constant"})
+    config.stages.lm.optimizer.lr_mult = {"llm": mult}
+    return groups.flatten(_run(config, tmp_path / name).params)
+  init = groups.flatten(_run(lm_config(steps=1, **{
+      "stages.lm.optimizer.lr": 0.0}), tmp_path / "init").params)
+  full, half = sgd(1.0, "full"), sgd(0.5, "half")
+  for path, start in init.items():
+    step_full = np.asarray(full[path]) - np.asarray(start)
+    step_half = np.asarray(half[path]) - np.asarray(start)
+    assert np.abs(step_full).max() > 0, path
+    np.testing.assert_allclose(step_half, 0.5 * step_full, rtol=1e-4,
+                               atol=1e-7, err_msg=path)
+
+
+def test_lr_mult_names_groups(lm_config):
+  from mmjax.train import config_checks  # pylint: disable=g-import-not-at-top
+  config = lm_config(steps=1)
+  config.stages.lm.optimizer.lr_mult = {"vison": 0.1}
+  with pytest.raises(ConfigError, match="lr_mult.vison=0.1: keys must be "
+                     "parameter groups"):
+    config_checks.validate_config(config)
