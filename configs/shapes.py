@@ -130,6 +130,7 @@ def s_vision_width(size):
 def _stage(loss, data, steps, trainable, lr, evals=(), warmup=20, **extra):
   return ml_collections.ConfigDict(dict(
       loss=loss, data=data, steps=steps, trainable=tuple(trainable),
+      batch_size=0,  # 0 = config.batch_size
       evals=tuple(evals),
       optimizer=ml_collections.ConfigDict(dict(
           name="adamw", lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01,

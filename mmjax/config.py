@@ -144,6 +144,11 @@ def validate(config: ml_collections.ConfigDict, checks: Iterable[Check]) -> None
     check(config)
 
 
+def stage_batch_size(config: ml_collections.ConfigDict, name: str) -> int:
+  """A stage's global batch: its own `batch_size` if > 0, else the run's."""
+  return int(config.stages[name].get("batch_size", 0) or config.batch_size)
+
+
 def stage_names(config: ml_collections.ConfigDict) -> list[str]:
   """The stages to run, in order, each checked to exist in config.stages."""
   order = list(get_path(config, "stage_order"))

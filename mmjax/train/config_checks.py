@@ -104,6 +104,8 @@ def _mllm_stage_checks(config):
           f"which is no parameter group; groups: "
           f"{', '.join(groups.GROUPS)} (or a glob like 'llm/layers_3/*')"))
     checks.append(C.check_int(f"{p}.steps", 1))
+    if "batch_size" in stage:
+      checks.append(C.check_int(f"{p}.batch_size", 0))
   return checks
 
 

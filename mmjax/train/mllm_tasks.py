@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mmjax.config import ConfigError
+from mmjax.config import ConfigError, stage_batch_size
 from mmjax.data import builders, pipeline, shapes, text_pipeline
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.models import layout
@@ -153,10 +153,11 @@ def stage_model(config: ml_collections.ConfigDict, stage_name: str):
           lambda path: path)
 
 
-def _iterator(config, stage, source, fmt, cfg, tok, train, seed_offset=0):
+def _iterator(config, stage_name, source, fmt, cfg, tok, train,
+              seed_offset=0):
   return pipeline.make_iterator(
       source, fmt=fmt, cfg=cfg, tokenizer=tok,
-      batch_size=stage.get("batch_size", 0) or config.batch_size,
+      batch_size=stage_batch_size(config, stage_name),
       seed=config.data.seed + seed_offset,
       # Contrastive text is padded to the text tower's fixed length.
       max_len=(config.model.text.max_len if fmt == "contrastive"
@@ -198,7 +199,7 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
       return losses.lm_loss(logits, batch["targets"], batch["loss_mask"])
     task = Task(init_params=init, loss_fn=text_loss,
                 train_iterator=data.train_iterator(
-                    config.batch_size, jax.process_index(),
+                    stage_batch_size(config, stage_name), jax.process_index(),
                     jax.process_count()),
                 eval_batches=lambda: data.eval_batches(
                     config.batch_size, config.eval_batches,
@@ -209,10 +210,11 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
     return BuiltTask(task=task, info=info, tokenizer=tok)
 
   train_src, val_src = stage_sources(config, fmt, builder)
-  train_it = _iterator(config, stage, train_src, fmt, cfg, tok, True, seed)
+  train_it = _iterator(config, stage_name, train_src, fmt, cfg, tok, True,
+                       seed)
 
   def eval_batches():
-    it = _iterator(config, stage, val_src, fmt, cfg, tok, False)
+    it = _iterator(config, stage_name, val_src, fmt, cfg, tok, False)
     for _, batch in zip(range(config.eval_batches), it):
       yield batch
 

@@ -77,11 +77,14 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.make_mesh(config.mesh.to_dict())
   rules = parallel.logical_rules(config.mesh.get("rules", None))
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.batch_size % shards:
-    raise config_lib.ConfigError(
-        f"config.batch_size={config.batch_size} must be divisible by the "
-        f"data x fsdp mesh size {shards}")
   stages = config_lib.stage_names(config)
+  for name in stages:
+    if config_lib.stage_batch_size(config, name) % shards:
+      raise config_lib.ConfigError(
+          f"stage {name}: batch size "
+          f"{config_lib.stage_batch_size(config, name)} (config.batch_size "
+          f"or config.stages.{name}.batch_size) must be divisible by the "
+          f"data x fsdp mesh size {shards}")
   # Refuse an incompatible workdir before writing anything into it.
   for name in stages:
     _, init = tasks.model_initializer(config, name)

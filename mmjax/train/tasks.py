@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from mmjax.config import ConfigError
+from mmjax.config import ConfigError, stage_batch_size
 from mmjax.data import text_pipeline
 from mmjax.models.decoder import DecoderConfig, DecoderLM
 from mmjax.models.mllm import MLLM, mllm_config_from_dict
@@ -79,7 +79,8 @@ def build_task(config: ml_collections.ConfigDict, stage_name: str,
       init_params=init,
       loss_fn=loss_fn,
       train_iterator=data.train_iterator(
-          config.batch_size, jax.process_index(), jax.process_count()),
+          stage_batch_size(config, stage_name), jax.process_index(),
+          jax.process_count()),
       eval_batches=lambda: data.eval_batches(
           config.batch_size, config.eval_batches, jax.process_index(),
           jax.process_count()),

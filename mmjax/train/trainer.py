@@ -22,6 +22,7 @@ import optax
 import tqdm
 from jax.sharding import Mesh
 
+from mmjax import config as config_lib
 from mmjax import parallel
 from mmjax.train import checkpoint as ckpt_lib
 from mmjax.train import groups
@@ -122,6 +123,7 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
   """
   stage = config.stages[stage_name]
   total = int(stage.steps)
+  batch_size = config_lib.stage_batch_size(config, stage_name)
   main_process = jax.process_index() == 0
   store = dict(store or {})
 
@@ -193,7 +195,7 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
     print(f"[{stage_name}] {n_params / 1e6:.2f}M params "
           f"({n_train / 1e6:.2f}M trained); mesh {mesh_text} "
           f"over {jax.device_count()} {jax.devices()[0].platform} device(s); "
-          f"{total} steps of batch {config.batch_size}", flush=True)
+          f"{total} steps of batch {batch_size}", flush=True)
   batch_sharding = parallel.batch_sharding(mesh, rules)
   jitted_step = _make_train_step(task, train, tx, schedule, config.seed,
                                  shardings, batch_sharding)
@@ -277,7 +279,7 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
           logged.update({f"data/{k}": float(v)
                          for k, v in task.data_stats().items()})
         if task.tokens_per_example:
-          logged["tokens_per_s"] = (config.batch_size *
+          logged["tokens_per_s"] = (batch_size *
                                     task.tokens_per_example / dt)
         pending, last_log_time, last_log_step = [], now, step
         final_metrics.update(logged)

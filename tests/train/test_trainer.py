@@ -145,3 +145,10 @@ def test_sigterm_right_after_a_periodic_save(lm_config, tmp_path):
                       parallel.make_mesh(config.mesh.to_dict()),
                       parallel.logical_rules())
   assert sorted(_os.listdir(tmp_path / "checkpoints" / "lm")) == ["4"]
+
+
+def test_a_stage_can_have_its_own_batch_size(lm_config, tmp_path):
+  config = lm_config(steps=2)
+  config.stages.lm.batch_size = 4
+  built = tasks.build_task(config, "lm", str(tmp_path))
+  assert next(built.task.train_iterator)["tokens"].shape[0] == 4

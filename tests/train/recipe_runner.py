@@ -1,0 +1,24 @@
+"""Runs the shapes recipe as a user would (python -m mmjax.main), small."""
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+# A small dataset and short evaluations: CI checks that the recipe runs,
+# README's table reports what the full recipe reaches.
+SMALL = ["--config.data.num_train=48", "--config.data.num_validation=8",
+         "--config.data.num_test=8", "--config.data.num_heldout=8",
+         "--config.batch_size=8", "--config.eval.max_examples=8",
+         "--config.eval.batch_size=8", "--config.eval_batches=1",
+         "--config.progress_bar=False",
+         # Evaluate once (after instruction tuning) to keep CI short.
+         "--config.stages.align.evals=()", "--config.stages.dpo.evals=()"]
+
+
+def run_main(args, workdir, data_dir, **kw):
+  """Starts `python -m mmjax.main` (args[0] is --config=...); a Popen."""
+  # --config first: absl applies --config.KEY overrides after it.
+  cmd = [sys.executable, "-m", "mmjax.main", f"--workdir={workdir}", args[0],
+         f"--config.data.data_dir={data_dir}", *SMALL, *args[1:]]
+  return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **kw)

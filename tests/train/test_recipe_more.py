@@ -1,0 +1,59 @@
+"""The shapes recipe end to end: cross_attention, one_backbone; user folders."""
+import numpy as np
+import pytest
+
+from tests.train.recipe_runner import run_main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.parametrize("fusion", ("cross_attention", "one_backbone"))
+def test_every_paradigm_runs_the_recipe(fusion, data_dir, tmp_path):
+  args = [f"--config=configs/shapes.py:size=tiny,steps=3,fusion={fusion}"]
+  proc = run_main(args, tmp_path, data_dir)
+  out, _ = proc.communicate(timeout=900)
+  assert proc.returncode == 0, out[-3000:]
+  report = (tmp_path / "report.md").read_text()
+  for stage in ("text_lm", "align", "sft", "dpo"):
+    assert f"## Stage `{stage}`" in report
+  assert "test/acc/all" in report and "heldout/acc/all" in report
+  assert (tmp_path / "losses.png").stat().st_size > 1000
+
+
+def test_llava_and_caption_folders_train(data_dir, tmp_path):
+  """User data in the LLaVA-Instruct and image-caption formats trains."""
+  import json  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  images = tmp_path / "images"
+  images.mkdir()
+  for i in range(4):
+    Image.new("RGB", (48 + 8 * i, 64), (60 * i, 90, 200)).save(
+        images / f"{i}.png")
+  llava = [{"id": f"r{i}", "image": f"{i}.png", "conversations": [
+      {"from": "human", "value": "<image>\nwhat colour is it?"},
+      {"from": "gpt", "value": ["red", "blue", "green", "grey"][i]}]}
+           for i in range(4)]
+  (tmp_path / "llava.json").write_text(json.dumps(llava))
+  (tmp_path / "captions.jsonl").write_text("\n".join(
+      json.dumps({"image": f"{i}.png", "caption": f"a box number {i}."})
+      for i in range(4)))
+  for fmt, path in (("llava_conversations", "llava.json"),
+                    ("image_caption", "captions.jsonl")):
+    proc = run_main(["--config=configs/shapes.py:size=tiny,steps=3",
+                  "--config.stage_order=('sft',)",
+                  f"--config.stages.sft.data={fmt}",
+                  "--config.stages.sft.evals=()", "--config.batch_size=4",
+                  f"--config.data.folder_json={tmp_path / path}",
+                  f"--config.data.folder_images={images}"],
+                 tmp_path / fmt, data_dir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    losses = [json.loads(l)["loss"] for l in
+              (tmp_path / fmt / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in l]
+    assert losses and all(np.isfinite(losses))

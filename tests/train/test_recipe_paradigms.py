@@ -1,0 +1,31 @@
+"""The shapes recipe end to end: projection, resampler, qformer."""
+import pytest
+
+from tests.train.recipe_runner import run_main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.parametrize("fusion", ("projection", "resampler", "qformer"))
+def test_every_paradigm_runs_the_recipe(fusion, data_dir, tmp_path):
+  args = [f"--config=configs/shapes.py:size=tiny,steps=3,fusion={fusion}"]
+  proc = run_main(args, tmp_path, data_dir)
+  out, _ = proc.communicate(timeout=900)
+  assert proc.returncode == 0, out[-3000:]
+  report = (tmp_path / "report.md").read_text()
+  for stage in ("text_lm", "align", "sft", "dpo"):
+    assert f"## Stage `{stage}`" in report
+  assert "test/acc/all" in report and "heldout/acc/all" in report
+  assert (tmp_path / "losses.png").stat().st_size > 1000
+  if fusion != "projection":
+    return
+  # Rerunning a finished recipe does no work and says where results are.
+  again = run_main(args, tmp_path, data_dir)
+  out, _ = again.communicate(timeout=900)
+  assert again.returncode == 0, out[-3000:]
+  assert "[dpo] already finished (3 steps)" in out
