@@ -26,6 +26,8 @@ setuptools.setup(
         # torch and transformers only run the Hugging Face parity tests
         # (tests/hf); pin torch: an unpinned one pulls GBs of CUDA wheels.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0",
-                 "transformers==4.57.1", "safetensors>=0.4"],
+                 "transformers==4.57.1", "safetensors>=0.4",
+                 # tests/test_notebooks.py runs the notebooks headless.
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
 )

@@ -115,7 +115,9 @@ def _accuracies(metrics: Mapping[str, Any]) -> dict[str, float]:
   return out
 
 
-def plot_accuracy(by_stage: Mapping[str, Mapping[str, Any]], path: str) -> str:
+def plot_accuracy(by_stage: Mapping[str, Mapping[str, Any]], path: str,
+                  legend_title: str = "stage",
+                  title: str = "VQA accuracy by question type") -> str:
   """Grouped bars: accuracy per question type, one bar per stage.
 
   Args:
@@ -124,6 +126,7 @@ def plot_accuracy(by_stage: Mapping[str, Mapping[str, Any]], path: str) -> str:
       used, everything else ignored). Question types follow shapes.QTYPES,
       then others sorted, "all" last.
     path: the PNG to write.
+    legend_title, title: what the bars are (stages, or a sweep's variants).
 
   Returns:
     path.
@@ -147,10 +150,10 @@ def plot_accuracy(by_stage: Mapping[str, Mapping[str, Any]], path: str) -> str:
   ax.set_ylim(0.0, 1.08)
   ax.set_xlabel("question type")
   ax.set_ylabel("exact-match accuracy")
-  ax.set_title("VQA accuracy by question type")
+  ax.set_title(title)
   ax.grid(True, axis="y", alpha=0.3)
   if stages:
-    ax.legend(title="stage", fontsize="small", loc="upper left",
+    ax.legend(title=legend_title, fontsize="small", loc="upper left",
               bbox_to_anchor=(1.0, 1.0))
   if not qtypes:
     ax.text(0.5, 0.5, "no accuracies", ha="center", va="center",
