@@ -4,6 +4,11 @@
   python -m mmjax.main --config=configs/lm.py:tiny --workdir=W \
       --config.stages.lm.optimizer.lr=1e-3
 
+Multi-host: every process runs the same command plus its index (on TPU pod
+slices and in SLURM / Open MPI jobs JAX finds all three by itself):
+  python -m mmjax.main --config=... --workdir=SHARED_DIR \
+      --coordinator_address=HOST0:1234 --num_processes=N --process_id=I
+
 Running the same command again resumes from the newest good checkpoint, at
 the exact batch; a finished recipe does no work and says where its results
 are. User mistakes exit with status 2 and one line saying what to fix.
@@ -66,17 +71,51 @@ def _explain_override_error(argv: list[str], error: Exception):
   _fail(f"bad config override among {overrides}: {error}")
 
 
-def _initialize_distributed():
+def _check_multihost_flags() -> bool:
+  """Validates the multi-host flags; True when they are given."""
+  values = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if all(v is None for v in values):
+    return False
+  if None in values:
+    _fail("multi-host runs need --coordinator_address, --num_processes "
+          "and --process_id together")
+  host, _, port = _COORDINATOR.value.rpartition(":")
+  if not host or not port.isdigit():
+    _fail(f"--coordinator_address={_COORDINATOR.value!r} must be HOST:PORT "
+          "of process 0, e.g. 10.0.0.1:1234")
+  if _NUM_PROCESSES.value < 1 or not 0 <= _PROCESS_ID.value < (
+      _NUM_PROCESSES.value):
+    _fail(f"--process_id={_PROCESS_ID.value} must be in 0.."
+          f"{_NUM_PROCESSES.value - 1} (--num_processes="
+          f"{_NUM_PROCESSES.value})")
+  return True
+
+
+def _cluster_detected() -> bool:
+  """A launcher whose environment jax.distributed reads by itself: a Cloud
+  TPU VM (pod slice), or a SLURM / Open MPI job with more than one task."""
+  env = os.environ
+  return bool(env.get("TPU_WORKER_HOSTNAMES") or
+              env.get("MEGASCALE_COORDINATOR_ADDRESS") or
+              os.path.exists("/dev/accel0") or  # TPU VM (v2-v4)
+              env.get("TPU_ACCELERATOR_TYPE") or
+              int(env.get("SLURM_NTASKS", "1") or 1) > 1 or
+              int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1)
+
+
+def _initialize_distributed(explicit: bool) -> None:
+  """jax.distributed.initialize, before any other JAX call: explicit flags,
+  else auto-detection on TPU pods and SLURM / Open MPI clusters."""
   import jax  # pylint: disable=g-import-not-at-top
-  if _COORDINATOR.value or _NUM_PROCESSES.value:
-    if None in (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
-      _fail("multi-host runs need --coordinator_address, --num_processes "
-            "and --process_id together")
+  if explicit:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get(
-      "MEGASCALE_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()  # TPU pods detect everything themselves.
+  elif _cluster_detected():
+    try:
+      jax.distributed.initialize()
+    except ValueError as e:  # the launcher's variables are incomplete
+      _fail(f"could not start jax.distributed from the environment ({e}); "
+            "pass --coordinator_address, --num_processes and --process_id")
 
 
 def main(argv):
@@ -85,6 +124,7 @@ def main(argv):
     _fail("--config is required, e.g. --config=configs/lm.py:tiny")
   if not _WORKDIR.value:
     _fail("--workdir is required, e.g. --workdir=runs/lm_tiny")
+  multihost = _check_multihost_flags()
   # Heavy imports after flag checks: a typo fails in a second, not ten.
   from mmjax import config as config_lib  # pylint: disable=g-import-not-at-top
   from mmjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
@@ -93,7 +133,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   try:
-    _initialize_distributed()
+    _initialize_distributed(multihost)
     recipe.run_recipe(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, ckpt_lib.IncompatibleCheckpointError) as e:
     _fail(str(e))

@@ -1,4 +1,4 @@
-"""Device mesh, the logical-axis rule table, and sharded initialisation.
+"""Device mesh, the logical-axis rule table, sharded init, multi-host helpers.
 
 Parameters and activations carry logical axis names ('embed', 'heads', ...);
 one rule table maps them to mesh axes ('data', 'fsdp', 'tensor'). Init runs
@@ -7,17 +7,20 @@ materialises the whole model.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+T = TypeVar("T")
 
 # Logical axis -> mesh axes. The one place this table lives; a config may
 # override rows through `config.mesh.rules` ({'mlp': 'tensor', ...}).
@@ -110,6 +113,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+@contextlib.contextmanager
+def sharding_context(mesh: Mesh, rules) -> Iterator[None]:
+  """Trace models inside this: binds their activation constraints to `mesh`.
+
+  `nn.with_logical_constraint` is a no-op unless logical rules and a mesh
+  are set while the function is traced, so every jit of a model (init, train
+  and eval steps) must be traced (lowered, or first called) in here.
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
 def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules, *args
                  ) -> tuple[Any, Any]:
   """Runs `init_fn(*args)` under jit with logical out_shardings.
@@ -127,6 +142,21 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules, *args
   abstract = jax.eval_shape(init_fn, *args)
   shardings = logical_shardings(abstract, mesh, rules)
   unboxed_init = lambda *a: nn.unbox(init_fn(*a))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with sharding_context(mesh, rules):
     tree = jax.jit(unboxed_init, out_shardings=shardings)(*args)
   return tree, shardings
+
+
+def first_process_then_others(fn: Callable[[], T], name: str) -> T:
+  """Runs `fn` on process 0, then (after a barrier) on every other process.
+
+  For work that writes a file every process then reads (a trained tokenizer,
+  a built dataset) and that reuses the file when it exists: process 0 writes
+  it once instead of all processes racing to write the same path. Without a
+  shared filesystem each host simply does the work itself.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  result = fn() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f"mmjax:{name}")
+  return result if jax.process_index() == 0 else fn()

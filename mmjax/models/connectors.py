@@ -34,6 +34,7 @@ from mmjax.models import layers
 
 Dtype = Any
 _logical = layers._logical  # pylint: disable=protected-access
+_ACT = ("batch", "length", "embed")  # [B, N, D] token activations
 Grid = tuple[int, int]
 
 
@@ -131,8 +132,9 @@ class LinearProjector(nn.Module):
     """x: [B, N, Dv] -> [B, N, D]; grid is ignored."""
     del grid
     chex.assert_rank(x, 3)
-    return _dense(self.out_dim, ("embed", "mlp"), "linear", dtype=self.dtype,
-                  param_dtype=self.param_dtype)(x)
+    y = _dense(self.out_dim, ("embed", "mlp"), "linear", dtype=self.dtype,
+               param_dtype=self.param_dtype)(x)
+    return nn.with_logical_constraint(y, _ACT)
 
 
 class MLPProjector(nn.Module):
@@ -159,7 +161,8 @@ class MLPProjector(nn.Module):
     h = _dense(self.out_dim, ("embed", "mlp"), "linear_1", **kw)(x)
     h = layers.activation_fn(self.activation)(h)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    return _dense(self.out_dim, ("mlp", "embed"), "linear_2", **kw)(h)
+    y = _dense(self.out_dim, ("mlp", "embed"), "linear_2", **kw)(h)
+    return nn.with_logical_constraint(y, _ACT)
 
 
 class PixelShuffleProjector(nn.Module):
@@ -188,12 +191,14 @@ class PixelShuffleProjector(nn.Module):
     chex.assert_rank(x, 3)
     grid = _check_grid(x, grid, "PixelShuffleProjector")
     y, _ = pixel_shuffle(x, grid, self.scale)
+    y = nn.with_logical_constraint(y, _ACT)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     y = _layer_norm(self.norm_eps, "layer_norm", **kw)(y)
     h = _dense(self.out_dim, ("embed", "mlp"), "linear_1", **kw)(y)
     h = layers.activation_fn(self.activation)(h)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    return _dense(self.out_dim, ("mlp", "embed"), "linear_2", **kw)(h)
+    y = _dense(self.out_dim, ("mlp", "embed"), "linear_2", **kw)(h)
+    return nn.with_logical_constraint(y, _ACT)
 
 
 class PatchMerger(nn.Module):
@@ -232,9 +237,10 @@ class PatchMerger(nn.Module):
     # LN-then-view on window-contiguous tokens.
     y = _layer_norm(self.norm_eps, "ln_q", **kw)(x)
     y, _ = pixel_shuffle(y, grid, 1.0 / self.spatial_merge)
-    hidden = y.shape[-1]
-    return layers.MLP(hidden=hidden, out_features=self.out_dim,
-                      activation="gelu", name="mlp", **kw)(y)
+    y = nn.with_logical_constraint(y, _ACT)
+    y = layers.MLP(hidden=y.shape[-1], out_features=self.out_dim,
+                   activation="gelu", name="mlp", **kw)(y)
+    return nn.with_logical_constraint(y, _ACT)
 
 
 _PROJECTORS = {"linear": LinearProjector, "mlp": MLPProjector,

@@ -56,6 +56,42 @@ def media_mask(times: jax.Array, num_media: int, tokens_per_media: int,
   return jnp.repeat(allowed, tokens_per_media, axis=-1)
 
 
+MediaKV = tuple[jax.Array, jax.Array]
+
+
+class MediaAttention(nn.Module):
+  """Bias-free cross-attention from text to media whose projected keys and
+  values can be reused: the parameters (q, k, v [D, H, Dh], o [H, Dh, D])
+  are those of `layers.MultiHeadAttention(use_bias=False)`."""
+  n_heads: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, media: jax.Array, *, mask: jax.Array,
+               media_kv: MediaKV | None = None) -> tuple[jax.Array, MediaKV]:
+    """x: [B, L, D], media: [B, S, Dm], mask: bool[B, L, S] -> [B, L, D]."""
+    head_dim = x.shape[-1] // self.n_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def heads_in(name, heads_name):
+      return layers.HeadsIn(self.n_heads, head_dim, False, heads_name,
+                            name=name, **kw)
+    q = heads_in("q", "heads")(x)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+    if media_kv is None:
+      media = media.astype(self.dtype)
+      media_kv = tuple(nn.with_logical_constraint(
+          heads_in(name, "kv_heads")(media),
+          ("batch", "length", "kv_heads", "head_dim")) for name in "kv")
+    out = layers.dot_product_attention(q, *media_kv, mask, dtype=self.dtype)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads",
+                                           "head_dim"))
+    out = layers.HeadsOut(x.shape[-1], False, name="o", **kw)(out)
+    return nn.with_logical_constraint(out, ("batch", "length", "embed")), (
+        media_kv)
+
+
 class GatedCrossAttention(nn.Module):
   """One gated cross-attention + gated MLP block (Idefics1 layout).
 
@@ -72,17 +108,20 @@ class GatedCrossAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, media: jax.Array, mask: jax.Array
-               ) -> jax.Array:
+  def __call__(self, x: jax.Array, media: jax.Array, mask: jax.Array,
+               media_kv: MediaKV | None = None
+               ) -> tuple[jax.Array, MediaKV]:
     """Gated update of the text stream.
 
     Args:
       x: [B, L, D] text hidden states.
       media: [B, S, Dm] media tokens (S = M * Tm, flattened).
       mask: bool[B, L, S] from `media_mask`.
+      media_kv: the (keys, values) this block returned for the same media
+        (decoding: projected once at prefill); None projects `media`.
 
     Returns:
-      [B, L, D].
+      ([B, L, D], (keys, values) each [B, S, H, Dh]).
     """
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     gate_init = nn.with_logical_partitioning(nn.initializers.zeros, ())
@@ -90,9 +129,8 @@ class GatedCrossAttention(nn.Module):
                             self.param_dtype)
     alpha_dense = self.param("alpha_dense", gate_init, (), self.param_dtype)
     h = layers.RMSNorm(eps=self.norm_eps, name="input_layernorm", **kw)(x)
-    h = layers.MultiHeadAttention(
-        n_heads=self.n_heads, use_bias=False, name="cross_attn",
-        **kw)(h, media.astype(self.dtype), mask=mask)
+    h, media_kv = MediaAttention(self.n_heads, name="cross_attn", **kw)(
+        h, media, mask=mask, media_kv=media_kv)
     # A token that sees no media gets no update (not an average of nothing).
     h = h * jnp.any(mask, axis=-1, keepdims=True).astype(h.dtype)
     x = x + jnp.tanh(alpha_attn).astype(h.dtype) * h
@@ -101,4 +139,4 @@ class GatedCrossAttention(nn.Module):
     h = layers.GatedMLP(self.mlp_dim, activation=self.mlp_activation,
                         name="mlp", **kw)(h)
     x = x + jnp.tanh(alpha_dense).astype(h.dtype) * h
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), media_kv

@@ -15,7 +15,9 @@ carry a leading [n_layers] axis (logical name 'layers');
 `remat.stack_layer_params` / `remat.unstack_layer_params` convert between the
 two trees. The remat policy (config.remat) never changes the tree.
 
-KV cache: a list with one {'k', 'v'} dict per layer, each [B, S_max, Kh, Dh].
+KV cache: a list with one {'k', 'v'} dict per layer, each [B, S_max, Kh, Dh]
+(layers with cross-attention add the projected media keys/values 'media_k',
+'media_v' [B, M * Tm, H, Dh] once a call with media has filled them).
 Prefill writes slots 0..P-1 with `cache_index=0`; each later call writes its
 tokens at `cache_index` and attends over every slot up to its own.
 """
@@ -244,6 +246,7 @@ class DecoderLM(nn.Module):
       media_times: jax.Array | None = None,
       media_valid: jax.Array | None = None,
       block_ids: jax.Array | None = None,
+      layer_range: tuple[int, int] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Runs the LM over a token or embedding sequence.
 
@@ -267,18 +270,29 @@ class DecoderLM(nn.Module):
       media_valid: bool[B, M], False for padding media items.
       block_ids: int32[B, L]; tokens sharing a non-zero id see each other
         in both directions (image blocks, prefix-LM style); 0 = causal only.
+      layer_range: (a, b) runs only blocks a..b-1 (token pruning between
+        layers, `mmjax.fastv`); with a > 0 `embeddings` are the hidden
+        states entering block a, `cache` has b - a entries, and with
+        b < n_layers the output is the hidden state [B, L, D], not logits.
+        None = (0, n_layers).
 
     Returns:
-      (logits f32[B, L, V], new cache or None).
+      (logits f32[B, L, V], new cache or None). With a cache, layers with
+      cross-attention also keep the media keys/values ('media_k',
+      'media_v'), which later calls reuse instead of projecting `media`.
     """
     cfg = self.cfg
+    first, last = layer_range or (0, cfg.n_layers)
+    if not 0 <= first < last <= cfg.n_layers:
+      raise ValueError(f"layer_range={layer_range} must satisfy 0 <= a < b <= "
+                       f"n_layers={cfg.n_layers}.")
     # Validate everything before any computation.
     if (tokens is None) == (embeddings is None):
       raise ValueError("Pass exactly one of tokens= and embeddings=.")
     if cache is not None:
-      if len(cache) != cfg.n_layers:
-        raise ValueError(f"cache has {len(cache)} layers, model has "
-                         f"{cfg.n_layers}.")
+      if len(cache) != last - first:
+        raise ValueError(f"cache has {len(cache)} layers, the call runs "
+                         f"{last - first}.")
       if cache_index is None:
         raise ValueError("A cache needs cache_index (slot of the first token).")
       if segment_ids is not None:
@@ -328,7 +342,9 @@ class DecoderLM(nn.Module):
       n_media, per_media = media.shape[1], media.shape[2]
       xmask = cross_attention.media_mask(media_times, n_media, per_media,
                                          cfg.xattn_media, media_valid)
-      media_flat = media.reshape(batch, n_media * per_media, media.shape[-1])
+      media_flat = nn.with_logical_constraint(
+          media.reshape(batch, n_media * per_media, media.shape[-1]),
+          ("batch", "length", "embed"))
 
     mask = masks.causal_mask(length, kv_len, offset)[None]
     if block_ids is not None:
@@ -346,16 +362,27 @@ class DecoderLM(nn.Module):
 
     new_cache = [] if cache is not None else None
     if cfg.scan_layers:
+      if layer_range is not None:
+        raise ValueError("layer_range needs scan_layers=False.")
       x, _ = self.layers(x, positions, mask)
     else:
-      for i, block in enumerate(self.layers):
+      for i in range(first, last):
+        old = None if cache is None else cache[i - first]
+        media_kv = None
         if media is not None and str(i) in self.xattn:
-          x = self.xattn[str(i)](x, media_flat, xmask)
-        x, layer_cache = block(
-            x, positions, mask,
-            None if cache is None else cache[i], cache_index)
+          media_kv = (old["media_k"], old["media_v"]) if (
+              old is not None and "media_k" in old) else None
+          x, media_kv = self.xattn[str(i)](x, media_flat, xmask, media_kv)
+        x, layer_cache = self.layers[i](
+            x, positions, mask, None if old is None else
+            {"k": old["k"], "v": old["v"]}, cache_index)
         if new_cache is not None:
+          if media_kv is not None:
+            layer_cache = dict(layer_cache, media_k=media_kv[0],
+                               media_v=media_kv[1])
           new_cache.append(layer_cache)
+    if last < cfg.n_layers:
+      return x, new_cache
 
     x = self.final_norm(x)
     if cfg.tie_embeddings:

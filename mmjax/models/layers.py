@@ -233,6 +233,10 @@ class MultiHeadAttention(nn.Module):
     k = HeadsIn(n_kv, head_dim, self.use_bias, "kv_heads", name="k", **kw)(kv)
     v = HeadsIn(n_kv, head_dim, self.use_bias, "kv_heads", name="v", **kw)(kv)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+    k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads",
+                                       "head_dim"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads",
+                                       "head_dim"))
     out = dot_product_attention(q, k, v, mask, dtype=self.dtype)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads",
                                            "head_dim"))
@@ -269,6 +273,8 @@ class MLP(nn.Module):
                  kernel_init=_logical(_default_kernel_init, ("embed", "mlp")),
                  **kw)(x)
     h = act(h)
+    if h.ndim == 3:
+      h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     kw["bias_init"] = _logical(nn.initializers.zeros, ("embed",))
     return nn.Dense(self.out_features or x.shape[-1], name="fc2",
                     kernel_init=_logical(_default_kernel_init,

@@ -173,8 +173,8 @@ class OneBackbonePatches(nn.Module):
     x = x.reshape(x.shape[0], gh, gw, self.d_model)
     nl = jnp.broadcast_to(newline.astype(x.dtype), (x.shape[0], gh, 1,
                                                     self.d_model))
-    return jnp.concatenate([x, nl], axis=2).reshape(x.shape[0], -1,
-                                                    self.d_model)
+    x = jnp.concatenate([x, nl], axis=2).reshape(x.shape[0], -1, self.d_model)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class MLLM(nn.Module):
@@ -255,7 +255,6 @@ class MLLM(nn.Module):
     cfg = self.cfg
     if visual is None and images is not None:
       visual = self.encode_images(images)
-    b = tokens.shape[0]
     kwargs = dict(segment_ids=segment_ids, attention_mask=attention_mask,
                   cache=cache, cache_index=cache_index)
     if cfg.fusion == "cross_attention":
@@ -268,16 +267,37 @@ class MLLM(nn.Module):
         kwargs.update(media=visual, media_times=media_times,
                       media_valid=image_mask)
       return self.llm(tokens, positions, **kwargs)
-    x = self.llm.embed_tokens(tokens)
-    if visual is not None:
-      if image_token_mask is None:
-        raise ValueError(f"fusion={cfg.fusion!r} needs image_token_mask "
-                         "(where the visual tokens go)")
-      flat = visual.reshape(b, -1, visual.shape[-1])
-      x = scatter_visual(x, flat, image_token_mask)
-      if cfg.image_attention == "bidirectional":
-        kwargs["block_ids"] = image_block_ids(image_token_mask)
+    x, kwargs["block_ids"] = self.embed_inputs(tokens, visual,
+                                               image_token_mask)
     return self.llm(positions=positions, embeddings=x, **kwargs)
+
+  def embed_inputs(self, tokens: jax.Array, visual: jax.Array | None,
+                   image_token_mask: jax.Array | None
+                   ) -> tuple[jax.Array, jax.Array | None]:
+    """Early fusion: token embeddings with the visual tokens scattered in.
+
+    Args:
+      tokens: int32[B, L].
+      visual: [B, M, T, D] from `encode_images`, or None (text only).
+      image_token_mask: bool[B, L], where the visual tokens go.
+
+    Returns:
+      (embeddings [B, L, D], block_ids int32[B, L] for bidirectional image
+      attention, else None).
+    """
+    x = self.llm.embed_tokens(tokens)
+    if visual is None:
+      return x, None
+    if image_token_mask is None:
+      raise ValueError(f"fusion={self.cfg.fusion!r} needs image_token_mask "
+                       "(where the visual tokens go)")
+    flat = nn.with_logical_constraint(
+        visual.reshape(tokens.shape[0], -1, visual.shape[-1]),
+        ("batch", "length", "embed"))
+    x = scatter_visual(x, flat, image_token_mask)
+    block_ids = (image_block_ids(image_token_mask)
+                 if self.cfg.image_attention == "bidirectional" else None)
+    return x, block_ids
 
 
 def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:

@@ -321,8 +321,9 @@ class QFormerConnector(nn.Module):
     f32[B, n_queries, out_dim]."""
     query = QFormer(self.cfg, name="qformer")(
         vision, mode="query", vision_mask=vision_mask)["query"]
-    return _dense(self.cfg, self.out_dim, ("embed", "mlp"),
-                  "language_projection")(query)
+    out = _dense(self.cfg, self.out_dim, ("embed", "mlp"),
+                 "language_projection")(query)
+    return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
 
 class QFormerPretrainHeads(nn.Module):

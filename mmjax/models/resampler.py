@@ -266,6 +266,7 @@ class PerceiverResampler(nn.Module):
     latent_init = randn if cfg.style == "flamingo" else nn.initializers.ones
     latents = embedding("latents", (cfg.n_latents, d), latent_init)
     latents = jnp.broadcast_to(latents.astype(dtype), (b * t, cfg.n_latents, d))
+    latents = nn.with_logical_constraint(latents, ("batch", "length", "embed"))
     kv_mask = jnp.ones((b * t, f * v + cfg.n_latents), bool)
     if mask is not None:
       kv_mask = kv_mask.at[:, :f * v].set(mask.reshape(b * t, f * v))
@@ -286,5 +287,6 @@ class PerceiverResampler(nn.Module):
           kernel_init=_logical(nn.initializers.lecun_normal(),
                                ("embed", "mlp")),
           bias_init=_logical(nn.initializers.zeros, ("mlp",)))(latents)
+    latents = nn.with_logical_constraint(latents, ("batch", "length", "embed"))
     latents = latents.reshape(b, t, cfg.n_latents, latents.shape[-1])
     return latents[:, 0] if squeeze else latents

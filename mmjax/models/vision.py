@@ -289,7 +289,7 @@ class MAPHead(_BlockSizes):
     h = layer_norm(self.norm_eps, name="layernorm", **kw)(a)
     h = a + layers.MLP(hidden=self.mlp_dim, activation=self.activation,
                        name="mlp", **kw)(h)
-    return h[:, 0]
+    return nn.with_logical_constraint(h[:, 0], ("batch", "embed"))
 
 
 @flax.struct.dataclass

@@ -104,6 +104,14 @@ def _mllm_stage_checks(config):
           f"which is no parameter group; groups: "
           f"{', '.join(groups.GROUPS)} (or a glob like 'llm/layers_3/*')"))
     checks.append(C.check_int(f"{p}.steps", 1))
+    checks.append(C.check_that(
+        lambda c, s=stage: isinstance(s.get("chunked_loss", False), bool) and (
+            not s.get("chunked_loss", False) or
+            s.loss == "sigmoid_contrastive"),
+        lambda c, p=p, s=stage: f"config.{p}.chunked_loss="
+        f"{s.get('chunked_loss')!r}: must be True or False, and True only "
+        f"with loss='sigmoid_contrastive' (the ring-exchanged sigmoid loss); "
+        f"this stage's loss is {s.loss!r}"))
     if "batch_size" in stage:
       checks.append(C.check_int(f"{p}.batch_size", 0))
   return checks
@@ -124,6 +132,14 @@ def _optimizer_checks(config):
   checks = []
   for name in C.stage_names(config):
     p = f"stages.{name}"
+    stage = config.stages[name]
+    if "lora" in stage:
+      checks.append(C.check_int(f"{p}.lora.rank", 0))
+    checks.append(C.check_that(
+        lambda c, s=stage: "lora" not in s.get("trainable", ()) or (
+            "lora" in s and s.lora.rank > 0),
+        lambda c, p=p: f"config.{p}.trainable names 'lora' but "
+        f"config.{p}.lora.rank is 0: set a rank (e.g. 8) or train 'llm'"))
     checks += [
         C.check_choice(f"{p}.optimizer.name", optim.OPTIMIZERS),
         C.check_number(f"{p}.optimizer.lr", 0.0),
@@ -146,6 +162,20 @@ def _optimizer_checks(config):
   return checks
 
 
+def _check_mesh_rules(config):
+  """config.mesh.rules: {logical axis: None | mesh axis | (mesh axes)}."""
+  from mmjax.parallel import MESH_AXES  # pylint: disable=g-import-not-at-top
+  rules = config.mesh.get("rules", None)
+  for name, target in dict(rules or {}).items():
+    axes = tuple(target) if isinstance(target, (list, tuple)) else (target,)
+    if target is not None and (len(set(axes)) != len(axes) or
+                               not all(a in MESH_AXES for a in axes)):
+      raise C.ConfigError(
+          f"config.mesh.rules.{name}={target!r}: map a logical axis to None "
+          f"(replicated), a mesh axis or a tuple of distinct mesh axes, from "
+          f"{', '.join(MESH_AXES)}")
+
+
 def _run_checks(config):
   mesh_axes = [C.check_that(
       lambda c, a=a: isinstance(c.mesh[a], int) and (c.mesh[a] == -1 or
@@ -161,6 +191,7 @@ def _run_checks(config):
       C.check_int("checkpoint.keep", 1),
       C.check_choice("matmul_precision", MATMUL_PRECISIONS),
       *mesh_axes,
+      _check_mesh_rules,
   ]
 
 

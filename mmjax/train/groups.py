@@ -7,6 +7,7 @@ Paths are '/'-joined parameter names (`llm/layers_0/attn/q/kernel`). A stage's
   vision     vision/*                  connector  connector/*
   llm        llm/* except llm/xattn_*  xattn      llm/xattn_*
   text       text/*                    all        everything
+  lora       lora/* (LoRA factors of a stage with lora.rank > 0, train/lora.py)
 
 Everything else is frozen: no gradient is taken with respect to it and the
 optimizer holds no state for it.
@@ -32,6 +33,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "xattn": ("llm/xattn_*",),
     "text": ("text/*",),
     "siglip": ("siglip/*",),
+    "lora": ("lora/*",),
     "all": ("*",),
 }
 _EXCLUDE = {"llm": ("llm/xattn_*",)}

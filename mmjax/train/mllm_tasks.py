@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mmjax import parallel
 from mmjax.config import ConfigError, stage_batch_size
 from mmjax.data import builders, pipeline, shapes, text_pipeline
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.models import layout
 from mmjax.models.mllm import MLLM, MLLMConfig, mllm_config_from_dict
 from mmjax.models.text_tower import TextTowerConfig, TwoTower
-from mmjax.train import groups, losses
+from mmjax.train import groups, losses, sigmoid_ring
 from mmjax.train.trainer import Task
 
 MLLM_LOSSES = ("lm", "sigmoid_contrastive", "softmax_contrastive", "dpo",
@@ -176,7 +177,8 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
   if stage.loss not in MLLM_LOSSES:
     raise ConfigError(f"config.stages.{stage_name}.loss={stage.loss!r}; "
                       f"allowed values: {', '.join(map(repr, MLLM_LOSSES))}")
-  builder = shapes_dataset(config)
+  builder = parallel.first_process_then_others(
+      lambda: shapes_dataset(config), "shapes_dataset")
   tok = tokenizer_for(builder)
   if tok.image_id != IMAGE_ID:
     raise ConfigError(f"tokenizer at {builder.data_dir} has <image> id "
@@ -223,6 +225,11 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
       del rng
       out = model.apply({"params": params}, _single_image(batch["images"]),
                         batch["text_tokens"], batch.get("text_pad_mask"))
+      if stage.loss == "sigmoid_contrastive" and stage.get("chunked_loss",
+                                                           False):
+        # Ring exchange over the batch-sharded mesh: no global B x B logits.
+        return sigmoid_ring.chunked_sigmoid_loss(
+            out["zimg"], out["ztxt"], out["logit_scale"], out["logit_bias"])
       if stage.loss == "sigmoid_contrastive":
         return losses.sigmoid_contrastive_loss(
             out["zimg"], out["ztxt"], out["logit_scale"], out["logit_bias"])

@@ -26,10 +26,12 @@ import functools
 import math
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh, PartitionSpec as P
 
+from mmjax import parallel
 from mmjax.train import losses
 
 
@@ -147,25 +149,37 @@ def _ring_loss(zimg: jax.Array, ztxt: jax.Array, logit_scale: jax.Array,
   }
 
 
+def _batch_axes() -> tuple[str, ...]:
+  """Mesh axes of the logical 'batch' axis under the rules in scope."""
+  rules = nn.get_logical_axis_rules() or parallel.DEFAULT_RULES
+  axes = nn.logical_to_mesh_axes(("batch",), rules)[0]
+  if axes is None:
+    return ()
+  return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
 def chunked_sigmoid_loss(zimg: jax.Array, ztxt: jax.Array,
                          logit_scale: jax.Array, logit_bias: jax.Array,
-                         mesh: Mesh, axes: Sequence[str] = ("data", "fsdp"),
+                         mesh: Mesh | AbstractMesh | None = None,
+                         axes: Sequence[str] | None = None,
                          block_size: int | None = None
                          ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`losses.sigmoid_contrastive_loss` over a sharded batch, ring-exchanged.
 
   Call inside or outside jit with global arrays; the batch is (re)sharded
-  over `axes` (the 'batch' row of parallel.DEFAULT_RULES). Other mesh axes
-  hold replicas.
+  over `axes`. Other mesh axes hold replicas.
 
   Args:
     zimg: f32[B, E] L2-normalised image embeddings, global batch.
     ztxt: f32[B, E] L2-normalised text embeddings; row i pairs with zimg[i].
     logit_scale: scalar t' (the temperature is exp(t')).
     logit_bias: scalar b.
-    mesh: the device mesh.
+    mesh: the device mesh; None = the mesh set by `jax.set_mesh` (the
+      trainer traces its steps in `parallel.sharding_context`).
     axes: mesh axes the batch is split over; B must be divisible by the
-      product n of their sizes.
+      product n of their sizes. None = the mesh axes of the logical 'batch'
+      axis under the logical rules in scope (`nn.logical_axis_rules`), else
+      of parallel.DEFAULT_RULES: ('data', 'fsdp').
     block_size: texts per block of logits, dividing b = B / n; None = b.
       Each device holds one [b, block_size] block (and its gradient) at a
       time: set it when b is so large that [b, b] matters (memory then grows
@@ -178,6 +192,16 @@ def chunked_sigmoid_loss(zimg: jax.Array, ztxt: jax.Array,
     strictly (argmax differs only on exact ties).
   """
   losses._check_embeddings(zimg, ztxt)  # pylint: disable=protected-access
+  if mesh is None:
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+      raise ValueError("chunked_sigmoid_loss needs a mesh: pass mesh= or "
+                       "call it under jax.set_mesh (parallel.sharding_context)")
+  if axes is None:
+    axes = _batch_axes()
+    if not axes:  # rules that do not shard the batch: nothing to exchange
+      return losses.sigmoid_contrastive_loss(zimg, ztxt, logit_scale,
+                                             logit_bias)
   axes = tuple(axes)
   unknown = [a for a in axes if a not in mesh.shape]
   if unknown:

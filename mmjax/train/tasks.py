@@ -11,16 +11,21 @@ from typing import Any
 import jax
 import ml_collections
 
+from mmjax import parallel
 from mmjax.config import ConfigError, stage_batch_size
 from mmjax.data import text_pipeline
 from mmjax.models.decoder import DecoderConfig, DecoderLM
 from mmjax.models.mllm import MLLM, mllm_config_from_dict
-from mmjax.train import groups
+from mmjax.train import groups, lora
 from mmjax.train import losses
 from mmjax.train.trainer import Task
 
 FAMILIES = ("lm", "mllm")
 LOSSES = ("lm",)
+
+
+# The LM family's parameters are the recipe's `llm` group.
+LM_TO_GLOBAL = groups.prefix_mapper({"*": "llm"})
 
 
 def build_model(config: ml_collections.ConfigDict):
@@ -38,14 +43,16 @@ def model_initializer(config: ml_collections.ConfigDict,
   """(model, rng -> boxed params) of a stage, without data (shape checks)."""
   if config.family == "mllm":
     from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
-    model, init, _ = mllm_tasks.stage_model(config, stage_name)
-    return model, init
-  model = build_model(config)
-  seq_len = config.data.seq_len
+    model, init, to_global = mllm_tasks.stage_model(config, stage_name)
+  else:
+    model, to_global = build_model(config), LM_TO_GLOBAL
+    seq_len = config.data.seq_len
 
-  def init(rng):
-    tokens = jax.numpy.zeros((1, seq_len), jax.numpy.int32)
-    return model.init(rng, tokens)["params"]
+    def init(rng):
+      tokens = jax.numpy.zeros((1, seq_len), jax.numpy.int32)
+      return model.init(rng, tokens)["params"]
+  if stage_name is not None:  # with the stage's LoRA factors, if any
+    init = lora.wrap_init(init, to_global, config.stages[stage_name])
   return model, init
 
 
@@ -58,7 +65,15 @@ class BuiltTask:
 
 def build_task(config: ml_collections.ConfigDict, stage_name: str,
                workdir: str) -> BuiltTask:
-  """Model, loss and data of a stage, for the family of the config."""
+  """Model, loss and data of a stage, for the family of the config (with
+  LoRA factors when the stage asks for them)."""
+  built = _family_task(config, stage_name, workdir)
+  built.task = lora.wrap(built.task, config.stages[stage_name])
+  return built
+
+
+def _family_task(config: ml_collections.ConfigDict, stage_name: str,
+                 workdir: str) -> BuiltTask:
   if config.family == "mllm":
     from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
     return mllm_tasks.build_mllm_task(config, stage_name, workdir)
@@ -67,7 +82,8 @@ def build_task(config: ml_collections.ConfigDict, stage_name: str,
     raise ConfigError(f"config.stages.{stage_name}.loss={stage.loss!r}; "
                       f"allowed values: {', '.join(map(repr, LOSSES))}")
   model, init = model_initializer(config)
-  tok = text_pipeline.prepare_tokenizer(config, workdir)
+  tok = parallel.first_process_then_others(
+      lambda: text_pipeline.prepare_tokenizer(config, workdir), "tokenizer")
   data = text_pipeline.LMData.from_config(config, tok)
 
   def loss_fn(params, batch, rng):
@@ -85,7 +101,7 @@ def build_task(config: ml_collections.ConfigDict, stage_name: str,
           config.batch_size, config.eval_batches, jax.process_index(),
           jax.process_count()),
       tokens_per_example=config.data.seq_len,
-      to_global=groups.prefix_mapper({"*": "llm"}))
+      to_global=LM_TO_GLOBAL)
   info = {"unigram_entropy": data.unigram_entropy(),
           "train_windows": len(data.train_windows),
           "eval_windows": len(data.eval_windows),

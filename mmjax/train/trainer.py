@@ -66,6 +66,8 @@ class Task:
   needs_ref: bool = False
   # Extra per-stage numbers for metrics (e.g. skipped records); () -> dict.
   data_stats: Callable[[], Mapping[str, float]] | None = None
+  # params -> the model's parameters handed on (LoRA merges its factors).
+  export_params: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -91,7 +93,8 @@ def check_workdir(workdir: str, stage: str, abstract: Any) -> None:
   directory = stage_dir(workdir, stage)
   if not os.path.isdir(directory):
     return
-  newest = ckpt_lib.StageCheckpointer(directory).newest_meta()
+  # Read-only: no barrier, so processes agree whatever directory they see.
+  newest = ckpt_lib.StageCheckpointer(directory, read_only=True).newest_meta()
   if newest is None:
     return
   ckpt_lib.check_compatible(newest[1]["param_shapes"],
@@ -207,7 +210,8 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
     key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
     if key not in compiled_steps:
       t0 = time.perf_counter()
-      compiled = jitted_step.lower(state, batch).compile()
+      with parallel.sharding_context(mesh, rules):  # activation constraints
+        compiled = jitted_step.lower(state, batch).compile()
       compiled_steps[key] = compiled
       writer.write(step, _compiled_stats(compiled, time.perf_counter() - t0))
     return compiled_steps[key](state, batch)
@@ -223,7 +227,8 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
       return {}
     sums, n = {}, 0
     for batch in task.eval_batches():
-      m = eval_step(state, parallel.shard_batch(batch, mesh, rules))
+      with parallel.sharding_context(mesh, rules):
+        m = eval_step(state, parallel.shard_batch(batch, mesh, rules))
       for k, v in jax.device_get(m).items():
         sums[k] = sums.get(k, 0.0) + float(v)
       n += 1
@@ -310,10 +315,12 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
     bar.close()
     writer.close()
     signal.signal(signal.SIGTERM, previous_handler)
+  params = (task.export_params(state["params"]) if task.export_params
+            else state["params"])
   global_params = {task.to_global(p): v for p, v in
-                   groups.flatten(state["params"]).items()}
+                   groups.flatten(params).items()}
   global_params.update(groups.flatten(state["carry"]))
-  return StageResult(params=state["params"], global_params=global_params,
+  return StageResult(params=params, global_params=global_params,
                      step=step,
                      final_metrics=final_metrics, checkpoint_dir=directory,
                      resumed_from=resumed_from)

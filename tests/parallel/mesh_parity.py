@@ -1,0 +1,179 @@
+"""Worker of the mesh-parity tests: trains stages on several meshes.
+
+Run as a script in a fresh interpreter with 8 simulated CPU devices (the
+device count is fixed when JAX's CPU backend starts, for the whole process;
+see tests/train/test_sigmoid_ring.py):
+
+  python tests/parallel/mesh_parity.py DATA_DIR WORKDIR JOB [JOB ...]
+
+A job is a fusion paradigm (its `sft` stage of configs/shapes.py:size=tiny:
+connector and LM trained, the vision tower frozen) or 'siglip_chunked' (the
+`siglip` stage, vision and text towers trained: plain sigmoid loss on one
+device, the ring-chunked one on the mesh). Each
+job trains 3 steps with matmul precision 'highest' through
+`trainer.run_stage`, on one device and on each mesh, all from the same
+parameters, and the script prints one JSON line: per job and mesh, the logged
+losses, the largest parameter difference to the one-device run, how many
+activation constraints were bound during the train step, and the error if a
+mesh failed. Initial parameters come from the store (random, numpy), so the
+jitted sharded init compiles no random-number code; everything else is the
+trainer's own path (sharded init, the jitted donated step, checkpoint).
+"""
+import json
+import os
+import sys
+import traceback
+
+# Parity needs the same program on every mesh, not a fast one. LLVM -O0 and
+# the legacy fusion emitters cut XLA:CPU's compile time of a train step
+# 4-6x (measured: 29.8 s -> 4.9 s); XLA's HLO passes still run.
+FLAGS = ("--xla_force_host_platform_device_count=8 "
+         "--xla_backend_optimization_level=0 "
+         "--xla_llvm_disable_expensive_passes=true "
+         "--xla_cpu_use_fusion_emitters=false")
+MESHES = ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2))
+STEPS = 3
+BATCH = 8
+# job -> (fusion, stage, meshes); the first mesh is the one-device reference.
+JOBS = {f: (f, "sft", MESHES) for f in ("projection", "resampler", "qformer",
+                                        "cross_attention", "one_backbone")}
+JOBS["siglip_chunked"] = ("projection", "siglip", ((1, 1, 1), (2, 2, 2)))
+
+
+def env() -> dict[str, str]:
+  """The environment of a worker subprocess (8 devices, repo importable)."""
+  out = dict(os.environ)
+  out["XLA_FLAGS"] = (out.get("XLA_FLAGS", "") + " " + FLAGS).strip()
+  out["JAX_PLATFORMS"] = "cpu"
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  out["PYTHONPATH"] = repo + os.pathsep + out.get("PYTHONPATH", "")
+  return out
+
+
+def _config(fusion: str, data_dir: str):
+  from mmjax.config import load_config  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  config = load_config(os.path.join(REPO, "configs/shapes.py") +
+                       f":size=tiny,steps={STEPS},fusion={fusion}")
+  config.data.update(dict(data_dir=data_dir, num_train=48, num_validation=8,
+                          num_test=8, num_heldout=8))
+  config.batch_size = BATCH
+  config.log_every = 1
+  config.progress_bar = False
+  config.checkpoint.async_save = False
+  config.matmul_precision = "highest"
+  if "siglip" in config.stages:
+    config.stages.siglip.batch_size = 0  # the run's batch, as every stage
+  return config
+
+
+_BOUND = {"n": 0}
+
+
+def _count_bound_constraints(batch_size: int) -> None:
+  """Makes `_BOUND['n']` count the `nn.with_logical_constraint` calls on
+  training-batch activations (init runs on a batch of 1) made with logical
+  rules in scope: without rules the call is a no-op."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  original = nn.with_logical_constraint
+
+  def counting(x, *args, **kwargs):
+    if (nn.get_logical_axis_rules() and getattr(x, "ndim", 0) >= 2 and
+        x.shape[0] == batch_size):
+      _BOUND["n"] += 1
+    return original(x, *args, **kwargs)
+  nn.with_logical_constraint = counting
+
+
+def _run_job(job: str, data_dir: str, workdir: str) -> dict:
+  """Trains one job on each of its meshes; see the module docstring."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mmjax import parallel  # pylint: disable=g-import-not-at-top
+  from mmjax.train import groups, metrics, tasks, trainer  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+
+  fusion, stage, meshes = JOBS[job]
+  config = _config(fusion, data_dir)
+  jax.config.update("jax_default_matmul_precision", config.matmul_precision)
+  rules = parallel.logical_rules(config.mesh.get("rules", None))
+
+  def task():
+    # A fresh data iterator per run: every mesh sees the same batches.
+    built = tasks.build_task(config, stage, workdir)
+    return dataclasses.replace(built.task, eval_batches=None)
+
+  abstract = trainer.abstract_params(task().init_params)
+  store = groups.flatten(helpers.random_params(abstract, seed=1))
+  out = {"losses": {}, "param_diff": {}, "bound_constraints": {},
+         "error": None}
+  reference = None
+  for shape in meshes:
+    name = "x".join(map(str, shape))
+    devices = jax.devices()[:int(np.prod(shape))]
+    mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)), devices)
+    run_dir = os.path.join(workdir, job, name)
+    if job == "siglip_chunked":
+      config.stages.siglip.chunked_loss = reference is not None
+    _BOUND["n"] = 0
+    try:
+      result = trainer.run_stage(config, stage, task(), run_dir, mesh, rules,
+                                 store=store)
+    except Exception:  # pylint: disable=broad-except
+      out["error"] = f"mesh {name}: {traceback.format_exc()[-3000:]}"
+      return out
+    out["bound_constraints"][name] = _BOUND["n"]
+    out["losses"][name] = [r["loss"] for r in metrics.read_metrics(run_dir)
+                           if "loss" in r]
+    params = {k: np.asarray(v) for k, v in
+              groups.flatten(jax.device_get(result.params)).items()}
+    if reference is None:
+      reference = params
+    out["param_diff"][name] = max(
+        float(np.max(np.abs(params[k] - reference[k]))) for k in reference)
+  return out
+
+
+def main(argv: list[str]) -> None:
+  data_dir, workdir, *jobs = argv
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 8, jax.devices()
+  _count_bound_constraints(BATCH)
+  print(json.dumps({j: _run_job(j, data_dir, workdir) for j in jobs}))
+
+
+def run(jobs, data_dir: str, workdir: str, timeout: int = 900) -> dict:
+  """Runs the worker in a subprocess; its JSON result."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), str(data_dir),
+       str(workdir), *jobs], env=env(), capture_output=True, text=True,
+      timeout=timeout, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check(result: dict, job: str) -> None:
+  """The assertions every test of a job makes on its result."""
+  out = result[job]
+  assert out["error"] is None, out["error"]
+  _, _, meshes = JOBS[job]
+  names = ["x".join(map(str, m)) for m in meshes]
+  assert list(out["losses"]) == names
+  reference = out["losses"][names[0]]
+  assert len(reference) == STEPS and reference[-1] < reference[0]
+  for name in names[1:]:
+    # f32 with 'highest' matmuls: only the order of the sums differs.
+    for step, (loss, ref) in enumerate(zip(out["losses"][name], reference)):
+      assert abs(loss - ref) <= 1e-5 * abs(ref), (name, step, loss, ref)
+    assert out["param_diff"][name] < 1e-4, (name, out["param_diff"])
+  for name in names:
+    # The train step was traced with the rules in scope: every activation
+    # constraint of the model is bound to the mesh.
+    assert out["bound_constraints"][name] > 0, (name, out)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
