@@ -1,112 +1,44 @@
-"""Evaluation: greedy VQA decoding, accuracy by question type, POPE-style
-yes/no probes, and image-text retrieval recall@k.
+"""Evaluation: VQA accuracy by question type, POPE-style yes/no probes and
+caption metrics on the shapes benchmark; also a command line. (Image-text
+retrieval recall@k: `mmjax.retrieval`.)
 
   out = greedy_generate(model, params, prompts, images, image_token_id=4,
                         max_new_tokens=4, stop_id=tok.end_of_turn_id)
   metrics = evaluate_shapes_vqa(model, params, cfg, tok, source)
   table = write_results(workdir, "sft", metrics)  # WORKDIR/eval/sft.json
 
-Decoding here has no KV cache: every step runs the full forward over a fixed
-[B, L] buffer in which each prompt is left-aligned and followed by
-`max_new_tokens` pad slots. The slots are laid out by `layout.assemble` with
-the prompt, so generated tokens get the positions a training sequence would
-give them (rope, mrope, v2pe at a fixed stride). Under the causal mask, the
-slots after an example's current length do not change its next-token logits.
+  python -m mmjax.evaluate --workdir=DIR --split=test [--captions=64]
+
+Answers are generated with the KV cache of `mmjax.inference` (prefill, then
+a compiled decode loop), greedily; optional FastV pruning.
+The command line evaluates a run's final parameters (`mmjax.workdir`), or a
+given stage checkpoint, on one split of the shapes benchmark and writes
+WORKDIR/eval/final_<split>.json and .md (<stage>_<step>_<split> for a
+checkpoint).
 """
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
-from typing import Any, Mapping, NamedTuple, Sequence
+import sys
+from typing import Any, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from mmjax import caption_metrics
+from mmjax import inference
 from mmjax.data import formats
 from mmjax.data import images as images_lib
 from mmjax.data.shapes import QTYPES
 from mmjax.data.tokenizer import Tokenizer
+from mmjax.fastv import FastVConfig
+from mmjax.inference import Generation
 from mmjax.models import layout
 from mmjax.models.mllm import MLLM, MLLMConfig
 from mmjax.models.position_ids import V2PE_DEFAULT_STRIDE
-from mmjax.models.text_tower import TwoTower
 
-Piece = Sequence[int] | layout.Media
-
-
-class Generation(NamedTuple):
-  """Per prompt: generated ids without the stop id, and their text
-  (`tokenizer.decode(...).strip().lower()`, "" without a tokenizer)."""
-  tokens: list[list[int]]
-  texts: list[str]
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _decode(model: MLLM, params: Any, batch: dict[str, jax.Array],
-            lengths: jax.Array, done: jax.Array, max_new_tokens: jax.Array,
-            stop_id: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Greedy steps over a fixed buffer, one program per (B, L) shape.
-
-  batch: tokens int32[B, L] (prompts left-aligned), positions, masks, images
-  f32[B, M, H, W, C] / image_mask bool[B, M] (or None); lengths int32[B]: each
-  prompt's length; done bool[B]: rows not to generate for (batch padding).
-  Returns (tokens int32[B, L], lengths int32[B] after generation).
-  """
-  visual = None
-  if batch["images"] is not None:  # Encoded once, reused by every step.
-    visual = model.apply({"params": params}, batch["images"],
-                         method=MLLM.encode_images)
-  rows = jnp.arange(lengths.shape[0])
-
-  def cond(state):
-    step, _, _, done = state
-    return (step < max_new_tokens) & ~jnp.all(done)
-
-  def body(state):
-    step, tokens, cur, done = state
-    logits, _ = model.apply(
-        {"params": params}, tokens, batch["positions"], visual=visual,
-        image_mask=batch["image_mask"],
-        image_token_mask=batch["image_token_mask"],
-        media_locations=batch["media_locations"])
-    nxt = jnp.argmax(logits[rows, cur - 1], axis=-1).astype(tokens.dtype)
-    nxt = jnp.where(done, tokens[rows, cur], nxt)
-    tokens = tokens.at[rows, cur].set(nxt)
-    cur = cur + (~done).astype(cur.dtype)
-    return step + 1, tokens, cur, done | (nxt == stop_id)
-
-  _, tokens, cur, _ = jax.lax.while_loop(
-      cond, body, (jnp.int32(0), batch["tokens"], lengths, done))
-  return tokens, cur
-
-
-def _stack_batch(cfg: MLLMConfig, seqs: list[dict[str, np.ndarray]],
-                 images: list[np.ndarray] | None, length: int, pad_id: int
-                 ) -> dict[str, np.ndarray | None]:
-  """Laid-out sequences (and [M_i, H, W, C] images) -> [B, length] arrays."""
-  b = len(seqs)
-  out = {"tokens": np.full((b, length), pad_id, np.int32),
-         "image_token_mask": np.zeros((b, length), bool),
-         "media_locations": np.zeros((b, length), bool)}
-  pos = np.zeros(((3,) if cfg.positions == "mrope" else ()) + (b, length),
-                 seqs[0]["positions"].dtype)
-  for i, seq in enumerate(seqs):
-    n = len(seq["tokens"])
-    for key in ("tokens", "image_token_mask", "media_locations"):
-      out[key][i, :n] = seq[key]
-    pos[..., i, :n] = seq["positions"]
-  out["positions"], out["images"], out["image_mask"] = pos, None, None
-  counts = np.asarray([len(im) for im in images or []], np.int32)
-  if counts.any():
-    shape = next(im for im in images if len(im)).shape[1:]
-    out["images"] = np.zeros((b, counts.max()) + shape, np.float32)
-    out["image_mask"] = np.arange(counts.max()) < counts[:, None]
-    for i, im in enumerate(images):
-      out["images"][i, :len(im)] = im
-  return out
+Piece = inference.Piece
+SPLITS = ("test", "heldout", "validation")
 
 
 def greedy_generate(model: MLLM, params: Any,
@@ -115,8 +47,8 @@ def greedy_generate(model: MLLM, params: Any,
                     image_token_id: int, max_new_tokens: int, stop_id: int,
                     tokenizer: Tokenizer | None = None, batch_size: int = 8,
                     pad_id: int = 0, v2pe_stride: int = V2PE_DEFAULT_STRIDE,
-                    length: int | None = None) -> Generation:
-  """Batched greedy decoding without a KV cache (module docstring).
+                    fastv: FastVConfig | None = None) -> Generation:
+  """Batched greedy decoding with a KV cache (`inference.generate`).
 
   Args:
     model, params: the MLLM (`model.cfg` lays the prompts out).
@@ -128,53 +60,20 @@ def greedy_generate(model: MLLM, params: Any,
     max_new_tokens: the most tokens generated per example.
     stop_id: an example stops after generating it (`end_of_turn_id`).
     tokenizer: decodes the outputs into `texts` when given.
-    batch_size: rows per forward; the last batch is padded to it, so one
-      program (per buffer length) serves every batch.
+    batch_size: rows per program; the last batch is padded to it, so one
+      program (per prompt length bucket) serves every batch.
     pad_id: the id in unused slots.
     v2pe_stride: the fixed V2PE inference stride.
-    length: buffer length L (default: the longest prompt + max_new_tokens,
-      rounded up to a multiple of 8).
+    fastv: prune image tokens at prefill.
 
   Returns:
     A Generation: one token list and text per prompt.
   """
-  if max_new_tokens < 1 or batch_size < 1 or (
-      images is not None and len(images) != len(prompts)):
-    raise ValueError(f"need max_new_tokens={max_new_tokens} >= 1, batch_size="
-                     f"{batch_size} >= 1, and one image array per prompt")
-  seqs, lengths = [], []
-  for i, pieces in enumerate(prompts):
-    n_images = 0 if images is None else len(images[i])
-    if sum(isinstance(p, layout.Media) for p in pieces) != n_images:
-      raise ValueError(f"prompt {i}: {n_images} image(s) given; its Media "
-                       "item(s) and images must be equally many")
-    slots = [[pad_id] * max_new_tokens]  # A text piece: same position code.
-    seqs.append(layout.assemble(model.cfg, list(pieces) + slots,
-                                image_token_id, v2pe_stride=v2pe_stride))
-    lengths.append(len(seqs[-1]["tokens"]) - max_new_tokens)
-  longest = max(lengths, default=0) + max_new_tokens
-  length = length or 8 * math.ceil(longest / 8)
-  if length < longest:
-    raise ValueError(f"length={length} < longest prompt + max_new_tokens = "
-                     f"{longest}")
-  tokens_out: list[list[int]] = []
-  for start in range(0, len(seqs), batch_size):
-    rows = list(range(start, min(start + batch_size, len(seqs))))
-    fill = rows + [rows[0]] * (batch_size - len(rows))  # Fixed batch shape.
-    batch = _stack_batch(model.cfg, [seqs[r] for r in fill],
-                         None if images is None else [images[r] for r in fill],
-                         length, pad_id)
-    lens = np.asarray([lengths[r] for r in fill], np.int32)
-    done = np.arange(batch_size) >= len(rows)
-    tokens, cur = jax.device_get(_decode(
-        model, params, batch, lens, done, np.int32(max_new_tokens),
-        np.int32(stop_id)))
-    for i in range(len(rows)):
-      new = [int(t) for t in tokens[i, lens[i]:cur[i]]]
-      tokens_out.append(new[:-1] if new and new[-1] == stop_id else new)
-  texts = ([tokenizer.decode(t).strip().lower() for t in tokens_out]
-           if tokenizer is not None else [""] * len(tokens_out))
-  return Generation(tokens_out, texts)
+  return inference.generate(
+      model, params, prompts, images, image_token_id=image_token_id,
+      max_new_tokens=max_new_tokens, stop_ids=[stop_id], tokenizer=tokenizer,
+      batch_size=batch_size, pad_id=pad_id, v2pe_stride=v2pe_stride,
+      fastv=fastv)
 
 
 def normalize_answer(text: str) -> str:
@@ -230,34 +129,6 @@ def yes_no_metrics(predictions: Sequence[str], answers: Sequence[str]
           "yes_rate": float(pred.mean()) if n else 0.0, "count": n}
 
 
-def retrieval_recall(zimg: np.ndarray, ztxt: np.ndarray,
-                     ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-  """Image->text and text->image recall@k; pair i is the positive of i.
-
-  Args:
-    zimg: f32[N, E] image embeddings; ztxt: f32[N, E] text embeddings
-      (similarity is the dot product: pass unit-norm vectors for cosine).
-    ks: the k values.
-
-  Returns:
-    {"i2t/recall@k", "t2i/recall@k"} for each k; a tie with the positive
-    counts against it (collapsed embeddings score recall 0, not 1).
-  """
-  zimg, ztxt = np.asarray(zimg, np.float32), np.asarray(ztxt, np.float32)
-  if zimg.ndim != 2 or zimg.shape != ztxt.shape:
-    raise ValueError(f"zimg {zimg.shape} and ztxt {ztxt.shape} must both be "
-                     "[N, E]")
-  sims = zimg @ ztxt.T  # [N images, N texts]
-  out = {}
-  for name, s in (("i2t", sims), ("t2i", sims.T)):
-    positive = np.diag(s)[:, None]
-    others = ~np.eye(len(s), dtype=bool)
-    rank = np.sum((s >= positive) & others, axis=1)  # 0 = the best.
-    for k in ks:
-      out[f"{name}/recall@{k}"] = float(np.mean(rank < k))
-  return out
-
-
 def prompt_pieces(cfg: MLLMConfig, tokenizer: Tokenizer,
                   turns: Sequence[Mapping[str, str]]) -> list[Piece]:
   """`tokenizer.prompt_ids(turns)` split at `<image>` markers into pieces,
@@ -270,12 +141,37 @@ def prompt_pieces(cfg: MLLMConfig, tokenizer: Tokenizer,
   return pieces + [ids[start:]]
 
 
+def shapes_examples(cfg: MLLMConfig, tokenizer: Tokenizer,
+                     source: Sequence[Mapping[str, Any]], fmt: str,
+                     max_examples: int | None, resize: str
+                     ) -> tuple[list[Any], list[list[Piece]],
+                                list[np.ndarray]]:
+  """(record, item) pairs of `fmt` in source order, their prompts (the
+  training prompt without the answer) and images f32[1, S, S, 3]."""
+  kind = images_lib.normalization_kind(cfg)
+  examples, pixels = [], []
+  for index in range(len(source)):
+    if max_examples is not None and len(examples) >= max_examples:
+      break
+    record = source[index]
+    image = images_lib.preprocess(record["image"], cfg.side, resize=resize,
+                                  kind=kind)[None]  # Shared, not copied.
+    n = formats.num_items(record, fmt) if fmt == "shapes" else 1
+    examples += [(record, item) for item in range(n)]
+    pixels += [image] * n
+  examples, pixels = examples[:max_examples], pixels[:max_examples]
+  prompts = [prompt_pieces(cfg, tokenizer, formats.record_example(
+      r, i, fmt).turns[:-1]) for r, i in examples]
+  return examples, prompts, pixels
+
+
 def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
                         tokenizer: Tokenizer,
                         source: Sequence[Mapping[str, Any]], *,
                         max_examples: int | None = None, batch_size: int = 8,
                         max_new_tokens: int = 4, resize: str = "square",
-                        num_samples: int = 8) -> dict[str, Any]:
+                        num_samples: int = 8,
+                        fastv: FastVConfig | None = None) -> dict[str, Any]:
   """Greedy answers to every question of shapes records, scored.
 
   Each (record, question) is one example, prompted as training prompts it
@@ -288,27 +184,16 @@ def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
     absent objects (answer "no"); "samples": the first `num_samples`
     {question, answer, prediction, qtype} dicts.
   """
-  kind = images_lib.normalization_kind(cfg)
-  examples = []  # (record, question index, f32[1, S, S, 3] image)
-  for index in range(len(source)):
-    if max_examples is not None and len(examples) >= max_examples:
-      break
-    record = source[index]
-    image = images_lib.preprocess(record["image"], cfg.side, resize=resize,
-                                  kind=kind)[None]  # Shared, not copied.
-    examples += [(record, item, image)
-                 for item in range(formats.num_items(record, "shapes"))]
-  examples = examples[:max_examples]
-  prompts = [prompt_pieces(cfg, tokenizer, formats.record_example(
-      r, i, "shapes").turns[:-1]) for r, i, _ in examples]
-  pixels = [image for _, _, image in examples]
-  questions, answers, qtypes = ([r[key][i] for r, i, _ in examples]
+  examples, prompts, pixels = shapes_examples(cfg, tokenizer, source,
+                                               "shapes", max_examples, resize)
+  questions, answers, qtypes = ([r[key][i] for r, i in examples]
                                 for key in ("questions", "answers", "qtypes"))
   out = greedy_generate(model, params, prompts, pixels,
                         image_token_id=tokenizer.image_id,
                         max_new_tokens=max_new_tokens,
                         stop_id=tokenizer.end_of_turn_id, tokenizer=tokenizer,
-                        batch_size=batch_size, pad_id=tokenizer.pad_id)
+                        batch_size=batch_size, pad_id=tokenizer.pad_id,
+                        fastv=fastv)
   preds = out.texts
   metrics: dict[str, Any] = dict(vqa_accuracy(preds, answers, qtypes))
   exist = [i for i, q in enumerate(qtypes) if q == "existence"]
@@ -323,49 +208,34 @@ def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
   return metrics
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _encode_pairs(model: TwoTower, params: Any, images: jax.Array,
-                  tokens: jax.Array, pad_mask: jax.Array | None
-                  ) -> dict[str, jax.Array]:
-  """images f32[B, S, S, C], tokens int32[B, T] -> zimg, ztxt f32[B, E]."""
-  return model.apply({"params": params}, images, tokens, pad_mask)
-
-
-def evaluate_retrieval(model: TwoTower, params: Any, tokenizer: Tokenizer,
-                       source: Sequence[Mapping[str, Any]], text_len: int, *,
-                       max_examples: int | None = None, batch_size: int = 32,
-                       ks: Sequence[int] = (1, 5), resize: str = "square",
-                       use_pad_mask: bool = True) -> dict[str, float]:
-  """Image<->caption recall@k of a two-tower model over a source.
-
-  Each record gives its image and first caption (formats 'contrastive'),
-  padded the SigLIP way to `text_len` (`formats.caption_tokens`); with
-  `use_pad_mask` the mask is passed as in training. Batches are padded to
-  `batch_size` so one program serves all of them.
+def evaluate_shapes_captions(model: MLLM, params: Any, cfg: MLLMConfig,
+                             tokenizer: Tokenizer,
+                             source: Sequence[Mapping[str, Any]], *,
+                             max_examples: int | None = None,
+                             batch_size: int = 8, max_new_tokens: int = 48,
+                             resize: str = "square", num_samples: int = 4
+                             ) -> dict[str, Any]:
+  """Greedy captions of shapes records (prompted as the caption stage is),
+  scored against both reference captions of each record.
 
   Returns:
-    `retrieval_recall` keys and "count" (N).
+    `caption/bleu4`, `caption/token_f1`, `caption/count` and
+    "caption_samples": the first `num_samples` {prediction, references}.
   """
-  n = len(source) if max_examples is None else min(len(source), max_examples)
-  if n < 1:
-    raise ValueError("evaluate_retrieval needs at least one record")
-  side, kind = model.vision.image_size, model.vision.kind
-  zimg, ztxt = [], []
-  for start in range(0, n, batch_size):
-    count = min(batch_size, n - start)
-    rows = list(range(start, start + count)) + [start] * (batch_size - count)
-    examples = [formats.record_example(source[r], 0, "contrastive")
-                for r in rows]
-    pixels = np.stack([images_lib.preprocess(e.image, side, resize=resize,
-                                             kind=kind) for e in examples])
-    tokens, masks = (np.stack(a) for a in zip(*[
-        formats.caption_tokens(tokenizer, e.text, text_len) for e in examples]))
-    z = jax.device_get(_encode_pairs(model, params, pixels, tokens,
-                                     masks if use_pad_mask else None))
-    zimg.append(z["zimg"][:count])
-    ztxt.append(z["ztxt"][:count])
-  out = retrieval_recall(np.concatenate(zimg), np.concatenate(ztxt), ks)
-  return {**out, "count": n}
+  examples, prompts, pixels = shapes_examples(cfg, tokenizer, source,
+                                               "caption", max_examples, resize)
+  refs = [list(r["captions"]) for r, _ in examples]
+  out = greedy_generate(model, params, prompts, pixels,
+                        image_token_id=tokenizer.image_id,
+                        max_new_tokens=max_new_tokens,
+                        stop_id=tokenizer.end_of_turn_id, tokenizer=tokenizer,
+                        batch_size=batch_size, pad_id=tokenizer.pad_id)
+  metrics: dict[str, Any] = {
+      f"caption/{k}": v
+      for k, v in caption_metrics.caption_metrics(out.texts, refs).items()}
+  metrics["caption_samples"] = [{"prediction": p, "references": r}
+                                for p, r in zip(out.texts[:num_samples], refs)]
+  return metrics
 
 
 def _cell(value: Any) -> str:
@@ -397,3 +267,107 @@ def write_results(workdir: str, stage: str, metrics: Mapping[str, Any]) -> str:
                        default=lambda v: np.asarray(v).tolist()))
   os.replace(path + ".tmp", path)
   return results_markdown(stage, metrics)
+
+
+def evaluate_run(workdir: str | None, split: str, *,
+                 checkpoint: str | None = None, max_examples: int | None = None,
+                 batch_size: int | None = None, captions: int = 0,
+                 fastv: FastVConfig | None = None,
+                 tokenizer: str | None = None) -> tuple[dict[str, Any], str]:
+  """Evaluates a run's final parameters on one shapes split.
+
+  Args:
+    workdir / checkpoint: the run (`mmjax.workdir.load_run`).
+    split: one of SPLITS.
+    max_examples: VQA examples (None: config.eval.max_examples; 0: all).
+    batch_size: rows per program (None: config.eval.batch_size).
+    captions: also caption this many records (0: no caption metrics).
+    fastv: prune image tokens at prefill.
+    tokenizer: an explicit tokenizer path.
+
+  Returns:
+    (metrics, markdown); both are also written to WORKDIR/eval/NAME.json
+    and .md, NAME = final_<split>, or <stage>_<step>_<split> for an
+    explicit checkpoint.
+  """
+  from mmjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from mmjax.data import builders  # pylint: disable=g-import-not-at-top
+  from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
+  if split not in SPLITS:
+    raise workdir_lib.WorkdirError(f"--split={split!r}; allowed: "
+                                   f"{', '.join(SPLITS)}")
+  run = workdir_lib.load_run(workdir, checkpoint=checkpoint,
+                             tokenizer=tokenizer)
+  config = run.config
+  if fastv is not None:
+    fastv.check(run.cfg)
+  source = builders.load_source(mllm_tasks.shapes_dataset(config), split)
+  if max_examples is None:
+    max_examples = config.eval.max_examples
+  batch_size = batch_size or config.eval.batch_size
+  metrics = evaluate_shapes_vqa(
+      run.model, run.params, run.cfg, run.tokenizer, source,
+      max_examples=max_examples or None, batch_size=batch_size,
+      max_new_tokens=config.eval.max_new_tokens, fastv=fastv)
+  if captions:
+    metrics.update(evaluate_shapes_captions(
+        run.model, run.params, run.cfg, run.tokenizer, source,
+        max_examples=captions, batch_size=batch_size))
+  metrics["checkpoint"] = run.checkpoint
+  if fastv is not None:
+    metrics["fastv"] = f"k={fastv.k} r={fastv.r}"
+  name = f"final_{split}"
+  if checkpoint is not None:
+    stage_dir, step = os.path.split(run.checkpoint)
+    name = f"{os.path.basename(stage_dir)}_{step}_{split}"
+  markdown = write_results(run.workdir, name, metrics)
+  with open(os.path.join(run.workdir, "eval", f"{name}.md"), "w",
+            encoding="utf-8") as f:
+    f.write(markdown)
+  return metrics, markdown
+
+
+def main(argv: Sequence[str]) -> None:
+  """`python -m mmjax.evaluate --workdir=DIR --split=test` (module docs)."""
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from mmjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mmjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  del argv
+  f = flags.FLAGS
+  if not f["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  fastv = FastVConfig(f.fastv_k, f.fastv_r) if f.fastv_k else None
+  try:
+    _, markdown = evaluate_run(
+        f.workdir, f.split, checkpoint=f.checkpoint,
+        max_examples=f.max_examples, batch_size=f.batch_size,
+        captions=f.captions, fastv=fastv, tokenizer=f.tokenizer)
+  except (workdir_lib.WorkdirError, config_lib.ConfigError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  print(markdown, flush=True)
+
+
+def _define_flags() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("workdir", None, "The run (python -m mmjax.main).")
+  flags.DEFINE_string("checkpoint", None, "A stage checkpoint step directory "
+                      "instead of the workdir's final parameters.")
+  flags.DEFINE_enum("split", "test", SPLITS, "Shapes split to evaluate.")
+  flags.DEFINE_integer("max_examples", None, "VQA examples (default: "
+                       "config.eval.max_examples; 0 = the whole split).")
+  flags.DEFINE_integer("batch_size", None, "Rows per program (default: "
+                       "config.eval.batch_size).")
+  flags.DEFINE_integer("captions", 64, "Records to caption for BLEU-4 / "
+                       "token F1 (0 = none).")
+  flags.DEFINE_integer("fastv_k", 0, "FastV: prune after layer k-1 (0 = off).")
+  flags.DEFINE_float("fastv_r", 0.5, "FastV: fraction of image tokens "
+                     "dropped.")
+  flags.DEFINE_string("tokenizer", None, "tokenizer.model (default: the "
+                      "workdir's, else the dataset's).")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)

@@ -2,6 +2,8 @@
 import functools
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -9,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmjax import caption_metrics
 from mmjax import evaluate
+from mmjax import retrieval
 from mmjax.config import load_config
 from mmjax.data import shapes
 from mmjax.data.tokenizer import Tokenizer
@@ -59,12 +63,12 @@ def test_yes_no_metrics():
 
 def test_retrieval_recall_identity_and_permutation():
   z = np.eye(6, dtype=np.float32)
-  r = evaluate.retrieval_recall(z, z, ks=(1, 5))
+  r = retrieval.retrieval_recall(z, z, ks=(1, 5))
   assert all(v == 1.0 for v in r.values()) and len(r) == 4
   # Texts 0 and 1 swapped: image 0's own text scores 0, below text 1 and
   # tied with the four others (ties count against it): rank 5 of 0..5.
   perm = np.array([1, 0, 2, 3, 4, 5])
-  r = evaluate.retrieval_recall(z, z[perm], ks=(1, 5, 6))
+  r = retrieval.retrieval_recall(z, z[perm], ks=(1, 5, 6))
   assert r["i2t/recall@1"] == pytest.approx(4 / 6)
   assert r["t2i/recall@1"] == pytest.approx(4 / 6)
   assert r["i2t/recall@5"] == pytest.approx(4 / 6)
@@ -77,7 +81,7 @@ def test_retrieval_recall_graded_ranks():
   # sims rows: img0 [0, 1, .6]  -> positive 0 ranks 2
   #            img1 [1, 0, .8]  -> positive 0 ranks 2
   #            img2 [.8, .6, 1] -> positive 1 ranks 0
-  r = evaluate.retrieval_recall(zimg, ztxt, ks=(1, 2, 3))
+  r = retrieval.retrieval_recall(zimg, ztxt, ks=(1, 2, 3))
   assert r["i2t/recall@1"] == pytest.approx(1 / 3)
   assert r["i2t/recall@2"] == pytest.approx(1 / 3)
   assert r["i2t/recall@3"] == 1.0
@@ -85,7 +89,7 @@ def test_retrieval_recall_graded_ranks():
 
 def test_collapsed_embeddings_do_not_score_recall():
   z = np.ones((4, 3), np.float32)
-  assert evaluate.retrieval_recall(z, z, ks=(1,))["i2t/recall@1"] == 0.0
+  assert retrieval.retrieval_recall(z, z, ks=(1,))["i2t/recall@1"] == 0.0
 
 
 def _fill(path, leaf, rng, scale):
@@ -174,9 +178,9 @@ def _prompts():
   return prompts, images
 
 
-@pytest.mark.parametrize("positions", ["rope", "mrope"])
-def test_greedy_generate_matches_stepwise_reference(positions):
-  model, params = _model(positions)
+def test_greedy_generate_matches_stepwise_reference():
+  # Every paradigm and position scheme: tests/test_inference.py.
+  model, params = _model("rope")
   prompts, images = _prompts()
   # A batch of 3 rows: the two prompts plus one padding row.
   out = evaluate.greedy_generate(model, params, prompts, images,
@@ -255,7 +259,52 @@ def test_evaluate_retrieval_runs_and_counts():
   model = TwoTower(vision, TextTowerConfig(max_len=16), embed_dim=32)
   params = _random_params(lambda r: model.init(
       r, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 16), jnp.int32)))
-  m = evaluate.evaluate_retrieval(model, params, _tokenizer(), _source(5),
+  m = retrieval.evaluate_retrieval(model, params, _tokenizer(), _source(5),
                                   text_len=16, batch_size=4, ks=(1, 5))
   assert m["count"] == 5 and m["i2t/recall@5"] == 1.0
   assert 0.0 <= m["t2i/recall@1"] <= 1.0
+
+
+def test_caption_metrics_match_sacrebleu():
+  preds = ["two red circles and a blue square.",
+           "a big green triangle on the left.",
+           "a blue square above a red circle ."]
+  refs = [["two red circles and a blue square.",
+           "the image shows two circles."],
+          ["a large green triangle on the left.", "a green triangle."],
+          ["a blue square and a red circle.",
+           "the image shows a small blue square at the top and a red circle."]]
+  m = caption_metrics.caption_metrics(preds, refs)
+  # sacrebleu 2.6.0 corpus_bleu(tokenize="13a", lowercase=True,
+  # smooth_method="none") on the same captions: 75.30360902481641.
+  assert m["bleu4"] == pytest.approx(0.7530360902481641, abs=1e-12)
+  assert m["count"] == 3
+  # Token F1 (words and '.'): 8 predicted, 8 in the best reference, 7 shared.
+  assert caption_metrics.token_f1(preds[1], refs[1]) == pytest.approx(7 / 8)
+  assert caption_metrics.token_f1(preds[2], refs[2]) == pytest.approx(7 / 8)
+  assert m["token_f1"] == pytest.approx((1 + 7 / 8 + 7 / 8) / 3)
+  assert caption_metrics.caption_metrics(["a b c d"], [["a b c d"]])[
+      "bleu4"] == 1.0
+  assert caption_metrics.bleu4(["x y z w"], [["a b c d"]]) == 0.0
+
+
+def test_evaluate_cli_writes_json_and_markdown(tmp_path):
+  from tests.test_generate_cli import make_workdir  # pylint: disable=g-import-not-at-top
+  run = make_workdir(tmp_path / "run", tmp_path / "data")
+  cmd = [sys.executable, "-m", "mmjax.evaluate", f"--workdir={run}",
+         "--split=heldout", "--max_examples=6", "--batch_size=4",
+         "--captions=2"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = json.loads((tmp_path / "run" / "eval" /
+                      "final_heldout.json").read_text())
+  assert saved["count/all"] == 6 and saved["caption/count"] == 2
+  assert 0 <= saved["caption/bleu4"] <= 1 and "pope/f1" in saved
+  assert saved["checkpoint"].endswith(os.path.join("dpo", "2"))
+  md = (tmp_path / "run" / "eval" / "final_heldout.md").read_text()
+  assert "| acc/all |" in md and "| caption/token_f1 |" in md
+  assert "### Evaluation of stage `final_heldout`" in proc.stdout
+  bad = subprocess.run(cmd[:3] + ["--split=train"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and "split" in bad.stderr

@@ -5,6 +5,9 @@ A stage's `evals` lists what to measure once it finishes:
   vqa        greedy answers to the test and held-out questions: exact match
              by question type, yes/no (POPE-style) metrics, absent-object
              yes-rate
+  captions   greedy captions of config.eval.caption_examples (default 32)
+             test images: BLEU-4 and token F1 against both references
+Answers come from the KV-cache generation of `mmjax.inference`.
 Results go to WORKDIR/eval/<stage>.json, to metrics.jsonl (with "stage" and
 "step"), and into WORKDIR/report.md with plots beside it.
 """
@@ -19,11 +22,12 @@ import jax
 import ml_collections
 
 from mmjax import evaluate
+from mmjax import retrieval
 from mmjax.data import builders
 from mmjax.train import metrics as metrics_lib
 from mmjax.train import mllm_tasks, plots
 
-EVALS = ("retrieval", "vqa")
+EVALS = ("retrieval", "vqa", "captions")
 VQA_SPLITS = ("test", "heldout")
 
 
@@ -75,7 +79,7 @@ class StageEvaluator:
     out: dict[str, Any] = {}
     if "retrieval" in evals:
       source = builders.load_source(builder, "test")
-      out.update(evaluate.evaluate_retrieval(
+      out.update(retrieval.evaluate_retrieval(
           model, result.params, tok, source, config.model.text.max_len,
           max_examples=config.eval.max_examples,
           batch_size=config.eval.batch_size))
@@ -89,6 +93,13 @@ class StageEvaluator:
             batch_size=config.eval.batch_size,
             max_new_tokens=config.eval.max_new_tokens)
         out.update({f"{split}/{k}": v for k, v in m.items()})
+    if "captions" in evals:
+      m = evaluate.evaluate_shapes_captions(
+          model, result.params, mllm_tasks.model_config(config), tok,
+          builders.load_source(builder, "test"),
+          max_examples=config.eval.get("caption_examples", 32),
+          batch_size=config.eval.batch_size)
+      out.update({f"test/{k}": v for k, v in m.items()})
     return out
 
   def report(self) -> str:

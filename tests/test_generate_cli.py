@@ -1,0 +1,135 @@
+"""`python -m mmjax.generate` on a fabricated run: answers, streams, and
+refuses bad input with exit status 2 and one line."""
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mmjax import config as config_lib
+from mmjax import generate, inference, workdir
+from mmjax.train import checkpoint as ckpt_lib
+from mmjax.train import mllm_tasks
+from tests.conftest import REPO
+from tests.helpers import random_params
+
+
+def make_workdir(path, data_dir, fusion="projection", params_fusion=None):
+  """A run as `python -m mmjax.main` leaves it (config.json, a finished
+  'dpo' checkpoint, the dataset with its tokenizer), with random weights of
+  the `params_fusion` model (default: the config's own)."""
+  def config_of(f):
+    config = config_lib.load_config(os.path.join(
+        REPO, f"configs/shapes.py:size=tiny,fusion={f}"))
+    config.data.update(dict(data_dir=str(data_dir), num_train=16,
+                            num_validation=4, num_test=4, num_heldout=4))
+    return config
+  config = config_of(fusion)
+  os.makedirs(path)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(config_lib.to_plain(config), f)
+  mllm_tasks.shapes_dataset(config)  # the tokenizer lives with the data
+  _, init, _ = mllm_tasks.stage_model(config_of(params_fusion or fusion),
+                                      "dpo")
+  params = random_params(nn.unbox(jax.eval_shape(init, jax.random.key(0))))
+  params = jax.tree.map(lambda x: x * 3.0, params)  # peaky: varied tokens
+  ckpt = ckpt_lib.StageCheckpointer(
+      os.path.join(path, "checkpoints", "dpo"), async_save=False)
+  ckpt.save(2, {"step": np.int32(2), "params": params}, {},
+            {"stage": "dpo", "finished": True})
+  ckpt.close()
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("generate")
+  return make_workdir(root / "run", root / "data")
+
+
+def draw_png(path, size=(80, 64)):
+  """A hand-drawn-style picture: a red square and a blue circle."""
+  image = Image.new("RGB", size, "white")
+  draw = ImageDraw.Draw(image)
+  draw.rectangle([8, 8, 30, 30], fill="red")
+  draw.ellipse([40, 30, 70, 60], fill="blue")
+  image.save(path)
+  return str(path)
+
+
+def cli(*args):
+  return subprocess.run([sys.executable, "-m", "mmjax.generate", *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_answers_about_a_drawn_png_as_generation_does(run_dir, tmp_path):
+  png = draw_png(tmp_path / "drawn.png")
+  prompt = "what colour is the square?"
+  proc = cli(f"--workdir={run_dir}", f"--image={png}", f"--prompt={prompt}",
+             "--max_new_tokens=6", "--stream_chunk=2")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  run = workdir.load_run(run_dir)
+  assert run.checkpoint.endswith(os.path.join("dpo", "2"))
+  media = generate.media_arrays(run.cfg, [generate.read_image(png)], None,
+                                "square", 4)
+  pieces = []
+  want = generate.answer(run, prompt, media, max_new_tokens=6,
+                         sampling=inference.Sampling(), chunk=2,
+                         on_text=pieces.append)
+  assert want and proc.stdout.strip() == want
+  # Streamed: more than one piece, which together are the answer.
+  assert len([p for p in pieces if p]) > 1 and "".join(pieces) == want
+
+
+def test_unreadable_image_exits_2_with_one_line(run_dir, tmp_path):
+  bad = tmp_path / "broken.png"
+  bad.write_bytes(b"\x89PNG not really")
+  proc = cli(f"--workdir={run_dir}", f"--image={bad}", "--prompt=hi")
+  assert proc.returncode == 2 and proc.stdout == ""
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "cannot read image" in lines[0], proc.stderr
+
+
+def test_prompt_longer_than_the_context_exits_2(run_dir, tmp_path):
+  # Enough video frames (64 placeholders each) to exceed the run's context.
+  context = workdir.read_config(run_dir).data.max_len
+  n = context // 64 + 1
+  frames = tmp_path / "video"
+  frames.mkdir()
+  for i in range(n):
+    draw_png(frames / f"{i:03d}.png")
+  proc = cli(f"--workdir={run_dir}", f"--video={frames}", "--prompt=what?",
+             f"--max_frames={n}")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert f"exceeds the context of {context} tokens" in lines[0]
+
+
+def test_checkpoint_of_another_model_exits_2(tmp_path):
+  other = make_workdir(tmp_path / "run", tmp_path / "data",
+                       params_fusion="resampler")
+  proc = cli(f"--checkpoint={other}/checkpoints/dpo/2",
+             f"--image={draw_png(tmp_path / 'a.png')}", "--prompt=hi")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "does not hold this config's model" in lines[0]
+
+
+def test_video_frames_and_markers():
+  cfg = mllm_tasks.model_config(config_lib.load_config(os.path.join(
+      REPO, "configs/shapes.py:size=tiny")))
+  frames = [np.full((64, 64, 3), i, np.uint8) for i in range(10)]
+  media = generate.media_arrays(cfg, frames[:1], frames, "square", 3)
+  assert media.shape == (4, 64, 64, 3)  # one still + 3 evenly spaced frames
+  np.testing.assert_allclose(media[1:, 0, 0, 0] * 127.5 + 127.5, [0, 4, 9],
+                             atol=1e-3)
+  assert generate.user_turn("hi", 2) == "<image>\n<image>\nhi"
+  assert generate.user_turn("<image> vs <image>?", 2) == "<image> vs <image>?"
+  with pytest.raises(generate.InputError, match="1 <image> marker"):
+    generate.user_turn("<image> hi", 2)
