@@ -67,6 +67,9 @@ def get_config(arg=None):
   config.stages.lm = ml_collections.ConfigDict(dict(
       loss="lm",
       steps=steps,
+      trainable=("all",),
+      # rank > 0: LoRA factors (group 'lora'; set trainable=('lora',)).
+      lora=ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=())),
       optimizer=ml_collections.ConfigDict(dict(
           name="adamw", lr=3e-3, b1=0.9, b2=0.95, eps=1e-8,
           weight_decay=0.01, grad_clip=1.0)),

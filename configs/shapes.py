@@ -23,7 +23,7 @@ POSITIONS = ("rope", "mrope", "v2pe")
 
 _SIZES = {
     "tiny": dict(
-        vision=dict(width=64, depth=2, mlp_dim=256, n_heads=2),
+        vision=dict(width=64, depth=4, mlp_dim=256, n_heads=2),
         lm=dict(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
                 mlp_dim=256),
         latents=16, resampler_depth=2, qformer_depth=2, batch=16),
@@ -71,7 +71,9 @@ def model_config(size: str, fusion: str, positions: str
                  mlp_dim=4 * width, cross_attention_freq=2,
                  vision_width=width, vocab_size=512, max_text_len=32)
   return ml_collections.ConfigDict(dict(
-      fusion=fusion, positions=positions, projector="mlp", feature_layer=-2,
+      # The last ViT layer: these towers are 4 layers deep, not LLaVA's 24
+      # (where -2 is the choice).
+      fusion=fusion, positions=positions, projector="mlp", feature_layer=-1,
       image_attention="causal", patch_size=8, image_size=64, channels=3,
       frames=1, lm=lm, vision=vision, resampler=resampler, qformer=qformer))
 
@@ -102,7 +104,7 @@ def get_config(arg=None):
       data_dir="",           # '' = $MMJAX_DATA_DIR or ~/.cache/mmjax/data
       num_train=10000, num_validation=500, num_test=1000, num_heldout=1000,
       image_size=64, vocab_size=512, seed=0,
-      max_len=128,           # longest sequence (contrastive: text length 32)
+      max_len=160,           # longest sequence (contrastive: text length 32)
       text_seq_len=64,       # window of the text-only LM stage
       num_workers=0,
       # Your own data for stages with data='llava_conversations' (a
@@ -131,6 +133,10 @@ def _stage(loss, data, steps, trainable, lr, evals=(), warmup=20, **extra):
   return ml_collections.ConfigDict(dict(
       loss=loss, data=data, steps=steps, trainable=tuple(trainable),
       batch_size=0,  # 0 = config.batch_size
+      # LoRA on the LM: rank > 0 adds low-rank factors (group 'lora') to the
+      # kernels matching targets (() = the LM's attention and MLP kernels);
+      # put 'lora' in trainable instead of 'llm' (mmjax/train/lora.py).
+      lora=ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=())),
       evals=tuple(evals),
       optimizer=ml_collections.ConfigDict(dict(
           name="adamw", lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01,
@@ -155,9 +161,13 @@ def _stages(fusion, cap):
   order = ["text_lm"]
   stages.text_lm = _stage("lm", "text", n(300), ["llm"], 3e-3)
   if fusion != "one_backbone":  # Fuyu has no vision tower to pretrain
+    # chunked_loss=True: the ring-exchanged sigmoid loss (train/
+    # sigmoid_ring.py), which never holds the global B x B logits.
     stages.siglip = _stage("sigmoid_contrastive", "contrastive", n(300),
                            ["vision", "text", "siglip"], 1e-3,
-                           evals=["retrieval"])
+                           evals=["retrieval"], chunked_loss=False)
+    # Contrastive learning wants many negatives; images are cheap here.
+    stages.siglip.batch_size = 64
     order.append("siglip")
   if fusion == "qformer":
     stages.qformer = _stage("qformer", "contrastive", n(200), ["connector"],
@@ -165,8 +175,11 @@ def _stages(fusion, cap):
     order.append("qformer")
   stages.align = _stage("lm", "caption", n(200), connector, 1e-3,
                         evals=["vqa"])
-  stages.sft = _stage("lm", "shapes", n(600), connector + ("llm",), 1e-3,
-                      evals=["vqa"])
+  # Instruction tuning: every question of an image in one chat, and the
+  # ViT trains too (InternVL's stage 1.5 / LLaVA-OneVision unfreeze it).
+  vision = () if fusion == "one_backbone" else ("vision",)
+  stages.sft = _stage("lm", "shapes_chat", n(1000),
+                      connector + ("llm",) + vision, 1e-3, evals=["vqa"])
   stages.dpo = _stage("dpo", "preference", n(100), connector + ("llm",),
                       1e-5, evals=["vqa"], beta=0.1)
   return stages, tuple(order + ["align", "sft", "dpo"])
