@@ -22,3 +22,15 @@ def run_main(args, workdir, data_dir, **kw):
          f"--config.data.data_dir={data_dir}", *SMALL, *args[1:]]
   return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def run_recipe_and_check_report(args, workdir, data_dir):
+  """Runs the recipe to the end; its report lists every stage's results."""
+  proc = run_main(args, workdir, data_dir)
+  out, _ = proc.communicate(timeout=900)
+  assert proc.returncode == 0, out[-3000:]
+  report = (workdir / "report.md").read_text()
+  for stage in ("text_lm", "align", "sft", "dpo"):
+    assert f"## Stage `{stage}`" in report
+  assert "test/acc/all" in report and "heldout/acc/all" in report
+  assert (workdir / "losses.png").stat().st_size > 1000

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tests.train.recipe_runner import run_main
+from tests.train.recipe_runner import run_main, run_recipe_and_check_report
 
 pytestmark = pytest.mark.slow
 
@@ -15,14 +15,7 @@ def data_dir(tmp_path_factory):
 @pytest.mark.parametrize("fusion", ("cross_attention", "one_backbone"))
 def test_every_paradigm_runs_the_recipe(fusion, data_dir, tmp_path):
   args = [f"--config=configs/shapes.py:size=tiny,steps=3,fusion={fusion}"]
-  proc = run_main(args, tmp_path, data_dir)
-  out, _ = proc.communicate(timeout=900)
-  assert proc.returncode == 0, out[-3000:]
-  report = (tmp_path / "report.md").read_text()
-  for stage in ("text_lm", "align", "sft", "dpo"):
-    assert f"## Stage `{stage}`" in report
-  assert "test/acc/all" in report and "heldout/acc/all" in report
-  assert (tmp_path / "losses.png").stat().st_size > 1000
+  run_recipe_and_check_report(args, tmp_path, data_dir)
 
 
 def test_llava_and_caption_folders_train(data_dir, tmp_path):
