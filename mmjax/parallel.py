@@ -157,6 +157,13 @@ def first_process_then_others(fn: Callable[[], T], name: str) -> T:
   """
   if jax.process_count() == 1:
     return fn()
-  result = fn() if jax.process_index() == 0 else None
+  result, error = None, None
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except Exception as e:  # pylint: disable=broad-except
+      error = e  # raised after the barrier: the others must not wait forever
   multihost_utils.sync_global_devices(f"mmjax:{name}")
+  if error is not None:
+    raise error
   return result if jax.process_index() == 0 else fn()

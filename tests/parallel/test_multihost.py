@@ -25,8 +25,8 @@ from tests.parallel import mesh_parity
 
 pytestmark = pytest.mark.slow
 
-STEPS = 40
-EVERY = 10
+STEPS = 20
+EVERY = 5
 _ARGS = [f"--config=configs/lm.py:tiny,steps={STEPS}",
          "--config.data.num_sentences=800", "--config.data.seq_len=32",
          "--config.batch_size=8", "--config.log_every=5",
