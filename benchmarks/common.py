@@ -1,0 +1,350 @@
+"""Shared pieces of the benchmarks: sizes, synthetic batches, peaks, tables.
+
+The three LLaVA-style sizes of issue 10 (SigLIP tower + MLP projector +
+LLaMA-style LM, batch 8, 64 image tokens + 64 text tokens), plus `1b`, a
+~1B-parameter config meant for a GPU run in bfloat16.
+
+Scripts run as `python benchmarks/NAME.py`; they put the repository root on
+sys.path so `from benchmarks import common` resolves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+BATCH = 8
+TEXT_LEN = 64
+IMAGE_ID = 4  # mmjax's fixed `<image>` id (mllm_tasks.IMAGE_ID)
+
+# Exact dims of issue 10; the ViT MLP is 4x its width (SigLIP convention).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        vision=dict(width=64, depth=2, n_heads=2, mlp_dim=256,
+                    image_size=64, patch_size=8),
+        lm=dict(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
+                mlp_dim=256, vocab_size=512)),
+    "small": dict(
+        vision=dict(width=192, depth=4, n_heads=3, mlp_dim=768,
+                    image_size=64, patch_size=8),
+        lm=dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2,
+                mlp_dim=768, vocab_size=1024)),
+    "bench": dict(
+        vision=dict(width=512, depth=6, n_heads=8, mlp_dim=2048,
+                    image_size=128, patch_size=16),
+        lm=dict(d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4,
+                mlp_dim=2816, vocab_size=8192)),
+    # ~0.95B parameters (SigLIP B/16 at 224 px + a 0.86B LLaMA): for a GPU.
+    "1b": dict(
+        vision=dict(width=768, depth=12, n_heads=12, mlp_dim=3072,
+                    image_size=224, patch_size=16),
+        lm=dict(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=4,
+                mlp_dim=5632, vocab_size=32000)),
+}
+FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
+           "one_backbone")
+
+
+class BenchmarkInputError(ValueError):
+  """A bad command-line value (the CLI prints it and exits with status 2)."""
+
+
+def parse_choices(values: Sequence[str], allowed: Sequence[str],
+                  flag: str) -> list[str]:
+  """Checks each comma-separated flag value against `allowed`."""
+  bad = [v for v in values if v not in allowed]
+  if bad or not values:
+    raise BenchmarkInputError(
+        f"--{flag}={','.join(values)}: allowed values are "
+        f"{', '.join(allowed)}")
+  return list(values)
+
+
+def model_config_dict(size: str, fusion: str = "projection", *,
+                      dtype: str = "float32", image_size: int | None = None,
+                      latents: int = 64, remat: str = "none",
+                      scan_layers: bool = False) -> dict[str, Any]:
+  """The `config.model` block (nested dicts) of a benchmark model.
+
+  Args:
+    size: a key of SIZES.
+    fusion: one of FUSIONS.
+    dtype: compute dtype; parameters stay float32 (mixed precision).
+    image_size: image side in pixels (default the size's own).
+    latents: resampler latents / Q-Former queries (visual tokens in the
+      stream for those fusions).
+    remat: remat policy of the LM and the ViT blocks.
+    scan_layers: run the LM blocks under nn.scan (stacked parameters).
+  """
+  s = SIZES[size]
+  v, lm = dict(s["vision"]), dict(s["lm"])
+  side = image_size or v.pop("image_size")
+  v.pop("image_size", None)
+  common = dict(dtype=dtype, param_dtype="float32")
+  lm_block = dict(
+      rope_theta=10000.0, norm_eps=1e-6, qkv_bias=False, tie_embeddings=False,
+      embed_scale=False, norm_offset_one=False, mlp_activation="silu",
+      logit_softcap=0.0, xattn_media="last", mrope_sections=None,
+      remat=remat, scan_layers=scan_layers,
+      xattn_every=(max(1, lm["n_layers"] // 4)
+                   if fusion == "cross_attention" else 0), **lm, **common)
+  vision = dict(kind="siglip", image_size=side, channels=3, pool="none",
+                remat=remat, **v, **common)
+  width, heads = v["width"], v["n_heads"]
+  resampler = dict(style="flamingo", n_latents=latents, depth=2,
+                   n_heads=heads, head_dim=width // heads, ff_mult=4,
+                   out_dim=lm["d_model"] if fusion == "resampler" else None,
+                   **common)
+  qformer = dict(n_queries=latents, width=width, depth=2, n_heads=heads,
+                 mlp_dim=4 * width, cross_attention_freq=2,
+                 vision_width=width, vocab_size=0, **common)
+  return dict(fusion=fusion, positions="rope", projector="mlp",
+              feature_layer=-2, image_attention="causal",
+              patch_size=v["patch_size"], image_size=side, channels=3,
+              frames=1, lm=lm_block, vision=vision, resampler=resampler,
+              qformer=qformer)
+
+
+def synthetic_batch(cfg, batch: int = BATCH, text_len: int = TEXT_LEN,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+  """Random tokens and images laid out as the data pipeline would.
+
+  Each example is one image (its placeholders first, as LLaVA puts the image
+  before the question) followed by `text_len` random text tokens; the loss
+  covers the text positions.
+
+  Returns:
+    tokens/targets int32[B, L], loss_mask f32[B, L], positions [B, L],
+    images f32[B, 1, H, W, C], image_mask bool[B, 1], image_token_mask and
+    media_locations bool[B, L].
+  """
+  from mmjax.models import layout  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  vocab = cfg.lm.vocab_size
+  rows = []
+  for _ in range(batch):
+    text = rng.integers(IMAGE_ID + 1, vocab, text_len).tolist()
+    rows.append(layout.assemble(
+        cfg, [layout.Media(cfg.side, cfg.side), text], IMAGE_ID))
+  out = {k: np.stack([r[k] for r in rows]) for k in
+         ("tokens", "positions", "image_token_mask", "media_locations")}
+  tokens = out["tokens"]
+  out["targets"] = np.concatenate(
+      [tokens[:, 1:], rng.integers(0, vocab, (batch, 1))], 1).astype(np.int32)
+  is_text = ~(out["image_token_mask"] | out["media_locations"])
+  out["loss_mask"] = is_text.astype(np.float32)
+  out["images"] = rng.uniform(-1, 1, (batch, 1, cfg.side, cfg.side,
+                                      cfg.channels)).astype(np.float32)
+  out["image_mask"] = np.ones((batch, 1), bool)
+  return out
+
+
+def analytic_train_flops(cfg, batch: int, seq_len: int) -> dict[str, float]:
+  """Matmul FLOPs of one training step of a projection (LLaVA) model.
+
+  Forward FLOPs are 2 per multiply-add; a training step is 3x forward
+  (backward = input and weight gradients), except the patch embedding,
+  whose input (pixels) needs no gradient (2x). With B examples, L tokens,
+  N patches per image, r ViT blocks run (LLaVA's feature layer -2: depth-1):
+
+    lm         6 * B*L * [n_layers * (d*H*Dh + 2*d*Kh*Dh + H*Dh*d + 3*d*F)
+                          + d*V]                  (embedding lookup: 0)
+    lm_attn    12 * n_layers * B * L^2 * H*Dh     (full L x L: masked, not
+                                                   skipped)
+    vit        6 * B*N * r * (4*Dv^2 + 2*Dv*Fv)
+    vit_attn   12 * r * B * N^2 * Dv
+    patch      4 * B*N * p^2*C * Dv
+    projector  6 * B*N * (Dv*d + d*d)
+
+  Norms, softmax, activations, loss and AdamW are elementwise and left out
+  (XLA's cost_analysis counts them; its total is a little higher).
+
+  Returns:
+    {component: FLOPs} and 'total'.
+  """
+  if cfg.fusion != "projection" or cfg.projector != "mlp":
+    raise ValueError("the analytic count covers fusion='projection' with the "
+                     f"mlp projector, not {cfg.fusion!r}/{cfg.projector!r}")
+  lm, v = cfg.lm, cfg.vision
+  d, dh, h, kh = lm.d_model, lm.resolved_head_dim, lm.n_heads, lm.n_kv_heads
+  per_layer = d * h * dh + 2 * d * kh * dh + h * dh * d + 3 * d * lm.mlp_dim
+  tokens = batch * seq_len
+  n = (v.image_size // v.patch_size) ** 2
+  runs = v.depth if cfg.feature_layer is None else (
+      cfg.feature_layer + (v.depth + 1 if cfg.feature_layer < 0 else 0))
+  dv = v.width
+  out = {
+      "lm": 6.0 * tokens * (lm.n_layers * per_layer + d * lm.vocab_size),
+      "lm_attn": 12.0 * lm.n_layers * batch * seq_len ** 2 * h * dh,
+      "vit": 6.0 * batch * n * runs * (4 * dv * dv + 2 * dv * v.mlp_dim),
+      "vit_attn": 12.0 * runs * batch * n * n * dv,
+      "patch": 4.0 * batch * n * v.patch_size ** 2 * v.channels * dv,
+      "projector": 6.0 * batch * n * (dv * d + d * d),
+  }
+  out["total"] = sum(out.values())
+  return out
+
+
+def time_steps(step: Callable[[], Any], steps: int, warmup: int = 1
+               ) -> list[float]:
+  """Seconds of each of `steps` calls after `warmup` untimed calls.
+
+  `step` must block until its result is ready (one step per call, so a
+  loaded machine shows as spread, not as a hidden average).
+  """
+  return time_steps_cpu(step, steps, warmup)[0]
+
+
+def time_steps_cpu(step: Callable[[], Any], steps: int, warmup: int = 1
+                   ) -> tuple[list[float], list[float]]:
+  """(wall seconds, process CPU seconds) of each timed call.
+
+  CPU seconds sum over all threads of this process; on a machine shared
+  with other jobs they grow less than wall time does, so they compare
+  variants better (a thread pool that spins while waiting inflates them).
+  """
+  for _ in range(warmup):
+    step()
+  wall, cpu = [], []
+  for _ in range(steps):
+    t0, c0 = time.perf_counter(), time.process_time()
+    step()
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  return wall, cpu
+
+
+def summarize_times(times: Sequence[float],
+                    cpu: Sequence[float] = ()) -> dict[str, float]:
+  """Median (the reported figure), min and max step seconds."""
+  out = {"step_s": statistics.median(times), "step_s_min": min(times),
+         "step_s_max": max(times), "steps_timed": len(times)}
+  if cpu:
+    out["cpu_s"] = statistics.median(cpu)
+  return out
+
+
+def xla_matmul_peak(sizes: Sequence[int] = (1024, 2048), reps: int = 5,
+                    dtype: str = "float32") -> dict[str, float]:
+  """Best jnp.dot FLOP/s over square sizes (2 n^3 FLOPs each).
+
+  Returns `peak_summary`: {'gflops': best wall-clock, 'n': its size,
+  'per_size': {n: gflops}, 'gflops_per_cpu_s': best per CPU second, ...}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  per_size, per_cpu = {}, {}
+  matmul = jax.jit(jnp.dot)
+  for n in sizes:
+    key_a, key_b = jax.random.split(jax.random.key(n))
+    a = jax.random.normal(key_a, (n, n), dtype)
+    b = jax.random.normal(key_b, (n, n), dtype)
+    wall, cpu = time_steps_cpu(lambda: matmul(a, b).block_until_ready(), reps,
+                               2)
+    per_size[n] = 2 * n ** 3 / min(wall) / 1e9
+    per_cpu[n] = 2 * n ** 3 / min(cpu) / 1e9
+  return peak_summary(per_size, per_cpu)
+
+
+def peak_summary(per_size: Mapping[int, float],
+                 per_cpu: Mapping[int, float]) -> dict[str, Any]:
+  """The best size's wall-clock GFLOP/s ('gflops') and its GFLOP per CPU
+  second ('gflops_per_cpu_s': FLOPs over the CPU time of all threads)."""
+  best = max(per_size, key=per_size.get)
+  return {"gflops": per_size[best], "n": best, "per_size": dict(per_size),
+          "gflops_per_cpu_s": max(per_cpu.values()),
+          "per_size_per_cpu_s": dict(per_cpu)}
+
+
+def dot_flops(jaxpr) -> float:
+  """Matmul FLOPs (2 * M * N * K summed over dot_generals) of a jaxpr.
+
+  Walks sub-jaxprs (jit, remat, custom derivatives, cond branches: the
+  largest); a scan's body counts `length` times.
+  """
+  from jax.extend import core  # pylint: disable=g-import-not-at-top
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      k = float(np.prod([lhs[d] for d in contract])) if contract else 1.0
+      total += 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * k
+      continue
+    subs = []
+    for value in eqn.params.values():
+      for item in (value if isinstance(value, (tuple, list)) else (value,)):
+        if isinstance(item, core.ClosedJaxpr):
+          subs.append(item.jaxpr)
+        elif isinstance(item, core.Jaxpr):
+          subs.append(item)
+    if not subs:
+      continue
+    counts = [dot_flops(s) for s in subs]
+    if eqn.primitive.name == "cond":
+      total += max(counts)
+    else:
+      total += sum(counts) * eqn.params.get("length", 1)
+  return total
+
+
+def rss_bytes() -> dict[str, int]:
+  """Current and peak resident memory of this process."""
+  current = 0
+  try:
+    with open("/proc/self/statm", encoding="ascii") as f:
+      current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  except OSError:
+    pass
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return {"rss_bytes": current, "peak_rss_bytes": peak}
+
+
+def load_average() -> str:
+  """`uptime`-style 1/5/15-minute load and the core count."""
+  one, five, fifteen = os.getloadavg()
+  return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def mib(n: float) -> str:
+  return f"{n / 2 ** 20:.0f}"
+
+
+def print_table(rows: Sequence[Mapping[str, Any]],
+                columns: Sequence[tuple[str, str, str]]) -> None:
+  """Prints rows as a fixed-width table.
+
+  Args:
+    rows: dicts of values.
+    columns: (header, key, format spec); a missing value prints as '-'.
+  """
+  cells = [[h for h, _, _ in columns]]
+  for row in rows:
+    line = []
+    for _, key, spec in columns:
+      value = row.get(key)
+      line.append("-" if value is None else format(value, spec))
+    cells.append(line)
+  widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+  for i, line in enumerate(cells):
+    print("  ".join(c.rjust(w) for c, w in zip(line, widths)), flush=True)
+    if i == 0:
+      print("  ".join("-" * w for w in widths))
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> None:
+  """Writes `payload` (plus the machine load) as indented JSON."""
+  if not path:
+    return
+  payload = dict(payload, load=load_average(),
+                 time=time.strftime("%Y-%m-%d %H:%M:%S"))
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=1, default=float)
+  print(f"wrote {path}", flush=True)
