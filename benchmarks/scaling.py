@@ -3,8 +3,8 @@
   python benchmarks/scaling.py [--sections=visual,text,batch,fsdp] \
       [--sizes=tiny,small] [--fsdp_sizes=small,bench] [--steps=3] \
       [--out=scaling.json]
-  python benchmarks/scaling.py --quick      # CI: tiny, 1 step, visual at
-                                            # 32 px and fsdp 1, 2 only
+  python benchmarks/scaling.py --quick      # CI: tiny, 1 step, projection
+                                            # at 32 px, fsdp 1 and 2
 
 Sections (each prints a table; all rows go to --out):
   visual  step time vs image side (patches N = (side/8)^2) for projection
@@ -64,7 +64,7 @@ def _timed(size, fusion, steps, **kwargs):
 def visual_section(sizes, steps, quick, latents=32):
   """Step time vs image side; resampler/qformer emit `latents` tokens."""
   sides = (32,) if quick else (32, 64, 128)
-  fusions = ("projection", "resampler") if quick else (
+  fusions = ("projection",) if quick else (
       "projection", "resampler", "qformer")
   rows = []
   for size in sizes:

@@ -94,6 +94,19 @@ def run_hf(size: str, steps: int, warmup: int, batch: int, text_len: int,
                      f"{proc.stderr[-3000:]}")
 
 
+def add_hf(row: dict, hf: dict) -> None:
+  """Adds the HF step (same model FLOPs) and the ratios to an mmjax row."""
+  row["hf"] = hf
+  row["hf_cpu_s"] = hf["cpu_s"]
+  row["hf_examples_per_s"] = row["batch"] / hf["step_s"]
+  row["ratio_vs_hf"] = row["examples_per_s"] / row["hf_examples_per_s"]
+  row["hf_torch_mfu"] = (row["model_flops"] / hf["step_s"] / 1e9 /
+                         hf["torch_peak_gflops"])
+  row["cpu_ratio_vs_hf"] = hf["cpu_s"] / row["cpu_s"]
+  row["hf_torch_mfu_cpu"] = (row["model_flops"] / hf["cpu_s"] / 1e9 /
+                             hf["torch_peak_gflops_per_cpu_s"])
+
+
 COLUMNS = (
     ("size", "size", ""), ("fusion", "fusion", ""), ("dev", "devices", "d"),
     ("L", "seq_len", "d"),
@@ -161,15 +174,7 @@ def main(argv):
         hf = run_hf(size, _HF_STEPS.value or steps, _WARMUP.value,
                     _BATCH.value, _TEXT_LEN.value, _DTYPE.value,
                     _HF_DEVICE.value, peak_sizes, _HF_THREADS.value)
-        row["hf"] = hf
-        row["hf_cpu_s"] = hf["cpu_s"]
-        row["hf_examples_per_s"] = _BATCH.value / hf["step_s"]
-        row["ratio_vs_hf"] = row["examples_per_s"] / row["hf_examples_per_s"]
-        row["hf_torch_mfu"] = (row["model_flops"] / hf["step_s"] / 1e9 /
-                               hf["torch_peak_gflops"])
-        row["cpu_ratio_vs_hf"] = hf["cpu_s"] / row["cpu_s"]
-        row["hf_torch_mfu_cpu"] = (row["model_flops"] / hf["cpu_s"] / 1e9 /
-                                   hf["torch_peak_gflops_per_cpu_s"])
+        add_hf(row, hf)
         print(f"[{size}] HF LLaVA {hf['step_s']:.4f} s/step, "
               f"{hf['params'] / 1e6:.2f}M params (mmjax "
               f"{row['params'] / 1e6:.2f}M); torch matmul peak "

@@ -1,0 +1,98 @@
+"""The benchmark scripts run (tiny, 1-2 steps) and their numbers add up."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import common
+from benchmarks import train_step
+from tests.conftest import REPO
+
+
+def run_script(script, *args):
+  """Runs benchmarks/SCRIPT in a fresh process (flags, devices, threads)."""
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "benchmarks", script), *args],
+      capture_output=True, text=True, cwd=REPO, check=False,
+      env=dict(os.environ, HF_HUB_OFFLINE="1"))
+  return proc
+
+
+def test_dot_flops_counts_matmuls_inside_scan_and_jit():
+  def f(a, b):
+    def body(carry, _):
+      return jax.jit(jnp.dot)(carry, b), None
+    return jax.lax.scan(body, a, None, length=3)[0]
+  a = jnp.ones((4, 8))
+  b = jnp.ones((8, 8))
+  assert common.dot_flops(jax.make_jaxpr(f)(a, b).jaxpr) == 3 * 2 * 4 * 8 * 8
+
+
+def test_analytic_flops_equal_the_steps_matmuls():
+  # (tiny at batch 8 is checked by the --quick run below.)
+  batch, text_len = 2, 16
+  setup = train_step.build_step("small", "projection", batch=batch,
+                                text_len=text_len, abstract=True)
+  with setup.context():
+    jaxpr = jax.make_jaxpr(setup.step)(setup.state, setup.batch)
+  counted = common.dot_flops(jaxpr.jaxpr)
+  seq_len = setup.batch["tokens"].shape[1]
+  assert seq_len == 64 + text_len  # 64 image tokens at both sizes
+  analytic = common.analytic_train_flops(setup.cfg, batch, seq_len)
+  assert counted == pytest.approx(analytic["total"], rel=1e-9)
+
+
+@pytest.mark.parametrize("fusion,seq_len", [
+    ("resampler", 128), ("qformer", 128),  # 64 latents + 64 text tokens
+    ("cross_attention", 65),               # one <image> marker + text
+    ("one_backbone", 136)])                # 8 x (8 patches + newline) + text
+def test_every_paradigm_builds_the_trainer_step(fusion, seq_len):
+  setup = train_step.build_step("tiny", fusion, abstract=True)
+  assert setup.batch["tokens"].shape == (8, seq_len)
+  with setup.context():
+    jaxpr = jax.make_jaxpr(setup.step)(setup.state, setup.batch)
+  assert common.dot_flops(jaxpr.jaxpr) > 2.5e9  # ~ the projection model's
+
+
+def test_train_throughput_quick_matches_hf(tmp_path):
+  out = tmp_path / "train.json"
+  proc = run_script("train_throughput.py", "--quick", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "x HF" in proc.stdout and "MFU" in proc.stdout
+  (row,) = json.loads(out.read_text())["rows"]
+  assert (row["size"], row["fusion"], row["batch"], row["seq_len"]) == (
+      "tiny", "projection", 8, 128)
+  assert row["jaxpr_flops"] == pytest.approx(row["model_flops"], rel=1e-9)
+  # XLA also counts norms, softmax and AdamW: a little more, not less.
+  assert 1.0 < row["xla_ratio"] < 1.2
+  assert 0 < row["mfu"] and row["compile_s"] > 0 and row["mem_peak"] > 0
+  hf = row["hf"]
+  # The same architecture: HF's SigLIP keeps a post-layernorm LLaVA skips.
+  width = common.SIZES["tiny"]["vision"]["width"]
+  assert hf["params"] == row["params"] + 2 * width
+  # Both train (the same batch every step) from a near-uniform start.
+  for r in (row, hf):
+    assert abs(r["first_loss"] - jnp.log(512)) < 1.0
+    assert r["last_loss"] < r["first_loss"]
+  assert row["ratio_vs_hf"] == pytest.approx(
+      hf["step_s"] / row["step_s"], rel=1e-6)
+
+
+def test_matmul_peak_runs():
+  proc = run_script("matmul_peak.py", "--sizes=64", "--reps=1", "--notorch")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "xla  float32" in proc.stdout
+
+
+@pytest.mark.parametrize("script,flag", [
+    ("train_throughput.py", "--sizes=huge"),
+    ("scaling.py", "--sections=speed"),
+])
+def test_bad_flag_exits_2_with_one_line(script, flag):
+  proc = run_script(script, flag)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: --")
