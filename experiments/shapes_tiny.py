@@ -1,15 +1,11 @@
 """The --size=tiny mode shared by the shapes sweeps (imported by them).
 
-Step counts per stage at size=tiny, chosen so that one variant of the
-shapes recipe takes about 5 minutes on 2 quiet CPU cores (the five-paradigm
-fusion ablation about 25-30): about 3.5 minutes of steps and 1.5 of
-start-up, compilation and evaluation. Estimated from step times measured
-under load (text_lm, siglip at batch 64, align, sft, dpo: about 0.6, 2.5,
-0.8, 1 and 2.7 times an sft step; an sft step ~0.3 s on a quiet machine),
-not from a quiet full run. A stage a variant lacks is skipped (qformer
-exists only for fusion=qformer, siglip not for one_backbone). The recipe's
-own step counts (configs/shapes.py) apply without --size=tiny. Lower these
-if the fusion ablation takes longer than 30 minutes on your machine.
+Step counts per stage at size=tiny. Measured: the five-paradigm fusion
+ablation with these took 21 min 20 s of wall time with --parallel=2 on 2
+quiet CPU cores (3.6 to 10.5 minutes per variant, two at a time). A stage a
+variant lacks is skipped (qformer exists only for fusion=qformer, siglip not
+for one_backbone). The recipe's own step counts (configs/shapes.py) apply
+without --size=tiny. Lower these if the sweeps take too long on your machine.
 """
 
 TINY_STEPS = {"text_lm": 100, "siglip": 60, "qformer": 60, "align": 100,
