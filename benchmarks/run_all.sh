@@ -26,8 +26,8 @@ $PY benchmarks/train_throughput.py --sizes=tiny,small --steps=20 \
 echo "== the same with 1 torch thread (HF without OpenMP thread overhead)"
 $PY benchmarks/train_throughput.py --sizes=tiny,small --steps=20 \
     --hf_threads=1 --out="$OUT/train_tiny_small_hf1.json"
-echo "== mmjax data parallel over 2 host devices (one per core)"
-$PY benchmarks/train_throughput.py --sizes=tiny,small --steps=20 --nohf \
+echo "== mmjax data parallel over 2 host devices (one per core) vs HF"
+$PY benchmarks/train_throughput.py --sizes=tiny,small --steps=20 \
     --host_devices=2 --out="$OUT/train_tiny_small_2dev.json"
 echo "== bench size (compute-bound) vs Hugging Face"
 $PY benchmarks/train_throughput.py --sizes=bench --steps=3 \
