@@ -30,6 +30,7 @@ from mmjax.models import layout
 from mmjax.models.mllm import MLLM, MLLMConfig, mllm_config_from_dict
 from mmjax.models.text_tower import TextTowerConfig, TwoTower
 from mmjax.train import groups, losses, sigmoid_ring
+from mmjax.train import trainer as trainer_lib
 from mmjax.train.trainer import Task
 
 MLLM_LOSSES = ("lm", "sigmoid_contrastive", "softmax_contrastive", "dpo",
@@ -123,6 +124,11 @@ def two_tower(config: ml_collections.ConfigDict, cfg: MLLMConfig) -> TwoTower:
   return TwoTower(vision, text, embed_dim=config.model.text.embed_dim)
 
 
+def _logits_fn(model: MLLM):
+  """(params, *inputs, **kw) -> logits, the form preference_loss takes."""
+  return lambda p, *a, **k: model.apply({"params": p}, *a, **k)[0]
+
+
 def _single_image(images):
   """[b, H, W, C], or the first slot of [b, M, H, W, C]."""
   return images[:, 0] if images.ndim == 5 else images
@@ -212,6 +218,7 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
     return BuiltTask(task=task, info=info, tokenizer=tok)
 
   train_src, val_src = stage_sources(config, fmt, builder)
+  loss_state = None
   train_it = _iterator(config, stage_name, train_src, fmt, cfg, tok, True,
                        seed)
 
@@ -242,12 +249,24 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
       return qformer_losses.qformer_losses(
           model, params, _single_image(batch["images"]), batch["text_tokens"],
           batch.get("text_pad_mask"), rng)
-  elif stage.loss in ("dpo", "mpo"):
+  elif stage.loss == "dpo":
     def loss_fn(params, batch, rng, ref):
       del rng
-      return losses.preference_loss(
-          lambda p, *a, **k: model.apply({"params": p}, *a, **k)[0],
-          params, ref, batch, kind=stage.loss, beta=stage.get("beta", 0.1))
+      return losses.preference_loss(_logits_fn(model), params, ref, batch,
+                                    kind="dpo", beta=stage.get("beta", 0.1))
+  elif stage.loss == "mpo":
+    # BCO's shift delta is the running mean of every reward seen so far
+    # (TRL's RunningMoments), kept in the train state: resumes exactly.
+    loss_state = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+
+    def loss_fn(params, batch, rng, ref, reward_state):
+      del rng
+      loss, metrics = losses.preference_loss(
+          _logits_fn(model), params, ref, batch, kind="mpo",
+          beta=stage.get("beta", 0.1), reward_state=reward_state)
+      metrics[trainer_lib.LOSS_STATE] = (metrics["reward_mean"],
+                                         metrics["reward_count"])
+      return loss, metrics
   else:
     def loss_fn(params, batch, rng):
       del rng
@@ -256,5 +275,5 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
   task = Task(init_params=init, loss_fn=loss_fn, train_iterator=train_it,
               eval_batches=eval_batches, to_global=to_global,
               needs_ref=stage.loss in ("dpo", "mpo"),
-              data_stats=train_it.stats)
+              data_stats=train_it.stats, loss_state=loss_state)
   return BuiltTask(task=task, info=info, tokenizer=tok)

@@ -30,6 +30,7 @@ from mmjax.train import metrics as metrics_lib
 from mmjax.train import optim
 
 # (params, batch, rng) -> (scalar loss, {name: scalar})
+LOSS_STATE = "loss_state"  # Metrics key of Task.loss_state's new value.
 LossFn = Callable[[Any, Mapping[str, jax.Array], jax.Array],
                   tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -68,6 +69,11 @@ class Task:
   data_stats: Callable[[], Mapping[str, float]] | None = None
   # params -> the model's parameters handed on (LoRA merges its factors).
   export_params: Callable[[Any], Any] | None = None
+  # Initial value of a small pytree the loss reads and updates every step
+  # (MPO's running reward mean), kept in the train state and checkpointed.
+  # When set, loss_fn takes it as its last argument and returns the new value
+  # as metrics[LOSS_STATE]; a non-finite step keeps the old one.
+  loss_state: Any = None
 
 
 @dataclasses.dataclass
@@ -160,6 +166,8 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
              "carry": groups.unflatten(carry)}
     if task.needs_ref:
       state["ref"] = params
+    if task.loss_state is not None:
+      state[LOSS_STATE] = jax.tree.map(jnp.asarray, task.loss_state)
     return state
 
   abstract = jax.eval_shape(init_state, rng, given, carry)
@@ -341,7 +349,7 @@ def _make_train_step(task: Task, train: list[str],
     step = state["step"]
     rng = jax.random.fold_in(jax.random.key(seed), step)
     trainable, frozen = groups.split(groups.flatten(state["params"]), train)
-    extra = (state["ref"],) if task.needs_ref else ()
+    extra = _loss_extra_args(task, state)
 
     def loss_of(trained):
       params = groups.unflatten({**frozen, **groups.flatten(trained)})
@@ -364,6 +372,10 @@ def _make_train_step(task: Task, train: list[str],
     new_state = dict(state, step=step + 1, params=params,
                      opt_state=keep(opt_state, state["opt_state"]),
                      nonfinite_step=first_bad)
+    if task.loss_state is not None:
+      metrics = dict(metrics)
+      new_state[LOSS_STATE] = keep(metrics.pop(LOSS_STATE),
+                                   state[LOSS_STATE])
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    lr=schedule(step))
     return new_state, metrics
@@ -389,10 +401,17 @@ def _compiled_stats(compiled, seconds: float) -> dict[str, float]:
   return stats
 
 
+def _loss_extra_args(task: Task, state) -> tuple[Any, ...]:
+  """loss_fn's arguments after (params, batch, rng): [ref] [loss_state]."""
+  extra = (state["ref"],) if task.needs_ref else ()
+  if task.loss_state is not None:
+    extra += (state[LOSS_STATE],)
+  return extra
+
+
 def _make_eval_step(task: Task, shardings, batch_sharding):
   def eval_fn(state, batch):
-    extra = (state["ref"],) if task.needs_ref else ()
     _, metrics = task.loss_fn(state["params"], batch, jax.random.key(0),
-                              *extra)
-    return metrics
+                              *_loss_extra_args(task, state))
+    return {k: v for k, v in metrics.items() if k != LOSS_STATE}
   return jax.jit(eval_fn, in_shardings=(shardings, batch_sharding))

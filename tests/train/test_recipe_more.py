@@ -15,7 +15,17 @@ def data_dir(tmp_path_factory):
 @pytest.mark.parametrize("fusion", ("cross_attention", "one_backbone"))
 def test_every_paradigm_runs_the_recipe(fusion, data_dir, tmp_path):
   args = [f"--config=configs/shapes.py:size=tiny,steps=3,fusion={fusion}"]
+  if fusion == "one_backbone":  # The preference stage as MPO here.
+    args += ["--config.stages.dpo.loss=mpo", "--config.log_every=1"]
   run_recipe_and_check_report(args, tmp_path, data_dir)
+  if fusion == "one_backbone":
+    import json  # pylint: disable=g-import-not-at-top
+    rows = [json.loads(l) for l in
+            (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    counts = [r["reward_count"] for r in rows if "reward_count" in r]
+    # BCO's delta is a running mean over the stage (2 rewards per pair,
+    # batch 8), kept in the train state from step to step.
+    assert counts == [16, 32, 48], counts
 
 
 def test_llava_and_caption_folders_train(data_dir, tmp_path):
