@@ -1,15 +1,15 @@
 """The --size=tiny mode shared by the shapes sweeps (imported by them).
 
 Step counts per stage at size=tiny. Measured: the five-paradigm fusion
-ablation with these took 21 min 20 s of wall time with --parallel=2 on 2
-quiet CPU cores (3.6 to 10.5 minutes per variant, two at a time). A stage a
+ablation with these took 22 min 3 s of wall time with --parallel=2 on 2
+quiet CPU cores (4.3 to 10.6 minutes per variant, two at a time). A stage a
 variant lacks is skipped (qformer exists only for fusion=qformer, siglip not
 for one_backbone). The recipe's own step counts (configs/shapes.py) apply
 without --size=tiny. Lower these if the sweeps take too long on your machine.
 """
 
 TINY_STEPS = {"text_lm": 100, "siglip": 60, "qformer": 60, "align": 100,
-              "sft": 300, "dpo": 30}
+              "sft": 450, "dpo": 30}
 
 # Only sft and dpo are evaluated at size=tiny (evaluations cost time too).
 TINY_OVERRIDES = {"stages.align.evals": ()}
