@@ -29,8 +29,8 @@ from mmjax.train import groups
 from mmjax.train import metrics as metrics_lib
 from mmjax.train import optim
 
-# (params, batch, rng) -> (scalar loss, {name: scalar})
 LOSS_STATE = "loss_state"  # Metrics key of Task.loss_state's new value.
+# (params, batch, rng[, ref][, loss_state]) -> (scalar loss, {name: scalar})
 LossFn = Callable[[Any, Mapping[str, jax.Array], jax.Array],
                   tuple[jax.Array, dict[str, jax.Array]]]
 
