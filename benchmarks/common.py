@@ -68,7 +68,8 @@ def parse_choices(values: Sequence[str], allowed: Sequence[str],
 def model_config_dict(size: str, fusion: str = "projection", *,
                       dtype: str = "float32", image_size: int | None = None,
                       latents: int = 64, remat: str = "none",
-                      scan_layers: bool = False) -> dict[str, Any]:
+                      scan_layers: bool = False,
+                      attention: str = "einsum") -> dict[str, Any]:
   """The `config.model` block (nested dicts) of a benchmark model.
 
   Args:
@@ -80,6 +81,8 @@ def model_config_dict(size: str, fusion: str = "projection", *,
       stream for those fusions).
     remat: remat policy of the LM and the ViT blocks.
     scan_layers: run the LM blocks under nn.scan (stacked parameters).
+    attention: self-attention kernel of the LM and ViT blocks
+      (layers.ATTENTION_IMPLS; 'cudnn' needs an NVIDIA GPU and bfloat16).
   """
   s = SIZES[size]
   v, lm = dict(s["vision"]), dict(s["lm"])
@@ -90,11 +93,11 @@ def model_config_dict(size: str, fusion: str = "projection", *,
       rope_theta=10000.0, norm_eps=1e-6, qkv_bias=False, tie_embeddings=False,
       embed_scale=False, norm_offset_one=False, mlp_activation="silu",
       logit_softcap=0.0, xattn_media="last", mrope_sections=None,
-      remat=remat, scan_layers=scan_layers,
+      remat=remat, scan_layers=scan_layers, attention=attention,
       xattn_every=(max(1, lm["n_layers"] // 4)
                    if fusion == "cross_attention" else 0), **lm, **common)
   vision = dict(kind="siglip", image_size=side, channels=3, pool="none",
-                remat=remat, **v, **common)
+                remat=remat, attention=attention, **v, **common)
   width, heads = v["width"], v["n_heads"]
   resampler = dict(style="flamingo", n_latents=latents, depth=2,
                    n_heads=heads, head_dim=width // heads, ff_mult=4,

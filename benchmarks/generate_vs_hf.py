@@ -3,7 +3,9 @@
   python benchmarks/generate_vs_hf.py [--sizes=tiny,small] [--batch=8] \\
       [--new_tokens=64] [--repeats=3] [--out=generate_vs_hf.json]
 
-Same shapes on both sides, random weights, float32, greedy, no stop token:
+Same shapes on both sides, random weights, float32 (--dtype=bfloat16 and
+--hf_device=cuda for a GPU run: weights and compute in bf16 on both sides),
+greedy, no stop token:
 the projection model of each benchmark size (`benchmarks/common.py`: the
 configs/shapes.py tiny / small dims; SigLIP tower on 64-px images, 8-px
 patches -> 64 image tokens, mlp2x_gelu projector, LLaMA-style LM) against
@@ -52,6 +54,11 @@ _TEXT = flags.DEFINE_integer("text_tokens", common.TEXT_LEN,
                              "Text tokens per prompt.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (median).")
 _OUT = flags.DEFINE_string("out", "generate_vs_hf.json", "JSON results.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "bfloat16"],
+    "weights and compute on both sides (bfloat16: for a GPU run)")
+_HF_DEVICE = flags.DEFINE_string("hf_device", "cpu", "torch device (cpu, "
+                                 "cuda); JAX uses its default device")
 
 IMAGE_ID = common.IMAGE_ID
 
@@ -66,9 +73,9 @@ def _median_time(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
-def mmjax_model(size: str):
-  """The projection model of a benchmark size and random f32 weights."""
-  cfg = mllm_config_from_dict(common.model_config_dict(size))
+def mmjax_model(size: str, dtype: str = "float32"):
+  """The projection model of a benchmark size and random weights in dtype."""
+  cfg = mllm_config_from_dict(common.model_config_dict(size, dtype=dtype))
   model = MLLM(cfg)
   seq = layout.assemble(cfg, [layout.Media(cfg.side, cfg.side), [5]],
                         IMAGE_ID)
@@ -79,14 +86,15 @@ def mmjax_model(size: str):
       jax.random.key(0)))["params"]
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda a: jnp.asarray(rng.normal(
-      0, 0.02, a.shape).astype(np.float32)), abstract)
+      0, 0.02, a.shape).astype(np.float32)).astype(dtype), abstract)
   return model, params
 
 
 def time_mmjax(size: str, tokens: np.ndarray, images: np.ndarray,
-               new_tokens: int, repeats: int) -> dict[str, float]:
+               new_tokens: int, repeats: int, dtype: str = "float32"
+               ) -> dict[str, float]:
   """tokens int32[B, T] text after each image; images f32[B, S, S, 3]."""
-  model, params = mmjax_model(size)
+  model, params = mmjax_model(size, dtype)
   side = model.cfg.side
   prompts = [[layout.Media(side, side), list(t)] for t in tokens]
   pixels = [im[None] for im in images]
@@ -152,21 +160,26 @@ def hf_llava(size: str):
 
 
 def time_hf(size: str, tokens: np.ndarray, images: np.ndarray,
-            new_tokens: int, repeats: int) -> dict[str, float]:
-  """The same prompts through HF `generate`, PyTorch on 2 threads."""
+            new_tokens: int, repeats: int, dtype: str = "float32",
+            device: str = "cpu") -> dict[str, float]:
+  """The same prompts through HF `generate` (PyTorch on 2 threads on CPU)."""
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
-  model = hf_llava(size)
+  model = hf_llava(size).to(device, getattr(torch, dtype))
   n_image = model.config.image_seq_length
   ids = np.concatenate([np.full((len(tokens), n_image), IMAGE_ID), tokens], 1)
-  inputs = dict(input_ids=torch.as_tensor(ids),
-                attention_mask=torch.ones(ids.shape, dtype=torch.long),
-                pixel_values=torch.as_tensor(images.transpose(0, 3, 1, 2)))
+  inputs = dict(input_ids=torch.as_tensor(ids, device=device),
+                attention_mask=torch.ones(ids.shape, dtype=torch.long,
+                                          device=device),
+                pixel_values=torch.as_tensor(
+                    images.transpose(0, 3, 1, 2), device=device).to(
+                        getattr(torch, dtype)))
 
   def run(n):
     with torch.inference_mode():
       out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n,
                            do_sample=False, pad_token_id=0)
+    out = out.cpu()  # waits for the device, as mmjax's tokens on the host do
     assert out.shape[1] == ids.shape[1] + n
   ttft = _median_time(lambda: run(1), repeats)
   full = _median_time(lambda: run(new_tokens), repeats)
@@ -187,9 +200,11 @@ def main(argv):
              "jax": jax.__version__, "torch": torch.__version__,
              "transformers": transformers.__version__, "torch_threads": 2,
              "batch": b, "text_tokens": _TEXT.value, "new_tokens": n,
-             "dtype": "float32", "sizes": {}}
+             "dtype": _DTYPE.value, "hf_device": _HF_DEVICE.value,
+             "sizes": {}}
   print(f"device: {results['device']}; {common.load_average()}; batch {b}, "
-        f"1 image + {_TEXT.value} text tokens, {n} new tokens, f32, greedy")
+        f"1 image + {_TEXT.value} text tokens, {n} new tokens, "
+        f"{_DTYPE.value}, greedy; HF on {_HF_DEVICE.value}")
   print("| size | mmjax TTFT ms | HF TTFT ms | mmjax decode tok/s | "
         "HF decode tok/s | decode speed-up |")
   print("|---|---|---|---|---|---|")
@@ -199,8 +214,9 @@ def main(argv):
     tokens = rng.integers(IMAGE_ID + 1, vocab, (b, _TEXT.value))
     images = rng.uniform(-1, 1, (b, side, side, 3)).astype(np.float32)
     ours = time_mmjax(size, tokens.astype(np.int32), images, n,
-                      _REPEATS.value)
-    hf = time_hf(size, tokens, images, n, _REPEATS.value)
+                      _REPEATS.value, _DTYPE.value)
+    hf = time_hf(size, tokens, images, n, _REPEATS.value, _DTYPE.value,
+                 _HF_DEVICE.value)
     speedup = ours["decode_tok_s"] / hf["decode_tok_s"]
     results["sizes"][size] = {"mmjax": ours, "hf": hf,
                               "decode_speedup": speedup}

@@ -81,13 +81,14 @@ def build_step(size: str, fusion: str, *, batch: int = common.BATCH,
                text_len: int = common.TEXT_LEN, dtype: str = "float32",
                remat: str = "none", image_size: int | None = None,
                latents: int = 64, scan_layers: bool = False,
+               attention: str = "einsum",
                mesh_sizes: Mapping[str, int] | None = None, devices=None,
                abstract: bool = False, seed: int = 0) -> StepSetup:
   """The trainer's jitted step, its initial state and a synthetic batch.
 
   Args:
-    size, fusion, dtype, remat, image_size, latents, scan_layers: see
-      common.model_config_dict.
+    size, fusion, dtype, remat, image_size, latents, scan_layers, attention:
+      see common.model_config_dict.
     batch, text_len: examples per step, text tokens per example.
     mesh_sizes: {'data', 'fsdp', 'tensor'} (default: all devices on data).
     devices: the devices of the mesh (default all).
@@ -97,7 +98,7 @@ def build_step(size: str, fusion: str, *, batch: int = common.BATCH,
   """
   cfg = mllm_config_from_dict(common.model_config_dict(
       size, fusion, dtype=dtype, image_size=image_size, latents=latents,
-      remat=remat, scan_layers=scan_layers))
+      remat=remat, scan_layers=scan_layers, attention=attention))
   model = MLLM(cfg)
   dummy = mllm_tasks.dummy_inputs(cfg, common.IMAGE_ID)
   init = lambda rng: model.init(rng, **dummy)["params"]

@@ -56,6 +56,10 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
 _REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "dots",
                                              "dots_all"],
                            "remat policy of the LM and ViT blocks")
+_ATTENTION = flags.DEFINE_enum(
+    "attention", "einsum", ["einsum", "xla", "cudnn"],
+    "self-attention kernel of the LM and ViT blocks (cudnn: fused flash "
+    "attention, NVIDIA GPU with bfloat16)")
 _SCAN = flags.DEFINE_bool("scan_layers", False,
                           "run the LM blocks under nn.scan")
 _HF = flags.DEFINE_bool("hf", True, "also time Hugging Face LLaVA")
@@ -139,10 +143,22 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
         f"device_count={_HOST_DEVICES.value}").strip()
-  import jax  # pylint: disable=g-import-not-at-top
-  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   steps = 2 if _QUICK.value else _STEPS.value
   order = [s for s in common.SIZES if s in sizes]  # smallest first (RSS)
+  # HF runs first, before this process starts JAX: on a GPU, JAX would hold
+  # 75% of its memory while the HF subprocess runs.
+  hf_rows = {}
+  if _HF.value and "projection" in fusions:
+    for size in order:
+      hf_rows[size] = hf = run_hf(
+          size, _HF_STEPS.value or steps, _WARMUP.value, _BATCH.value,
+          _TEXT_LEN.value, _DTYPE.value, _HF_DEVICE.value, peak_sizes,
+          _HF_THREADS.value)
+      print(f"[{size}] HF LLaVA {hf['step_s']:.4f} s/step, "
+            f"{hf['params'] / 1e6:.2f}M params; torch matmul peak "
+            f"{hf['torch_peak_gflops']:.1f} GFLOP/s", flush=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   print(f"mmjax train step, {jax.devices()[0].platform} "
         f"({jax.device_count()} device(s)), {_DTYPE.value}, batch "
         f"{_BATCH.value}, {common.load_average()}", flush=True)
@@ -158,7 +174,7 @@ def main(argv):
       row = train_step.measure(
           size, fusion, steps, _WARMUP.value, batch=_BATCH.value,
           text_len=_TEXT_LEN.value, dtype=_DTYPE.value, remat=_REMAT.value,
-          scan_layers=_SCAN.value)
+          scan_layers=_SCAN.value, attention=_ATTENTION.value)
       row["gflop_step"] = row["model_flops"] / 1e9
       row["xla_ratio"] = row["xla_flops"] / row["model_flops"]
       row["mem_peak_mib"] = row.get("mem_peak", 0) / 2 ** 20
@@ -170,15 +186,8 @@ def main(argv):
               f"{row['jaxpr_flops'] / row['model_flops']:.4f}); XLA "
               f"cost_analysis {row['xla_flops'] / 1e9:.3f} G, ratio "
               f"{row['xla_ratio']:.3f}", flush=True)
-      if _HF.value and fusion == "projection":
-        hf = run_hf(size, _HF_STEPS.value or steps, _WARMUP.value,
-                    _BATCH.value, _TEXT_LEN.value, _DTYPE.value,
-                    _HF_DEVICE.value, peak_sizes, _HF_THREADS.value)
-        add_hf(row, hf)
-        print(f"[{size}] HF LLaVA {hf['step_s']:.4f} s/step, "
-              f"{hf['params'] / 1e6:.2f}M params (mmjax "
-              f"{row['params'] / 1e6:.2f}M); torch matmul peak "
-              f"{hf['torch_peak_gflops']:.1f} GFLOP/s", flush=True)
+      if size in hf_rows and fusion == "projection":
+        add_hf(row, hf_rows[size])
       print(f"[{size}/{fusion}] {row['step_s']:.4f} s/step (min "
             f"{row['step_s_min']:.4f}, max {row['step_s_max']:.4f}), loss "
             f"{row['first_loss']:.3f} -> {row['last_loss']:.3f}, "
@@ -201,6 +210,7 @@ def main(argv):
       "benchmark": "train_throughput", "dtype": _DTYPE.value,
       "batch": _BATCH.value, "text_len": _TEXT_LEN.value,
       "remat": _REMAT.value, "scan_layers": _SCAN.value,
+      "attention": _ATTENTION.value,
       "hf_threads": _HF_THREADS.value,
       "xla_peak": peak, "xla_peaks": peaks,
       "rows": rows,

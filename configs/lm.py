@@ -45,6 +45,7 @@ def get_config(arg=None):
       mlp_activation="silu", logit_softcap=0.0, dtype="float32",
       param_dtype="float32",
       remat="none",          # none | full | dots | dots_all (per block)
+      attention="einsum",    # einsum | xla | cudnn (NVIDIA GPU, bf16)
       scan_layers=False))    # nn.scan over blocks (stacked 'layers' tree)
 
   # The corpus supports at most ~690 BPE pieces, hence 512 at every size.

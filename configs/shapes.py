@@ -52,12 +52,13 @@ def model_config(size: str, fusion: str, positions: str
             norm_offset_one=False, mlp_activation="silu", logit_softcap=0.0,
             dtype="float32", param_dtype="float32", xattn_media="last",
             xattn_every=1 if fusion == "cross_attention" else 0,
-            mrope_sections=None, remat="none", scan_layers=False, **s["lm"])
+            mrope_sections=None, remat="none", scan_layers=False,
+            attention="einsum", **s["lm"])
   if positions == "mrope":
     lm["mrope_sections"] = _mrope_sections(lm["d_model"] // lm["n_heads"])
   vision = dict(kind="siglip", image_size=64, patch_size=8, channels=3,
                 pool="none", dtype="float32", param_dtype="float32",
-                remat="none", **s["vision"])
+                remat="none", attention="einsum", **s["vision"])
   width = s["vision"]["width"]
   resampler = dict(
       style="flamingo", n_latents=s["latents"], depth=s["resampler_depth"],

@@ -76,12 +76,15 @@ class DecoderConfig:
   xattn_media: str = "last"  # 'last' (most recent image) or 'all'.
   # Activation checkpointing per block: remat.REMAT_POLICIES.
   remat: str = "none"
+  # Self-attention kernel: layers.ATTENTION_IMPLS ('cudnn' on NVIDIA GPUs).
+  attention: str = "einsum"
   # Run the blocks under nn.scan (one compiled block; stacked param tree,
   # see the module docstring). Full-sequence calls only: no KV cache.
   scan_layers: bool = False
 
   def __post_init__(self):
     remat_lib.check_remat(self.remat, "DecoderConfig.remat")
+    layers.check_attention(self.attention, "DecoderConfig.attention")
     if self.scan_layers and self.xattn_every:
       raise ValueError("scan_layers=True needs identical blocks; it cannot "
                        "interleave cross-attention (set xattn_every=0 or "
@@ -175,7 +178,7 @@ class DecoderBlock(nn.Module):
         n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
         head_dim=cfg.resolved_head_dim, rope_theta=cfg.rope_theta,
         qkv_bias=cfg.qkv_bias, mrope_sections=cfg.mrope_sections,
-        dtype=dtype, param_dtype=param_dtype, name="attn")(norm("attn_norm")(x), positions, mask=mask, cache=cache,
+        attention=cfg.attention, dtype=dtype, param_dtype=param_dtype, name="attn")(norm("attn_norm")(x), positions, mask=mask, cache=cache,
                      cache_index=cache_index)
     x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
     h = layers.GatedMLP(mlp_dim=cfg.mlp_dim, activation=cfg.mlp_activation,

@@ -25,6 +25,16 @@ Dtype = Any
 # Finite stand-in for -inf: a fully masked row then softmaxes to a uniform
 # distribution instead of NaN (0/0).
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+# `attention` of DecoderConfig / VisionConfig: 'einsum' is mmjax's own (the
+# one the parity tests pin), 'xla' and 'cudnn' are jax.nn.dot_product_attention
+# with that implementation ('cudnn': fused flash attention on NVIDIA GPUs,
+# bfloat16/float16 only).
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+
+
+def check_attention(impl: str, where: str) -> None:
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"{where}={impl!r}; allowed: {list(ATTENTION_IMPLS)}.")
 
 _ACTIVATIONS = {
     "silu": nn.silu,
@@ -166,7 +176,8 @@ class HeadsOut(nn.Module):
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           mask: jax.Array | None, *, dtype: Dtype = None,
-                          scale: float | None = None) -> jax.Array:
+                          scale: float | None = None,
+                          impl: str = "einsum") -> jax.Array:
   """Softmax attention with grouped KV heads; scores in float32.
 
   Args:
@@ -177,6 +188,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     mask: bool broadcastable to [B, L, S] (True = attend), or None.
     dtype: dtype of the probabilities and output (default q.dtype).
     scale: score scale (default 1/sqrt(Dh)).
+    impl: one of ATTENTION_IMPLS.
 
   Returns:
     [B, L, H, Dv]. A row with every key masked averages all values (finite).
@@ -184,6 +196,18 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   batch, length, n_heads, head_dim = q.shape
   kv_len, n_kv = k.shape[1], k.shape[2]
   dtype = dtype or q.dtype
+  if impl != "einsum":
+    check_attention(impl, "attention")
+    if impl == "cudnn" and jax.default_backend() != "gpu":
+      raise ValueError(f"attention='cudnn' needs an NVIDIA GPU; this process "
+                       f"runs on {jax.default_backend()}: use 'einsum' or "
+                       "'xla'.")
+    if mask is not None:  # jax.nn takes [B, H or 1, L, S]
+      mask = jnp.broadcast_to(mask, (batch, length, kv_len))[:, None]
+    return fused_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
+                           mask, scale=scale,
+                           implementation=None if impl == "xla" else impl,
+                           pad_even=impl == "cudnn").astype(dtype)
   group = n_heads // n_kv
   # Split query heads into (kv head, group) so no KV copy is materialised.
   q = q.reshape(batch, length, n_kv, group, head_dim)
@@ -196,6 +220,28 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
   out = jnp.einsum("bkgls,bskd->blkgd", probs, v.astype(dtype))
   return out.reshape(batch, length, n_heads, v.shape[-1])
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                    mask: jax.Array | None, *, scale: float | None,
+                    implementation: str | None,
+                    pad_even: bool = False) -> jax.Array:
+  """jax.nn.dot_product_attention, q [B, L, H, Dh], mask bool[B, 1, L, S].
+
+  pad_even: with a mask, pad L and S to even lengths (padded keys masked,
+  padded queries dropped): cuDNN's kernels with a mask (a bias) refuse odd
+  lengths when training, e.g. 65 = one media token + 64 text tokens.
+  """
+  length, kv_len = q.shape[1], k.shape[1]
+  pad_l, pad_s = ((length % 2, kv_len % 2) if pad_even and mask is not None
+                  else (0, 0))
+  if pad_l or pad_s:
+    q = jnp.pad(q, ((0, 0), (0, pad_l), (0, 0), (0, 0)))
+    k, v = (jnp.pad(t, ((0, 0), (0, pad_s), (0, 0), (0, 0))) for t in (k, v))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_l), (0, pad_s)))
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                     implementation=implementation)
+  return out[:, :length]
 
 
 class MultiHeadAttention(nn.Module):
@@ -217,6 +263,7 @@ class MultiHeadAttention(nn.Module):
   n_kv_heads: int | None = None
   out_features: int | None = None
   use_bias: bool = True
+  attention: str = "einsum"  # ATTENTION_IMPLS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -237,7 +284,8 @@ class MultiHeadAttention(nn.Module):
                                        "head_dim"))
     v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads",
                                        "head_dim"))
-    out = dot_product_attention(q, k, v, mask, dtype=self.dtype)
+    out = dot_product_attention(q, k, v, mask, dtype=self.dtype,
+                                impl=self.attention)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads",
                                            "head_dim"))
     out = HeadsOut(self.out_features or x.shape[-1], self.use_bias, name="o",
@@ -302,6 +350,7 @@ class Attention(nn.Module):
   rope_theta: float = 10_000.0
   qkv_bias: bool = False
   mrope_sections: tuple[int, ...] | None = None
+  attention: str = "einsum"  # ATTENTION_IMPLS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -370,7 +419,8 @@ class Attention(nn.Module):
       k = k.astype(self.dtype)
       v = v.astype(self.dtype)
 
-    out = dot_product_attention(q, k, v, mask, dtype=self.dtype)
+    out = dot_product_attention(q, k, v, mask, dtype=self.dtype,
+                                impl=self.attention)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads",
                                            "head_dim"))
 

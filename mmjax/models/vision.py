@@ -68,9 +68,11 @@ class VisionConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"  # Per EncoderBlock: remat.REMAT_POLICIES.
+  attention: str = "einsum"  # Blocks' self-attention: layers.ATTENTION_IMPLS.
 
   def __post_init__(self):
     remat_lib.check_remat(self.remat, "VisionConfig.remat")
+    layers.check_attention(self.attention, "VisionConfig.attention")
     if self.kind not in _KIND_DEFAULTS:
       raise ValueError(f"VisionConfig.kind={self.kind!r}; allowed: "
                        f"{list(_KIND_DEFAULTS)}.")
@@ -242,6 +244,7 @@ class _BlockSizes(nn.Module):
   mlp_dim: int
   activation: str = "gelu_tanh"
   norm_eps: float = 1e-6
+  attention: str = "einsum"  # layers.ATTENTION_IMPLS
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -259,7 +262,7 @@ class EncoderBlock(_BlockSizes):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layer_norm(self.norm_eps, name="layer_norm1", **kw)(x)
     h = layers.MultiHeadAttention(n_heads=self.n_heads, name="self_attn",
-                                  **kw)(h, mask=mask)
+                                  attention=self.attention, **kw)(h, mask=mask)
     x = nn.with_logical_constraint(x + h, _ACT)
     h = layer_norm(self.norm_eps, name="layer_norm2", **kw)(x)
     h = layers.MLP(hidden=self.mlp_dim, activation=self.activation,
@@ -285,7 +288,7 @@ class MAPHead(_BlockSizes):
                           (None, None, "embed")), (1, 1, d), self.param_dtype)
     q = jnp.broadcast_to(probe.astype(self.dtype), (batch, 1, d))
     a = layers.MultiHeadAttention(n_heads=self.n_heads, name="attention",
-                                  **kw)(q, x)
+                                  attention=self.attention, **kw)(q, x)
     h = layer_norm(self.norm_eps, name="layernorm", **kw)(a)
     h = a + layers.MLP(hidden=self.mlp_dim, activation=self.activation,
                        name="mlp", **kw)(h)
@@ -379,7 +382,8 @@ class VisionEncoder(nn.Module):
     x = nn.with_logical_constraint(x, _ACT)
 
     block_kw = dict(n_heads=cfg.n_heads, mlp_dim=cfg.mlp_dim,
-                    activation=cfg.activation, norm_eps=cfg.norm_eps, **kw)
+                    activation=cfg.activation, norm_eps=cfg.norm_eps,
+                    attention=cfg.attention, **kw)
     block = remat_lib.remat_block(EncoderBlock, cfg.remat)
     for i in range(n_run):
       x = block(name=f"layers_{i}", **block_kw)(x)

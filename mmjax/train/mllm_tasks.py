@@ -24,7 +24,10 @@ import ml_collections
 
 from mmjax import parallel
 from mmjax.config import ConfigError, stage_batch_size
-from mmjax.data import builders, pipeline, shapes, text_pipeline
+# builders (tfds) and pipeline / text_pipeline (grain) are imported where
+# they are used, so model-only users (benchmarks, a bare GPU image, notebooks)
+# import this module without the data stack.
+from mmjax.data import shapes
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.models import layout
 from mmjax.models.mllm import MLLM, MLLMConfig, mllm_config_from_dict
@@ -47,6 +50,7 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
 
 def shapes_dataset(config: ml_collections.ConfigDict):
   """Builds (once; later calls reuse it) the shapes TFDS dataset."""
+  from mmjax.data import builders  # pylint: disable=g-import-not-at-top
   d = config.data
   return builders.build(
       builders.ShapesBuilder, data_dir(config), num_train=d.num_train,
@@ -64,6 +68,7 @@ def stage_sources(config: ml_collections.ConfigDict, fmt: str, shapes_builder
   JSONL file) and config.data.folder_images, built once into the data dir.
   Folders have one split; the held-out batches are its first records.
   """
+  from mmjax.data import builders  # pylint: disable=g-import-not-at-top
   if fmt in ("llava_conversations", "image_caption"):
     json_path = config.data.get("folder_json", "")
     image_dir = config.data.get("folder_images", "")
@@ -82,6 +87,7 @@ def stage_sources(config: ml_collections.ConfigDict, fmt: str, shapes_builder
 
 
 def tokenizer_for(builder) -> Tokenizer:
+  from mmjax.data import builders  # pylint: disable=g-import-not-at-top
   return Tokenizer.load(os.path.join(builder.data_dir,
                                      builders.TOKENIZER_FILE))
 
@@ -162,6 +168,7 @@ def stage_model(config: ml_collections.ConfigDict, stage_name: str):
 
 def _iterator(config, stage_name, source, fmt, cfg, tok, train,
               seed_offset=0):
+  from mmjax.data import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline.make_iterator(
       source, fmt=fmt, cfg=cfg, tokenizer=tok,
       batch_size=stage_batch_size(config, stage_name),
@@ -196,6 +203,7 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
   seed = config.data.seed + 1000 * list(config.stage_order).index(stage_name)
 
   if fmt == "text":
+    from mmjax.data import text_pipeline  # pylint: disable=g-import-not-at-top
     texts = shapes.benchmark_texts(config.data.num_train, seed=config.data.seed)
     cut = max(1, len(texts) // 20)
     data = text_pipeline.LMData(texts[cut:], texts[:cut], tok,
