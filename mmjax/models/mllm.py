@@ -189,7 +189,8 @@ class MLLM(nn.Module):
     if cfg.fusion != "one_backbone":
       self.vision = vision_lib.VisionEncoder(cfg.vision)
     if cfg.fusion == "projection":
-      self.connector = connectors_lib.make_projector(cfg.projector, d)
+      self.connector = connectors_lib.make_projector(
+          cfg.projector, d, dtype=dtype, param_dtype=pdtype)
     elif cfg.fusion in ("resampler", "cross_attention"):
       self.connector = resampler_lib.PerceiverResampler(cfg.resampler)
     elif cfg.fusion == "qformer":

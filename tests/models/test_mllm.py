@@ -232,3 +232,20 @@ def test_video_frames(fusion, positions):
   if positions == "mrope":
     t_ids = ex["positions"][0][ex["image_token_mask"]]
     assert sorted(set(t_ids.tolist())) == [2, 3]
+
+
+def test_bfloat16_model_runs_every_matmul_in_bfloat16():
+  """lm.dtype / vision.dtype reach every module, the projector included."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  model, params, batch = _init("projection", "rope")
+  cfg = model.cfg
+  bf16 = dataclasses.replace(
+      cfg, lm=dataclasses.replace(cfg.lm, dtype="bfloat16"),
+      vision=dataclasses.replace(cfg.vision, dtype="bfloat16"))
+  jaxpr = jax.make_jaxpr(functools.partial(_apply, MLLM(bf16)))(params, batch)
+  operand_dtypes = [
+      tuple(str(v.aval.dtype) for v in eqn.invars)
+      for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "dot_general"]
+  assert len(operand_dtypes) > 10
+  assert all(d == ("bfloat16", "bfloat16") for d in operand_dtypes), (
+      operand_dtypes)
