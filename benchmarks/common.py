@@ -254,6 +254,32 @@ def xla_matmul_peak(sizes: Sequence[int] = (1024, 2048), reps: int = 5,
   return peak_summary(per_size, per_cpu)
 
 
+def memory_bandwidth(n_bytes: int = 1 << 29, reps: int = 5) -> dict[str, float]:
+  """Best device-memory bandwidth of jitted passes over n_bytes, in GB/s.
+
+  'read_gb_s': `jnp.sum` of an f32 array of n_bytes (default 512 MiB, far
+  beyond any cache), n_bytes read. 'copy_gb_s': `x * 2` with x donated, so
+  the output reuses x's buffer (a fresh 512 MiB output would be page-faulted
+  in at every call: 3-4x slower on CPU), counted as 2 * n_bytes (read and
+  write). 'gb_s' is the read figure: decoding reads weights and caches.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  holder = {"x": jnp.ones((n_bytes // 4,), jnp.float32)}
+  total = jax.jit(jnp.sum)
+  read, _ = time_steps_cpu(lambda: total(holder["x"]).block_until_ready(),
+                           reps, 2)
+  double = jax.jit(lambda a: a * 2, donate_argnums=0)
+
+  def copy():
+    holder["x"] = double(holder["x"])
+    holder["x"].block_until_ready()
+  wall, _ = time_steps_cpu(copy, reps, 2)
+  return {"gb_s": n_bytes / min(read) / 1e9,
+          "read_gb_s": n_bytes / min(read) / 1e9,
+          "copy_gb_s": 2 * n_bytes / min(wall) / 1e9, "bytes": n_bytes}
+
+
 def peak_summary(per_size: Mapping[int, float],
                  per_cpu: Mapping[int, float]) -> dict[str, Any]:
   """The best size's wall-clock GFLOP/s ('gflops') and its GFLOP per CPU

@@ -57,6 +57,8 @@ _OUT = flags.DEFINE_string("out", "generate_vs_hf.json", "JSON results.")
 _DTYPE = flags.DEFINE_enum(
     "dtype", "float32", ["float32", "bfloat16"],
     "weights and compute on both sides (bfloat16: for a GPU run)")
+_BW_MIB = flags.DEFINE_integer("bandwidth_mib", 512, "Array size of the "
+                               "memory-bandwidth measurement (beyond caches).")
 _HF_DEVICE = flags.DEFINE_string("hf_device", "cpu", "torch device (cpu, "
                                  "cuda); JAX uses its default device")
 
@@ -101,10 +103,13 @@ def time_mmjax(size: str, tokens: np.ndarray, images: np.ndarray,
   kw = dict(max_new_tokens=new_tokens, sampling=inference.Sampling())
   stop, pad, seed = np.asarray([-1], np.int32), np.int32(0), np.int32(0)
 
+  prompt_len = []
+
   def first_token():
     batch = inference.prepare_batch(model.cfg, prompts, pixels,
                                     range(len(prompts)),
                                     image_token_id=IMAGE_ID)
+    prompt_len.append(batch["tokens"].shape[1])
     state, ctx = inference.prefill(model, params, batch, stop, pad, seed,
                                    **kw)
     np.asarray(state.tokens[:, 0])  # on the host
@@ -123,7 +128,25 @@ def time_mmjax(size: str, tokens: np.ndarray, images: np.ndarray,
     assert int(state.step) == new_tokens
   decode = float(np.median(decode_times))
   return {"ttft_s": ttft, "decode_s": decode,
-          "decode_tok_s": len(tokens) * (new_tokens - 1) / decode}
+          "decode_tok_s": len(tokens) * (new_tokens - 1) / decode,
+          **decode_bytes(model.cfg.lm, params["llm"], len(tokens),
+                         prompt_len[-1] + new_tokens)}
+
+
+def decode_bytes(lm_cfg, llm_params, batch: int, cache_len: int
+                 ) -> dict[str, int]:
+  """Bytes one decode step must read: the LM's weights (only `batch` rows of
+  the embedding table) and the whole KV cache buffer, which the masked
+  attention reads at every step (cache_len = prompt + new tokens slots)."""
+  leaves = jax.tree_util.tree_leaves_with_path(llm_params)
+  weights = sum(x.size * x.dtype.itemsize for path, x in leaves
+                if "embed" not in jax.tree_util.keystr(path))
+  itemsize = jnp.dtype(lm_cfg.dtype).itemsize
+  weights += batch * lm_cfg.d_model * itemsize
+  cache = (2 * lm_cfg.n_layers * batch * cache_len * lm_cfg.n_kv_heads *
+           lm_cfg.resolved_head_dim * itemsize)
+  return {"weight_bytes": int(weights), "cache_bytes": int(cache),
+          "step_bytes": int(weights + cache), "cache_len": cache_len}
 
 
 def hf_llava(size: str):
@@ -205,6 +228,11 @@ def main(argv):
   print(f"device: {results['device']}; {common.load_average()}; batch {b}, "
         f"1 image + {_TEXT.value} text tokens, {n} new tokens, "
         f"{_DTYPE.value}, greedy; HF on {_HF_DEVICE.value}")
+  bandwidth = common.memory_bandwidth(_BW_MIB.value << 20)
+  results["memory_bandwidth"] = bandwidth
+  print(f"measured memory bandwidth (jitted passes over 512 MiB): read "
+        f"{bandwidth['read_gb_s']:.1f} GB/s, in-place x * 2 (read + write) "
+        f"{bandwidth['copy_gb_s']:.1f} GB/s")
   print("| size | mmjax TTFT ms | HF TTFT ms | mmjax decode tok/s | "
         "HF decode tok/s | decode speed-up |")
   print("|---|---|---|---|---|---|")
@@ -223,6 +251,25 @@ def main(argv):
     print(f"| {size} | {1e3 * ours['ttft_s']:.1f} | {1e3 * hf['ttft_s']:.1f} "
           f"| {ours['decode_tok_s']:.0f} | {hf['decode_tok_s']:.0f} | "
           f"{speedup:.1f}x |", flush=True)
+  print("\nBytes a decode step must read (LM weights + the KV cache buffer) "
+        "against the measured read bandwidth:")
+  print("| size | weights MB | KV cache MB | MB per token | mmjax GB/s (% of "
+        "measured) | HF GB/s (%) |")
+  print("|---|---|---|---|---|---|")
+  for size, r in results["sizes"].items():
+    ours, hf = r["mmjax"], r["hf"]
+    per_step = ours["step_bytes"]
+    rates = {}
+    for name, tok_s in (("mmjax", ours["decode_tok_s"]),
+                        ("hf", hf["decode_tok_s"])):
+      rates[name] = per_step * tok_s / b / 1e9  # steps/s = tok_s / batch
+      r[f"{name}_gb_s"] = rates[name]
+      r[f"{name}_bandwidth_share"] = rates[name] / bandwidth["gb_s"]
+    r["bytes_per_token"] = per_step / b
+    print(f"| {size} | {ours['weight_bytes'] / 1e6:.1f} | "
+          f"{ours['cache_bytes'] / 1e6:.1f} | {per_step / b / 1e6:.2f} | "
+          f"{rates['mmjax']:.1f} ({r['mmjax_bandwidth_share']:.0%}) | "
+          f"{rates['hf']:.1f} ({r['hf_bandwidth_share']:.0%}) |")
   common.write_json(_OUT.value, results)
 
 

@@ -49,7 +49,8 @@ $PY benchmarks/scaling.py --sections=fsdp --fsdp_sizes=bench --scan_layers \
 # Other work's benchmarks: generation vs HF and the sigmoid-loss memory.
 if [[ -f benchmarks/generate_vs_hf.py ]]; then
   echo "== generation vs Hugging Face"
-  $PY benchmarks/generate_vs_hf.py --out="$OUT/generate_vs_hf.json" ||
+  $PY benchmarks/generate_vs_hf.py --sizes=tiny,small,bench \
+      --out="$OUT/generate_vs_hf.json" ||
     echo "generate_vs_hf.py failed (exit $?)"
 fi
 if [[ -f benchmarks/sigmoid_memory.py ]]; then

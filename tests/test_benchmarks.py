@@ -96,3 +96,28 @@ def test_bad_flag_exits_2_with_one_line(script, flag):
   proc = run_script(script, flag)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --")
+
+
+def test_generate_vs_hf_reports_bytes_per_token(tmp_path):
+  out = tmp_path / "gen.json"
+  proc = run_script("generate_vs_hf.py", "--sizes=tiny", "--batch=2",
+                    "--new_tokens=4", "--repeats=1", "--bandwidth_mib=16",
+                    f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["memory_bandwidth"]["read_gb_s"] > 0
+  row = result["sizes"]["tiny"]
+  ours = row["mmjax"]
+  assert ours["decode_tok_s"] > 0 and row["hf"]["decode_tok_s"] > 0
+  # The tiny LM by hand: d 128, 2 layers, 4 heads / 2 KV of 32, MLP 256,
+  # vocab 512; f32; the embedding table is read only for the batch's rows.
+  d, layers, kv_dim, mlp, vocab, batch = 128, 2, 64, 256, 512, 2
+  per_layer = 2 * d * d + 2 * d * kv_dim + 3 * d * mlp + 2 * d
+  weights = 4 * (layers * per_layer + d + d * vocab + batch * d)
+  assert ours["weight_bytes"] == weights
+  cache = 4 * 2 * layers * batch * ours["cache_len"] * kv_dim
+  assert ours["cache_bytes"] == cache
+  assert ours["cache_len"] == 64 + 64 + 4  # image + text tokens + new
+  assert row["bytes_per_token"] == (weights + cache) / batch
+  assert row["mmjax_gb_s"] == pytest.approx(
+      (weights + cache) * ours["decode_tok_s"] / batch / 1e9)
