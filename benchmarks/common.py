@@ -261,7 +261,7 @@ def memory_bandwidth(n_bytes: int = 1 << 29, reps: int = 5) -> dict[str, float]:
   beyond any cache), n_bytes read. 'copy_gb_s': `x * 2` with x donated, so
   the output reuses x's buffer (a fresh 512 MiB output would be page-faulted
   in at every call: 3-4x slower on CPU), counted as 2 * n_bytes (read and
-  write). 'gb_s' is the read figure: decoding reads weights and caches.
+  write).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -275,8 +275,7 @@ def memory_bandwidth(n_bytes: int = 1 << 29, reps: int = 5) -> dict[str, float]:
     holder["x"] = double(holder["x"])
     holder["x"].block_until_ready()
   wall, _ = time_steps_cpu(copy, reps, 2)
-  return {"gb_s": n_bytes / min(read) / 1e9,
-          "read_gb_s": n_bytes / min(read) / 1e9,
+  return {"read_gb_s": n_bytes / min(read) / 1e9,
           "copy_gb_s": 2 * n_bytes / min(wall) / 1e9, "bytes": n_bytes}
 
 
