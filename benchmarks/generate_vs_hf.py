@@ -206,6 +206,10 @@ def time_hf(size: str, tokens: np.ndarray, images: np.ndarray,
     assert out.shape[1] == ids.shape[1] + n
   ttft = _median_time(lambda: run(1), repeats)
   full = _median_time(lambda: run(new_tokens), repeats)
+  if full <= ttft:  # timing noise larger than the decode itself
+    raise RuntimeError(
+        f"HF decode not measurable: generate({new_tokens}) took {full:.4f} s, "
+        f"generate(1) {ttft:.4f} s; raise --new_tokens or --repeats")
   return {"ttft_s": ttft, "generate_s": full,
           "decode_tok_s": len(tokens) * (new_tokens - 1) / (full - ttft)}
 

@@ -101,7 +101,7 @@ def test_bad_flag_exits_2_with_one_line(script, flag):
 def test_generate_vs_hf_reports_bytes_per_token(tmp_path):
   out = tmp_path / "gen.json"
   proc = run_script("generate_vs_hf.py", "--sizes=tiny", "--batch=2",
-                    "--new_tokens=4", "--repeats=1", "--bandwidth_mib=16",
+                    "--new_tokens=16", "--repeats=3", "--bandwidth_mib=16",
                     f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
@@ -117,7 +117,7 @@ def test_generate_vs_hf_reports_bytes_per_token(tmp_path):
   assert ours["weight_bytes"] == weights
   cache = 4 * 2 * layers * batch * ours["cache_len"] * kv_dim
   assert ours["cache_bytes"] == cache
-  assert ours["cache_len"] == 64 + 64 + 4  # image + text tokens + new
+  assert ours["cache_len"] == 64 + 64 + 16  # image + text tokens + new
   assert row["bytes_per_token"] == (weights + cache) / batch
   assert row["mmjax_gb_s"] == pytest.approx(
       (weights + cache) * ours["decode_tok_s"] / batch / 1e9)
