@@ -190,13 +190,14 @@ def pruned_prefill(model: MLLM, params: Any, batch: dict[str, Any],
   shallow = shallow + cache_k
   scores = last_query_attention(
       params["llm"][f"layers_{k - 1}"], cfg, x_in[:, -1:],
-      positions[..., -1:], cache_k[0]["k"][:, :p], valid)
+      positions[..., -1:], cache_k[0]["k"][:, :, :p].swapaxes(1, 2), valid)
   slots, kept = select_tokens(scores, batch["image_token_mask"], valid,
                               batch["keep_image"], pruned_len)
   kv_valid = jnp.pad(kept, ((0, 0), (0, cache_len - pruned_len)))
   # Shallow caches: the kept tokens' keys/values, compacted to the front.
   shallow = [{name: jax.lax.dynamic_update_slice(
-      jnp.zeros_like(layer[name]), _gather(layer[name][:, :p], slots),
+      jnp.zeros_like(layer[name]),
+      _gather(layer[name][:, :, :p].swapaxes(1, 2), slots).swapaxes(1, 2),
       (0, 0, 0, 0)) for name in ("k", "v")} for layer in shallow]
   logits, deep = run(
       _gather(x, slots), _gather_positions(positions, slots), kv_valid,

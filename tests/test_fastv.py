@@ -94,7 +94,7 @@ def test_pruned_prefill_equals_masked_reference():
                                 pruned_len=pruned_len, cache_len=cache_len)
   logits, cache, kv_valid, slot0 = pruned(params, batch)
   assert slot0 == pruned_len and logits.shape[1] == pruned_len
-  assert len(cache) == 2 and cache[0]["k"].shape[1] == cache_len
+  assert len(cache) == 2 and cache[0]["k"].shape[2] == cache_len
   # Every row keeps its text and half of its image tokens.
   text = (batch["valid"] & ~batch["image_token_mask"]).sum(1)
   np.testing.assert_array_equal(np.asarray(kv_valid).sum(1), text + 32)

@@ -177,7 +177,8 @@ class HeadsOut(nn.Module):
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           mask: jax.Array | None, *, dtype: Dtype = None,
                           scale: float | None = None,
-                          impl: str = "einsum") -> jax.Array:
+                          impl: str = "einsum",
+                          kv_heads_major: bool = False) -> jax.Array:
   """Softmax attention with grouped KV heads; scores in float32.
 
   Args:
@@ -185,6 +186,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     k: [B, S, Kh, Dh] keys; Kh divides H (query head h reads KV head
       h // (H // Kh), Hugging Face `repeat_kv` order).
     v: [B, S, Kh, Dv] values.
+    kv_heads_major: k and v are [B, Kh, S, D] (the KV cache's layout).
     mask: bool broadcastable to [B, L, S] (True = attend), or None.
     dtype: dtype of the probabilities and output (default q.dtype).
     scale: score scale (default 1/sqrt(Dh)).
@@ -194,9 +196,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     [B, L, H, Dv]. A row with every key masked averages all values (finite).
   """
   batch, length, n_heads, head_dim = q.shape
-  kv_len, n_kv = k.shape[1], k.shape[2]
+  kv_spec = "bksd" if kv_heads_major else "bskd"
+  kv_len, n_kv = k.shape[kv_spec.index("s")], k.shape[kv_spec.index("k")]
   dtype = dtype or q.dtype
   if impl != "einsum":
+    if kv_heads_major:
+      k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
     check_attention(impl, "attention")
     if impl == "cudnn" and jax.default_backend() != "gpu":
       raise ValueError(f"attention='cudnn' needs an NVIDIA GPU; this process "
@@ -211,14 +216,18 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   group = n_heads // n_kv
   # Split query heads into (kv head, group) so no KV copy is materialised.
   q = q.reshape(batch, length, n_kv, group, head_dim)
-  scores = jnp.einsum("blkgd,bskd->bkgls", q, k,
+  scores = jnp.einsum(f"blkgd,{kv_spec}->bkgls", q, k,
                       preferred_element_type=jnp.float32)
   scores = scores * (scale if scale is not None else 1.0 / math.sqrt(head_dim))
   if mask is not None:
     mask = jnp.broadcast_to(mask, (batch, length, kv_len))
     scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  out = jnp.einsum("bkgls,bskd->blkgd", probs, v.astype(dtype))
+  if kv_heads_major:  # [B, Kh, G, L, Dv] keeps XLA:CPU off a transposed V
+    out = jnp.einsum("bkgls,bksd->bkgld", probs, v.astype(dtype))
+    out = out.transpose(0, 3, 1, 2, 4)
+  else:
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v.astype(dtype))
   return out.reshape(batch, length, n_heads, v.shape[-1])
 
 
@@ -376,7 +385,7 @@ class Attention(nn.Module):
         with `mrope_sections`), fed to the rotary embedding of q and k.
       mask: bool[B, L, S] (True = attend), S = L without cache and S_max with
         one; None = attend everywhere (only allowed without cache).
-      cache: {'k': [B, S_max, Kh, Dh], 'v': [B, S_max, Kh, Dh]} or None.
+      cache: {'k': [B, Kh, S_max, Dh], 'v': [B, Kh, S_max, Dh]} or None.
       cache_index: int32 scalar, slot of x's first token in the cache.
 
     Returns:
@@ -409,18 +418,18 @@ class Attention(nn.Module):
         raise ValueError("Attention with a cache needs cache_index and a mask "
                          "over the cache slots (unwritten slots hold zeros).")
       chex.assert_shape([cache["k"], cache["v"]],
-                        (batch, None, self.n_kv_heads, self.head_dim))
-      start = (0, jnp.asarray(cache_index, jnp.int32), 0, 0)
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
-                                       start)
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
-                                       start)
+                        (batch, self.n_kv_heads, None, self.head_dim))
+      start = (0, 0, jnp.asarray(cache_index, jnp.int32), 0)
+      k, v = (jax.lax.dynamic_update_slice(
+          cache[name], t.swapaxes(1, 2).astype(cache[name].dtype), start)
+              for name, t in (("k", k), ("v", v)))
       new_cache = {"k": k, "v": v}
       k = k.astype(self.dtype)
       v = v.astype(self.dtype)
 
     out = dot_product_attention(q, k, v, mask, dtype=self.dtype,
-                                impl=self.attention)
+                                impl=self.attention,
+                                kv_heads_major=cache is not None)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads",
                                            "head_dim"))
 

@@ -43,6 +43,22 @@ def test_kernel_matches_einsum_with_gqa_and_masked_rows(dtype, tol):
                  np.float32), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("impl", ["einsum", "xla"])
+@pytest.mark.parametrize("length", [1, 5])
+def test_heads_major_kv_matches_sequence_major(impl, length):
+  # The KV cache is [B, Kh, S, D]: the same numbers as [B, S, Kh, D] keys,
+  # for a decode step (one query) and a multi-token prefill.
+  q = _normal((2, length, 4, 8), 7)
+  k, v = _normal((2, 9, 2, 8), 8), _normal((2, 9, 2, 8), 9)
+  mask = masks.causal_mask(length, 9, q_offset=9 - length)[None].repeat(2, 0)
+  mask = mask.at[1, :, :3].set(False)  # left padding in one row
+  want = layers.dot_product_attention(q, k, v, mask)
+  got = layers.dot_product_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2),
+                                     mask, impl=impl, kv_heads_major=True)
+  assert got.shape == want.shape == (2, length, 4, 8)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_even_padding_for_cudnn_changes_nothing():
   q = _normal((2, 5, 4, 8), 4)
   k, v = _normal((2, 7, 2, 8), 5), _normal((2, 7, 2, 8), 6)

@@ -226,9 +226,9 @@ def test_prefill_then_extend_matches_full_forward(cfg):
   decoded, cache = _decode_logits(cfg, tokens, prefill=4, max_len=T + 3)
   assert np.abs(np.asarray(decoded) - np.asarray(full)).max() <= 1e-5
   assert len(cache) == cfg.n_layers
-  assert cache[0]["k"].shape == (B, T + 3, 2, 16)
+  assert cache[0]["k"].shape == (B, 2, T + 3, 16)
   # Slots past the last token were never written.
-  np.testing.assert_array_equal(cache[1]["v"][:, T:], 0)
+  np.testing.assert_array_equal(cache[1]["v"][:, :, T:], 0)
 
 
 def test_prefill_equals_single_token_steps():

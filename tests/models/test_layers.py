@@ -239,17 +239,17 @@ def test_attention_cache_writes_slots_and_matches_full():
   full, _ = apply(params, x, pos,
                       mask=jnp.broadcast_to(masks.causal_mask(L, L), (B, L, L)))
   s_max = L + 2
-  zeros = jnp.zeros((B, s_max, KH, DH))
+  zeros = jnp.zeros((B, KH, s_max, DH))  # heads-major, as init_kv_cache
   cache = {"k": zeros, "v": zeros}
   out_a, cache = apply(params, x[:, :4], pos[:, :4], cache=cache,
                            cache_index=jnp.int32(0),
                            mask=masks.causal_mask(4, s_max, 0)[None])
-  assert np.abs(np.asarray(cache["k"][:, :4])).min() > 0
-  np.testing.assert_array_equal(cache["k"][:, 4:], 0)
+  assert np.abs(np.asarray(cache["k"][:, :, :4])).min() > 0
+  np.testing.assert_array_equal(cache["k"][:, :, 4:], 0)
   out_b, cache = apply(params, x[:, 4:], pos[:, 4:], cache=cache,
                            cache_index=jnp.int32(4),
                            mask=masks.causal_mask(2, s_max, 4)[None])
-  np.testing.assert_array_equal(cache["v"][:, L:], 0)
+  np.testing.assert_array_equal(cache["v"][:, :, L:], 0)
   np.testing.assert_allclose(jnp.concatenate([out_a, out_b], 1), full,
                              atol=1e-5)
 
