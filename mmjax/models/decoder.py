@@ -16,9 +16,11 @@ carry a leading [n_layers] axis (logical name 'layers');
 two trees. The remat policy (config.remat) never changes the tree.
 
 KV cache: a list with one {'k', 'v'} dict per layer, each [B, Kh, S_max, Dh]
-(heads-major, Hugging Face's layout: a decode step reads it without a
-transpose, 5x faster on CPU than [B, S_max, Kh, Dh]; layers with cross-attention add the projected media keys/values 'media_k',
-'media_v' [B, M * Tm, H, Dh] once a call with media has filled them).
+(heads-major, Hugging Face's layout: a decode step reads it without
+transposing it; with [B, S_max, Kh, Dh] XLA:CPU's decode attention was 5x
+slower). Layers with cross-attention add the projected media keys/values
+'media_k', 'media_v' [B, M * Tm, H, Dh] once a call with media has filled
+them.
 Prefill writes slots 0..P-1 with `cache_index=0`; each later call writes its
 tokens at `cache_index` and attends over every slot up to its own.
 """

@@ -186,11 +186,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     k: [B, S, Kh, Dh] keys; Kh divides H (query head h reads KV head
       h // (H // Kh), Hugging Face `repeat_kv` order).
     v: [B, S, Kh, Dv] values.
-    kv_heads_major: k and v are [B, Kh, S, D] (the KV cache's layout).
     mask: bool broadcastable to [B, L, S] (True = attend), or None.
     dtype: dtype of the probabilities and output (default q.dtype).
     scale: score scale (default 1/sqrt(Dh)).
     impl: one of ATTENTION_IMPLS.
+    kv_heads_major: k and v are [B, Kh, S, D] instead (the KV cache's
+      layout).
 
   Returns:
     [B, L, H, Dv]. A row with every key masked averages all values (finite).
@@ -420,10 +421,11 @@ class Attention(nn.Module):
       chex.assert_shape([cache["k"], cache["v"]],
                         (batch, self.n_kv_heads, None, self.head_dim))
       start = (0, 0, jnp.asarray(cache_index, jnp.int32), 0)
-      k, v = (jax.lax.dynamic_update_slice(
-          cache[name], t.swapaxes(1, 2).astype(cache[name].dtype), start)
-              for name, t in (("k", k), ("v", v)))
-      new_cache = {"k": k, "v": v}
+      new_cache = {
+          name: jax.lax.dynamic_update_slice(
+              cache[name], new.swapaxes(1, 2).astype(cache[name].dtype), start)
+          for name, new in (("k", k), ("v", v))}
+      k, v = new_cache["k"], new_cache["v"]
       k = k.astype(self.dtype)
       v = v.astype(self.dtype)
 
