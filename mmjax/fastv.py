@@ -197,7 +197,8 @@ def pruned_prefill(model: MLLM, params: Any, batch: dict[str, Any],
   # Shallow caches: the kept tokens' keys/values, compacted to the front.
   shallow = [{name: jax.lax.dynamic_update_slice(
       jnp.zeros_like(layer[name]),
-      _gather(layer[name][:, :, :p].swapaxes(1, 2), slots).swapaxes(1, 2),
+      jnp.take_along_axis(layer[name][:, :, :p], slots[:, None, :, None],
+                          axis=2),  # heads-major [B, Kh, P', Dh]
       (0, 0, 0, 0)) for name in ("k", "v")} for layer in shallow]
   logits, deep = run(
       _gather(x, slots), _gather_positions(positions, slots), kv_valid,

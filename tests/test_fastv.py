@@ -9,6 +9,7 @@ import pytest
 
 from mmjax import fastv, inference
 from mmjax.models import positions as positions_lib
+from mmjax.models.decoder import init_kv_cache
 from mmjax.models.mllm import MLLM
 from tests.test_inference import (IMAGE_ID, generate, make_model,
                                   model_config, prompts_and_images)
@@ -78,6 +79,22 @@ def _masked_reference(model, params, batch, r, least=False):
   return _deep(model, params, x, batch["positions"], mask), keep
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def _layer0_cache(model, params, batch):
+  """Layer 0's KV cache of the unpruned prompt: k, v [B, Kh, P, Dh]."""
+  v = {"params": params}
+  visual = model.apply(v, batch["images"], method=MLLM.encode_images)
+  x, _ = model.apply(v, batch["tokens"], visual, batch["image_token_mask"],
+                     method=MLLM.embed_inputs)
+  b, p = batch["tokens"].shape
+  _, cache = model.apply(v, method=_llm, embeddings=x,
+                         positions=batch["positions"],
+                         attention_mask=batch["valid"][:, None, :],
+                         cache=init_kv_cache(model.cfg.lm, b, p)[:1],
+                         cache_index=0, layer_range=(0, 1))
+  return cache[0]
+
+
 def test_pruned_prefill_equals_masked_reference():
   model, params = make_model("projection", "mrope")
   batch, pruned_len = _batch(model, 0.5)
@@ -101,6 +118,15 @@ def test_pruned_prefill_equals_masked_reference():
   want, keep = _masked_reference(model, params, batch, 0.5)
   assert keep.sum() == kv_valid.sum()
   np.testing.assert_allclose(logits[:, -1], want, rtol=2e-4, atol=2e-4)
+  # The shallow layer's cache holds the kept tokens' keys and values, in
+  # order, compacted to the valid slots before the first generated token.
+  full = _layer0_cache(model, params, batch)
+  for name in ("k", "v"):
+    for row in range(len(keep)):
+      slots = np.flatnonzero(np.asarray(kv_valid[row]))
+      np.testing.assert_allclose(
+          cache[0][name][row][:, slots],
+          full[name][row][:, np.flatnonzero(keep[row])], rtol=1e-5, atol=1e-5)
   # The check can fail: keeping the least attended half instead differs.
   other, _ = _masked_reference(model, params, batch, 0.5, least=True)
   assert not np.allclose(other, want, atol=1e-3)
