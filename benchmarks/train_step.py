@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks import common
 from mmjax import parallel
 from mmjax.models.mllm import MLLM, MLLMConfig, mllm_config_from_dict
-from mmjax.train import groups, losses, mllm_tasks, optim, trainer
+from mmjax.train import groups, mllm_tasks, optim, trainer
 
 
 @dataclasses.dataclass
@@ -83,13 +83,16 @@ def build_step(size: str, fusion: str, *, batch: int = common.BATCH,
                latents: int = 64, scan_layers: bool = False,
                attention: str = "einsum",
                mesh_sizes: Mapping[str, int] | None = None, devices=None,
-               abstract: bool = False, seed: int = 0) -> StepSetup:
+               abstract: bool = False, seed: int = 0,
+               loss_chunk: int = 0) -> StepSetup:
   """The trainer's jitted step, its initial state and a synthetic batch.
 
   Args:
     size, fusion, dtype, remat, image_size, latents, scan_layers, attention:
       see common.model_config_dict.
     batch, text_len: examples per step, text tokens per example.
+    loss_chunk: > 0 runs the LM head and loss that many positions at a time,
+      skipping chunks without a loss token (`mllm_tasks.mllm_lm_loss`).
     mesh_sizes: {'data', 'fsdp', 'tensor'} (default: all devices on data).
     devices: the devices of the mesh (default all).
     abstract: state and batch are ShapeDtypeStructs carrying shardings,
@@ -105,8 +108,7 @@ def build_step(size: str, fusion: str, *, batch: int = common.BATCH,
 
   def loss_fn(params, batch, rng):
     del rng
-    logits = mllm_tasks.mllm_apply(model, params, batch)
-    return losses.lm_loss(logits, batch["targets"], batch["loss_mask"])
+    return mllm_tasks.mllm_lm_loss(model, params, batch, loss_chunk)
 
   task = trainer.Task(init_params=init, loss_fn=loss_fn,
                       train_iterator=None, eval_batches=None)

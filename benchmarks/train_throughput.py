@@ -62,6 +62,10 @@ _ATTENTION = flags.DEFINE_enum(
     "attention, NVIDIA GPU with bfloat16)")
 _SCAN = flags.DEFINE_bool("scan_layers", False,
                           "run the LM blocks under nn.scan")
+_LOSS_CHUNK = flags.DEFINE_integer(
+    "loss_chunk", 0, "> 0: LM head + loss that many positions at a time, "
+    "chunks without a loss token skipped (the model FLOPs still count the "
+    "full head, as HF computes it)")
 _HF = flags.DEFINE_bool("hf", True, "also time Hugging Face LLaVA")
 _HF_STEPS = flags.DEFINE_integer("hf_steps", 0, "HF timed steps (0: --steps)")
 _HF_DEVICE = flags.DEFINE_string("hf_device", "cpu", "torch device")
@@ -174,7 +178,8 @@ def main(argv):
       row = train_step.measure(
           size, fusion, steps, _WARMUP.value, batch=_BATCH.value,
           text_len=_TEXT_LEN.value, dtype=_DTYPE.value, remat=_REMAT.value,
-          scan_layers=_SCAN.value, attention=_ATTENTION.value)
+          scan_layers=_SCAN.value, attention=_ATTENTION.value,
+          loss_chunk=_LOSS_CHUNK.value)
       row["gflop_step"] = row["model_flops"] / 1e9
       row["xla_ratio"] = row["xla_flops"] / row["model_flops"]
       row["mem_peak_mib"] = row.get("mem_peak", 0) / 2 ** 20
@@ -210,7 +215,7 @@ def main(argv):
       "benchmark": "train_throughput", "dtype": _DTYPE.value,
       "batch": _BATCH.value, "text_len": _TEXT_LEN.value,
       "remat": _REMAT.value, "scan_layers": _SCAN.value,
-      "attention": _ATTENTION.value,
+      "attention": _ATTENTION.value, "loss_chunk": _LOSS_CHUNK.value,
       "hf_threads": _HF_THREADS.value,
       "xla_peak": peak, "xla_peaks": peaks,
       "rows": rows,

@@ -160,7 +160,10 @@ def _stages(fusion, cap):
       "connector",)
   stages = ml_collections.ConfigDict()  # (ConfigDict sorts its keys)
   order = ["text_lm"]
-  stages.text_lm = _stage("lm", "text", n(300), ["llm"], 3e-3)
+  # loss_chunk > 0 (the 'lm' stages): the LM head and cross-entropy run that
+  # many positions at a time and skip chunks without a loss token (image
+  # tokens, prompts); same loss, 0 = full [B, L, V] logits.
+  stages.text_lm = _stage("lm", "text", n(300), ["llm"], 3e-3, loss_chunk=0)
   if fusion != "one_backbone":  # Fuyu has no vision tower to pretrain
     # chunked_loss=True: the ring-exchanged sigmoid loss (train/
     # sigmoid_ring.py), which never holds the global B x B logits.
@@ -175,12 +178,13 @@ def _stages(fusion, cap):
                             1e-3)
     order.append("qformer")
   stages.align = _stage("lm", "caption", n(200), connector, 1e-3,
-                        evals=["vqa"])
+                        evals=["vqa"], loss_chunk=0)
   # Instruction tuning: every question of an image in one chat, and the
   # ViT trains too (InternVL's stage 1.5 / LLaVA-OneVision unfreeze it).
   vision = () if fusion == "one_backbone" else ("vision",)
   stages.sft = _stage("lm", "shapes_chat", n(1000),
-                      connector + ("llm",) + vision, 1e-3, evals=["vqa"])
+                      connector + ("llm",) + vision, 1e-3, evals=["vqa"],
+                      loss_chunk=0)
   stages.dpo = _stage("dpo", "preference", n(100), connector + ("llm",),
                       1e-5, evals=["vqa"], beta=0.1)
   return stages, tuple(order + ["align", "sft", "dpo"])

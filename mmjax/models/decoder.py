@@ -253,6 +253,7 @@ class DecoderLM(nn.Module):
       media_valid: jax.Array | None = None,
       block_ids: jax.Array | None = None,
       layer_range: tuple[int, int] | None = None,
+      logits: bool = True,
   ) -> tuple[jax.Array, KVCache | None]:
     """Runs the LM over a token or embedding sequence.
 
@@ -281,6 +282,9 @@ class DecoderLM(nn.Module):
         states entering block a, `cache` has b - a entries, and with
         b < n_layers the output is the hidden state [B, L, D], not logits.
         None = (0, n_layers).
+      logits: False returns the final-normed hidden state [B, L, D] instead
+        of logits; `head` maps it to logits (e.g. a few positions at a time,
+        `losses.chunked_lm_loss`).
 
     Returns:
       (logits f32[B, L, V], new cache or None). With a cache, layers with
@@ -391,15 +395,19 @@ class DecoderLM(nn.Module):
       return x, new_cache
 
     x = self.final_norm(x)
+    return (self.head(x) if logits else x), new_cache
+
+  def head(self, x: jax.Array) -> jax.Array:
+    """Final-normed hidden states [B, L, D] -> logits f32[B, L, V]."""
+    cfg = self.cfg
     if cfg.tie_embeddings:
-      logits = self.embed.attend(x)
+      out = self.embed.attend(x)
     else:
-      logits = self.lm_head(x)
-    logits = logits.astype(jnp.float32)
+      out = self.lm_head(x)
+    out = out.astype(jnp.float32)
     if cfg.logit_softcap > 0:
-      logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    return logits, new_cache
+      out = cfg.logit_softcap * jnp.tanh(out / cfg.logit_softcap)
+    return nn.with_logical_constraint(out, ("batch", "length", "vocab"))
 
   @staticmethod
   def init_cache(cfg: DecoderConfig,

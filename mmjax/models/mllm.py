@@ -246,18 +246,21 @@ class MLLM(nn.Module):
       cache_index: jax.Array | int | None = None,
       visual: jax.Array | None = None,
       media_times: jax.Array | None = None,
+      logits: bool = True,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits f32[B, L, V] (and the updated KV cache when one is given).
 
     `visual` ([B, M, T, D], from `encode_images`) may be passed instead of
     `images`, e.g. to encode once and decode many steps. `media_times`
     overrides the counts derived from `media_locations` (decoding).
+    logits=False returns the LM's final-normed hidden state [B, L, D] instead
+    (`head` maps it to logits).
     """
     cfg = self.cfg
     if visual is None and images is not None:
       visual = self.encode_images(images)
     kwargs = dict(segment_ids=segment_ids, attention_mask=attention_mask,
-                  cache=cache, cache_index=cache_index)
+                  cache=cache, cache_index=cache_index, logits=logits)
     if cfg.fusion == "cross_attention":
       if visual is not None:
         if media_times is None:
@@ -271,6 +274,10 @@ class MLLM(nn.Module):
     x, kwargs["block_ids"] = self.embed_inputs(tokens, visual,
                                                image_token_mask)
     return self.llm(positions=positions, embeddings=x, **kwargs)
+
+  def head(self, x: jax.Array) -> jax.Array:
+    """The LM head: final-normed hidden [B, L, D] -> logits f32[B, L, V]."""
+    return self.llm.head(x)
 
   def embed_inputs(self, tokens: jax.Array, visual: jax.Array | None,
                    image_token_mask: jax.Array | None

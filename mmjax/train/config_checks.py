@@ -114,6 +114,13 @@ def _mllm_stage_checks(config):
         f"this stage's loss is {s.loss!r}"))
     if "batch_size" in stage:
       checks.append(C.check_int(f"{p}.batch_size", 0))
+    if "loss_chunk" in stage:
+      checks.append(C.check_int(f"{p}.loss_chunk", 0))
+      checks.append(C.check_that(
+          lambda c, s=stage: not s.loss_chunk or s.loss == "lm",
+          lambda c, p=p, s=stage: f"config.{p}.loss_chunk={s.loss_chunk!r}: "
+          f"chunks the next-token loss (loss='lm'); this stage's loss is "
+          f"{s.loss!r}, set it to 0"))
   return checks
 
 

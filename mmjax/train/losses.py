@@ -30,6 +30,51 @@ def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
                 "tokens": mask.sum()}
 
 
+def chunked_lm_loss(hidden: jax.Array, head: Callable[[jax.Array], jax.Array],
+                    targets: jax.Array, loss_mask: jax.Array, chunk: int
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`lm_loss(head(hidden), ...)`, computed `chunk` positions at a time.
+
+  A chunk where no row takes a loss (image tokens and prompts in front of
+  the answers) skips the head and softmax altogether (`lax.cond`, in the
+  backward pass too), and the [B, L, V] logits never exist at once.
+
+  Args:
+    hidden: [B, L, D] final-normed hidden states.
+    head: [B, c, D] -> logits f32[B, c, V] (e.g. `MLLM.head` under apply).
+    targets: int32[B, L]; loss_mask: [B, L], as in `lm_loss`.
+    chunk: positions per chunk (the last one may be shorter).
+
+  Returns:
+    The same (loss, metrics) as `lm_loss` on the full logits.
+  """
+  if chunk < 1:
+    raise ValueError(f"chunk={chunk} must be >= 1 positions")
+  mask = loss_mask.astype(jnp.float32)
+
+  def sums(h, t, m):  # (sum of CE, sum of correct) over one chunk
+    logits = head(h).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, t)
+    correct = (jnp.argmax(logits, -1) == t).astype(jnp.float32)
+    return (ce * m).sum(), (correct * m).sum()
+
+  def skip(h, t, m):
+    del h, t, m
+    return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+
+  ce_sum = correct_sum = jnp.zeros((), jnp.float32)
+  for start in range(0, hidden.shape[1], chunk):
+    part = slice(start, start + chunk)
+    m = mask[:, part]
+    ce, correct = jax.lax.cond(jnp.any(m > 0), sums, skip, hidden[:, part],
+                               targets[:, part], m)
+    ce_sum, correct_sum = ce_sum + ce, correct_sum + correct
+  n = jnp.maximum(mask.sum(), 1.0)
+  loss = ce_sum / n
+  return loss, {"loss": loss, "accuracy": correct_sum / n,
+                "tokens": mask.sum()}
+
+
 def _check_embeddings(zimg: jax.Array, ztxt: jax.Array) -> None:
   if zimg.ndim != 2 or zimg.shape != ztxt.shape:
     raise ValueError(f"zimg and ztxt must both be [B, E] with the same shape "

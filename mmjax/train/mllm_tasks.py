@@ -111,14 +111,32 @@ def dummy_inputs(cfg: MLLMConfig, image_id: int) -> dict[str, jax.Array]:  # pyl
           "media_locations": jnp.asarray(ex["media_locations"])[None]}
 
 
-def mllm_apply(model: MLLM, params, batch, prefix: str = ""):
-  """Logits of the MLLM on a pipeline batch (keys optionally prefixed)."""
+def mllm_apply(model: MLLM, params, batch, prefix: str = "",
+               logits: bool = True):
+  """Logits of the MLLM on a pipeline batch (keys optionally prefixed);
+  logits=False: the LM's final-normed hidden states instead."""
   get = lambda k: batch.get(prefix + k, batch.get(k))
   return model.apply(
       {"params": params}, get("tokens"), get("positions"),
       images=batch.get("images"), image_mask=batch.get("image_mask"),
       image_token_mask=get("image_token_mask"),
-      media_locations=get("media_locations"))[0]
+      media_locations=get("media_locations"), logits=logits)[0]
+
+
+def mllm_lm_loss(model: MLLM, params, batch, loss_chunk: int = 0):
+  """Next-token loss on a pipeline batch (or a text batch: tokens only).
+
+  loss_chunk > 0 runs the LM head and cross-entropy that many positions at
+  a time and skips the chunks without a loss token (`losses.chunked_lm_loss`);
+  0 computes the full [B, L, V] logits. Same loss either way.
+  """
+  if not loss_chunk:
+    return losses.lm_loss(mllm_apply(model, params, batch), batch["targets"],
+                          batch["loss_mask"])
+  hidden = mllm_apply(model, params, batch, logits=False)
+  head = lambda h: model.apply({"params": params}, h, method=MLLM.head)
+  return losses.chunked_lm_loss(hidden, head, batch["targets"],
+                                batch["loss_mask"], loss_chunk)
 
 
 def two_tower(config: ml_collections.ConfigDict, cfg: MLLMConfig) -> TwoTower:
@@ -211,8 +229,7 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
 
     def text_loss(params, batch, rng):
       del rng
-      logits = model.apply({"params": params}, batch["tokens"])[0]
-      return losses.lm_loss(logits, batch["targets"], batch["loss_mask"])
+      return mllm_lm_loss(model, params, batch, stage.get("loss_chunk", 0))
     task = Task(init_params=init, loss_fn=text_loss,
                 train_iterator=data.train_iterator(
                     stage_batch_size(config, stage_name), jax.process_index(),
@@ -278,8 +295,7 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
   else:
     def loss_fn(params, batch, rng):
       del rng
-      return losses.lm_loss(mllm_apply(model, params, batch),
-                            batch["targets"], batch["loss_mask"])
+      return mllm_lm_loss(model, params, batch, stage.get("loss_chunk", 0))
   task = Task(init_params=init, loss_fn=loss_fn, train_iterator=train_it,
               eval_batches=eval_batches, to_global=to_global,
               needs_ref=stage.loss in ("dpo", "mpo"),
