@@ -160,8 +160,8 @@ def _stages(fusion, cap):
       "connector",)
   stages = ml_collections.ConfigDict()  # (ConfigDict sorts its keys)
   order = ["text_lm"]
-  # loss_chunk > 0 (the 'lm' stages): the LM head and cross-entropy run that
-  # many positions at a time and skip chunks without a loss token (image
+  # loss_chunk > 0 (the 'lm', 'dpo', 'mpo' stages): the LM head and loss run
+  # that many positions at a time and skip chunks without a loss token (image
   # tokens, prompts); same loss, 0 = full [B, L, V] logits.
   stages.text_lm = _stage("lm", "text", n(300), ["llm"], 3e-3, loss_chunk=0)
   if fusion != "one_backbone":  # Fuyu has no vision tower to pretrain
@@ -186,5 +186,5 @@ def _stages(fusion, cap):
                       connector + ("llm",) + vision, 1e-3, evals=["vqa"],
                       loss_chunk=0)
   stages.dpo = _stage("dpo", "preference", n(100), connector + ("llm",),
-                      1e-5, evals=["vqa"], beta=0.1)
+                      1e-5, evals=["vqa"], beta=0.1, loss_chunk=0)
   return stages, tuple(order + ["align", "sft", "dpo"])

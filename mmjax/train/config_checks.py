@@ -117,10 +117,11 @@ def _mllm_stage_checks(config):
     if "loss_chunk" in stage:
       checks.append(C.check_int(f"{p}.loss_chunk", 0))
       checks.append(C.check_that(
-          lambda c, s=stage: not s.loss_chunk or s.loss == "lm",
+          lambda c, s=stage: not s.loss_chunk or s.loss in ("lm", "dpo",
+                                                             "mpo"),
           lambda c, p=p, s=stage: f"config.{p}.loss_chunk={s.loss_chunk!r}: "
-          f"chunks the next-token loss (loss='lm'); this stage's loss is "
-          f"{s.loss!r}, set it to 0"))
+          f"chunks the LM head of loss='lm', 'dpo' or 'mpo'; this stage's "
+          f"loss is {s.loss!r}, set it to 0"))
   return checks
 
 

@@ -30,6 +30,29 @@ def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
                 "tokens": mask.sum()}
 
 
+def _sum_over_loss_chunks(hidden: jax.Array, head: Callable[[jax.Array],
+                                                           jax.Array],
+                          targets: jax.Array, mask: jax.Array, chunk: int,
+                          reduce: Callable[..., Any], zeros: Any) -> Any:
+  """Sum over `chunk`-position slices of reduce(head(h), targets, mask).
+
+  A chunk where `mask` is all zero skips the head and `reduce` (`lax.cond`,
+  in the backward pass too) and adds `zeros` (reduce's output structure).
+  """
+  if chunk < 1:
+    raise ValueError(f"chunk={chunk} must be >= 1 positions")
+  run = lambda h, t, m: reduce(head(h).astype(jnp.float32), t, m)
+  skip = lambda h, t, m: zeros
+  total = zeros
+  for start in range(0, hidden.shape[1], chunk):
+    part = slice(start, start + chunk)
+    m = mask[:, part]
+    out = jax.lax.cond(jnp.any(m > 0), run, skip, hidden[:, part],
+                       targets[:, part], m)
+    total = jax.tree.map(jnp.add, total, out)
+  return total
+
+
 def chunked_lm_loss(hidden: jax.Array, head: Callable[[jax.Array], jax.Array],
                     targets: jax.Array, loss_mask: jax.Array, chunk: int
                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -48,27 +71,16 @@ def chunked_lm_loss(hidden: jax.Array, head: Callable[[jax.Array], jax.Array],
   Returns:
     The same (loss, metrics) as `lm_loss` on the full logits.
   """
-  if chunk < 1:
-    raise ValueError(f"chunk={chunk} must be >= 1 positions")
   mask = loss_mask.astype(jnp.float32)
 
-  def sums(h, t, m):  # (sum of CE, sum of correct) over one chunk
-    logits = head(h).astype(jnp.float32)
+  def sums(logits, t, m):  # (sum of CE, sum of correct) over one chunk
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, t)
     correct = (jnp.argmax(logits, -1) == t).astype(jnp.float32)
     return (ce * m).sum(), (correct * m).sum()
 
-  def skip(h, t, m):
-    del h, t, m
-    return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
-
-  ce_sum = correct_sum = jnp.zeros((), jnp.float32)
-  for start in range(0, hidden.shape[1], chunk):
-    part = slice(start, start + chunk)
-    m = mask[:, part]
-    ce, correct = jax.lax.cond(jnp.any(m > 0), sums, skip, hidden[:, part],
-                               targets[:, part], m)
-    ce_sum, correct_sum = ce_sum + ce, correct_sum + correct
+  zero = jnp.zeros((), jnp.float32)
+  ce_sum, correct_sum = _sum_over_loss_chunks(hidden, head, targets, mask,
+                                              chunk, sums, (zero, zero))
   n = jnp.maximum(mask.sum(), 1.0)
   loss = ce_sum / n
   return loss, {"loss": loss, "accuracy": correct_sum / n,
@@ -180,6 +192,20 @@ def sequence_logprobs(logits: jax.Array, targets: jax.Array, mask: jax.Array
   token_logp = -optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), targets)
   return jnp.sum(token_logp * mask.astype(jnp.float32), axis=-1)
+
+
+def chunked_sequence_logprobs(hidden: jax.Array,
+                              head: Callable[[jax.Array], jax.Array],
+                              targets: jax.Array, mask: jax.Array, chunk: int
+                              ) -> jax.Array:
+  """`sequence_logprobs(head(hidden), ...)`, `chunk` positions at a time,
+  skipping chunks without a completion token (as `chunked_lm_loss`).
+
+  hidden: [B, L, D] final-normed; head: [B, c, D] -> f32[B, c, V]. -> f32[B].
+  """
+  return _sum_over_loss_chunks(
+      hidden, head, targets, mask.astype(jnp.float32), chunk,
+      sequence_logprobs, jnp.zeros(hidden.shape[:1], jnp.float32))
 
 
 def _rewards(pol_chosen, pol_rejected, ref_chosen, ref_rejected, beta):
@@ -340,7 +366,9 @@ def preference_loss(model_apply: Callable[..., jax.Array], params: Any,
                     ref_params: Any, batch: dict[str, jax.Array],
                     kind: str = "dpo", beta: float = 0.1, *,
                     mpo_weights: tuple[float, float, float] = MPO_WEIGHTS,
-                    reward_state: tuple[jax.Array, jax.Array] | None = None
+                    reward_state: tuple[jax.Array, jax.Array] | None = None,
+                    head_apply: Callable[[Any, jax.Array], jax.Array] | None
+                    = None, loss_chunk: int = 0
                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """DPO or MPO loss of a policy against a frozen reference model.
 
@@ -367,6 +395,10 @@ def preference_loss(model_apply: Callable[..., jax.Array], params: Any,
       delta, and metrics carry the new state as 'reward_mean' and
       'reward_count' for the caller to keep. None uses the batch-mean
       fallback of `mpo_loss`.
+    head_apply, loss_chunk: with loss_chunk > 0, model_apply is called with
+      `logits=False` (final-normed hidden states) and `head_apply(params,
+      hidden)` maps `loss_chunk` positions at a time to logits, skipping
+      chunks without a completion token (`chunked_sequence_logprobs`).
 
   Returns:
     (loss, metrics) of `dpo_loss` / `mpo_loss`, plus 'logps_chosen' and
@@ -378,16 +410,24 @@ def preference_loss(model_apply: Callable[..., jax.Array], params: Any,
   pair = concat_preference_pair(batch)
   n = batch["chosen_tokens"].shape[0]
 
-  def run(p):
-    return model_apply(p, pair["tokens"], pair["positions"],
-                       images=pair["images"], image_mask=pair["image_mask"],
-                       image_token_mask=pair["image_token_mask"],
-                       media_locations=pair["media_locations"])
-
+  if loss_chunk and head_apply is None:
+    raise ValueError("loss_chunk > 0 needs head_apply (hidden -> logits)")
   mask = pair["loss_mask"].astype(jnp.float32)
-  logps = sequence_logprobs(run(params), pair["targets"], mask)
-  ref_logps = jax.lax.stop_gradient(sequence_logprobs(
-      run(jax.lax.stop_gradient(ref_params)), pair["targets"], mask))
+
+  def logps_of(p):
+    kw = {"logits": False} if loss_chunk else {}
+    out = model_apply(p, pair["tokens"], pair["positions"],
+                      images=pair["images"], image_mask=pair["image_mask"],
+                      image_token_mask=pair["image_token_mask"],
+                      media_locations=pair["media_locations"], **kw)
+    if not loss_chunk:
+      return sequence_logprobs(out, pair["targets"], mask)
+    return chunked_sequence_logprobs(out, lambda h: head_apply(p, h),
+                                     pair["targets"], mask, loss_chunk)
+
+  logps = logps_of(params)
+  ref_logps = jax.lax.stop_gradient(logps_of(
+      jax.lax.stop_gradient(ref_params)))
   pc, pr, rc, rr = logps[:n], logps[n:], ref_logps[:n], ref_logps[n:]
   if kind == "dpo":
     loss, metrics = dpo_loss(pc, pr, rc, rr, beta)

@@ -153,6 +153,13 @@ def _logits_fn(model: MLLM):
   return lambda p, *a, **k: model.apply({"params": p}, *a, **k)[0]
 
 
+def _chunked_head(model: MLLM, stage) -> dict[str, Any]:
+  """preference_loss's head_apply / loss_chunk from the stage config."""
+  return {"loss_chunk": stage.get("loss_chunk", 0),
+          "head_apply": lambda p, h: model.apply({"params": p}, h,
+                                                 method=MLLM.head)}
+
+
 def _single_image(images):
   """[b, H, W, C], or the first slot of [b, M, H, W, C]."""
   return images[:, 0] if images.ndim == 5 else images
@@ -278,7 +285,8 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
     def loss_fn(params, batch, rng, ref):
       del rng
       return losses.preference_loss(_logits_fn(model), params, ref, batch,
-                                    kind="dpo", beta=stage.get("beta", 0.1))
+                                    kind="dpo", beta=stage.get("beta", 0.1),
+                                    **_chunked_head(model, stage))
   elif stage.loss == "mpo":
     # BCO's shift delta is the running mean of every reward seen so far
     # (TRL's RunningMoments), kept in the train state: resumes exactly.
@@ -288,7 +296,8 @@ def build_mllm_task(config: ml_collections.ConfigDict, stage_name: str,
       del rng
       loss, metrics = losses.preference_loss(
           _logits_fn(model), params, ref, batch, kind="mpo",
-          beta=stage.get("beta", 0.1), reward_state=reward_state)
+          beta=stage.get("beta", 0.1), reward_state=reward_state,
+          **_chunked_head(model, stage))
       metrics[trainer_lib.LOSS_STATE] = (metrics["reward_mean"],
                                          metrics["reward_count"])
       return loss, metrics

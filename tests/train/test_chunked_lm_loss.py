@@ -101,5 +101,8 @@ def test_config_checks_loss_chunk():
     config_checks.validate_config(config)
   config.stages.sft.loss_chunk = 0
   config.stages.dpo.loss_chunk = 64
-  with pytest.raises(ConfigError, match=r"dpo.loss_chunk=64.*'dpo'"):
+  config_checks.validate_config(config)
+  config.stages.siglip.loss_chunk = 64
+  with pytest.raises(ConfigError,
+                     match=r"siglip.loss_chunk=64.*'sigmoid_contrastive'"):
     config_checks.validate_config(config)

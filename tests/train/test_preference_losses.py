@@ -276,11 +276,12 @@ def _tiny_mllm():
                                      jax.random.key(0)))["params"]
   fill = lambda seed: helpers.random_params(abstract, seed)
   apply = lambda p, *a, **k: model.apply({"params": p}, *a, **k)[0]
-  return apply, fill(0), fill(1), batch
+  head = lambda p, h: model.apply({"params": p}, h, method=MLLM.head)
+  return apply, fill(0), fill(1), batch, head
 
 
 def test_preference_loss_with_a_tiny_mllm_equals_separate_runs():
-  apply, params, ref, batch = _tiny_mllm()
+  apply, params, ref, batch, _ = _tiny_mllm()
   def separate(p, b):
     return [_separate_logps(apply, p, b, s) for s in ("chosen", "rejected")]
   def paired(p, r, b):
@@ -297,3 +298,25 @@ def test_preference_loss_with_a_tiny_mllm_equals_separate_runs():
   ref_grads = _fast_jit(jax.grad(lambda r, p, b: paired(p, r, b)[0]),
                         ref, params, batch)(ref, params, batch)
   assert all(np.abs(g).max() == 0 for g in jax.tree.leaves(_numpy(ref_grads)))
+
+
+@pytest.mark.parametrize("kind", ["dpo", "mpo"])
+def test_preference_loss_chunked_head_equals_full_logits(kind):
+  """loss_chunk=8 over 73 positions: the image chunks take no completion
+  token and are skipped; loss, metrics and gradients are unchanged."""
+  apply, params, ref, batch, head = _tiny_mllm()
+  state = (jnp.asarray(0.3), jnp.asarray(4.0))
+  def loss(p, chunk):
+    return losses.preference_loss(
+        apply, p, ref, batch, kind, beta=0.1, head_apply=head,
+        loss_chunk=chunk, reward_state=state if kind == "mpo" else None)
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (want, want_m), want_g = grad(params, 0)
+  (got, got_m), got_g = grad(params, 8)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+  for key in want_m:
+    np.testing.assert_allclose(got_m[key], want_m[key], rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda g, h: np.testing.assert_allclose(
+      g, h, rtol=1e-4, atol=3e-5), got_g, want_g)
+  with pytest.raises(ValueError, match="needs head_apply"):
+    losses.preference_loss(apply, params, ref, batch, kind, loss_chunk=8)
