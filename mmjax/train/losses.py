@@ -60,7 +60,8 @@ def chunked_lm_loss(hidden: jax.Array, head: Callable[[jax.Array], jax.Array],
 
   A chunk where no row takes a loss (image tokens and prompts in front of
   the answers) skips the head and softmax altogether (`lax.cond`, in the
-  backward pass too), and the [B, L, V] logits never exist at once.
+  backward pass too). Not a memory saving: the computed chunks' logits are
+  kept for the backward pass as before.
 
   Args:
     hidden: [B, L, D] final-normed hidden states.
