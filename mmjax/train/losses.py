@@ -8,6 +8,22 @@ import jax.numpy as jnp
 import optax
 
 
+def _token_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """(sum of cross-entropy, sum of correct argmax) over the masked tokens."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return (ce * mask).sum(), (correct * mask).sum()
+
+
+def _lm_metrics(ce_sum: jax.Array, correct_sum: jax.Array, mask: jax.Array
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  n = jnp.maximum(mask.sum(), 1.0)
+  loss = ce_sum / n
+  return loss, {"loss": loss, "accuracy": correct_sum / n,
+                "tokens": mask.sum()}
+
+
 def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Next-token cross-entropy averaged over the tokens the mask selects.
@@ -20,14 +36,9 @@ def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
   Returns:
     (mean loss in nats, {'loss', 'accuracy', 'tokens'}).
   """
-  logits = logits.astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   mask = loss_mask.astype(jnp.float32)
-  n = jnp.maximum(mask.sum(), 1.0)
-  loss = (ce * mask).sum() / n
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return loss, {"loss": loss, "accuracy": (correct * mask).sum() / n,
-                "tokens": mask.sum()}
+  return _lm_metrics(*_token_sums(logits.astype(jnp.float32), targets, mask),
+                     mask)
 
 
 def _sum_over_loss_chunks(hidden: jax.Array, head: Callable[[jax.Array],
@@ -73,19 +84,10 @@ def chunked_lm_loss(hidden: jax.Array, head: Callable[[jax.Array], jax.Array],
     The same (loss, metrics) as `lm_loss` on the full logits.
   """
   mask = loss_mask.astype(jnp.float32)
-
-  def sums(logits, t, m):  # (sum of CE, sum of correct) over one chunk
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, t)
-    correct = (jnp.argmax(logits, -1) == t).astype(jnp.float32)
-    return (ce * m).sum(), (correct * m).sum()
-
   zero = jnp.zeros((), jnp.float32)
-  ce_sum, correct_sum = _sum_over_loss_chunks(hidden, head, targets, mask,
-                                              chunk, sums, (zero, zero))
-  n = jnp.maximum(mask.sum(), 1.0)
-  loss = ce_sum / n
-  return loss, {"loss": loss, "accuracy": correct_sum / n,
-                "tokens": mask.sum()}
+  sums = _sum_over_loss_chunks(hidden, head, targets, mask, chunk,
+                               _token_sums, (zero, zero))
+  return _lm_metrics(*sums, mask)
 
 
 def _check_embeddings(zimg: jax.Array, ztxt: jax.Array) -> None:

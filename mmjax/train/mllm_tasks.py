@@ -15,6 +15,7 @@ the MLLM stages use.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -134,7 +135,7 @@ def mllm_lm_loss(model: MLLM, params, batch, loss_chunk: int = 0):
     return losses.lm_loss(mllm_apply(model, params, batch), batch["targets"],
                           batch["loss_mask"])
   hidden = mllm_apply(model, params, batch, logits=False)
-  head = lambda h: model.apply({"params": params}, h, method=MLLM.head)
+  head = functools.partial(_head_fn(model), params)
   return losses.chunked_lm_loss(hidden, head, batch["targets"],
                                 batch["loss_mask"], loss_chunk)
 
@@ -153,11 +154,15 @@ def _logits_fn(model: MLLM):
   return lambda p, *a, **k: model.apply({"params": p}, *a, **k)[0]
 
 
+def _head_fn(model: MLLM):
+  """(params, hidden [B, L, D]) -> logits f32[B, L, V]: the LM head alone."""
+  return lambda p, h: model.apply({"params": p}, h, method=MLLM.head)
+
+
 def _chunked_head(model: MLLM, stage) -> dict[str, Any]:
   """preference_loss's head_apply / loss_chunk from the stage config."""
   return {"loss_chunk": stage.get("loss_chunk", 0),
-          "head_apply": lambda p, h: model.apply({"params": p}, h,
-                                                 method=MLLM.head)}
+          "head_apply": _head_fn(model)}
 
 
 def _single_image(images):
