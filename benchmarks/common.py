@@ -289,20 +289,17 @@ def peak_summary(per_size: Mapping[int, float],
           "per_size_per_cpu_s": dict(per_cpu)}
 
 
-def dot_flops(jaxpr) -> float:
-  """Matmul FLOPs (2 * M * N * K summed over dot_generals) of a jaxpr.
+def dot_generals(jaxpr) -> list[tuple[Any, int]]:
+  """(dot_general equation, times it runs) for every matmul of a jaxpr.
 
-  Walks sub-jaxprs (jit, remat, custom derivatives, cond branches: the
-  largest); a scan's body counts `length` times.
+  Walks sub-jaxprs (jit, remat, custom derivatives; of a cond's branches the
+  one with the most matmul FLOPs); a scan's body runs `length` times.
   """
   from jax.extend import core  # pylint: disable=g-import-not-at-top
-  total = 0.0
+  found = []
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
-      (contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      k = float(np.prod([lhs[d] for d in contract])) if contract else 1.0
-      total += 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * k
+      found.append((eqn, 1))
       continue
     subs = []
     for value in eqn.params.values():
@@ -313,12 +310,27 @@ def dot_flops(jaxpr) -> float:
           subs.append(item)
     if not subs:
       continue
-    counts = [dot_flops(s) for s in subs]
+    per_sub = [dot_generals(s) for s in subs]
     if eqn.primitive.name == "cond":
-      total += max(counts)
-    else:
-      total += sum(counts) * eqn.params.get("length", 1)
-  return total
+      per_sub = [max(per_sub, key=lambda d: sum(
+          dot_general_flops(e) * n for e, n in d))]
+    times = eqn.params.get("length", 1)
+    found += [(e, n * times) for d in per_sub for e, n in d]
+  return found
+
+
+def dot_general_flops(eqn) -> float:
+  """2 * M * N * K of one dot_general equation (batch dims in M)."""
+  (contract, _), _ = eqn.params["dimension_numbers"]
+  lhs = eqn.invars[0].aval.shape
+  k = float(np.prod([lhs[d] for d in contract])) if contract else 1.0
+  return 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * k
+
+
+def dot_flops(jaxpr) -> float:
+  """Matmul FLOPs (2 * M * N * K summed over dot_generals) of a jaxpr,
+  sub-jaxprs included (see dot_generals)."""
+  return sum(dot_general_flops(e) * n for e, n in dot_generals(jaxpr))
 
 
 def rss_bytes() -> dict[str, int]:

@@ -33,6 +33,10 @@ echo "== bench size (compute-bound) vs Hugging Face"
 $PY benchmarks/train_throughput.py --sizes=bench --steps=3 \
     --out="$OUT/train_bench.json"
 
+echo "== the step's matmuls one by one, XLA vs torch; the floor under the step"
+$PY benchmarks/step_matmuls.py --sizes=tiny,small \
+    --out="$OUT/step_matmuls.json"
+
 echo "== the other paradigms (tiny)"
 $PY benchmarks/train_throughput.py --sizes=tiny --nohf --steps=20 \
     --fusions=resampler,qformer,cross_attention,one_backbone \

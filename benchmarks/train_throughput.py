@@ -31,9 +31,7 @@ Generation is compared in benchmarks/generate_vs_hf.py.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
+from benchmarks import hf_run  # pylint: disable=g-import-not-at-top
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "small", "bench"],
                            "sizes from benchmarks/common.py SIZES")
@@ -80,26 +79,6 @@ _PEAK_SIZES = flags.DEFINE_list("peak_sizes", ["1024", "2048"],
 _OUT = flags.DEFINE_string("out", "", "JSON results file")
 _QUICK = flags.DEFINE_bool("quick", False,
                            "smoke run: tiny, 2 steps, small peak matmuls")
-
-
-def run_hf(size: str, steps: int, warmup: int, batch: int, text_len: int,
-           dtype: str, device: str, peak_sizes, threads: int = 2
-           ) -> dict[str, float]:
-  """benchmarks/hf_llava.py in a subprocess; its RESULT line as a dict."""
-  cmd = [sys.executable, os.path.join(os.path.dirname(__file__),
-                                      "hf_llava.py"),
-         f"--size={size}", f"--steps={steps}", f"--warmup={warmup}",
-         f"--batch={batch}", f"--text_len={text_len}", f"--dtype={dtype}",
-         f"--device={device}", f"--threads={threads}",
-         f"--peak_sizes={','.join(map(str, peak_sizes))}"]
-  env = dict(os.environ, HF_HUB_OFFLINE="1")
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                        check=False)
-  for line in proc.stdout.splitlines():
-    if line.startswith("RESULT "):
-      return json.loads(line[len("RESULT "):])
-  raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
-                     f"{proc.stderr[-3000:]}")
 
 
 def add_hf(row: dict, hf: dict) -> None:
@@ -154,7 +133,7 @@ def main(argv):
   hf_rows = {}
   if _HF.value and "projection" in fusions:
     for size in order:
-      hf_rows[size] = hf = run_hf(
+      hf_rows[size] = hf = hf_run.run_hf(
           size, _HF_STEPS.value or steps, _WARMUP.value, _BATCH.value,
           _TEXT_LEN.value, _DTYPE.value, _HF_DEVICE.value, peak_sizes,
           _HF_THREADS.value)
