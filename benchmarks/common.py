@@ -20,7 +20,7 @@ import numpy as np
 
 BATCH = 8
 TEXT_LEN = 64
-IMAGE_ID = 4  # mmjax's fixed `<image>` id (mllm_tasks.IMAGE_ID)
+from mmjax.data.tokenizer import IMAGE_ID  # pylint: disable=wrong-import-position
 
 # Exact dims of issue 10; the ViT MLP is 4x its width (SigLIP convention).
 SIZES: dict[str, dict[str, Any]] = {

@@ -3,7 +3,7 @@
   python benchmarks/fastv.py --workdir=runs/shapes_tiny [--k=1] [--r=0.5] \\
       [--split=test] [--max_examples=200] [--out=fastv.json]
 
-Loads the run's final parameters (`mmjax.workdir`), then
+Loads the run's final parameters (`mmjax.inference.load`), then
   * prefill FLOPs: XLA's cost analysis of the compiled prefill program
     (vision tower + connector + LM over one batch of --batch_size prompts of
     the split, up to the first generated token), plain and pruned;
@@ -22,15 +22,19 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from mmjax import evaluate, fastv, inference, workdir
+from mmjax.inference import run as run_lib
+from mmjax.inference import fastv
+from mmjax.inference import decode
+from mmjax.evals import standalone
+from mmjax.evals import vqa
+from mmjax.data import datasets
 from mmjax.data import builders
-from mmjax.train import mllm_tasks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A shapes recipe run.")
 _K = flags.DEFINE_integer("k", 0, "Prune after layer k-1 (0 = 2, or 1 for a "
                           "2-layer LM).")
 _R = flags.DEFINE_float("r", 0.5, "Fraction of image tokens dropped.")
-_SPLIT = flags.DEFINE_enum("split", "test", list(evaluate.SPLITS), "Split.")
+_SPLIT = flags.DEFINE_enum("split", "test", list(standalone.SPLITS), "Split.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 200, "VQA questions.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Prompts per program.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed prefill calls.")
@@ -45,13 +49,13 @@ def _prefill_seconds(run, batch, fastv_cfg, repeats: int) -> float:
     batch["keep_image"], pruned_len = fastv.plan(batch, fastv_cfg.r)
   args = (run.model, run.params, batch, np.zeros(1, np.int32), np.int32(0),
           np.int32(0))
-  kw = dict(max_new_tokens=4, sampling=inference.Sampling(), fastv=fastv_cfg,
+  kw = dict(max_new_tokens=4, sampling=decode.Sampling(), fastv=fastv_cfg,
             pruned_len=pruned_len)
-  jax.block_until_ready(inference.prefill(*args, **kw))  # compile
+  jax.block_until_ready(decode.prefill(*args, **kw))  # compile
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(inference.prefill(*args, **kw))
+    jax.block_until_ready(decode.prefill(*args, **kw))
     times.append(time.perf_counter() - start)
   return float(np.median(times))
 
@@ -60,17 +64,17 @@ def main(argv):
   del argv
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  run = workdir.load_run(_WORKDIR.value)
+  run = run_lib.load_run(_WORKDIR.value)
   cfg, tok = run.cfg, run.tokenizer
   k = _K.value or (2 if cfg.lm.n_layers > 2 else 1)
   pruning = fastv.FastVConfig(k, _R.value)
   pruning.check(cfg)
-  source = builders.load_source(mllm_tasks.shapes_dataset(run.config),
+  source = builders.load_source(datasets.shapes_dataset(run.config),
                                 _SPLIT.value)
-  examples, prompts, pixels = evaluate.shapes_examples(
+  examples, prompts, pixels = vqa.shapes_examples(
       cfg, tok, source, "shapes", _BATCH.value, "square")
   del examples
-  batch = inference.prepare_batch(
+  batch = decode.prepare_batch(
       cfg, prompts, pixels, range(len(prompts)), image_token_id=tok.image_id,
       pad_id=tok.pad_id, batch_size=_BATCH.value)
   results = {"workdir": run.workdir, "checkpoint": run.checkpoint,
@@ -79,11 +83,11 @@ def main(argv):
              "split": _SPLIT.value, "batch_size": _BATCH.value,
              "device": jax.devices()[0].device_kind}
   for name, f in (("plain", None), ("fastv", pruning)):
-    results[f"{name}/prefill_flops"] = fastv.prefill_flops(
+    results[f"{name}/prefill_flops"] = decode.prefill_flops(
         run.model, run.params, batch, max_new_tokens=4, fastv=f)
     results[f"{name}/prefill_s"] = _prefill_seconds(run, batch, f,
                                                     _REPEATS.value)
-    m = evaluate.evaluate_shapes_vqa(
+    m = vqa.evaluate_shapes_vqa(
         run.model, run.params, cfg, tok, source,
         max_examples=_MAX_EXAMPLES.value, batch_size=_BATCH.value,
         max_new_tokens=run.config.eval.max_new_tokens, fastv=f)

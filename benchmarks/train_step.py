@@ -21,7 +21,9 @@ import numpy as np
 from benchmarks import common
 from mmjax import parallel
 from mmjax.models.mllm import MLLM, MLLMConfig, mllm_config_from_dict
-from mmjax.train import groups, mllm_tasks, optim, trainer
+from mmjax.train import groups, optim, trainer
+from mmjax.train.stages import lm as stage_lm
+from mmjax.models import build
 
 
 @dataclasses.dataclass
@@ -92,7 +94,7 @@ def build_step(size: str, fusion: str, *, batch: int = common.BATCH,
       see common.model_config_dict.
     batch, text_len: examples per step, text tokens per example.
     loss_chunk: > 0 runs the LM head and loss that many positions at a time,
-      skipping chunks without a loss token (`mllm_tasks.mllm_lm_loss`).
+      skipping chunks without a loss token (`stage_lm.mllm_lm_loss`).
     mesh_sizes: {'data', 'fsdp', 'tensor'} (default: all devices on data).
     devices: the devices of the mesh (default all).
     abstract: state and batch are ShapeDtypeStructs carrying shardings,
@@ -103,12 +105,12 @@ def build_step(size: str, fusion: str, *, batch: int = common.BATCH,
       size, fusion, dtype=dtype, image_size=image_size, latents=latents,
       remat=remat, scan_layers=scan_layers, attention=attention))
   model = MLLM(cfg)
-  dummy = mllm_tasks.dummy_inputs(cfg, common.IMAGE_ID)
+  dummy = build.dummy_inputs(cfg, common.IMAGE_ID)
   init = lambda rng: model.init(rng, **dummy)["params"]
 
   def loss_fn(params, batch, rng):
     del rng
-    return mllm_tasks.mllm_lm_loss(model, params, batch, loss_chunk)
+    return stage_lm.mllm_lm_loss(model, params, batch, loss_chunk)
 
   task = trainer.Task(init_params=init, loss_fn=loss_fn,
                       train_iterator=None, eval_batches=None)

@@ -12,7 +12,7 @@ Without --size the recipe runs at its own size and step counts. With
 sft and dpo are evaluated: all five paradigms took 22 min 3 s with
 --parallel=2 on 2 quiet CPU cores.
 """
-from mmjax import sweep_spec as S
+from mmjax.sweeps import spec as S
 
 from shapes_tiny import TINY_OVERRIDES, TINY_STEPS  # experiments/
 

@@ -8,7 +8,7 @@ compositions (colour x shape pairs never seen in training). The shapes
 benchmark has one image per question, so there is no multi-image
 comparison here: the held-out split is the generalisation test.
 """
-from mmjax import sweep_spec as S
+from mmjax.sweeps import spec as S
 
 from shapes_tiny import TINY_OVERRIDES, TINY_STEPS  # experiments/
 

@@ -8,7 +8,7 @@ paradigm with and without 2x2 pixel shuffle (64 vs 16 tokens per 64-px
 image at size=tiny). results.md and tradeoff.png put test accuracy against
 seconds per instruction-tuning step.
 """
-from mmjax import sweep_spec as S
+from mmjax.sweeps import spec as S
 
 from shapes_tiny import TINY_OVERRIDES, TINY_STEPS  # experiments/
 

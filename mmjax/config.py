@@ -10,13 +10,37 @@ allowed.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Iterable, Mapping, Sequence
+import sys
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
 
 import ml_collections
 
 
 class ConfigError(ValueError):
   """A config key or value a user must fix; the message says how."""
+
+
+# ------------------------------------------------------- command lines --
+# Every CLI (main, generate, evaluate, convert, sweep) reports a user's
+# mistake the same way: one line on stderr, exit status 2.
+USAGE_ERROR = 2
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+  """Prints `error: MESSAGE` (one line) to stderr and exits with `code`."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr,
+        flush=True)
+  sys.exit(code)
+
+
+def absl_flags_parser(argv: list[str]) -> list[str]:
+  """absl's flag parsing, a bad flag or value reported by `fail` (absl's own
+  handler prints the usage text and exits 1)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top  (absl only for CLIs)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).split("\n")[0])
 
 
 def _coerce(key: str, raw: str, default: Any) -> Any:

@@ -7,16 +7,18 @@ writes OUT/config.json ({"family", "model", "hf"}) and OUT/params (orbax).
 Export (a converted 'lm' directory -> a transformers-loadable directory):
   python -m mmjax.convert --mmjax_dir=OUT --out=HF_DIR
 
-Errors (unsupported architecture, missing or mis-shaped tensors, pickle-only
-checkpoints) print one line on stderr and exit with status 1.
+Errors (missing flags, unsupported architecture, missing or mis-shaped
+tensors, pickle-only checkpoints) print one line on stderr and exit with
+status 2. The library calls are `mmjax.hf.import_checkpoint` /
+`save_converted` and `mmjax.hf.export_decoder`.
 """
 
 from __future__ import annotations
 
-import sys
-
 from absl import app
 from absl import flags
+
+from mmjax import config as config_lib
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory "
                               "(config.json + *.safetensors) to import.")
@@ -71,15 +73,14 @@ def run(argv) -> str:
 
 
 def main(argv):
+  if len(argv) > 1:
+    config_lib.fail(f"unexpected arguments {list(argv[1:])}")
   try:
     out = run(argv)
   except (ValueError, OSError) as e:  # HFImportError / HFExportError too
-    message = " ".join(str(e).split())
-    print(f"mmjax.convert: error: {type(e).__name__}: {message}",
-          file=sys.stderr)
-    sys.exit(1)
+    config_lib.fail(f"{type(e).__name__}: {e}")
   print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.absl_flags_parser)

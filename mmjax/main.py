@@ -16,10 +16,11 @@ are. User mistakes exit with status 2 and one line saying what to fix.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mmjax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file and args, e.g. configs/lm.py:tiny",
@@ -34,11 +35,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index (multi-host).")
 
 
-def _fail(message: str, code: int = 2):
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(code)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl parsing, with unknown --config.KEY overrides explained clearly."""
   try:
@@ -50,13 +46,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     text = str(e)
     if "ConfigError: " in text:
       text = text.rsplit("ConfigError: ", 1)[1].strip()
-    _fail(text)
+    config_lib.fail(text)
   return []
 
 
 def _explain_override_error(argv: list[str], error: Exception):
   """Names the --config.KEY override that does not exist, and its siblings."""
-  from mmjax import config as config_lib  # pylint: disable=g-import-not-at-top
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
               None)
   overrides = [a[len("--config."):].split("=", 1)[0] for a in argv
@@ -67,8 +62,8 @@ def _explain_override_error(argv: list[str], error: Exception):
       try:
         config_lib.get_path(config, path)
       except config_lib.ConfigError as e:
-        _fail(f"--config.{path}: {e}")
-  _fail(f"bad config override among {overrides}: {error}")
+        config_lib.fail(f"--config.{path}: {e}")
+  config_lib.fail(f"bad config override among {overrides}: {error}")
 
 
 def _check_multihost_flags() -> bool:
@@ -77,15 +72,15 @@ def _check_multihost_flags() -> bool:
   if all(v is None for v in values):
     return False
   if None in values:
-    _fail("multi-host runs need --coordinator_address, --num_processes "
+    config_lib.fail("multi-host runs need --coordinator_address, --num_processes "
           "and --process_id together")
   host, _, port = _COORDINATOR.value.rpartition(":")
   if not host or not port.isdigit():
-    _fail(f"--coordinator_address={_COORDINATOR.value!r} must be HOST:PORT "
+    config_lib.fail(f"--coordinator_address={_COORDINATOR.value!r} must be HOST:PORT "
           "of process 0, e.g. 10.0.0.1:1234")
   if _NUM_PROCESSES.value < 1 or not 0 <= _PROCESS_ID.value < (
       _NUM_PROCESSES.value):
-    _fail(f"--process_id={_PROCESS_ID.value} must be in 0.."
+    config_lib.fail(f"--process_id={_PROCESS_ID.value} must be in 0.."
           f"{_NUM_PROCESSES.value - 1} (--num_processes="
           f"{_NUM_PROCESSES.value})")
   return True
@@ -114,31 +109,31 @@ def _initialize_distributed(explicit: bool) -> None:
     try:
       jax.distributed.initialize()
     except ValueError as e:  # the launcher's variables are incomplete
-      _fail(f"could not start jax.distributed from the environment ({e}); "
+      config_lib.fail(f"could not start jax.distributed from the environment ({e}); "
             "pass --coordinator_address, --num_processes and --process_id")
 
 
 def main(argv):
   del argv
   if _CONFIG.value is None:
-    _fail("--config is required, e.g. --config=configs/lm.py:tiny")
+    config_lib.fail("--config is required, e.g. --config=configs/lm.py:tiny")
   if not _WORKDIR.value:
-    _fail("--workdir is required, e.g. --workdir=runs/lm_tiny")
+    config_lib.fail("--workdir is required, e.g. --workdir=runs/lm_tiny")
   multihost = _check_multihost_flags()
   # Heavy imports after flag checks: a typo fails in a second, not ten.
-  from mmjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mmjax import evals  # pylint: disable=g-import-not-at-top
   from mmjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from mmjax.train import recipe, trainer  # pylint: disable=g-import-not-at-top
+  from mmjax.train import trainer  # pylint: disable=g-import-not-at-top
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   try:
     _initialize_distributed(multihost)
-    recipe.run_recipe(_CONFIG.value, _WORKDIR.value)
+    evals.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, ckpt_lib.IncompatibleCheckpointError) as e:
-    _fail(str(e))
+    config_lib.fail(str(e))
   except trainer.NonFiniteLossError as e:
-    _fail(str(e), code=3)
+    config_lib.fail(str(e), code=3)
 
 
 if __name__ == "__main__":

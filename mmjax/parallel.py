@@ -167,3 +167,29 @@ def first_process_then_others(fn: Callable[[], T], name: str) -> T:
   if error is not None:
     raise error
   return result if jax.process_index() == 0 else fn()
+
+
+def restore_on_one_device(path: str, keys: Sequence[str] | None = None
+                          ) -> Any:
+  """An orbax pytree checkpoint with every array on the first local device,
+  whatever mesh saved it (converted weights, `init_from`, a stage's params).
+
+  Args:
+    path: the checkpoint item directory.
+    keys: restore only these top-level entries (those the tree has); None =
+      all of it.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (heavy; only restores need it)
+  ckptr = ocp.PyTreeCheckpointer()
+  tree = ckptr.metadata(path)
+  tree = getattr(tree, "item_metadata", tree)
+  tree = getattr(tree, "tree", tree)
+  if keys is not None:
+    tree = {k: tree[k] for k in keys if k in tree}
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  return ckptr.restore(path, args=ocp.args.PyTreeRestore(
+      item=target,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=keys is not None))

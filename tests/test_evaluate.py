@@ -11,9 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import caption_metrics
-from mmjax import evaluate
-from mmjax import retrieval
+from mmjax.evals import retrieval
+from mmjax.evals import caption_metrics
+from mmjax.evals import vqa
+from mmjax.inference import decode
+from mmjax.evals import results
 from mmjax.config import load_config
 from mmjax.data import shapes
 from mmjax.data.tokenizer import Tokenizer
@@ -31,7 +33,7 @@ def test_vqa_accuracy_exact_numbers():
   answers = ["red", "square", "three", "yes", "no", "red", "no", "no"]
   qtypes = ["colour", "shape", "count", "spatial", "existence", "colour",
             "existence", "existence"]
-  m = evaluate.vqa_accuracy(preds, answers, qtypes)
+  m = vqa.vqa_accuracy(preds, answers, qtypes)
   assert m["acc/all"] == pytest.approx(5 / 8) and m["count/all"] == 8
   assert m["acc/colour"] == pytest.approx(0.5) and m["count/colour"] == 2
   assert m["acc/shape"] == 1.0 and m["acc/count"] == 0.0
@@ -43,20 +45,20 @@ def test_vqa_accuracy_exact_numbers():
 
 def test_vqa_accuracy_rejects_unequal_lengths():
   with pytest.raises(ValueError, match="equally many"):
-    evaluate.vqa_accuracy(["a"], ["a", "b"], ["colour"])
+    vqa.vqa_accuracy(["a"], ["a", "b"], ["colour"])
 
 
 def test_yes_no_metrics():
   preds = ["yes", "yes", "yes", "no", "Yes.", "no"]
   answers = ["yes", "yes", "no", "yes", "no", "no"]
-  m = evaluate.yes_no_metrics(preds, answers)
+  m = vqa.yes_no_metrics(preds, answers)
   # tp=2, fp=2, fn=1, tn=1.
   assert m["accuracy"] == pytest.approx(3 / 6)
   assert m["precision"] == pytest.approx(2 / 4)
   assert m["recall"] == pytest.approx(2 / 3)
   assert m["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
   assert m["yes_rate"] == pytest.approx(4 / 6) and m["count"] == 6
-  never = evaluate.yes_no_metrics(["no", "no"], ["yes", "no"])
+  never = vqa.yes_no_metrics(["no", "no"], ["yes", "no"])
   assert never["precision"] == 0.0 and never["f1"] == 0.0
   assert never["yes_rate"] == 0.0
 
@@ -183,7 +185,7 @@ def test_greedy_generate_matches_stepwise_reference():
   model, params = _model("rope")
   prompts, images = _prompts()
   # A batch of 3 rows: the two prompts plus one padding row.
-  out = evaluate.greedy_generate(model, params, prompts, images,
+  out = decode.greedy_generate(model, params, prompts, images,
                                  image_token_id=IMAGE_ID,
                                  max_new_tokens=MAX_NEW, stop_id=-1,
                                  batch_size=3)
@@ -197,7 +199,7 @@ def test_greedy_generate_matches_stepwise_reference():
   assert shifted != out.tokens
   # Stop at the second token the first prompt generates (same program).
   stop = out.tokens[0][1]
-  stopped = evaluate.greedy_generate(model, params, prompts, images,
+  stopped = decode.greedy_generate(model, params, prompts, images,
                                      image_token_id=IMAGE_ID,
                                      max_new_tokens=MAX_NEW, stop_id=stop,
                                      batch_size=3)
@@ -209,7 +211,7 @@ def test_greedy_generate_checks_image_count():
   model, params = _model("rope")
   prompts, images = _prompts()
   with pytest.raises(ValueError, match="equally many"):
-    evaluate.greedy_generate(model, params, prompts, [images[0], images[0][:0]],
+    decode.greedy_generate(model, params, prompts, [images[0], images[0][:0]],
                              image_token_id=IMAGE_ID, max_new_tokens=2,
                              stop_id=3)
 
@@ -235,7 +237,7 @@ def test_evaluate_shapes_vqa_and_write_results(tmp_path):
   model, params = _model("rope")
   tok = _tokenizer()
   source = _source(2)
-  m = evaluate.evaluate_shapes_vqa(model, params, model.cfg, tok, source,
+  m = vqa.evaluate_shapes_vqa(model, params, model.cfg, tok, source,
                                    max_examples=9, batch_size=3,
                                    num_samples=3)
   assert m["count/all"] == 9
@@ -246,7 +248,7 @@ def test_evaluate_shapes_vqa_and_write_results(tmp_path):
   assert [s["question"] for s in m["samples"]] == source[0]["questions"][:3]
   preds = [s["prediction"] for s in m["samples"]]
   assert all(isinstance(p, str) and p == p.strip().lower() for p in preds)
-  table = evaluate.write_results(str(tmp_path), "sft", m)
+  table = results.write_results(str(tmp_path), "sft", m)
   saved = json.loads((tmp_path / "eval" / "sft.json").read_text())
   assert saved["acc/all"] == m["acc/all"] and len(saved["samples"]) == 3
   assert "| acc/all |" in table

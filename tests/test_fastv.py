@@ -1,4 +1,4 @@
-"""FastV pruning (mmjax.fastv): selection, pruned prefill, FLOPs, errors."""
+"""FastV pruning (mmjax.inference.fastv): selection, pruned prefill, FLOPs, errors."""
 import functools
 import math
 
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import fastv, inference
+from mmjax.inference import decode
+from mmjax.inference import fastv
 from mmjax.models import positions as positions_lib
 from mmjax.models.decoder import init_kv_cache
 from mmjax.models.mllm import MLLM
@@ -17,7 +18,7 @@ from tests.test_inference import (IMAGE_ID, generate, make_model,
 
 def _batch(model, r):
   prompts, images = prompts_and_images()
-  batch = inference.prepare_batch(model.cfg, prompts, images, [0, 1],
+  batch = decode.prepare_batch(model.cfg, prompts, images, [0, 1],
                                   image_token_id=IMAGE_ID)
   batch["keep_image"], pruned_len = fastv.plan(batch, r)
   return batch, pruned_len
@@ -149,8 +150,8 @@ def test_fastv_lowers_prefill_flops():
   batch, _ = _batch(model, 0.5)
   del batch["keep_image"]
   kw = dict(max_new_tokens=4)
-  plain = fastv.prefill_flops(model, params, batch, fastv=None, **kw)
-  pruned = fastv.prefill_flops(model, params, batch,
+  plain = decode.prefill_flops(model, params, batch, fastv=None, **kw)
+  pruned = decode.prefill_flops(model, params, batch,
                                fastv=fastv.FastVConfig(1, 0.5), **kw)
   assert 0 < pruned < 0.95 * plain
 

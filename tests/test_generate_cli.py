@@ -12,9 +12,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmjax import config as config_lib
-from mmjax import generate, inference, workdir
+from mmjax import generate
+from mmjax.inference import decode
+from mmjax.inference import run as run_lib
+from mmjax.data import datasets
+from mmjax.train import stages
+from mmjax.models import build
 from mmjax.train import checkpoint as ckpt_lib
-from mmjax.train import mllm_tasks
 from tests.conftest import REPO
 from tests.helpers import random_params
 
@@ -33,8 +37,8 @@ def make_workdir(path, data_dir, fusion="projection", params_fusion=None):
   os.makedirs(path)
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(config_lib.to_plain(config), f)
-  mllm_tasks.shapes_dataset(config)  # the tokenizer lives with the data
-  _, init, _ = mllm_tasks.stage_model(config_of(params_fusion or fusion),
+  datasets.shapes_dataset(config)  # the tokenizer lives with the data
+  _, init, _ = stages.stage_model(config_of(params_fusion or fusion),
                                       "dpo")
   params = random_params(nn.unbox(jax.eval_shape(init, jax.random.key(0))))
   params = jax.tree.map(lambda x: x * 3.0, params)  # peaky: varied tokens
@@ -73,13 +77,13 @@ def test_cli_answers_about_a_drawn_png_as_generation_does(run_dir, tmp_path):
   proc = cli(f"--workdir={run_dir}", f"--image={png}", f"--prompt={prompt}",
              "--max_new_tokens=6", "--stream_chunk=2")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  run = workdir.load_run(run_dir)
+  run = run_lib.load_run(run_dir)
   assert run.checkpoint.endswith(os.path.join("dpo", "2"))
   media = generate.media_arrays(run.cfg, [generate.read_image(png)], None,
                                 "square", 4)
   pieces = []
   want = generate.answer(run, prompt, media, max_new_tokens=6,
-                         sampling=inference.Sampling(), chunk=2,
+                         sampling=decode.Sampling(), chunk=2,
                          on_text=pieces.append)
   assert want and proc.stdout.strip() == want
   # Streamed: more than one piece, which together are the answer.
@@ -97,7 +101,7 @@ def test_unreadable_image_exits_2_with_one_line(run_dir, tmp_path):
 
 def test_prompt_longer_than_the_context_exits_2(run_dir, tmp_path):
   # Enough video frames (64 placeholders each) to exceed the run's context.
-  context = workdir.read_config(run_dir).data.max_len
+  context = run_lib.read_config(run_dir).data.max_len
   n = context // 64 + 1
   frames = tmp_path / "video"
   frames.mkdir()
@@ -122,7 +126,7 @@ def test_checkpoint_of_another_model_exits_2(tmp_path):
 
 
 def test_video_frames_and_markers():
-  cfg = mllm_tasks.model_config(config_lib.load_config(os.path.join(
+  cfg = build.mllm_config(config_lib.load_config(os.path.join(
       REPO, "configs/shapes.py:size=tiny")))
   frames = [np.full((64, 64, 3), i, np.uint8) for i in range(10)]
   media = generate.media_arrays(cfg, frames[:1], frames, "square", 3)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import inference
+from mmjax.inference import decode
 from mmjax.config import load_config
 from mmjax.models import layout
 from mmjax.models.mllm import MLLM, mllm_config_from_dict
@@ -113,7 +113,7 @@ def reference(model, params, prompts, images, generated, shift=0):
 
 def generate(model, params, prompts, images, **kw):
   kw.setdefault("max_new_tokens", MAX_NEW)
-  return inference.generate(model, params, prompts, images,
+  return decode.generate(model, params, prompts, images,
                             image_token_id=IMAGE_ID, **kw).tokens
 
 
@@ -182,7 +182,7 @@ def test_stop_tokens_and_streaming_chunks():
 def test_sampling_is_deterministic_from_the_seed():
   model, params = make_model("projection", "rope")
   prompts, images = prompts_and_images()
-  kw = dict(sampling=inference.Sampling(temperature=1.5, top_k=50,
+  kw = dict(sampling=decode.Sampling(temperature=1.5, top_k=50,
                                         top_p=0.95), batch_size=2)
   a = generate(model, params, prompts, images, seed=3, **kw)
   assert a == generate(model, params, prompts, images, seed=3, **kw)
@@ -196,23 +196,23 @@ def test_sampling_is_deterministic_from_the_seed():
 def test_sample_tokens_top_k_and_top_p_support():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 4000))
   keys = jax.random.split(jax.random.key(0), 4000)
-  top_k = inference.sample_tokens(logits, keys,
-                                  inference.Sampling(1.0, top_k=2))
+  top_k = decode.sample_tokens(logits, keys,
+                                  decode.Sampling(1.0, top_k=2))
   assert set(np.unique(top_k)) == {0, 1}
-  top_p = inference.sample_tokens(logits, keys,
-                                  inference.Sampling(1.0, top_p=0.7))
+  top_p = decode.sample_tokens(logits, keys,
+                                  decode.Sampling(1.0, top_p=0.7))
   assert set(np.unique(top_p)) == {0, 1}  # 0.5 < 0.7 <= 0.8
   freq = np.mean(np.asarray(top_p) == 0)
   assert abs(freq - 0.5 / 0.8) < 0.03
-  greedy = inference.sample_tokens(logits[:8] * 0.1, keys[:8],
-                                   inference.Sampling(5.0, top_k=1))
+  greedy = decode.sample_tokens(logits[:8] * 0.1, keys[:8],
+                                   decode.Sampling(5.0, top_k=1))
   assert set(np.unique(greedy)) == {0}  # top_k=1 is greedy at any temperature
   with pytest.raises(ValueError, match="top_p"):
-    inference.Sampling(top_p=0.0)
+    decode.Sampling(top_p=0.0)
 
 
 def test_prompt_longer_than_context_is_refused():
   model, params = make_model("projection", "rope")
   prompts, images = prompts_and_images()
-  with pytest.raises(inference.PromptTooLongError, match="context of 70"):
+  with pytest.raises(decode.PromptTooLongError, match="context of 70"):
     generate(model, params, prompts, images, max_len=70)

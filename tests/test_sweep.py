@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from mmjax import sweep, sweep_plan, sweep_results
-from mmjax import sweep_spec as S
+from mmjax.sweeps import results as sweep_results
+from mmjax.sweeps import plan as sweep_plan
+from mmjax.sweeps import runner as sweep_runner
+from mmjax.sweeps import spec as S
 from mmjax.config import load_config
 from tests.conftest import REPO
 
@@ -21,7 +23,7 @@ _LM_SMALL = {"data.num_sentences": 400, "data.seq_len": 32, "batch_size": 8,
 
 def _write_sweep(path, variants, common=None, args=None, extra=""):
   path.write_text(
-      "from mmjax import sweep_spec as S\n"
+      "from mmjax.sweeps import spec as S\n"
       f"SWEEP = S.Sweep(config={LM!r}, args={args or {'size': 'tiny'}!r},\n"
       f"    variants={variants!r}, common={common or _LM_SMALL!r}{extra})\n")
   return str(path)
@@ -139,9 +141,9 @@ def test_sweep_runs_skips_finished_and_marks_failed(tmp_path):
   assert f"| {bad} | failed |" in md and "is not a directory" in md
   assert (workdir / "costs.png").stat().st_size > 1000
   # Again: finished variants are skipped, the failed one is tried again.
-  outcome = sweep.run_sweep(path, str(workdir), progress=False)
+  outcome = sweep_runner.run_sweep(path, str(workdir), progress=False)
   assert outcome.failed == [bad]
-  attempts = {n: sweep.read_status(str(workdir / n))["attempts"]
+  attempts = {n: sweep_runner.read_status(str(workdir / n))["attempts"]
               for n in rows}
   assert attempts == {"n_layers=1": 1, "n_layers=2": 1, bad: 2}
   log = (workdir / "n_layers=1" / "log.txt").read_text()

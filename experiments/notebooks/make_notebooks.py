@@ -86,7 +86,7 @@ QUICKSTART = [
      "steps on 48 images: the answers will be wrong, the plumbing is what "
      "it shows."),
     ("code", '''from mmjax.config import load_config
-from mmjax.sweep_plan import set_path
+from mmjax.sweeps.plan import set_path
 
 config = load_config("configs/shapes.py:size=tiny,fusion=projection"
                      + (",steps=2" if TINY else ""))
@@ -117,12 +117,16 @@ display(Image(os.path.join(workdir, "accuracy.png"), width=520))'''),
 from mmjax.data import builders, formats
 from mmjax.data import images as images_lib
 from mmjax.models.mllm import MLLM
-from mmjax.train import mllm_tasks
+from mmjax.models import build
+from mmjax.data import datasets
+from mmjax.sweeps import spec as sweep_spec
+from mmjax.sweeps import plan as sweep_plan
+from mmjax.sweeps import runner as sweep_runner
 
-cfg = mllm_tasks.model_config(config)
+cfg = build.mllm_config(config)
 model = MLLM(cfg)
-builder = mllm_tasks.shapes_dataset(config)
-tokenizer = mllm_tasks.tokenizer_for(builder)
+builder = datasets.shapes_dataset(config)
+tokenizer = datasets.tokenizer_for(builder)
 
 
 def answer(image, questions, max_new_tokens=8):
@@ -175,7 +179,6 @@ def _ablation(title: str, sweep_file: str, tiny_pick: tuple[int, int],
        "`SWEEP_DIR` (e.g. a sweep run from the shell)."),
       ("code", SETUP),
       ("code", f'''import dataclasses
-from mmjax import sweep, sweep_plan, sweep_spec
 
 RUN = True
 SWEEP_DIR = os.environ.get("MMJAX_SWEEP_DIR") or os.path.join(
@@ -186,10 +189,10 @@ if RUN and TINY:
   spec = dataclasses.replace(
       spec, variants=[spec.variants[i] for i in {tiny_pick!r}],
       common=dict(spec.common, **TINY_OVERRIDES))
-  sweep.run_sweep(spec, SWEEP_DIR, size="tiny", steps_cap=2, progress=False,
+  sweep_runner.run_sweep(spec, SWEEP_DIR, size="tiny", steps_cap=2, progress=False,
                   title="{name} (TINY smoke run)")
 elif RUN:  # about 5 minutes per variant on 2 CPU cores
-  sweep.run_sweep("{sweep_file}", SWEEP_DIR, size="tiny")'''),
+  sweep_runner.run_sweep("{sweep_file}", SWEEP_DIR, size="tiny")'''),
       ("code", '''import csv
 from IPython.display import Image, Markdown, display
 

@@ -46,6 +46,9 @@ PAD_ID = 0
 UNK_ID = 1
 BOS_ID = 2
 EOS_ID = 3
+# The first user-defined symbol (USER_DEFINED_SYMBOLS[0] = <image>) follows the
+# four fixed pieces: every mmjax tokenizer gives `<image>` this id.
+IMAGE_ID = 4
 
 USER_DEFINED_SYMBOLS = (IMAGE_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN,
                         USER_TOKEN, ASSISTANT_TOKEN, END_OF_TURN_TOKEN)

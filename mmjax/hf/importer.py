@@ -23,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from mmjax import parallel
 from mmjax.hf import families
 from mmjax.hf import llm as llm_lib
 from mmjax.hf import mllm as mllm_lib
@@ -167,13 +168,8 @@ def load_converted(out_dir: str | pathlib.Path, target: Any = None
   """
   out = pathlib.Path(out_dir).resolve()
   meta = json.loads((out / "config.json").read_text())
-  ckptr = ocp.StandardCheckpointer()
   if target is None:
-    stored = ckptr.metadata(out / "params")
-    stored = getattr(stored, "item_metadata", stored)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        getattr(stored, "tree", stored))
-  params = ckptr.restore(out / "params", target)
+    params = parallel.restore_on_one_device(str(out / "params"))
+  else:
+    params = ocp.StandardCheckpointer().restore(out / "params", target)
   return Converted(meta["family"], meta["model"], params, meta["hf"])

@@ -278,7 +278,7 @@ class DecoderLM(nn.Module):
       block_ids: int32[B, L]; tokens sharing a non-zero id see each other
         in both directions (image blocks, prefix-LM style); 0 = causal only.
       layer_range: (a, b) runs only blocks a..b-1 (token pruning between
-        layers, `mmjax.fastv`); with a > 0 `embeddings` are the hidden
+        layers, `mmjax.inference.fastv`); with a > 0 `embeddings` are the hidden
         states entering block a, `cache` has b - a entries, and with
         b < n_layers the output is the hidden state [B, L, D], not logits.
         None = (0, n_layers).

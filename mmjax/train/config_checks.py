@@ -8,16 +8,16 @@ from __future__ import annotations
 import ml_collections
 
 from mmjax import config as C
-from mmjax.train import groups, optim
+from mmjax import parallel
+from mmjax.models import build
+from mmjax.models.decoder import DecoderConfig
+from mmjax.train import groups, optim, stages
 
 DTYPES = ("float32", "bfloat16")
 MATMUL_PRECISIONS = ("default", "high", "highest")
 
 
 def _model_checks(config):
-  from mmjax.models.decoder import DecoderConfig  # pylint: disable=g-import-not-at-top
-  from mmjax.train.tasks import FAMILIES  # pylint: disable=g-import-not-at-top
-
   def model_keys(c):
     try:
       DecoderConfig.from_dict(c.model.to_dict())
@@ -26,7 +26,7 @@ def _model_checks(config):
 
   heads = lambda c: c.model.n_heads
   return [
-      C.check_choice("family", FAMILIES),
+      C.check_choice("family", build.FAMILIES),
       *[C.check_int(f"model.{k}", 1) for k in (
           "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
           "mlp_dim")],
@@ -65,75 +65,13 @@ def _data_checks(config):
   ]
 
 
-def _mllm_stage_checks(config):
-  """What only the multimodal recipe needs: data formats, losses that fit
-  the fusion, preference data for preference losses, known groups."""
-  from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
-  checks = [C.check_int("data.max_len", 8), C.check_int("data.num_train", 1),
-            C.check_int("data.text_seq_len", 2),
-            C.check_int("data.num_workers", 0),
-            C.check_int("batch_size", 1)]
-  fusion = config.model.fusion
-  for name in C.stage_names(config):
-    p = f"stages.{name}"
-    stage = config.stages[name]
-    checks += [C.check_choice(f"{p}.loss", mllm_tasks.MLLM_LOSSES),
-               C.check_choice(f"{p}.data", mllm_tasks.DATA_FORMATS)]
-    checks.append(C.check_that(
-        lambda c, s=stage: s.loss != "qformer" or fusion == "qformer",
-        lambda c, p=p: f"config.{p}.loss='qformer' needs a Q-Former, but "
-        f"config.model.fusion={fusion!r}; use fusion=qformer or drop the "
-        "stage"))
-    checks.append(C.check_that(
-        lambda c, s=stage: (s.loss in ("dpo", "mpo")) == (
-            s.data == "preference"),
-        lambda c, p=p, s=stage: f"config.{p}: loss={s.loss!r} with "
-        f"data={s.data!r}; preference losses (dpo, mpo) need "
-        "data='preference' and only they can use it"))
-    checks.append(C.check_that(
-        lambda c, s=stage: s.loss not in ("sigmoid_contrastive",
-                                          "softmax_contrastive", "qformer")
-        or fusion != "one_backbone",
-        lambda c, p=p: f"config.{p}: fusion='one_backbone' has no vision "
-        "tower to pretrain contrastively"))
-    for entry in stage.get("trainable", ("all",)):
-      checks.append(C.check_that(
-          lambda c, e=entry: e in groups.GROUPS or any(
-              ch in e for ch in "*?[/"),
-          lambda c, p=p, e=entry: f"config.{p}.trainable names {e!r}, "
-          f"which is no parameter group; groups: "
-          f"{', '.join(groups.GROUPS)} (or a glob like 'llm/layers_3/*')"))
-    checks.append(C.check_int(f"{p}.steps", 1))
-    checks.append(C.check_that(
-        lambda c, s=stage: isinstance(s.get("chunked_loss", False), bool) and (
-            not s.get("chunked_loss", False) or
-            s.loss == "sigmoid_contrastive"),
-        lambda c, p=p, s=stage: f"config.{p}.chunked_loss="
-        f"{s.get('chunked_loss')!r}: must be True or False, and True only "
-        f"with loss='sigmoid_contrastive' (the ring-exchanged sigmoid loss); "
-        f"this stage's loss is {s.loss!r}"))
-    if "batch_size" in stage:
-      checks.append(C.check_int(f"{p}.batch_size", 0))
-    if "loss_chunk" in stage:
-      checks.append(C.check_int(f"{p}.loss_chunk", 0))
-      checks.append(C.check_that(
-          lambda c, s=stage: not s.loss_chunk or s.loss in ("lm", "dpo",
-                                                             "mpo"),
-          lambda c, p=p, s=stage: f"config.{p}.loss_chunk={s.loss_chunk!r}: "
-          f"chunks the LM head of loss='lm', 'dpo' or 'mpo'; this stage's "
-          f"loss is {s.loss!r}, set it to 0"))
-  return checks
-
-
-def _stage_checks(config):
-  from mmjax.train.tasks import LOSSES  # pylint: disable=g-import-not-at-top
-  checks = []
-  for name in C.stage_names(config):
-    p = f"stages.{name}"
-    checks += [
-        C.check_choice(f"{p}.loss", LOSSES),
-        C.check_int(f"{p}.steps", 1)]
-  return checks + _optimizer_checks(config)
+def _mllm_data_checks(config):
+  """What only the multimodal recipe's data needs."""
+  del config
+  return [C.check_int("data.max_len", 8), C.check_int("data.num_train", 1),
+          C.check_int("data.text_seq_len", 2),
+          C.check_int("data.num_workers", 0),
+          C.check_int("batch_size", 1)]
 
 
 def _optimizer_checks(config):
@@ -172,16 +110,15 @@ def _optimizer_checks(config):
 
 def _check_mesh_rules(config):
   """config.mesh.rules: {logical axis: None | mesh axis | (mesh axes)}."""
-  from mmjax.parallel import MESH_AXES  # pylint: disable=g-import-not-at-top
   rules = config.mesh.get("rules", None)
   for name, target in dict(rules or {}).items():
     axes = tuple(target) if isinstance(target, (list, tuple)) else (target,)
     if target is not None and (len(set(axes)) != len(axes) or
-                               not all(a in MESH_AXES for a in axes)):
+                               not all(a in parallel.MESH_AXES for a in axes)):
       raise C.ConfigError(
           f"config.mesh.rules.{name}={target!r}: map a logical axis to None "
           f"(replicated), a mesh axis or a tuple of distinct mesh axes, from "
-          f"{', '.join(MESH_AXES)}")
+          f"{', '.join(parallel.MESH_AXES)}")
 
 
 def _run_checks(config):
@@ -206,9 +143,8 @@ def _run_checks(config):
 def validate_model(config: ml_collections.ConfigDict) -> None:
   """Checks config.model for its family; ConfigError naming what is wrong."""
   if config.get("family") == "mllm":
-    from mmjax.models.mllm import mllm_config_from_dict  # pylint: disable=g-import-not-at-top
     try:
-      mllm_config_from_dict(config.model.to_dict())
+      build.mllm_config(config)
     except (TypeError, ValueError) as e:
       raise C.ConfigError(f"config.model: {e}") from None
     return
@@ -218,9 +154,7 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError at the first bad or inconsistent value."""
   validate_model(config)
-  if config.get("family") == "mllm":
-    C.validate(config, _mllm_stage_checks(config) + _optimizer_checks(config)
-               + _run_checks(config))
-    return
-  C.validate(config, _data_checks(config) + _stage_checks(config) +
-             _run_checks(config))
+  data = (_mllm_data_checks(config) if config.get("family") == "mllm"
+          else _data_checks(config))
+  C.validate(config, data + stages.stage_checks(config) +
+             _optimizer_checks(config) + _run_checks(config))

@@ -38,6 +38,15 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 _EXCLUDE = {"llm": ("llm/xattn_*",)}
 
+# How the parameter paths of models other than the MLLM map onto the global
+# store (`prefix_mapper` specs): a text-only decoder is the `llm` group; the
+# SigLIP two-tower model's towers are `vision` and `text`, its head `siglip`.
+LM_PATHS = {"*": "llm"}
+TWO_TOWER_PATHS = {"vision_model": "vision", "text_model": "text",
+                   "*": "siglip"}
+# By the `family` a converted checkpoint (`python -m mmjax.convert`) records.
+FAMILY_PATHS = {"lm": LM_PATHS, "two_tower": TWO_TOWER_PATHS}
+
 
 def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
   return traverse_util.flatten_dict(dict(tree), sep="/")

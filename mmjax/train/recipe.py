@@ -1,19 +1,24 @@
-"""Runs every stage of a config in order; what `python -m mmjax.main` does.
+"""Runs every stage of a config in order, resumable; writes report.md.
 
-Callable in-process too (tests, notebooks, sweeps): `run_recipe(config, W)`.
+  done = run_recipe(config, workdir)           # train only
+  done = run_recipe(config, workdir, evaluator=ev)   # + evaluations
+
+`python -m mmjax.main` runs `mmjax.evals.train_and_evaluate`, which is this
+with the evaluations the config's stages list (`mmjax/evals/after_stage.py`).
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import ml_collections
 
 from mmjax import config as config_lib
 from mmjax import parallel
-from mmjax.train import config_checks, report, tasks, trainer
+from mmjax import hf
+from mmjax.train import config_checks, groups, report, stages, trainer
 
 
 def load_init_from(path: str) -> dict[str, Any]:
@@ -26,8 +31,6 @@ def load_init_from(path: str) -> dict[str, Any]:
   """
   if not path:
     return {}
-  from mmjax import hf  # pylint: disable=g-import-not-at-top
-  from mmjax.train import groups  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   if os.path.basename(path) == "params" and os.path.exists(
       os.path.join(os.path.dirname(path), "config.json")):
@@ -40,24 +43,24 @@ def load_init_from(path: str) -> dict[str, Any]:
     converted = hf.load_converted(path)
     family, params = converted.family, converted.params
   else:
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    ckptr = ocp.StandardCheckpointer()
-    meta = ckptr.metadata(path)
-    meta = getattr(meta, "item_metadata", meta)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        getattr(meta, "tree", meta))
-    family, params = "", ckptr.restore(path, target)
-  mapping = {"lm": {"*": "llm"},
-             "two_tower": {"vision_model": "vision", "text_model": "text",
-                           "*": "siglip"}}.get(family, {})
-  to_global = groups.prefix_mapper(mapping)
+    family, params = "", parallel.restore_on_one_device(path)
+  to_global = groups.prefix_mapper(groups.FAMILY_PATHS.get(family, {}))
   return {to_global(k): v for k, v in groups.flatten(params).items()}
 
 
+class Evaluator(Protocol):
+  """What runs after each stage (mmjax/evals/after_stage.py)."""
+
+  def __call__(self, name: str, built: stages.BuiltTask,
+               result: trainer.StageResult) -> None: ...
+
+  def report(self) -> str:
+    """Markdown appended to report.md."""
+
+
 def run_recipe(config: ml_collections.ConfigDict, workdir: str,
-               verbose: bool = True, after_stage=None
+               verbose: bool = True, after_stage=None,
+               evaluator: Evaluator | None = None
                ) -> list[tuple[str, Any, dict]]:
   """Validates, then trains (or resumes) each stage; writes report.md.
 
@@ -67,8 +70,9 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
       checkpoint (nothing in it is touched).
     NonFiniteLossError: the loss became NaN/inf.
 
-  `after_stage(name, built_task, result)` runs after each stage (the main
-  job evaluates there).
+  `evaluator(name, built_task, result)` runs after each stage (the main job
+  evaluates there) and adds `evaluator.report()` to report.md;
+  `after_stage(name, built_task, result)` runs after it.
   """
   workdir = os.path.abspath(workdir)
   config_checks.validate_config(config)
@@ -77,8 +81,8 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.make_mesh(config.mesh.to_dict())
   rules = parallel.logical_rules(config.mesh.get("rules", None))
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  stages = config_lib.stage_names(config)
-  for name in stages:
+  names = config_lib.stage_names(config)
+  for name in names:
     if config_lib.stage_batch_size(config, name) % shards:
       raise config_lib.ConfigError(
           f"stage {name}: batch size "
@@ -86,8 +90,8 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
           f"or config.stages.{name}.batch_size) must be divisible by the "
           f"data x fsdp mesh size {shards}")
   # Refuse an incompatible workdir before writing anything into it.
-  for name in stages:
-    _, init = tasks.model_initializer(config, name)
+  for name in names:
+    _, init = stages.model_initializer(config, name)
     trainer.check_workdir(workdir, name, trainer.abstract_params(init))
 
   main_process = jax.process_index() == 0
@@ -100,12 +104,8 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
   # The global parameter store: each stage starts from what the previous
   # one ended with (or from config.init_from), with a fresh optimizer.
   store = load_init_from(config.get("init_from", ""))
-  evaluator = None
-  if config.family == "mllm":
-    from mmjax.train import stage_evals  # pylint: disable=g-import-not-at-top
-    evaluator = stage_evals.StageEvaluator(config, workdir)
-  for name in stages:
-    built = tasks.build_task(config, name, workdir)
+  for name in names:
+    built = stages.build_task(config, name, workdir)
     result = trainer.run_stage(config, name, built.task, workdir, mesh, rules,
                                store=store)
     store = result.global_params

@@ -76,8 +76,8 @@ def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path):
   (tmp_path / "config.json").write_text('{"model_type": "llama"}')
   (tmp_path / "pytorch_model.bin").write_bytes(b"not opened")
   r = _run([f"--hf_dir={tmp_path}", f"--out={tmp_path / 'out'}"])
-  assert r.returncode == 1
+  assert r.returncode == 2
   lines = [l for l in r.stderr.splitlines() if l.strip()]
   assert len(lines) == 1, r.stderr
-  assert lines[0].startswith("mmjax.convert: error: HFImportError: ")
+  assert lines[0].startswith("error: HFImportError: ")
   assert "pytorch_model.bin" in lines[0]

@@ -97,7 +97,8 @@ def _run_job(job: str, data_dir: str, workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mmjax import parallel  # pylint: disable=g-import-not-at-top
-  from mmjax.train import groups, metrics, tasks, trainer  # pylint: disable=g-import-not-at-top
+  from mmjax.train import groups, metrics, trainer  # pylint: disable=g-import-not-at-top
+  from mmjax.train import stages
   from tests import helpers  # pylint: disable=g-import-not-at-top
 
   fusion, stage, meshes = JOBS[job]
@@ -107,7 +108,7 @@ def _run_job(job: str, data_dir: str, workdir: str) -> dict:
 
   def task():
     # A fresh data iterator per run: every mesh sees the same batches.
-    built = tasks.build_task(config, stage, workdir)
+    built = stages.build_task(config, stage, workdir)
     return dataclasses.replace(built.task, eval_batches=None)
 
   abstract = trainer.abstract_params(task().init_params)

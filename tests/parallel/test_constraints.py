@@ -17,7 +17,9 @@ from mmjax import parallel
 from mmjax.config import load_config
 from mmjax.models import connectors
 from mmjax.models.mllm import MLLM
-from mmjax.train import groups, mllm_tasks
+from mmjax.train import groups
+from mmjax.models import build
+from mmjax.data import tokenizer
 from tests.conftest import REPO
 
 FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
@@ -68,9 +70,9 @@ def test_every_part_of_the_mllm_is_constrained(fusion):
   config = load_config(os.path.join(REPO, "configs/shapes.py") +
                        f":size=tiny,fusion={fusion}")
   config.model.feature_layer = -1  # run every vision block
-  cfg = mllm_tasks.model_config(config)
+  cfg = build.mllm_config(config)
   model = MLLM(cfg)
-  inputs = mllm_tasks.dummy_inputs(cfg, mllm_tasks.IMAGE_ID)
+  inputs = build.dummy_inputs(cfg, tokenizer.IMAGE_ID)
   params = nn.unbox(jax.eval_shape(
       lambda rng: model.init(rng, **inputs)["params"], jax.random.key(0)))
   found = _constrained_modules(

@@ -51,7 +51,8 @@ def _worker(workdir):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mmjax import parallel  # pylint: disable=g-import-not-at-top
   from mmjax.data import text_pipeline  # pylint: disable=g-import-not-at-top
-  from mmjax.train import groups, metrics, tasks, trainer  # pylint: disable=g-import-not-at-top
+  from mmjax.train import groups, metrics, trainer  # pylint: disable=g-import-not-at-top
+  from mmjax.train import stages
 
   assert jax.device_count() == 8, jax.devices()
   config = _config(workdir)
@@ -64,7 +65,7 @@ def _worker(workdir):
 
   def run(name, sizes, n_devices):
     mesh = parallel.make_mesh(sizes, jax.devices()[:n_devices])
-    built = tasks.build_task(config, "lm", workdir)
+    built = stages.build_task(config, "lm", workdir)
     task = dataclasses.replace(built.task, eval_batches=None)
     run_dir = os.path.join(workdir, name)
     result = trainer.run_stage(config, "lm", task, run_dir, mesh, rules)

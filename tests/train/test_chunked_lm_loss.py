@@ -1,4 +1,4 @@
-"""losses.chunked_lm_loss and mllm_tasks.mllm_lm_loss(loss_chunk=...)."""
+"""losses.chunked_lm_loss and stage_lm.mllm_lm_loss(loss_chunk=...)."""
 import os
 
 import jax
@@ -8,7 +8,8 @@ import pytest
 
 from benchmarks import common
 from mmjax.config import ConfigError, load_config
-from mmjax.train import config_checks, losses, mllm_tasks
+from mmjax.train import config_checks, losses
+from mmjax.train.stages import lm as stage_lm
 from tests.conftest import REPO
 from tests.test_inference import make_model
 
@@ -80,7 +81,7 @@ def test_mllm_lm_loss_chunked_equals_full():
   assert not np.asarray(batch["loss_mask"])[:, :16].any()
 
   def loss(params, chunk):
-    return mllm_tasks.mllm_lm_loss(model, params, batch, chunk)
+    return stage_lm.mllm_lm_loss(model, params, batch, chunk)
 
   grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True),
                     static_argnums=1)

@@ -52,8 +52,9 @@ def test_handover_takes_matching_leaves_and_carries_the_rest(lm_config,
   store["vision/extra/kernel"] = jax.numpy.ones((3, 2))
   config = lm_config(steps=2, **{"stages.lm.optimizer.lr": 0.0})
   from mmjax import parallel  # pylint: disable=g-import-not-at-top
-  from mmjax.train import tasks, trainer  # pylint: disable=g-import-not-at-top
-  built = tasks.build_task(config, "lm", str(tmp_path / "b"))
+  from mmjax.train import trainer  # pylint: disable=g-import-not-at-top
+  from mmjax.train import stages
+  built = stages.build_task(config, "lm", str(tmp_path / "b"))
   second = trainer.run_stage(config, "lm", built.task, str(tmp_path / "b"),
                              parallel.make_mesh({"data": -1}),
                              parallel.logical_rules(), store=store)

@@ -6,7 +6,8 @@ from jax import monitoring
 
 from mmjax import parallel
 from mmjax.train import metrics as metrics_lib
-from mmjax.train import tasks, trainer
+from mmjax.train import trainer
+from mmjax.train import stages
 
 # Recorded once per lowering to an XLA module (also when the persistent
 # compilation cache then supplies the executable).
@@ -55,7 +56,7 @@ def test_one_compile_per_batch_signature(lm_config, tmp_path):
   config = lm_config(steps=steps)
   config.checkpoint.every = 100  # no save inside the window
   config.log_every = 2           # host reads of metrics inside the window
-  built = tasks.build_task(config, "lm", str(tmp_path))
+  built = stages.build_task(config, "lm", str(tmp_path))
   data = Counting(built.task.train_iterator, short_at, steps)
   built.task.train_iterator = data
   built.task.eval_batches = None

@@ -1,8 +1,8 @@
-"""Tests for mmjax.train.plots: the PNGs are written and are real images."""
+"""Tests for mmjax.evals.plots: the PNGs are written and are real images."""
 import numpy as np
 from PIL import Image
 
-from mmjax.train import plots
+from mmjax.evals import plots
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,8 @@ import pytest
 from mmjax import parallel
 from mmjax.train import checkpoint as ckpt_lib
 from mmjax.train import metrics as metrics_lib
-from mmjax.train import recipe, tasks, trainer
+from mmjax.train import recipe, trainer
+from mmjax.train import stages
 
 
 class CrashAfter:
@@ -37,7 +38,7 @@ def _run(config, workdir, crash_after=None, poison_at=None):
   """One stage of `config`, optionally crashing or poisoning a batch."""
   mesh = parallel.make_mesh(config.mesh.to_dict())
   rules = parallel.logical_rules()
-  built = tasks.build_task(config, "lm", str(workdir))
+  built = stages.build_task(config, "lm", str(workdir))
   if crash_after is not None or poison_at is not None:
     built.task.train_iterator = CrashAfter(
         built.task.train_iterator, crash_after or 10**9, poison_at)
@@ -138,7 +139,7 @@ def test_sigterm_right_after_a_periodic_save(lm_config, tmp_path):
       return super().__next__()
 
   config = lm_config(steps=12)
-  built = tasks.build_task(config, "lm", str(tmp_path))
+  built = stages.build_task(config, "lm", str(tmp_path))
   built.task.train_iterator = TermAt(built.task.train_iterator, 10**9)
   with pytest.raises(trainer.Preempted, match="saved step 4"):
     trainer.run_stage(config, "lm", built.task, str(tmp_path),
@@ -150,5 +151,5 @@ def test_sigterm_right_after_a_periodic_save(lm_config, tmp_path):
 def test_a_stage_can_have_its_own_batch_size(lm_config, tmp_path):
   config = lm_config(steps=2)
   config.stages.lm.batch_size = 4
-  built = tasks.build_task(config, "lm", str(tmp_path))
+  built = stages.build_task(config, "lm", str(tmp_path))
   assert next(built.task.train_iterator)["tokens"].shape[0] == 4

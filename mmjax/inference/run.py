@@ -1,7 +1,7 @@
 """A finished (or partly finished) recipe's model: config, tokenizer, params.
 
-  run = workdir.load_run("runs/shapes")                  # final parameters
-  run = workdir.load_run(checkpoint="runs/shapes/checkpoints/sft/600")
+  run = load_run("runs/shapes")                  # final parameters
+  run = load_run(checkpoint="runs/shapes/checkpoints/sft/600")
   run.model, run.params, run.tokenizer, run.config
 
 The final parameters are those of the last stage (in config.stage_order)
@@ -20,14 +20,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 
-from mmjax.data import builders
-from mmjax.data.tokenizer import Tokenizer
+from flax import linen as nn
+
+from mmjax import parallel
+from mmjax.data import builders, datasets
+from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
+from mmjax.models import build
 from mmjax.models.mllm import MLLM, MLLMConfig
+from mmjax.inference import decode, prompts
+from mmjax.inference import media as media_lib
+from mmjax.inference.fastv import FastVConfig
+from mmjax.inference.sampling import Sampling
+from mmjax.train import groups, stages
 
 
 class WorkdirError(ValueError):
@@ -36,7 +46,11 @@ class WorkdirError(ValueError):
 
 @dataclasses.dataclass
 class Run:
-  """A model ready to generate with."""
+  """A model ready to generate with.
+
+    run = mmjax.inference.load("runs/shapes_tiny")
+    run.ask("circle.png", "what colour is the circle?")   # -> 'red'
+  """
   config: ml_collections.ConfigDict
   model: MLLM
   params: dict[str, Any]
@@ -47,6 +61,60 @@ class Run:
   @property
   def cfg(self) -> MLLMConfig:
     return self.model.cfg
+
+  def ask(self, images: Any, prompt: str, *, max_new_tokens: int = 32,
+          sampling: Sampling = Sampling(), seed: int = 0,
+          fastv: FastVConfig | None = None, resize: str = "square",
+          chunk: int = 4, on_text: Callable[[str], None] | None = None
+          ) -> str:
+    """The model's answer to one prompt about images (greedy by default).
+
+    Args:
+      images: None (text only), one image, or a list of them; an image is a
+        file path, a PIL image or uint8[H, W, 3].
+      prompt: the user's text; `<image>` markers place the images (none:
+        one `<image>` per image before the text, as the recipe trains).
+      max_new_tokens, sampling, seed, fastv: as `decode.generate`.
+      resize: 'square' (stretch) or 'pad' (keep the aspect, then resize).
+      chunk: tokens per compiled decode call between `on_text` calls.
+      on_text: gets each new piece of the answer as decoding goes.
+    """
+    stills = [media_lib.as_image(im) for im in media_lib.image_list(images)]
+    media = media_lib.media_arrays(self.cfg, stills, None, resize, 1)
+    return self.answer(prompt, media, max_new_tokens=max_new_tokens,
+                       sampling=sampling, seed=seed, fastv=fastv, chunk=chunk,
+                       on_text=on_text)
+
+  def answer(self, prompt: str, media: np.ndarray | None, *,
+             max_new_tokens: int = 32, sampling: Sampling = Sampling(),
+             seed: int = 0, fastv: FastVConfig | None = None, chunk: int = 4,
+             on_text: Callable[[str], None] | None = None) -> str:
+    """`ask` with media already preprocessed: f32[M, S, S, 3] (or
+    [M, F, S, S, 3] for video; `media.media_arrays`), or None."""
+    tok = self.tokenizer
+    n_media = 0 if media is None else len(media)
+    turns = [{"role": "user", "content": prompts.user_turn(prompt, n_media)}]
+    pieces = prompts.prompt_pieces(self.cfg, tok, turns)
+    shown = [""]
+
+    def stream(tokens: list[list[int]]) -> None:
+      text = tok.decode(tokens[0]).lstrip()
+      if on_text is not None and text.startswith(shown[0]):
+        on_text(text[len(shown[0]):])
+        shown[0] = text
+    if fastv is not None:
+      fastv.check(self.cfg)
+    out = decode.generate(
+        self.model, self.params, [pieces], None if media is None else [media],
+        image_token_id=tok.image_id, max_new_tokens=max_new_tokens,
+        stop_ids=[tok.end_of_turn_id, tok.eos_id], sampling=sampling,
+        seed=seed, fastv=fastv, batch_size=1, pad_id=tok.pad_id,
+        max_len=int(self.config.data.max_len), chunk=chunk,
+        on_tokens=stream)
+    text = tok.decode(out.tokens[0]).strip()
+    if on_text is not None and text.startswith(shown[0]):
+      on_text(text[len(shown[0]):])
+    return text
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -97,29 +165,17 @@ def read_store(step_dir: str, config: ml_collections.ConfigDict
   `config` names the stage's model, which maps its parameter paths to the
   global ones (contrastive and Q-Former stages rename theirs).
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from mmjax.train import groups, mllm_tasks  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.abspath(step_dir), "state")
   meta = _read_meta(step_dir)
   if meta is None or not os.path.isdir(path):
     raise WorkdirError(f"{step_dir} is not a readable stage checkpoint "
                        "(WORKDIR/checkpoints/<stage>/<step>)")
-  ckptr = ocp.PyTreeCheckpointer()
-  tree = ckptr.metadata(path)
-  tree = getattr(tree, "item_metadata", tree)
-  tree = getattr(tree, "tree", tree)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(
-      m.shape, m.dtype, sharding=device), tree[k])
-            for k in ("params", "carry") if k in tree}
-  state = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(
-          target), partial_restore=True))
+  state = parallel.restore_on_one_device(path, keys=("params", "carry"))
   store = groups.flatten(state.get("carry") or {})
   stage = meta.get("stage", "")
   to_global = lambda p: p
   if stage in config.stages:
-    to_global = mllm_tasks.stage_model(config, stage)[2]
+    to_global = stages.stage_model(config, stage).to_global
   store.update({to_global(p): v for p, v in
                 groups.flatten(state.get("params") or {}).items()})
   return store
@@ -128,11 +184,8 @@ def read_store(step_dir: str, config: ml_collections.ConfigDict
 def model_params(model: MLLM, store: dict[str, Any], where: str
                  ) -> dict[str, Any]:
   """The model's parameter tree picked from a global store, shape-checked."""
-  from mmjax.train import groups, mllm_tasks  # pylint: disable=g-import-not-at-top
-  from flax import linen as nn  # pylint: disable=g-import-not-at-top
-  dummy = mllm_tasks.dummy_inputs(model.cfg, mllm_tasks.IMAGE_ID)
   abstract = groups.flatten(nn.unbox(jax.eval_shape(
-      lambda r: model.init(r, **dummy), jax.random.key(0)))["params"])
+      build.mllm_init(model, IMAGE_ID), jax.random.key(0))))
   problems = []
   for path, leaf in sorted(abstract.items()):
     have = store.get(path)
@@ -152,16 +205,10 @@ def model_params(model: MLLM, store: dict[str, Any], where: str
 def find_tokenizer(workdir: str, config: ml_collections.ConfigDict,
                    path: str | None = None) -> Tokenizer:
   """The run's tokenizer (module docstring for where it is looked up)."""
-  from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
   candidates = [path] if path else []
   candidates.append(os.path.join(workdir, builders.TOKENIZER_FILE))
-  d = config.data
   try:
-    builder = builders.ShapesBuilder(
-        data_dir=mllm_tasks.data_dir(config), num_train=d.num_train,
-        num_validation=d.num_validation, num_test=d.num_test,
-        num_heldout=d.num_heldout, image_size=d.image_size, seed=d.seed,
-        vocab_size=d.vocab_size)
+    builder = datasets.shapes_builder(config)
     candidates.append(os.path.join(builder.data_dir, builders.TOKENIZER_FILE))
   except Exception:  # pylint: disable=broad-except
     pass  # an unusual data config: only the explicit paths then
@@ -185,7 +232,6 @@ def load_run(workdir: str | None = None, *, checkpoint: str | None = None,
     tokenizer: an explicit tokenizer.model path.
     config: use this config instead of WORKDIR/config.json.
   """
-  from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
   if (workdir is None) == (checkpoint is None):
     raise WorkdirError("give exactly one of --workdir and --checkpoint")
   if checkpoint is not None:
@@ -196,7 +242,7 @@ def load_run(workdir: str | None = None, *, checkpoint: str | None = None,
   workdir = os.path.abspath(workdir)
   config = config if config is not None else read_config(workdir)
   step_dir = checkpoint or final_checkpoint(workdir, config)
-  model = MLLM(mllm_tasks.model_config(config))
+  model = MLLM(build.mllm_config(config))
   params = model_params(model, read_store(step_dir, config), step_dir)
   return Run(config=config, model=model, params=params,
              tokenizer=find_tokenizer(workdir, config, tokenizer),

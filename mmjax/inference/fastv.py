@@ -55,7 +55,7 @@ def plan(batch: dict[str, np.ndarray], r: float) -> tuple[np.ndarray, int]:
   """Host side: image tokens kept per row and the pruned prompt length.
 
   Args:
-    batch: `inference.prepare_batch` output.
+    batch: `decode.prepare_batch` output.
     r: fraction of image tokens dropped.
 
   Returns:
@@ -152,10 +152,10 @@ def pruned_prefill(model: MLLM, params: Any, batch: dict[str, Any],
                    visual: jax.Array | None, *, fastv: FastVConfig,
                    pruned_len: int, cache_len: int
                    ) -> tuple[jax.Array, list, jax.Array, int]:
-  """The prefill of `inference.prefill` with FastV pruning (jit-traced).
+  """The prefill of `decode.prefill` with FastV pruning (jit-traced).
 
   Args:
-    batch: `inference.prepare_batch` output with keep_image int32[B].
+    batch: `decode.prepare_batch` output with keep_image int32[B].
     visual: [B, M, T, D] encoded images, or None.
     fastv: the (k, r) config; pruned_len: P' from `plan`.
     cache_len: S, slots per layer of the new cache.
@@ -205,21 +205,3 @@ def pruned_prefill(model: MLLM, params: Any, batch: dict[str, Any],
       None if block_ids is None else _gather(block_ids, slots), empty[k:], k,
       cfg.n_layers)
   return logits, shallow + deep, kv_valid, pruned_len
-
-
-def prefill_flops(model: MLLM, params: Any, batch: dict[str, Any], *,
-                  max_new_tokens: int, fastv: FastVConfig | None) -> float:
-  """FLOPs of the compiled prefill (XLA cost analysis) for one batch."""
-  from mmjax import inference  # pylint: disable=g-import-not-at-top
-  batch = dict(batch)
-  pruned_len = None
-  if fastv is not None:
-    fastv.check(model.cfg)
-    batch["keep_image"], pruned_len = plan(batch, fastv.r)
-  compiled = inference.prefill.lower(
-      model, params, batch, np.zeros(1, np.int32), np.int32(0), np.int32(0),
-      max_new_tokens=max_new_tokens, sampling=inference.Sampling(),
-      fastv=fastv, pruned_len=pruned_len).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"])

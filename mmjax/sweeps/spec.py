@@ -2,7 +2,7 @@
 
 A sweep file (`experiments/NAME.py`) defines `SWEEP`:
 
-  from mmjax import sweep_spec as S
+  from mmjax.sweeps import spec as S
 
   SWEEP = S.Sweep(
       config="configs/shapes.py", args={"size": "small"},

@@ -1,9 +1,9 @@
 """Generation with a KV cache, for every fusion paradigm and position scheme.
 
-  out = inference.generate(model, params, prompts, images, image_token_id=4,
-                           max_new_tokens=16, stop_ids=[tok.end_of_turn_id],
-                           sampling=inference.Sampling(temperature=0.7,
-                                                       top_p=0.9), seed=0)
+  out = decode.generate(model, params, prompts, images,
+                        image_token_id=tok.image_id, max_new_tokens=16,
+                        stop_ids=[tok.end_of_turn_id],
+                        sampling=Sampling(temperature=0.7, top_p=0.9))
 
 Host side, `prepare_batch` lays every prompt out with `layout.assemble` (the
 code that lays out training sequences) and left-pads the batch, so every
@@ -12,7 +12,7 @@ row's prompt ends at the same cache slot. On device, two compiled programs:
   prefill  encode the images, run the LM over the padded prompts into a new
            KV cache (padding slots masked), sample the first token.
            Cross-attention models keep each block's projected media keys and
-           values in the cache; FastV (`mmjax.fastv`) prunes image tokens
+           values in the cache; FastV (`mmjax.inference.fastv`) prunes image tokens
            here.
   decode   a `lax.while_loop` feeding one token per step at the next cache
            slot, until `until` tokens exist or every row has hit a stop
@@ -41,13 +41,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax import fastv as fastv_lib
+from mmjax.inference import fastv as fastv_lib
 from mmjax.models import layout
 from mmjax.models.decoder import init_kv_cache
 from mmjax.models.mllm import MLLM, MLLMConfig
 from mmjax.models.position_ids import (V2PE_DEFAULT_STRIDE,
                                        mrope_decode_positions)
-from mmjax.sampling import Sampling, sample_tokens
+from mmjax.inference.sampling import Sampling, sample_tokens
 
 Piece = Sequence[int] | layout.Media
 
@@ -306,7 +306,7 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
     stop_ids: a row stops after generating one of these (not returned).
     sampling: greedy by default.
     seed: PRNG seed of sampling.
-    fastv: prune image tokens at prefill (`mmjax.fastv.FastVConfig`).
+    fastv: prune image tokens at prefill (`mmjax.inference.fastv.FastVConfig`).
     tokenizer: decodes the outputs into `texts` when given.
     batch_size: rows per program; the last batch is padded to it.
     pad_id: the id in padding slots.
@@ -376,3 +376,55 @@ def check_fits(lengths: Sequence[int], max_new_tokens: int, max_len: int,
           f"with max_new_tokens={max_new_tokens} that exceeds the context of "
           f"{max_len} tokens: shorten the prompt, use fewer images, or lower "
           "max_new_tokens")
+
+
+def greedy_generate(model: MLLM, params: Any,
+                    prompts: Sequence[Sequence[Piece]],
+                    images: Sequence[np.ndarray] | None = None, *,
+                    image_token_id: int, max_new_tokens: int, stop_id: int,
+                    tokenizer: Any = None, batch_size: int = 8,
+                    pad_id: int = 0, v2pe_stride: int = V2PE_DEFAULT_STRIDE,
+                    fastv: fastv_lib.FastVConfig | None = None) -> Generation:
+  """Batched greedy decoding with a KV cache (`generate`), one stop id.
+
+  Args:
+    model, params: the MLLM (`model.cfg` lays the prompts out).
+    prompts: per example, text id lists and `layout.Media` items in order
+      (the `<image>` markers already split out, as `layout.assemble` takes).
+    images: per example f32[M_i, H, W, C], one image per Media item (already
+      preprocessed); None for text-only prompts.
+    image_token_id: the `<image>` id of the placeholders.
+    max_new_tokens: the most tokens generated per example.
+    stop_id: an example stops after generating it (`end_of_turn_id`).
+    tokenizer: decodes the outputs into `texts` when given.
+    batch_size: rows per program; the last batch is padded to it, so one
+      program (per prompt length bucket) serves every batch.
+    pad_id: the id in unused slots.
+    v2pe_stride: the fixed V2PE inference stride.
+    fastv: prune image tokens at prefill.
+
+  Returns:
+    A Generation: one token list and text per prompt.
+  """
+  return generate(
+      model, params, prompts, images, image_token_id=image_token_id,
+      max_new_tokens=max_new_tokens, stop_ids=[stop_id], tokenizer=tokenizer,
+      batch_size=batch_size, pad_id=pad_id, v2pe_stride=v2pe_stride,
+      fastv=fastv)
+
+
+def prefill_flops(model: MLLM, params: Any, batch: dict[str, Any], *,
+                  max_new_tokens: int, fastv: fastv_lib.FastVConfig | None) -> float:
+  """FLOPs of the compiled prefill (XLA cost analysis) for one batch."""
+  batch = dict(batch)
+  pruned_len = None
+  if fastv is not None:
+    fastv.check(model.cfg)
+    batch["keep_image"], pruned_len = fastv_lib.plan(batch, fastv.r)
+  compiled = prefill.lower(
+      model, params, batch, np.zeros(1, np.int32), np.int32(0), np.int32(0),
+      max_new_tokens=max_new_tokens, sampling=Sampling(),
+      fastv=fastv, pruned_len=pruned_len).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])

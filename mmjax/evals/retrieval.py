@@ -7,9 +7,10 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from mmjax.data import formats
+from mmjax.data import builders, formats
 from mmjax.data import images as images_lib
 from mmjax.data.tokenizer import Tokenizer
+from mmjax.evals import registry
 from mmjax.models.text_tower import TwoTower
 
 
@@ -84,3 +85,16 @@ def evaluate_retrieval(model: TwoTower, params: Any, tokenizer: Tokenizer,
     ztxt.append(z["ztxt"][:count])
   out = retrieval_recall(np.concatenate(zimg), np.concatenate(ztxt), ks)
   return {**out, "count": n}
+
+
+def retrieval_evaluator(ctx: registry.EvalContext) -> dict[str, Any]:
+  """`retrieval` after a contrastive stage: recall@1/@5 on the test split."""
+  config = ctx.config
+  return evaluate_retrieval(
+      ctx.model, ctx.params, ctx.tokenizer,
+      builders.load_source(ctx.dataset, "test"), config.model.text.max_len,
+      max_examples=config.eval.max_examples,
+      batch_size=config.eval.batch_size)
+
+
+registry.register("retrieval", retrieval_evaluator)

@@ -28,8 +28,8 @@ from typing import Any, Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mmjax.evals import plots
 from mmjax.train import metrics as metrics_lib
-from mmjax.train import plots
 
 SPLITS = ("test", "heldout")
 TIMED_STAGE = "sft"
@@ -66,23 +66,20 @@ def model_facts(config) -> dict[str, Any]:
   """Visual tokens per image, sequence tokens per image, parameter count."""
   import jax  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from mmjax.train import tasks  # pylint: disable=g-import-not-at-top
+  from mmjax.data.tokenizer import IMAGE_ID  # pylint: disable=g-import-not-at-top
+  from mmjax.models import build, layout  # pylint: disable=g-import-not-at-top
   facts: dict[str, Any] = {}
+  model = build.build_model(config)
   if config.get("family") == "mllm":
-    from mmjax.models import layout  # pylint: disable=g-import-not-at-top
-    from mmjax.models.mllm import MLLM  # pylint: disable=g-import-not-at-top
-    from mmjax.train import mllm_tasks  # pylint: disable=g-import-not-at-top
-    cfg = mllm_tasks.model_config(config)
+    cfg = model.cfg
     side = cfg.side
     facts["seq_tokens"] = layout.placeholder_tokens(cfg, side, side)
     facts["visual_tokens"] = (cfg.resampler.n_latents
                               if cfg.fusion == "cross_attention"
                               else layout.visual_tokens(cfg, side, side))
-    model = MLLM(cfg)
-    dummy = mllm_tasks.dummy_inputs(cfg, mllm_tasks.IMAGE_ID)
-    init = lambda rng: model.init(rng, **dummy)["params"]
+    init = build.mllm_init(model, IMAGE_ID)
   else:
-    _, init = tasks.model_initializer(config)
+    init = build.decoder_init(model, config.data.seq_len)
   abstract = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
   facts["params"] = sum(math.prod(a.shape) for a in jax.tree.leaves(abstract))
   return facts

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from mmjax import config as config_lib
-from mmjax import sweep_spec
+from mmjax.sweeps import spec as sweep_spec
 
 
 class SweepError(config_lib.ConfigError):
@@ -73,7 +73,7 @@ def load_sweep(path: str) -> sweep_spec.Sweep:
   sweep = getattr(module, "SWEEP", None)
   if not isinstance(sweep, sweep_spec.Sweep):
     raise SweepError(f"sweep file {path} must define SWEEP = "
-                     "mmjax.sweep_spec.Sweep(...)")
+                     "mmjax.sweeps.spec.Sweep(...)")
   return sweep
 
 

@@ -1,13 +1,14 @@
 """Evaluations after each stage of the multimodal recipe, and the report.
 
-A stage's `evals` lists what to measure once it finishes:
+A stage's `evals` lists what to measure once it finishes, by the names of
+the evaluator registry (evals/registry.py):
   retrieval  image<->caption recall@1/@5 of the contrastive model (test split)
   vqa        greedy answers to the test and held-out questions: exact match
              by question type, yes/no (POPE-style) metrics, absent-object
              yes-rate
   captions   greedy captions of config.eval.caption_examples (default 32)
              test images: BLEU-4 and token F1 against both references
-Answers come from the KV-cache generation of `mmjax.inference`.
+Answers come from the KV-cache generation of `mmjax.inference.decode`.
 Results go to WORKDIR/eval/<stage>.json, to metrics.jsonl (with "stage" and
 "step"), and into WORKDIR/report.md with plots beside it.
 """
@@ -21,14 +22,10 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 
-from mmjax import evaluate
-from mmjax import retrieval
-from mmjax.data import builders
+from mmjax.data import datasets
+from mmjax.evals import plots, registry, results
 from mmjax.train import metrics as metrics_lib
-from mmjax.train import mllm_tasks, plots
-
-EVALS = ("retrieval", "vqa", "captions")
-VQA_SPLITS = ("test", "heldout")
+from mmjax.train import stages
 
 
 def _eval_path(workdir: str, stage: str) -> str:
@@ -60,7 +57,7 @@ class StageEvaluator:
     metrics["eval_time_s"] = time.perf_counter() - t0
     self.results[name] = metrics
     if jax.process_index() == 0:
-      evaluate.write_results(self.workdir, name, metrics)
+      results.write_results(self.workdir, name, metrics)
       writer = metrics_lib.MetricWriter(self.workdir, name, tensorboard=False)
       writer.write(result.step, {f"eval/{k}": v for k, v in metrics.items()
                                  if isinstance(v, (int, float))})
@@ -72,34 +69,15 @@ class StageEvaluator:
             flush=True)
 
   def measure(self, name: str, evals, built, result) -> dict[str, Any]:
-    config = self.config
-    builder = mllm_tasks.shapes_dataset(config)
-    tok = built.tokenizer
-    model, _, _ = mllm_tasks.stage_model(config, name)
+    """The metrics of every evaluator in `evals`, merged."""
+    ctx = registry.EvalContext(
+        config=self.config, stage=name,
+        model=stages.stage_model(self.config, name).model,
+        params=result.params, tokenizer=built.tokenizer,
+        dataset=datasets.shapes_dataset(self.config))
     out: dict[str, Any] = {}
-    if "retrieval" in evals:
-      source = builders.load_source(builder, "test")
-      out.update(retrieval.evaluate_retrieval(
-          model, result.params, tok, source, config.model.text.max_len,
-          max_examples=config.eval.max_examples,
-          batch_size=config.eval.batch_size))
-    if "vqa" in evals:
-      cfg = mllm_tasks.model_config(config)
-      for split in VQA_SPLITS:
-        source = builders.load_source(builder, split)
-        m = evaluate.evaluate_shapes_vqa(
-            model, result.params, cfg, tok, source,
-            max_examples=config.eval.max_examples,
-            batch_size=config.eval.batch_size,
-            max_new_tokens=config.eval.max_new_tokens)
-        out.update({f"{split}/{k}": v for k, v in m.items()})
-    if "captions" in evals:
-      m = evaluate.evaluate_shapes_captions(
-          model, result.params, mllm_tasks.model_config(config), tok,
-          builders.load_source(builder, "test"),
-          max_examples=config.eval.get("caption_examples", 32),
-          batch_size=config.eval.batch_size)
-      out.update({f"test/{k}": v for k, v in m.items()})
+    for entry in evals:
+      out.update(registry.EVALUATORS[entry](ctx))
     return out
 
   def report(self) -> str:
@@ -120,7 +98,7 @@ class StageEvaluator:
                     f"({os.path.basename(acc_png)})"]
     lines.append("")
     for name, m in self.results.items():
-      lines.append(evaluate.results_markdown(name, _headline(m)))
+      lines.append(results.results_markdown(name, _headline(m)))
     return "\n".join(lines)
 
 

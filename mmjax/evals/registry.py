@@ -1,0 +1,66 @@
+"""The registry of evaluators: the names a stage's `evals` lists.
+
+  register("vqa", vqa_evaluator)   # in the evaluator's own module
+  EVALUATORS["vqa"](ctx) -> {"test/acc/all": ..., ...}
+
+An evaluator takes an `EvalContext` (the stage's model and final
+parameters, the tokenizer, the recipe's shapes dataset) and returns flat
+metrics; `after_stage.StageEvaluator` runs those a stage lists once it
+finishes and writes them to WORKDIR/eval/<stage>.json, metrics.jsonl and
+report.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+
+from mmjax import config as C
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What an evaluator after a stage gets.
+
+  Attributes:
+    config: the run's config.
+    stage: the stage's name.
+    model: the stage's model (the MLLM, or the two-tower model of a
+      contrastive stage).
+    params: its final parameters.
+    tokenizer: the recipe's tokenizer.
+    dataset: the recipe's shapes TFDS builder (splits train / validation /
+      test / heldout).
+  """
+  config: ml_collections.ConfigDict
+  stage: str
+  model: Any
+  params: Any
+  tokenizer: Any
+  dataset: Any
+
+
+Evaluator = Callable[[EvalContext], dict[str, Any]]
+EVALUATORS: dict[str, Evaluator] = {}
+
+
+def register(name: str, fn: Evaluator) -> Evaluator:
+  """Adds an evaluator under a name a stage's `evals` can list."""
+  if name in EVALUATORS:
+    raise ValueError(f"evaluator {name!r} is registered twice")
+  EVALUATORS[name] = fn
+  return fn
+
+
+def checks(config: ml_collections.ConfigDict) -> list[C.Check]:
+  """Each stage's `evals` names registered evaluators."""
+  out = []
+  for name in C.stage_names(config):
+    for entry in config.stages[name].get("evals", ()):
+      out.append(C.check_that(
+          lambda c, e=entry: e in EVALUATORS,
+          lambda c, n=name, e=entry: f"config.stages.{n}.evals names {e!r}, "
+          f"which is no evaluator; evaluators: "
+          f"{', '.join(map(repr, EVALUATORS))}"))
+  return out

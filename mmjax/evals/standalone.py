@@ -1,0 +1,76 @@
+"""Evaluating a finished run on one split of the shapes benchmark: what
+`python -m mmjax.evaluate` does.
+
+  metrics, markdown = evaluate_run("runs/shapes", "test", captions=64)
+
+The run's final parameters (`mmjax.inference.load`), or a given stage
+checkpoint; results go to WORKDIR/eval/final_<split>.json and .md
+(<stage>_<step>_<split> for a checkpoint).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mmjax.data import builders, datasets
+from mmjax.evals import captions as captions_lib
+from mmjax.evals import results, vqa
+from mmjax.inference import run as run_lib
+from mmjax.inference.fastv import FastVConfig
+
+SPLITS = ("test", "heldout", "validation")
+
+
+def evaluate_run(workdir: str | None, split: str, *,
+                 checkpoint: str | None = None, max_examples: int | None = None,
+                 batch_size: int | None = None, captions: int = 0,
+                 fastv: FastVConfig | None = None,
+                 tokenizer: str | None = None) -> tuple[dict[str, Any], str]:
+  """Evaluates a run's final parameters on one shapes split.
+
+  Args:
+    workdir / checkpoint: the run (`mmjax.inference.run.load_run`).
+    split: one of SPLITS.
+    max_examples: VQA examples (None: config.eval.max_examples; 0: all).
+    batch_size: rows per program (None: config.eval.batch_size).
+    captions: also caption this many records (0: no caption metrics).
+    fastv: prune image tokens at prefill.
+    tokenizer: an explicit tokenizer path.
+
+  Returns:
+    (metrics, markdown); both are also written to WORKDIR/eval/NAME.json
+    and .md, NAME = final_<split>, or <stage>_<step>_<split> for an
+    explicit checkpoint.
+  """
+  if split not in SPLITS:
+    raise run_lib.WorkdirError(f"--split={split!r}; allowed: "
+                                   f"{', '.join(SPLITS)}")
+  run = run_lib.load_run(workdir, checkpoint=checkpoint,
+                             tokenizer=tokenizer)
+  config = run.config
+  if fastv is not None:
+    fastv.check(run.cfg)
+  source = builders.load_source(datasets.shapes_dataset(config), split)
+  if max_examples is None:
+    max_examples = config.eval.max_examples
+  batch_size = batch_size or config.eval.batch_size
+  metrics = vqa.evaluate_shapes_vqa(
+      run.model, run.params, run.cfg, run.tokenizer, source,
+      max_examples=max_examples or None, batch_size=batch_size,
+      max_new_tokens=config.eval.max_new_tokens, fastv=fastv)
+  if captions:
+    metrics.update(captions_lib.evaluate_shapes_captions(
+        run.model, run.params, run.cfg, run.tokenizer, source,
+        max_examples=captions, batch_size=batch_size))
+  metrics["checkpoint"] = run.checkpoint
+  if fastv is not None:
+    metrics["fastv"] = f"k={fastv.k} r={fastv.r}"
+  name = f"final_{split}"
+  if checkpoint is not None:
+    stage_dir, step = os.path.split(run.checkpoint)
+    name = f"{os.path.basename(stage_dir)}_{step}_{split}"
+  markdown = results.write_results(run.workdir, name, metrics)
+  with open(os.path.join(run.workdir, "eval", f"{name}.md"), "w",
+            encoding="utf-8") as f:
+    f.write(markdown)
+  return metrics, markdown

@@ -1,0 +1,164 @@
+"""VQA on the shapes benchmark: exact match by question type and POPE-style
+yes/no probes (evaluator `vqa`).
+
+  metrics = evaluate_shapes_vqa(model, params, cfg, tok, source)
+
+Answers are generated greedily with the KV cache of `mmjax.inference`
+(prefill, then a compiled decode loop); optional FastV pruning.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mmjax.data import builders, formats
+from mmjax.data import images as images_lib
+from mmjax.data.shapes import QTYPES
+from mmjax.data.tokenizer import Tokenizer
+from mmjax.inference import decode
+from mmjax.inference import prompts as prompts_lib
+from mmjax.evals import registry
+from mmjax.inference.fastv import FastVConfig
+from mmjax.models.mllm import MLLM, MLLMConfig
+
+Piece = decode.Piece
+SPLITS = ("test", "heldout")  # what the `vqa` evaluator after a stage scores
+
+
+def normalize_answer(text: str) -> str:
+  """Lower-case, strip whitespace and a trailing '.'."""
+  return text.strip().lower().rstrip(".").strip()
+
+
+def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str],
+                 qtypes: Sequence[str]) -> dict[str, float | int]:
+  """Exact match after `normalize_answer`, overall and per question type.
+
+  Returns:
+    {"acc/all", "count/all", and "acc/<qtype>", "count/<qtype>" for each
+    question type present (shapes.QTYPES order, then others sorted)}.
+  """
+  if not len(predictions) == len(answers) == len(qtypes):
+    raise ValueError(f"{len(predictions)} predictions, {len(answers)} answers "
+                     f"and {len(qtypes)} qtypes must be equally many")
+  hits = [normalize_answer(p) == normalize_answer(a)
+          for p, a in zip(predictions, answers)]
+  present = set(qtypes)
+  order = [q for q in QTYPES if q in present] + sorted(present - set(QTYPES))
+  out: dict[str, float | int] = {}
+  for name in order + ["all"]:
+    mine = [h for h, q in zip(hits, qtypes) if name in ("all", q)]
+    out[f"acc/{name}"] = float(np.mean(mine)) if mine else 0.0
+    out[f"count/{name}"] = len(mine)
+  return out
+
+
+def yes_no_metrics(predictions: Sequence[str], answers: Sequence[str]
+                   ) -> dict[str, float | int]:
+  """POPE-style yes/no metrics with "yes" as the positive class.
+
+  Returns:
+    accuracy, precision, recall, f1 (0 where undefined), yes_rate (the
+    fraction of predictions that are "yes"; a model that hallucinates says
+    yes too often) and count.
+  """
+  if len(predictions) != len(answers):
+    raise ValueError(f"{len(predictions)} predictions for {len(answers)} "
+                     "answers")
+  pred = np.asarray([normalize_answer(p) == "yes" for p in predictions], bool)
+  gold = np.asarray([normalize_answer(a) == "yes" for a in answers], bool)
+  n, tp = len(answers), int(np.sum(pred & gold))
+  precision, recall = tp / max(pred.sum(), 1), tp / max(gold.sum(), 1)
+  f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+  accuracy = np.mean([normalize_answer(p) == normalize_answer(a)
+                      for p, a in zip(predictions, answers)]) if n else 0.0
+  return {"accuracy": float(accuracy),
+          "precision": float(precision), "recall": float(recall),
+          "f1": float(f1),
+          "yes_rate": float(pred.mean()) if n else 0.0, "count": n}
+
+
+def shapes_examples(cfg: MLLMConfig, tokenizer: Tokenizer,
+                     source: Sequence[Mapping[str, Any]], fmt: str,
+                     max_examples: int | None, resize: str
+                     ) -> tuple[list[Any], list[list[Piece]],
+                                list[np.ndarray]]:
+  """(record, item) pairs of `fmt` in source order, their prompts (the
+  training prompt without the answer) and images f32[1, S, S, 3]."""
+  kind = images_lib.normalization_kind(cfg)
+  examples, pixels = [], []
+  for index in range(len(source)):
+    if max_examples is not None and len(examples) >= max_examples:
+      break
+    record = source[index]
+    image = images_lib.preprocess(record["image"], cfg.side, resize=resize,
+                                  kind=kind)[None]  # Shared, not copied.
+    n = formats.num_items(record, fmt) if fmt == "shapes" else 1
+    examples += [(record, item) for item in range(n)]
+    pixels += [image] * n
+  examples, pixels = examples[:max_examples], pixels[:max_examples]
+  prompts = [prompts_lib.prompt_pieces(cfg, tokenizer, formats.record_example(
+      r, i, fmt).turns[:-1]) for r, i in examples]
+  return examples, prompts, pixels
+
+
+def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
+                        tokenizer: Tokenizer,
+                        source: Sequence[Mapping[str, Any]], *,
+                        max_examples: int | None = None, batch_size: int = 8,
+                        max_new_tokens: int = 4, resize: str = "square",
+                        num_samples: int = 8,
+                        fastv: FastVConfig | None = None) -> dict[str, Any]:
+  """Greedy answers to every question of shapes records, scored.
+
+  Each (record, question) is one example, prompted as training prompts it
+  (user `<image>\\n{question}`, formats 'shapes'), up to `max_examples`
+  examples in source order.
+
+  Returns:
+    `vqa_accuracy` keys; `pope/<key>` = `yes_no_metrics` on existence
+    questions; `absent_yes_rate` = yes-rate on existence questions about
+    absent objects (answer "no"); "samples": the first `num_samples`
+    {question, answer, prediction, qtype} dicts.
+  """
+  examples, prompts, pixels = shapes_examples(cfg, tokenizer, source,
+                                               "shapes", max_examples, resize)
+  questions, answers, qtypes = ([r[key][i] for r, i in examples]
+                                for key in ("questions", "answers", "qtypes"))
+  out = decode.greedy_generate(model, params, prompts, pixels,
+                        image_token_id=tokenizer.image_id,
+                        max_new_tokens=max_new_tokens,
+                        stop_id=tokenizer.end_of_turn_id, tokenizer=tokenizer,
+                        batch_size=batch_size, pad_id=tokenizer.pad_id,
+                        fastv=fastv)
+  preds = out.texts
+  metrics: dict[str, Any] = dict(vqa_accuracy(preds, answers, qtypes))
+  exist = [i for i, q in enumerate(qtypes) if q == "existence"]
+  pope = yes_no_metrics([preds[i] for i in exist], [answers[i] for i in exist])
+  metrics.update({f"pope/{k}": v for k, v in pope.items()})
+  absent = [i for i in exist if normalize_answer(answers[i]) == "no"]
+  metrics["absent_yes_rate"] = yes_no_metrics(
+      [preds[i] for i in absent], [answers[i] for i in absent])["yes_rate"]
+  metrics["samples"] = [
+      {"question": q, "answer": a, "prediction": p, "qtype": t} for q, a, p, t
+      in zip(questions[:num_samples], answers, preds, qtypes)]
+  return metrics
+
+
+def vqa_evaluator(ctx: registry.EvalContext) -> dict[str, Any]:
+  """`vqa` after a stage: every VQA metric on the test and held-out splits,
+  keys prefixed with the split."""
+  config, out = ctx.config, {}
+  for split in SPLITS:
+    m = evaluate_shapes_vqa(
+        ctx.model, ctx.params, ctx.model.cfg, ctx.tokenizer,
+        builders.load_source(ctx.dataset, split),
+        max_examples=config.eval.max_examples,
+        batch_size=config.eval.batch_size,
+        max_new_tokens=config.eval.max_new_tokens)
+    out.update({f"{split}/{k}": v for k, v in m.items()})
+  return out
+
+
+registry.register("vqa", vqa_evaluator)

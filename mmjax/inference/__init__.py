@@ -1,0 +1,21 @@
+"""Generation: the KV-cache decode loop, sampling, FastV, and loading a run.
+
+  from mmjax import inference
+  run = inference.load("runs/shapes_tiny")        # a finished recipe
+  run.ask("photo.png", "what colour is the circle?")
+  out = inference.generate(run.model, run.params, prompts, images,
+                           image_token_id=run.tokenizer.image_id,
+                           max_new_tokens=8)       # batched, low level
+
+Modules: decode (prefill + compiled decode loop), sampling, fastv, prompts
+(chat turns -> token pieces), media (image files and video frames), run
+(a workdir's model, parameters and tokenizer).
+"""
+from mmjax.inference.decode import (Generation, PromptTooLongError, generate,
+                                    greedy_generate, prepare_batch)
+from mmjax.inference.fastv import FastVConfig
+from mmjax.inference.prompts import InputError, prompt_pieces, user_turn
+from mmjax.inference.run import Run, WorkdirError, load_run
+from mmjax.inference.sampling import Sampling
+
+load = load_run

@@ -1,0 +1,89 @@
+"""Reading media for generation: image files, video frame folders, and their
+preprocessing into the arrays a model takes.
+
+  stills = [read_image("photo.png")]
+  media = media_arrays(cfg, stills, video=None, resize="square", max_frames=4)
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmjax.data import images as images_lib
+from mmjax.inference.prompts import InputError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def read_image(path: str) -> np.ndarray:
+  """uint8[H, W, 3] of an image file; InputError when it cannot be read."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    reason = str(e).split("\n")[0] or type(e).__name__
+    raise InputError(f"cannot read image {path!r} ({reason}); give a PNG, "
+                     "JPEG or other image file PIL can open") from None
+
+
+def read_video(directory: str) -> list[np.ndarray]:
+  """The frames of a folder, in name order."""
+  if not os.path.isdir(directory):
+    raise InputError(f"--video={directory!r} is not a folder; give a folder "
+                     "of frame images")
+  names = sorted(n for n in os.listdir(directory)
+                 if n.lower().endswith(IMAGE_EXTENSIONS))
+  if not names:
+    raise InputError(f"--video={directory!r} holds no image files "
+                     f"({', '.join(IMAGE_EXTENSIONS)})")
+  return [read_image(os.path.join(directory, n)) for n in names]
+
+
+def evenly(items: Sequence, n: int) -> list:
+  """n items spread evenly over the sequence (all when it has <= n)."""
+  if len(items) <= n:
+    return list(items)
+  return [items[int(i)] for i in np.linspace(0, len(items) - 1, n)]
+
+
+def media_arrays(cfg, stills: Sequence[np.ndarray],
+                 video: Sequence[np.ndarray] | None, resize: str,
+                 max_frames: int) -> np.ndarray | None:
+  """Preprocessed media items f32[M, S, S, 3] or [M, F, S, S, 3] (F =
+  cfg.frames; a still image is repeated F times), None without media."""
+  kind = images_lib.normalization_kind(cfg)
+  prep = lambda im: images_lib.preprocess(im, cfg.side, resize=resize,
+                                          kind=kind)
+  items = [np.stack([prep(im)] * cfg.frames) if cfg.frames > 1 else prep(im)
+           for im in stills]
+  if video:
+    if cfg.frames > 1:
+      items.append(np.stack([prep(im) for im in evenly(video, cfg.frames)]))
+    else:
+      items += [prep(im) for im in evenly(video, max_frames)]
+  return np.stack(items) if items else None
+
+
+def image_list(images: Any) -> list[Any]:
+  """None -> [], one image -> [it], a list or tuple -> itself."""
+  if images is None:
+    return []
+  if isinstance(images, (list, tuple)):
+    return list(images)
+  return [images]
+
+
+def as_image(image: Any) -> np.ndarray:
+  """uint8[H, W, 3] of a file path, a PIL image or an array."""
+  if isinstance(image, (str, os.PathLike)):
+    return read_image(os.fspath(image))
+  if hasattr(image, "convert"):  # a PIL image
+    return np.asarray(image.convert("RGB"))
+  array = np.asarray(image)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise InputError(f"an image array must be [H, W, 3]; got shape "
+                     f"{list(array.shape)}")
+  return array
