@@ -1,8 +1,10 @@
 """Shared pieces of the benchmarks: sizes, synthetic batches, peaks, tables.
 
-The three LLaVA-style sizes of issue 10 (SigLIP tower + MLP projector +
-LLaMA-style LM, batch 8, 64 image tokens + 64 text tokens), plus `1b`, a
-~1B-parameter config meant for a GPU run in bfloat16.
+The LLaVA-style sizes of issue 10 (SigLIP tower + MLP projector +
+LLaMA-style LM, batch 8, 64 image tokens + 64 text tokens) are the named
+sizes of mmjax/models/sizes.py, the table the recipes read too: `tiny`,
+`small` (configs/shapes.py's models), `bench`, and `1b`, a ~1B-parameter
+config meant for a GPU run in bfloat16.
 
 Scripts run as `python benchmarks/NAME.py`; they put the repository root on
 sys.path so `from benchmarks import common` resolves.
@@ -18,36 +20,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from mmjax.data.tokenizer import IMAGE_ID
+from mmjax.models import sizes
+# The scripts' --fusions choices (jax-free: the torch-only runs import this).
+from mmjax.models.choices import FUSIONS  # pylint: disable=unused-import
+
 BATCH = 8
 TEXT_LEN = 64
-from mmjax.data.tokenizer import IMAGE_ID  # pylint: disable=wrong-import-position
 
-# Exact dims of issue 10; the ViT MLP is 4x its width (SigLIP convention).
-SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        vision=dict(width=64, depth=2, n_heads=2, mlp_dim=256,
-                    image_size=64, patch_size=8),
-        lm=dict(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
-                mlp_dim=256, vocab_size=512)),
-    "small": dict(
-        vision=dict(width=192, depth=4, n_heads=3, mlp_dim=768,
-                    image_size=64, patch_size=8),
-        lm=dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2,
-                mlp_dim=768, vocab_size=1024)),
-    "bench": dict(
-        vision=dict(width=512, depth=6, n_heads=8, mlp_dim=2048,
-                    image_size=128, patch_size=16),
-        lm=dict(d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4,
-                mlp_dim=2816, vocab_size=8192)),
-    # ~0.95B parameters (SigLIP B/16 at 224 px + a 0.86B LLaMA): for a GPU.
-    "1b": dict(
-        vision=dict(width=768, depth=12, n_heads=12, mlp_dim=3072,
-                    image_size=224, patch_size=16),
-        lm=dict(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=4,
-                mlp_dim=5632, vocab_size=32000)),
-}
-FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
-           "one_backbone")
+# {size: {'vision': ..., 'lm': ..., 'connector': ...}}, a copy of the table.
+SIZES: dict[str, dict[str, Any]] = {n: sizes.get(n) for n in sizes.names()}
 
 
 class BenchmarkInputError(ValueError):
@@ -73,8 +55,8 @@ def model_config_dict(size: str, fusion: str = "projection", *,
   """The `config.model` block (nested dicts) of a benchmark model.
 
   Args:
-    size: a key of SIZES.
-    fusion: one of FUSIONS.
+    size: a key of SIZES (mmjax/models/sizes.py).
+    fusion: one of FUSIONS (mmjax/models/mllm.py).
     dtype: compute dtype; parameters stay float32 (mixed precision).
     image_size: image side in pixels (default the size's own).
     latents: resampler latents / Q-Former queries (visual tokens in the
@@ -84,8 +66,8 @@ def model_config_dict(size: str, fusion: str = "projection", *,
     attention: self-attention kernel of the LM and ViT blocks
       (layers.ATTENTION_IMPLS; 'cudnn' needs an NVIDIA GPU and bfloat16).
   """
-  s = SIZES[size]
-  v, lm = dict(s["vision"]), dict(s["lm"])
+  s = sizes.get(size)
+  v, lm, conn = s["vision"], s["lm"], s["connector"]
   side = image_size or v.pop("image_size")
   v.pop("image_size", None)
   common = dict(dtype=dtype, param_dtype="float32")
@@ -99,12 +81,13 @@ def model_config_dict(size: str, fusion: str = "projection", *,
   vision = dict(kind="siglip", image_size=side, channels=3, pool="none",
                 remat=remat, attention=attention, **v, **common)
   width, heads = v["width"], v["n_heads"]
-  resampler = dict(style="flamingo", n_latents=latents, depth=2,
-                   n_heads=heads, head_dim=width // heads, ff_mult=4,
+  resampler = dict(style="flamingo", n_latents=latents,
+                   depth=conn["resampler_depth"], n_heads=heads,
+                   head_dim=conn["resampler_head_dim"], ff_mult=4,
                    out_dim=lm["d_model"] if fusion == "resampler" else None,
                    **common)
-  qformer = dict(n_queries=latents, width=width, depth=2, n_heads=heads,
-                 mlp_dim=4 * width, cross_attention_freq=2,
+  qformer = dict(n_queries=latents, width=width, depth=conn["qformer_depth"],
+                 n_heads=heads, mlp_dim=4 * width, cross_attention_freq=2,
                  vision_width=width, vocab_size=0, **common)
   return dict(fusion=fusion, positions="rope", projector="mlp",
               feature_layer=-2, image_attention="causal",

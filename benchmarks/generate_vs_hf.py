@@ -42,7 +42,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from mmjax.inference import decode
+from mmjax.inference import decode as decode_lib
 from mmjax.models import layout  # pylint: disable=g-import-not-at-top
 from mmjax.models.mllm import MLLM, mllm_config_from_dict  # pylint: disable=g-import-not-at-top
 
@@ -100,17 +100,17 @@ def time_mmjax(size: str, tokens: np.ndarray, images: np.ndarray,
   side = model.cfg.side
   prompts = [[layout.Media(side, side), list(t)] for t in tokens]
   pixels = [im[None] for im in images]
-  kw = dict(max_new_tokens=new_tokens, sampling=decode.Sampling())
+  kw = dict(max_new_tokens=new_tokens, sampling=decode_lib.Sampling())
   stop, pad, seed = np.asarray([-1], np.int32), np.int32(0), np.int32(0)
 
   prompt_len = []
 
   def first_token():
-    batch = decode.prepare_batch(model.cfg, prompts, pixels,
+    batch = decode_lib.prepare_batch(model.cfg, prompts, pixels,
                                     range(len(prompts)),
                                     image_token_id=IMAGE_ID)
     prompt_len.append(batch["tokens"].shape[1])
-    state, ctx = decode.prefill(model, params, batch, stop, pad, seed,
+    state, ctx = decode_lib.prefill(model, params, batch, stop, pad, seed,
                                    **kw)
     np.asarray(state.tokens[:, 0])  # on the host
     return state, ctx
@@ -120,7 +120,7 @@ def time_mmjax(size: str, tokens: np.ndarray, images: np.ndarray,
   for i in range(repeats + 1):
     state, ctx = first_token()
     start = time.perf_counter()
-    state = decode.decode(model, params, ctx, state, np.int32(new_tokens),
+    state = decode_lib.decode(model, params, ctx, state, np.int32(new_tokens),
                              sampling=kw["sampling"])
     np.asarray(state.tokens)
     if i:  # the first call compiles

@@ -13,25 +13,26 @@ Any key can also be overridden with --config.KEY=VALUE, e.g.
 import ml_collections
 
 from mmjax import config as config_lib
+from mmjax.models import sizes
 
-_SIZES = {
-    # d_model, n_layers, n_heads, n_kv_heads, mlp_dim, vocab, seq, batch, steps
-    "tiny": dict(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=256,
-                 vocab_size=512, seq_len=64, batch=16, steps=300),
-    "small": dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2,
-                  mlp_dim=768, vocab_size=512, seq_len=128, batch=32,
-                  steps=2000),
+# Run sizes; the model of each is the LM of the same name in
+# mmjax/models/sizes.py.
+_RUNS = {
+    "tiny": dict(seq_len=64, batch=16, steps=300),
+    "small": dict(seq_len=128, batch=32, steps=2000),
 }
+# The corpus supports at most ~690 BPE pieces, hence 512 at every size.
+_VOCAB = 512
 
 
 def get_config(arg=None):
   """Returns the LM recipe; see the module docstring for the args."""
   args = config_lib.parse_arg(arg, size="small", steps=0, batch=0)
-  if args.size not in _SIZES:
+  if args.size not in _RUNS:
     raise config_lib.ConfigError(
         f"config arg size={args.size!r} is not allowed; allowed values: "
-        f"{', '.join(_SIZES)}")
-  size = _SIZES[args.size]
+        f"{', '.join(_RUNS)}")
+  size = dict(sizes.lm(args.size), vocab_size=_VOCAB, **_RUNS[args.size])
 
   config = ml_collections.ConfigDict()
   config.family = "lm"
@@ -48,7 +49,6 @@ def get_config(arg=None):
       attention="einsum",    # einsum | xla | cudnn (NVIDIA GPU, bf16)
       scan_layers=False))    # nn.scan over blocks (stacked 'layers' tree)
 
-  # The corpus supports at most ~690 BPE pieces, hence 512 at every size.
   # Tokenizer: an empty path trains a sentencepiece model on the corpus and
   # saves it to WORKDIR/tokenizer.model (reused when the run resumes).
   config.tokenizer = ml_collections.ConfigDict(dict(

@@ -16,23 +16,14 @@ Any key can also be overridden with --config.KEY=VALUE, e.g.
 import ml_collections
 
 from mmjax import config as config_lib
+from mmjax.models import sizes
+from mmjax.models.choices import FUSIONS, POSITIONS
 
-FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
-           "one_backbone")
-POSITIONS = ("rope", "mrope", "v2pe")
-
-_SIZES = {
-    "tiny": dict(
-        vision=dict(width=64, depth=4, mlp_dim=256, n_heads=2),
-        lm=dict(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
-                mlp_dim=256),
-        latents=16, resampler_depth=2, qformer_depth=2, batch=16),
-    "small": dict(
-        vision=dict(width=192, depth=4, mlp_dim=768, n_heads=3),
-        lm=dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2,
-                mlp_dim=768),
-        latents=32, resampler_depth=2, qformer_depth=4, batch=32),
-}
+# The model sizes live in mmjax/models/sizes.py (the benchmarks read them
+# too); a run size adds its default global batch.
+_BATCH = {"tiny": 16, "small": 32}
+# The shapes tokenizer has 512 pieces at every model size.
+_VOCAB = 512
 
 
 def _mrope_sections(head_dim):
@@ -46,36 +37,39 @@ def _mrope_sections(head_dim):
 def model_config(size: str, fusion: str, positions: str
                  ) -> ml_collections.ConfigDict:
   """The `config.model` block: an MLLMConfig as nested dicts."""
-  s = _SIZES[size]
-  lm = dict(vocab_size=512, rope_theta=10000.0, norm_eps=1e-6,
-            qkv_bias=False, tie_embeddings=False, embed_scale=False,
-            norm_offset_one=False, mlp_activation="silu", logit_softcap=0.0,
+  vision_dims, conn = sizes.vision(size), sizes.connector(size)
+  lm_dims = dict(sizes.lm(size), vocab_size=_VOCAB)
+  lm = dict(rope_theta=10000.0, norm_eps=1e-6, qkv_bias=False,
+            tie_embeddings=False, embed_scale=False, norm_offset_one=False,
+            mlp_activation="silu", logit_softcap=0.0,
             dtype="float32", param_dtype="float32", xattn_media="last",
             xattn_every=1 if fusion == "cross_attention" else 0,
             mrope_sections=None, remat="none", scan_layers=False,
-            attention="einsum", **s["lm"])
+            attention="einsum", **lm_dims)
   if positions == "mrope":
     lm["mrope_sections"] = _mrope_sections(lm["d_model"] // lm["n_heads"])
-  vision = dict(kind="siglip", image_size=64, patch_size=8, channels=3,
-                pool="none", dtype="float32", param_dtype="float32",
-                remat="none", attention="einsum", **s["vision"])
-  width = s["vision"]["width"]
+  vision = dict(kind="siglip", channels=3, pool="none", dtype="float32",
+                param_dtype="float32", remat="none", attention="einsum",
+                **vision_dims)
+  width, heads = vision_dims["width"], vision_dims["n_heads"]
   resampler = dict(
-      style="flamingo", n_latents=s["latents"], depth=s["resampler_depth"],
-      n_heads=s["vision"]["n_heads"], head_dim=32, ff_mult=4, max_frames=4,
+      style="flamingo", n_latents=conn["latents"],
+      depth=conn["resampler_depth"], n_heads=heads,
+      head_dim=conn["resampler_head_dim"], ff_mult=4, max_frames=4,
       max_media=4,
       # Early fusion needs latents in LM width; cross-attention reads them
       # in the vision width through its own key/value projections.
-      out_dim=s["lm"]["d_model"] if fusion == "resampler" else None)
-  qformer = dict(n_queries=s["latents"], width=width,
-                 depth=s["qformer_depth"], n_heads=s["vision"]["n_heads"],
+      out_dim=lm_dims["d_model"] if fusion == "resampler" else None)
+  qformer = dict(n_queries=conn["latents"], width=width,
+                 depth=conn["qformer_depth"], n_heads=heads,
                  mlp_dim=4 * width, cross_attention_freq=2,
-                 vision_width=width, vocab_size=512, max_text_len=32)
+                 vision_width=width, vocab_size=_VOCAB, max_text_len=32)
   return ml_collections.ConfigDict(dict(
       # The last ViT layer: these towers are 4 layers deep, not LLaVA's 24
       # (where -2 is the choice).
       fusion=fusion, positions=positions, projector="mlp", feature_layer=-1,
-      image_attention="causal", patch_size=8, image_size=64, channels=3,
+      image_attention="causal", patch_size=vision_dims["patch_size"],
+      image_size=vision_dims["image_size"], channels=3,
       frames=1, lm=lm, vision=vision, resampler=resampler, qformer=qformer))
 
 
@@ -83,7 +77,7 @@ def get_config(arg=None):
   """Returns the shapes recipe; see the module docstring for the args."""
   args = config_lib.parse_arg(arg, size="small", fusion="projection",
                               positions="rope", steps=0, batch=0)
-  for key, allowed in (("size", tuple(_SIZES)), ("fusion", FUSIONS),
+  for key, allowed in (("size", tuple(_BATCH)), ("fusion", FUSIONS),
                        ("positions", POSITIONS)):
     if args[key] not in allowed:
       raise config_lib.ConfigError(
@@ -93,18 +87,19 @@ def get_config(arg=None):
   config.family = "mllm"
   config.seed = 0
   config.model = model_config(args.size, args.fusion, args.positions)
+  vision_dims = sizes.vision(args.size)
   config.model.text = ml_collections.ConfigDict(dict(
-      vocab_size=512, max_len=32, width=s_vision_width(args.size),
-      depth=2, mlp_dim=4 * s_vision_width(args.size),
-      n_heads=_SIZES[args.size]["vision"]["n_heads"], embed_dim=64,
+      vocab_size=_VOCAB, max_len=32, width=vision_dims["width"],
+      depth=2, mlp_dim=4 * vision_dims["width"],
+      n_heads=vision_dims["n_heads"], embed_dim=64,
       norm_eps=1e-6, activation="gelu_tanh", dtype="float32",
       param_dtype="float32"))
-  config.batch_size = args.batch or _SIZES[args.size]["batch"]
+  config.batch_size = args.batch or _BATCH[args.size]
   config.data = ml_collections.ConfigDict(dict(
       dataset="shapes",
       data_dir="",           # '' = $MMJAX_DATA_DIR or ~/.cache/mmjax/data
       num_train=10000, num_validation=500, num_test=1000, num_heldout=1000,
-      image_size=64, vocab_size=512, seed=0,
+      image_size=64, vocab_size=_VOCAB, seed=0,
       max_len=160,           # longest sequence (contrastive: text length 32)
       text_seq_len=64,       # window of the text-only LM stage
       num_workers=0,
@@ -124,10 +119,6 @@ def get_config(arg=None):
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.matmul_precision = "default"
   return config
-
-
-def s_vision_width(size):
-  return _SIZES[size]["vision"]["width"]
 
 
 def _stage(loss, data, steps, trainable, lr, evals=(), warmup=20, **extra):

@@ -12,12 +12,10 @@ Without --size the recipe runs at its own size and step counts. With
 sft and dpo are evaluated: all five paradigms took 22 min 3 s with
 --parallel=2 on 2 quiet CPU cores.
 """
+from mmjax.models.choices import FUSIONS
 from mmjax.sweeps import spec as S
 
 from shapes_tiny import TINY_OVERRIDES, TINY_STEPS  # experiments/
-
-FUSIONS = ["projection", "resampler", "qformer", "cross_attention",
-           "one_backbone"]
 
 SWEEP = S.Sweep(
     description="The five fusion paradigms on the shapes recipe "

@@ -8,6 +8,7 @@ compositions (colour x shape pairs never seen in training). The shapes
 benchmark has one image per question, so there is no multi-image
 comparison here: the held-out split is the generalisation test.
 """
+from mmjax.models.choices import POSITIONS
 from mmjax.sweeps import spec as S
 
 from shapes_tiny import TINY_OVERRIDES, TINY_STEPS  # experiments/
@@ -18,7 +19,7 @@ SWEEP = S.Sweep(
     "the shapes benchmark).",
     config="configs/shapes.py",
     args={"fusion": "projection"},
-    variants=S.grid(positions=["rope", "mrope", "v2pe"]),
+    variants=S.grid(positions=POSITIONS),
     sizes={"tiny": TINY_OVERRIDES},
     stage_steps={"tiny": TINY_STEPS},
 )

@@ -199,6 +199,31 @@ def to_plain(value: Any) -> Any:
   return value
 
 
+RUN_CONFIG_FILE = "config.json"  # WORKDIR/config.json: the config as run
+
+
+def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """Writes WORKDIR/config.json (atomically); returns its path."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(to_plain(config), f, indent=2)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """WORKDIR/config.json as a ConfigDict, None when the run has none."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """`configs/lm.py:tiny` -> that file's get_config('tiny') (as absl does).
 

@@ -2,6 +2,7 @@
 
   python -m mmjax.generate --workdir=runs/shapes --image=photo.png \\
       --prompt="what colour is the square?"
+  python -m mmjax.generate --workdir=runs/lm_tiny --prompt="the red circle"
   python -m mmjax.generate --checkpoint=runs/shapes/checkpoints/sft/600 \\
       --image=a.png --image=b.png --prompt="<image> <image> same shapes?"
   python -m mmjax.generate --workdir=runs/shapes --video=frames/ \\
@@ -11,11 +12,13 @@ The model is the run's final one (`mmjax.inference.load`: config.json, the last
 finished stage's parameters, the dataset's tokenizer). Each image is one
 `<image>` in the user turn: put the markers in the prompt where the images
 go, or none to have one `<image>\\n` per image before the text (as the
-recipe trains). A video is a folder of frames (image files, in name order):
-one media item of `model.frames` evenly spaced frames when the model takes
-video (frames > 1), else up to --max_frames evenly spaced frames, each an
-image. Tokens are printed as they come: the compiled decode loop runs
---stream_chunk tokens per call.
+recipe trains). A video is a folder of frames (image files, in name
+order): one media item of `model.frames` evenly spaced frames when the model
+takes video (frames > 1), else up to --max_frames evenly spaced frames, each
+an image. A text LM run (configs/lm.py), or a converted decoder LM (`python
+-m mmjax.convert` output, with --tokenizer), takes no images: it continues
+the prompt (plain text after BOS) until EOS. Tokens are printed as they
+come: the compiled decode loop runs --stream_chunk tokens per call.
 
 Bad input (an unreadable image, a prompt longer than the context, a
 checkpoint of another model) exits with status 2 and one line saying what
@@ -33,7 +36,8 @@ def _define_flags() -> None:
   """The command line's flags (defined only when run as a program)."""
   d = flags
   d.DEFINE_string("workdir", None, "A run of python -m mmjax.main (its final "
-                  "parameters).")
+                  "parameters), or a python -m mmjax.convert output (a "
+                  "decoder LM).")
   d.DEFINE_string("checkpoint", None, "Or a stage checkpoint: "
                   "WORKDIR/checkpoints/<stage>/<step>.")
   d.DEFINE_string("config", None, "Config spec (configs/x.py:ARGS) instead "
@@ -87,8 +91,7 @@ def main(argv: Sequence[str]) -> None:
     fastv = inference.FastVConfig(f.fastv_k, f.fastv_r) if f.fastv_k else None
     if fastv is not None:
       fastv.check(run.cfg)
-    media = media_lib.media_arrays(run.cfg, stills, video, f.resize,
-                                   f.max_frames)
+    media = run.prepare_media(stills, video, f.resize, f.max_frames)
     run.answer(f.prompt, media, max_new_tokens=f.max_new_tokens,
                sampling=sampling, seed=f.seed, fastv=fastv,
                chunk=f.stream_chunk,

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -76,7 +77,7 @@ def make_mesh(sizes: Mapping[str, int],
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(sizes, len(devices))
   try:
-    grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
+    grid = mesh_utils.create_device_mesh(shape, devices)
   except Exception:  # pylint: disable=broad-except
     # Simulated CPU devices have no physical topology to optimise for.
     grid = np.asarray(devices).reshape(shape)

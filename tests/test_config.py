@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from mmjax import config as C
+from mmjax.models.choices import FUSIONS, POSITIONS
 from mmjax.train import config_checks
 from tests.conftest import REPO
 
@@ -102,9 +103,8 @@ def test_cli_override_reaches_config(tmp_path):
   assert r.stdout.split() == ["0.125", "96"], r.stderr
 
 
-@pytest.mark.parametrize("fusion", ["projection", "resampler", "qformer",
-                                    "cross_attention", "one_backbone"])
-@pytest.mark.parametrize("positions", ["rope", "mrope", "v2pe"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("positions", POSITIONS)
 def test_shapes_config_validates_every_paradigm(fusion, positions):
   config = C.load_config(os.path.join(
       REPO, f"configs/shapes.py:size=tiny,fusion={fusion},positions={positions}"))

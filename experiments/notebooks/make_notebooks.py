@@ -3,9 +3,11 @@
   python experiments/notebooks/make_notebooks.py
 
 Every notebook starts with the same setup cell: in Colab it clones and
-installs mmjax from REPO_URL; elsewhere it finds the repository checkout
-above the working directory. TINY mode (the default outside Colab, or
-MMJAX_NOTEBOOK_TINY=1) runs each notebook in about a minute on a CPU.
+installs mmjax from REPO_URL (a placeholder the user sets to their fork);
+elsewhere it finds the repository checkout above the working directory.
+TINY mode (the default outside Colab, or MMJAX_NOTEBOOK_TINY=1) runs each
+notebook in about a minute on a CPU. The notebooks call only public API:
+mmjax.config, mmjax.evals, mmjax.inference, mmjax.sweeps.
 """
 import os
 import sys
@@ -19,8 +21,7 @@ SETUP = r'''
 # Setup. In Colab: clone and install mmjax (recipes and sweep files live
 # in the repository, beside the package). Elsewhere: run from a checkout
 # where `pip install -e .` was done.
-# REPO_URL is a placeholder: put the URL of your mmjax repository here.
-REPO_URL = "https://github.com/YOUR_ORG/mmjax.git"
+REPO_URL = "https://github.com/YOUR_ORG/mmjax"  # set this to your fork
 
 import os
 import sys
@@ -28,7 +29,10 @@ import sys
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
   if not os.path.exists("/content/mmjax"):
-    !git clone --depth 1 {REPO_URL} /content/mmjax
+    if "YOUR_ORG" in REPO_URL:
+      raise ValueError("set REPO_URL (top of this cell) to the URL of your "
+                       "mmjax repository, then run the cell again")
+    !git clone --depth 1 $REPO_URL /content/mmjax
     !pip install -q -e /content/mmjax
   os.chdir("/content/mmjax")
 else:  # the repository root: the first directory above with configs/shapes.py
@@ -54,6 +58,10 @@ absl_logging.set_verbosity(absl_logging.ERROR)  # tfds and orbax are chatty
 tfds.disable_progress_bar()
 print(f"repository: {os.getcwd()}  TINY={TINY}  WORKDIR={WORKDIR}")'''.lstrip()
 
+COLAB_NOTE = ("In Colab, first set `REPO_URL` in the setup cell below to the "
+              "URL of your mmjax repository (a fork, or wherever your copy "
+              "lives); the cell clones and installs it from there.")
+
 
 def _notebook(cells):
   nb = v4.new_notebook()
@@ -75,32 +83,31 @@ def _notebook(cells):
 QUICKSTART = [
     ("md", "# mmjax quickstart\n\n"
      "Train the tiny multimodal recipe on the built-in shapes benchmark, "
-     "then ask questions about an image. Open in Colab and run all cells; "
-     "set `TINY = False` below (or `MMJAX_NOTEBOOK_TINY=0`) for the whole "
-     "recipe (text LM, SigLIP, alignment, instruction tuning, DPO: about "
-     "15 minutes on 2 CPU cores)."),
+     "then ask the trained model questions about an image. Open in Colab "
+     "and run all cells; set `TINY = False` below (or "
+     "`MMJAX_NOTEBOOK_TINY=0`) for the whole recipe (text LM, SigLIP, "
+     "alignment, instruction tuning, DPO: about 15 minutes on 2 CPU "
+     "cores).\n\n" + COLAB_NOTE),
     ("code", SETUP),
     ("md", "## The recipe\n\n`configs/shapes.py` builds the config; "
      "`size=tiny` is a 0.5M-parameter model (64-px images, a 2-layer ViT and "
      "a 2-layer LM). TINY mode runs only instruction tuning (`sft`) for 2 "
      "steps on 48 images: the answers will be wrong, the plumbing is what "
-     "it shows."),
+     "it shows. `train_and_evaluate` is what `python -m mmjax.main` runs: "
+     "every stage, then the evaluations the stage lists."),
     ("code", '''from mmjax.config import load_config
-from mmjax.sweeps.plan import set_path
 
 config = load_config("configs/shapes.py:size=tiny,fusion=projection"
                      + (",steps=2" if TINY else ""))
 if TINY:
-  for key, value in TINY_OVERRIDES.items():
-    set_path(config, key, value)
+  config.update_from_flattened_dict(TINY_OVERRIDES)
 config.progress_bar = False
 print("stages:", config.stage_order)'''),
-    ("code", '''from mmjax.train.recipe import run_recipe
+    ("code", '''from mmjax.evals import train_and_evaluate
 
 workdir = os.path.join(WORKDIR, "quickstart_tiny" if TINY else "quickstart")
-done = run_recipe(config, workdir)  # a second run finds it finished
+done = train_and_evaluate(config, workdir)  # a second run finds it finished
 stage, result, _ = done[-1]
-params = result.params  # the model after the last stage
 print(f"trained {stage}: {result.step} steps; report: {workdir}/report.md")'''),
     ("code", '''import json
 from IPython.display import Image, display
@@ -109,54 +116,40 @@ with open(os.path.join(workdir, "eval", f"{stage}.json")) as f:
   metrics = json.load(f)
 print({k: round(v, 3) for k, v in metrics.items()
        if k.startswith(("test/acc/", "heldout/acc/")) or "yes_rate" in k})
-display(Image(os.path.join(workdir, "accuracy.png"), width=520))'''),
-    ("md", "## Ask questions about an image\n\n`answer` is the one place "
-     "that generates text: greedy decoding with `mmjax.evaluate`. Switch it "
-     "to `mmjax.inference.generate` (KV cache) once that is available."),
-    ("code", '''from mmjax import evaluate
-from mmjax.data import builders, formats
-from mmjax.data import images as images_lib
-from mmjax.models.mllm import MLLM
-from mmjax.models import build
-from mmjax.data import datasets
-from mmjax.sweeps import spec as sweep_spec
-from mmjax.sweeps import plan as sweep_plan
-from mmjax.sweeps import runner as sweep_runner
+if os.path.exists(os.path.join(workdir, "accuracy.png")):
+  display(Image(os.path.join(workdir, "accuracy.png"), width=520))'''),
+    ("md", "## Ask questions about an image\n\n`mmjax.inference.load(workdir)` "
+     "reads the run's final parameters and its tokenizer. `run.ask(image, "
+     "question)` answers one question (an image is a file path, a PIL image "
+     "or a uint8 array); `run.generate(questions, images)` answers a batch "
+     "in one compiled KV-cache decode loop. Both decode greedily unless "
+     "given `sampling=inference.Sampling(temperature=..., top_p=...)`."),
+    ("code", '''from PIL import Image as PILImage, ImageDraw
+from mmjax import inference
 
-cfg = build.mllm_config(config)
-model = MLLM(cfg)
-builder = datasets.shapes_dataset(config)
-tokenizer = datasets.tokenizer_for(builder)
+run = inference.load(workdir)
 
-
-def answer(image, questions, max_new_tokens=8):
-  """Greedy answers to questions about one image (uint8[H, W, 3])."""
-  pixels = images_lib.preprocess(
-      image, cfg.side, kind=images_lib.normalization_kind(cfg))[None]
-  prompts = [evaluate.prompt_pieces(cfg, tokenizer, [
-      {"role": "user", "content": f"{formats.IMAGE_TOKEN}\\n{q}"}])
-             for q in questions]
-  out = evaluate.greedy_generate(
-      model, params, prompts, [pixels] * len(prompts),
-      image_token_id=tokenizer.image_id, max_new_tokens=max_new_tokens,
-      stop_id=tokenizer.end_of_turn_id, tokenizer=tokenizer, batch_size=8,
-      pad_id=tokenizer.pad_id)
-  return out.texts'''),
+# A picture like the benchmark's: a red circle and a blue square.
+image = PILImage.new("RGB", (64, 64), "white")
+draw = ImageDraw.Draw(image)
+draw.ellipse([6, 6, 30, 30], fill="red")
+draw.rectangle([36, 34, 58, 56], fill="blue")
+question = "what colour is the circle?"
+print(question, "->", repr(run.ask(image, question)))'''),
     ("code", '''%matplotlib inline
 import matplotlib.pyplot as plt
 
-record = builders.load_source(builder, "test")[0]
-questions = list(record["questions"][:4]) + [
-    "what colour is the largest shape?"]
-replies = answer(record["image"], questions)
-truth = list(record["answers"][:4]) + ["?"]
+questions = ["what colour is the circle?", "what shape is blue?",
+             "how many shapes are there?", "is there a green triangle?"]
+replies = run.generate(questions, [image] * len(questions),
+                       max_new_tokens=8).texts
 
 fig, ax = plt.subplots(figsize=(7, 3.5))
-ax.imshow(record["image"])
+ax.imshow(image)
 ax.set_axis_off()
-ax.text(1.05, 0.5, "\\n".join(f"Q: {q}\\nA: {a or '(nothing)'}  (truth: {t})"
-                              for q, a, t in zip(questions, replies, truth)),
-        transform=ax.transAxes, va="center", fontsize=8)
+ax.text(1.05, 0.5, "\\n".join(f"Q: {q}\\nA: {a or '(nothing)'}"
+                              for q, a in zip(questions, replies)),
+        transform=ax.transAxes, va="center", fontsize=9)
 plt.show()'''),
 ]
 
@@ -170,7 +163,8 @@ def _ablation(title: str, sweep_file: str, tiny_pick: tuple[int, int],
   """
   name = os.path.basename(sweep_file)[:-3]
   return [
-      ("md", f"# {title}\n\n{intro}\n\nFrom a shell, the same sweep is\n\n"
+      ("md", f"# {title}\n\n{intro}\n\n{COLAB_NOTE}\n\n"
+       "From a shell, the same sweep is\n\n"
        f"```\npython -m mmjax.sweep --sweep={sweep_file} "
        f"--workdir=runs/{name}_tiny --size=tiny\n```\n\n"
        "TINY mode runs two of the variants for 2 steps of instruction "
@@ -180,19 +174,21 @@ def _ablation(title: str, sweep_file: str, tiny_pick: tuple[int, int],
       ("code", SETUP),
       ("code", f'''import dataclasses
 
+from mmjax import sweeps
+
 RUN = True
 SWEEP_DIR = os.environ.get("MMJAX_SWEEP_DIR") or os.path.join(
     WORKDIR, "{name}" + ("_smoke" if TINY else "_tiny"))
-spec = sweep_plan.load_sweep("{sweep_file}")
-print("variants:", sweep_spec.variant_names(spec.variants))
+spec = sweeps.load_sweep("{sweep_file}")
+print("variants:", sweeps.variant_names(spec.variants))
 if RUN and TINY:
   spec = dataclasses.replace(
       spec, variants=[spec.variants[i] for i in {tiny_pick!r}],
       common=dict(spec.common, **TINY_OVERRIDES))
-  sweep_runner.run_sweep(spec, SWEEP_DIR, size="tiny", steps_cap=2, progress=False,
-                  title="{name} (TINY smoke run)")
+  sweeps.run_sweep(spec, SWEEP_DIR, size="tiny", steps_cap=2, progress=False,
+                   title="{name} (TINY smoke run)")
 elif RUN:  # about 5 minutes per variant on 2 CPU cores
-  sweep_runner.run_sweep("{sweep_file}", SWEEP_DIR, size="tiny")'''),
+  sweeps.run_sweep("{sweep_file}", SWEEP_DIR, size="tiny")'''),
       ("code", '''import csv
 from IPython.display import Image, Markdown, display
 

@@ -1,19 +1,22 @@
 """Caption metrics: corpus BLEU-4 and token F1 against several references.
 
-Words are lower-cased, with punctuation split off (`words`). BLEU-4 follows
-Papineni et al. 2002 as sacrebleu's corpus BLEU does without smoothing:
-clipped n-gram precisions for n = 1..4 summed over the corpus, their
-geometric mean, times the brevity penalty exp(1 - r / c) when the candidate
-length c is below the closest reference length r. Token F1 is SQuAD-style
-bag-of-words F1 against each reference, the best reference per caption,
-averaged.
+Words are lower-cased, with punctuation split off (`words`). BLEU-4 is
+sacrebleu's corpus BLEU (Papineni et al. 2002) on those words: no further
+tokenisation, no smoothing, all four n-gram orders, each caption's references
+(as many as it has), scaled to [0, 1]. That is, the clipped n-gram precisions
+for n = 1..4 summed over the corpus, their geometric mean, times the brevity
+penalty exp(1 - r / c) when the candidate length c is below r, the sum of the
+reference lengths closest to each candidate's (the shorter on ties); 0 when
+some n-gram order has no match. Token F1 is SQuAD-style bag-of-words F1
+against each reference, the best reference per caption, averaged.
 """
 from __future__ import annotations
 
 import collections
-import math
 import re
 from typing import Sequence
+
+import sacrebleu
 
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
@@ -23,34 +26,42 @@ def words(text: str) -> list[str]:
   return _WORD.findall(text.lower())
 
 
-def _ngrams(tokens: list[str], n: int) -> collections.Counter:
-  return collections.Counter(tuple(tokens[i:i + n])
-                             for i in range(len(tokens) - n + 1))
+def _joined(text: str) -> str:
+  """`words` of a caption joined by single spaces, as sacrebleu splits them."""
+  return " ".join(words(text))
 
 
 def bleu4(predictions: Sequence[str],
           references: Sequence[Sequence[str]]) -> float:
-  """Corpus BLEU-4 in [0, 1]; 0 when some n-gram order has no match."""
-  matched, total = [0] * 4, [0] * 4
-  cand_len = ref_len = 0
-  for pred, refs in zip(predictions, references, strict=True):
-    cand, refs = words(pred), [words(r) for r in refs]
-    cand_len += len(cand)
-    # The reference length closest to the candidate's (shorter on ties).
-    ref_len += min((abs(len(r) - len(cand)), len(r)) for r in refs)[1]
-    for n in range(1, 5):
-      counts = _ngrams(cand, n)
-      best = collections.Counter()
-      for r in refs:
-        best |= _ngrams(r, n)
-      matched[n - 1] += sum(min(c, best[g]) for g, c in counts.items())
-      total[n - 1] += max(len(cand) - n + 1, 0)
-  if min(matched) == 0:
+  """Corpus BLEU-4 in [0, 1]; 0 when some n-gram order has no match.
+
+  Args:
+    predictions: one caption per example.
+    references: the reference captions of each example, at least one each;
+      examples may have different numbers of references.
+
+  Returns:
+    sacrebleu's corpus BLEU of the `words` of the captions, divided by 100.
+  """
+  predictions, references = list(predictions), list(references)
+  if len(predictions) != len(references):
+    raise ValueError(f"{len(predictions)} captions for {len(references)} "
+                     "reference lists")
+  if not predictions:
     return 0.0
-  log_precision = sum(math.log(m / t) for m, t in zip(matched, total)) / 4
-  brevity = 1.0 if cand_len > ref_len else math.exp(
-      1 - ref_len / max(cand_len, 1))
-  return brevity * math.exp(log_precision)
+  if not all(references):
+    raise ValueError("every caption needs at least one reference")
+  # sacrebleu takes one stream per reference index, each as long as the
+  # predictions; None marks a caption with fewer references than the most.
+  num_refs = max(len(refs) for refs in references)
+  streams = [[_joined(refs[i]) if i < len(refs) else None
+              for refs in references] for i in range(num_refs)]
+  metric = sacrebleu.metrics.BLEU(tokenize="none", lowercase=False,
+                                  force=True, smooth_method="none",
+                                  effective_order=False, max_ngram_order=4)
+  score = metric.corpus_score([_joined(p) for p in predictions], streams)
+  # sacrebleu gives a percentage, which rounding can push just past 100.
+  return min(score.score / 100, 1.0)
 
 
 def token_f1(prediction: str, references: Sequence[str]) -> float:

@@ -47,6 +47,9 @@ def evaluate_run(workdir: str | None, split: str, *,
                                    f"{', '.join(SPLITS)}")
   run = run_lib.load_run(workdir, checkpoint=checkpoint,
                              tokenizer=tokenizer)
+  if run.text_only:
+    raise run_lib.WorkdirError(f"{run.workdir} holds a text-only LM; the "
+                               "shapes evaluation needs a multimodal run")
   config = run.config
   if fastv is not None:
     fastv.check(run.cfg)

@@ -3,13 +3,18 @@
   from mmjax import inference
   run = inference.load("runs/shapes_tiny")        # a finished recipe
   run.ask("photo.png", "what colour is the circle?")
+  run.generate(["what shape?", "how many?"], ["a.png", "b.png"]).texts
+  lm = inference.load("runs/lm_tiny")             # a text LM recipe
+  lm.ask(None, "the red circle")                  # continues the text
+  conv = inference.load("converted/qwen2")        # python -m mmjax.convert
+  conv.generate([[151643, 3838, 374]], max_new_tokens=8).tokens
   out = inference.generate(run.model, run.params, prompts, images,
                            image_token_id=run.tokenizer.image_id,
                            max_new_tokens=8)       # batched, low level
 
 Modules: decode (prefill + compiled decode loop), sampling, fastv, prompts
 (chat turns -> token pieces), media (image files and video frames), run
-(a workdir's model, parameters and tokenizer).
+(`Run`: ask / generate), workdir (reading a run or a conversion).
 """
 from mmjax.inference.decode import (Generation, PromptTooLongError, generate,
                                     greedy_generate, prepare_batch)

@@ -5,6 +5,10 @@
                         stop_ids=[tok.end_of_turn_id],
                         sampling=Sampling(temperature=0.7, top_p=0.9))
 
+A plain decoder LM goes through the same programs wrapped as
+`mmjax.models.text_lm.TextLM` (params {"llm": decoder params}), with
+text-only prompts.
+
 Host side, `prepare_batch` lays every prompt out with `layout.assemble` (the
 code that lays out training sequences) and left-pads the batch, so every
 row's prompt ends at the same cache slot. On device, two compiled programs:
@@ -45,6 +49,7 @@ from mmjax.inference import fastv as fastv_lib
 from mmjax.models import layout
 from mmjax.models.decoder import init_kv_cache
 from mmjax.models.mllm import MLLM, MLLMConfig
+from mmjax.models.text_lm import TEXT_ONLY
 from mmjax.models.position_ids import (V2PE_DEFAULT_STRIDE,
                                        mrope_decode_positions)
 from mmjax.inference.sampling import Sampling, sample_tokens
@@ -126,6 +131,9 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
     pieces = list(prompts[r])
     n_media = sum(isinstance(p, layout.Media) for p in pieces)
     n_images = 0 if images is None else len(images[r])
+    if n_media and cfg.fusion == TEXT_ONLY:
+      raise ValueError(f"prompt {r} has {n_media} Media item(s); a text-only "
+                       "LM takes no images")
     if n_media != n_images:
       raise ValueError(f"prompt {r}: {n_images} image(s) given for its "
                        f"{n_media} Media item(s); they must be equally many")
@@ -297,7 +305,8 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
   """Batched generation with a KV cache (module docstring).
 
   Args:
-    model, params: the MLLM (`model.cfg` lays the prompts out).
+    model, params: the MLLM (`model.cfg` lays the prompts out), or a plain
+      decoder LM as `mmjax.models.text_lm.TextLM` with params {"llm": ...}.
     prompts: per example, text id lists and `layout.Media` items in order.
     images: per example f32[M_i, H, W, C], one per Media item; None for
       text-only prompts.

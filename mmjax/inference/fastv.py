@@ -29,6 +29,7 @@ from mmjax.models import layers
 from mmjax.models import positions as positions_lib
 from mmjax.models.decoder import DecoderConfig, init_kv_cache
 from mmjax.models.mllm import MLLM, MLLMConfig
+from mmjax.models.text_lm import TEXT_ONLY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,9 @@ class FastVConfig:
 
   def check(self, cfg: MLLMConfig) -> None:
     """ValueError unless this config can prune `cfg`'s model."""
+    if cfg.fusion == TEXT_ONLY:
+      raise ValueError("FastV prunes image tokens; a text-only LM has none "
+                       "(generate without fastv)")
     n = cfg.lm.n_layers
     if not 1 <= self.k < n:
       raise ValueError(f"FastV k={self.k} must lie in [1, {n - 1}] for an LM "

@@ -21,9 +21,16 @@ def prompt_pieces(cfg: MLLMConfig, tokenizer: Any,
                   turns: Sequence[Mapping[str, str]]) -> list[Piece]:
   """`tokenizer.prompt_ids(turns)` split at `<image>` markers into pieces,
   one `layout.Media` at the model's image side per marker."""
-  ids, pieces, start = tokenizer.prompt_ids(turns), [], 0
+  return split_at_images(cfg, tokenizer.prompt_ids(turns), tokenizer.image_id)
+
+
+def split_at_images(cfg: MLLMConfig, ids: Sequence[int], image_id: int
+                    ) -> list[Piece]:
+  """Token ids split at each `image_id` into [ids, Media, ids, ...]; each
+  Media at the model's image side."""
+  ids, pieces, start = [int(t) for t in ids], [], 0
   for i, t in enumerate(ids):
-    if t == tokenizer.image_id:
+    if t == image_id:
       pieces += [ids[start:i], layout.Media(cfg.side, cfg.side, cfg.frames)]
       start = i + 1
   return pieces + [ids[start:]]

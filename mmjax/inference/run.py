@@ -1,66 +1,95 @@
-"""A finished (or partly finished) recipe's model: config, tokenizer, params.
+"""A model ready to generate with: a trained run or a converted LM.
 
-  run = load_run("runs/shapes")                  # final parameters
+  run = load_run("runs/shapes")                  # a multimodal recipe
+  run.ask("circle.png", "what colour is the circle?")      # -> 'red'
+  run = load_run("runs/lm_tiny")                 # a text LM recipe
+  run.ask(None, "the red circle")                # a continuation
+  run = load_run("converted/llama")              # python -m mmjax.convert
+  run.generate([[1, 450, 4996]], max_new_tokens=8).tokens  # token ids in/out
   run = load_run(checkpoint="runs/shapes/checkpoints/sft/600")
-  run.model, run.params, run.tokenizer, run.config
 
-The final parameters are those of the last stage (in config.stage_order)
-whose newest checkpoint is marked finished. Every stage checkpoints the whole
-global parameter store (its model's parameters plus the carried ones), so any
-stage's checkpoint holds every group the multimodal model needs once the
-stages that train them have run. Only `params` and `carry` are read, not the
-optimizer state.
+What `load_run` accepts:
 
-The tokenizer is looked up at, in order: an explicit path, WORKDIR/
-tokenizer.model, and the shapes dataset folder the recipe trained on
-(`builders.TOKENIZER_FILE`; nothing is built here).
+  multimodal workdir  config.json of family 'mllm': the MLLM, the last
+                      finished stage's parameters, the dataset's tokenizer.
+  text LM workdir     config.json of family 'lm' (configs/lm.py): the
+                      decoder as a `TextLM`, its `llm` parameters,
+                      WORKDIR/tokenizer.model.
+  converted LM        `python -m mmjax.convert` output of family 'lm'
+                      (LLaMA, Mistral, Qwen2, Gemma): no tokenizer unless
+                      one is passed; without one, prompt with token ids.
+
+A multimodal run's prompts are chat-templated user turns (as the recipe
+trains) and stop at `<|end|>`; a text LM's are plain text after BOS and
+stop at EOS. Reading the files is `mmjax.inference.workdir`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 
-from flax import linen as nn
-
-from mmjax import parallel
-from mmjax.data import builders, datasets
 from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
-from mmjax.models import build
-from mmjax.models.mllm import MLLM, MLLMConfig
 from mmjax.inference import decode, prompts
 from mmjax.inference import media as media_lib
 from mmjax.inference.fastv import FastVConfig
+from mmjax.inference.prompts import InputError
 from mmjax.inference.sampling import Sampling
-from mmjax.train import groups, stages
+from mmjax.inference.workdir import (WorkdirError, final_checkpoint,
+                                     find_tokenizer, is_converted,
+                                     load_tokenizer, model_params,
+                                     read_config, read_converted, read_store,
+                                     text_lm_params)
+from mmjax.models import build
+from mmjax.models.mllm import MLLM, MLLMConfig
+from mmjax.models.text_lm import TEXT_ONLY, TextLM, TextLMConfig
 
-
-class WorkdirError(ValueError):
-  """A workdir, checkpoint or tokenizer that cannot be used; says why."""
+Prompt = str | Sequence[int]
 
 
 @dataclasses.dataclass
 class Run:
-  """A model ready to generate with.
+  """A model ready to generate with (module docstring).
 
     run = mmjax.inference.load("runs/shapes_tiny")
     run.ask("circle.png", "what colour is the circle?")   # -> 'red'
+    run.generate(["what shape?", "what colour?"], ["a.png", "b.png"]).texts
+
+  Attributes:
+    config: the run's config (a conversion: its family, model and hf).
+    model: the MLLM, or a TextLM for a plain decoder LM.
+    params: the model's parameter tree.
+    tokenizer: encodes string prompts and decodes answers; None for a
+      conversion loaded without one (then prompts are token ids).
+    workdir: the directory loaded.
+    checkpoint: the step directory (or a conversion's params directory)
+      the parameters came from.
+    max_len: the context a prompt plus its answer must fit (None: no
+      check).
+    stop_ids: a row stops after generating one of these.
+    pad_id: the id in padding slots.
   """
   config: ml_collections.ConfigDict
-  model: MLLM
+  model: MLLM | TextLM
   params: dict[str, Any]
-  tokenizer: Tokenizer
+  tokenizer: Tokenizer | None
   workdir: str
-  checkpoint: str  # the step directory the parameters came from
+  checkpoint: str
+  max_len: int | None = None
+  stop_ids: tuple[int, ...] = ()
+  pad_id: int = 0
 
   @property
-  def cfg(self) -> MLLMConfig:
+  def cfg(self) -> MLLMConfig | TextLMConfig:
     return self.model.cfg
+
+  @property
+  def text_only(self) -> bool:
+    """A plain decoder LM: text prompts only, no chat template."""
+    return self.cfg.fusion == TEXT_ONLY
 
   def ask(self, images: Any, prompt: str, *, max_new_tokens: int = 32,
           sampling: Sampling = Sampling(), seed: int = 0,
@@ -71,19 +100,18 @@ class Run:
 
     Args:
       images: None (text only), one image, or a list of them; an image is a
-        file path, a PIL image or uint8[H, W, 3].
+        file path, a PIL image or uint8[H, W, 3]. A text LM takes None.
       prompt: the user's text; `<image>` markers place the images (none:
-        one `<image>` per image before the text, as the recipe trains).
+        one `<image>` per image before the text, as the recipe trains). A
+        text LM continues it.
       max_new_tokens, sampling, seed, fastv: as `decode.generate`.
       resize: 'square' (stretch) or 'pad' (keep the aspect, then resize).
       chunk: tokens per compiled decode call between `on_text` calls.
       on_text: gets each new piece of the answer as decoding goes.
     """
-    stills = [media_lib.as_image(im) for im in media_lib.image_list(images)]
-    media = media_lib.media_arrays(self.cfg, stills, None, resize, 1)
-    return self.answer(prompt, media, max_new_tokens=max_new_tokens,
-                       sampling=sampling, seed=seed, fastv=fastv, chunk=chunk,
-                       on_text=on_text)
+    return self.answer(prompt, self.prepare_media(images, resize=resize),
+                       max_new_tokens=max_new_tokens, sampling=sampling,
+                       seed=seed, fastv=fastv, chunk=chunk, on_text=on_text)
 
   def answer(self, prompt: str, media: np.ndarray | None, *,
              max_new_tokens: int = 32, sampling: Sampling = Sampling(),
@@ -91,10 +119,9 @@ class Run:
              on_text: Callable[[str], None] | None = None) -> str:
     """`ask` with media already preprocessed: f32[M, S, S, 3] (or
     [M, F, S, S, 3] for video; `media.media_arrays`), or None."""
-    tok = self.tokenizer
+    tok = self._need_tokenizer("to answer in text")
     n_media = 0 if media is None else len(media)
-    turns = [{"role": "user", "content": prompts.user_turn(prompt, n_media)}]
-    pieces = prompts.prompt_pieces(self.cfg, tok, turns)
+    pieces = self._pieces(prompt, n_media)
     shown = [""]
 
     def stream(tokens: list[list[int]]) -> None:
@@ -105,132 +132,161 @@ class Run:
     if fastv is not None:
       fastv.check(self.cfg)
     out = decode.generate(
-        self.model, self.params, [pieces], None if media is None else [media],
-        image_token_id=tok.image_id, max_new_tokens=max_new_tokens,
-        stop_ids=[tok.end_of_turn_id, tok.eos_id], sampling=sampling,
-        seed=seed, fastv=fastv, batch_size=1, pad_id=tok.pad_id,
-        max_len=int(self.config.data.max_len), chunk=chunk,
+        self.model, self.params, [pieces],
+        None if media is None else [media], image_token_id=self._image_id,
+        max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
+        sampling=sampling, seed=seed, fastv=fastv, batch_size=1,
+        pad_id=self.pad_id, max_len=self.max_len, chunk=chunk,
         on_tokens=stream)
     text = tok.decode(out.tokens[0]).strip()
     if on_text is not None and text.startswith(shown[0]):
       on_text(text[len(shown[0]):])
     return text
 
+  def generate(self, prompts: Sequence[Prompt], images: Any = None, *,
+               max_new_tokens: int = 32, sampling: Sampling = Sampling(),
+               seed: int = 0, batch_size: int = 8,
+               fastv: FastVConfig | None = None, resize: str = "square",
+               stop_ids: Sequence[int] | None = None) -> decode.Generation:
+    """Answers (or continuations) of a batch of prompts.
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """WORKDIR/config.json (written by `python -m mmjax.main`)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise WorkdirError(f"{workdir} has no config.json: pass the --workdir "
-                       "that `python -m mmjax.main` trained into")
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.get("family") != "mllm":
-    raise WorkdirError(f"{workdir} holds a {config.get('family')!r} run; "
-                       "generation needs a multimodal (family 'mllm') recipe")
-  return config
+    Args:
+      prompts: each a string (a multimodal run: the user turn, templated as
+        `ask` does; a text LM: plain text after BOS) or a list of token ids
+        (used as they are, BOS and template included; `<image>` ids place a
+        multimodal run's images).
+      images: None, or one entry per prompt: None, one image or a list.
+      max_new_tokens, sampling, seed, fastv: as `decode.generate`; row i
+        samples the same tokens whatever the batching.
+      batch_size: rows per compiled program.
+      resize: as `ask`.
+      stop_ids: replaces the run's (`<|end|>` and EOS, or EOS).
+
+    Returns:
+      decode.Generation: per prompt the new token ids (stop id cut off) and
+      their text ("" without a tokenizer).
+    """
+    if isinstance(prompts, str):
+      raise InputError("prompts is a list of prompts: pass [prompt]")
+    per_prompt = [None] * len(prompts) if images is None else list(images)
+    if len(per_prompt) != len(prompts):
+      raise InputError(f"{len(per_prompt)} image entries for {len(prompts)} "
+                       "prompts: give one entry (None, an image or a list) "
+                       "per prompt")
+    media = [self.prepare_media(ims, resize=resize) for ims in per_prompt]
+    pieces = [self._pieces(p, 0 if m is None else len(m))
+              for p, m in zip(prompts, media)]
+    if all(m is None for m in media):
+      media = None
+    else:  # prompts without images get an empty [0, ...] array
+      shape = next(m for m in media if m is not None).shape[1:]
+      media = [np.zeros((0,) + shape, np.float32) if m is None else m
+               for m in media]
+    if fastv is not None:
+      fastv.check(self.cfg)
+    out = decode.generate(
+        self.model, self.params, pieces, media, image_token_id=self._image_id,
+        max_new_tokens=max_new_tokens,
+        stop_ids=self.stop_ids if stop_ids is None else stop_ids,
+        sampling=sampling, seed=seed, fastv=fastv, batch_size=batch_size,
+        pad_id=self.pad_id, max_len=self.max_len)
+    texts = ([self.tokenizer.decode(t).strip() for t in out.tokens]
+             if self.tokenizer is not None else out.texts)
+    return decode.Generation(out.tokens, texts)
+
+  @property
+  def _image_id(self) -> int:
+    return getattr(self.tokenizer, "image_id", IMAGE_ID)
+
+  def _need_tokenizer(self, why: str) -> Tokenizer:
+    if self.tokenizer is None:
+      raise InputError(
+          f"{self.workdir} was loaded without a tokenizer, which is needed "
+          f"{why}: pass tokenizer=PATH to mmjax.inference.load, or prompt "
+          "run.generate with token-id lists")
+    return self.tokenizer
+
+  def prepare_media(self, images: Any, video: Sequence[Any] | None = None,
+                    resize: str = "square", max_frames: int = 4
+                    ) -> np.ndarray | None:
+    """One prompt's images (and video frames) as `answer` takes them.
+
+    Args:
+      images: None, one image or a list (file paths, PIL images or
+        uint8[H, W, 3]).
+      video: frames of a video (`media.read_video`), or None.
+      resize, max_frames: as `media.media_arrays`.
+
+    Returns:
+      f32[M, S, S, 3] (or [M, F, S, S, 3]), None without media.
+
+    Raises:
+      InputError: an unreadable image, or any media for a text-only LM.
+    """
+    stills = media_lib.image_list(images)
+    if not stills and not video:
+      return None
+    if self.text_only:
+      raise InputError(f"{self.workdir} holds a text-only LM, which takes no "
+                       "images or video: give none")
+    stills = [media_lib.as_image(im) for im in stills]
+    return media_lib.media_arrays(self.cfg, stills, video, resize, max_frames)
+
+  def _pieces(self, prompt: Prompt, n_media: int) -> list[prompts.Piece]:
+    """One prompt as `decode.generate` takes it (module docstring)."""
+    if isinstance(prompt, str):
+      tok = self._need_tokenizer("for string prompts")
+      if self.text_only:
+        return [tok.encode(prompt, add_bos=True)]
+      turns = [{"role": "user",
+                "content": prompts.user_turn(prompt, n_media)}]
+      return prompts.prompt_pieces(self.cfg, tok, turns)
+    ids = [int(t) for t in np.asarray(prompt, np.int64).reshape(-1)]
+    vocab = self.cfg.lm.vocab_size
+    if not ids or not all(0 <= t < vocab for t in ids):
+      raise InputError(f"a token-id prompt must be a non-empty list of ids "
+                       f"in [0, {vocab}); got {ids[:8]}")
+    if self.text_only:
+      return [ids]
+    return prompts.split_at_images(self.cfg, ids, self._image_id)
 
 
-def _read_meta(step_dir: str) -> dict[str, Any] | None:
-  try:
-    with open(os.path.join(step_dir, "meta", "metadata"),
-              encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
+def _hf_ids(hf_meta: Any, key: str) -> list[int]:
+  """A token id (or list of them) a conversion recorded, as a list."""
+  value = hf_meta.get(key) if hf_meta is not None else None
+  if value is None:
+    return []
+  return [int(v) for v in (value if isinstance(value, (list, tuple))
+                           else [value])]
 
 
-def final_checkpoint(workdir: str, config: ml_collections.ConfigDict) -> str:
-  """Step directory of the last stage whose newest checkpoint is finished."""
-  for stage in reversed(list(config.stage_order)):
-    directory = os.path.join(workdir, "checkpoints", stage)
-    steps = sorted((int(s) for s in (os.listdir(directory)
-                                     if os.path.isdir(directory) else [])
-                    if s.isdigit()), reverse=True)
-    for step in steps:
-      meta = _read_meta(os.path.join(directory, str(step)))
-      if meta is not None:
-        if meta.get("finished"):
-          return os.path.join(directory, str(step))
-        break  # the newest readable step of this stage is unfinished
-  raise WorkdirError(f"{workdir} has no finished stage checkpoint: run the "
-                     "recipe (python -m mmjax.main) to the end of a stage "
-                     "first")
-
-
-def read_store(step_dir: str, config: ml_collections.ConfigDict
-               ) -> dict[str, Any]:
-  """Flat {global path: array} held by one stage checkpoint.
-
-  `config` names the stage's model, which maps its parameter paths to the
-  global ones (contrastive and Q-Former stages rename theirs).
-  """
-  path = os.path.join(os.path.abspath(step_dir), "state")
-  meta = _read_meta(step_dir)
-  if meta is None or not os.path.isdir(path):
-    raise WorkdirError(f"{step_dir} is not a readable stage checkpoint "
-                       "(WORKDIR/checkpoints/<stage>/<step>)")
-  state = parallel.restore_on_one_device(path, keys=("params", "carry"))
-  store = groups.flatten(state.get("carry") or {})
-  stage = meta.get("stage", "")
-  to_global = lambda p: p
-  if stage in config.stages:
-    to_global = stages.stage_model(config, stage).to_global
-  store.update({to_global(p): v for p, v in
-                groups.flatten(state.get("params") or {}).items()})
-  return store
-
-
-def model_params(model: MLLM, store: dict[str, Any], where: str
-                 ) -> dict[str, Any]:
-  """The model's parameter tree picked from a global store, shape-checked."""
-  abstract = groups.flatten(nn.unbox(jax.eval_shape(
-      build.mllm_init(model, IMAGE_ID), jax.random.key(0))))
-  problems = []
-  for path, leaf in sorted(abstract.items()):
-    have = store.get(path)
-    if have is None:
-      problems.append(f"{path}: missing")
-    elif tuple(have.shape) != tuple(leaf.shape):
-      problems.append(f"{path}: checkpoint {list(have.shape)}, config "
-                      f"{list(leaf.shape)}")
-  if problems:
-    raise WorkdirError(
-        f"{where} does not hold this config's model ({len(problems)} "
-        f"parameters differ, e.g. {problems[0]}); use the config.json of "
-        "the run that wrote the checkpoint, or finish its stages first")
-  return groups.unflatten({p: store[p] for p in abstract})
-
-
-def find_tokenizer(workdir: str, config: ml_collections.ConfigDict,
-                   path: str | None = None) -> Tokenizer:
-  """The run's tokenizer (module docstring for where it is looked up)."""
-  candidates = [path] if path else []
-  candidates.append(os.path.join(workdir, builders.TOKENIZER_FILE))
-  try:
-    builder = datasets.shapes_builder(config)
-    candidates.append(os.path.join(builder.data_dir, builders.TOKENIZER_FILE))
-  except Exception:  # pylint: disable=broad-except
-    pass  # an unusual data config: only the explicit paths then
-  for candidate in candidates:
-    if os.path.exists(candidate):
-      return Tokenizer.load(candidate)
-  raise WorkdirError(f"no tokenizer at {' or '.join(candidates)}: pass "
-                     "--tokenizer=PATH (the tokenizer.model of the dataset "
-                     "the run trained on)")
+def _tokenizer(given: Any, workdir: str, config: ml_collections.ConfigDict
+               ) -> Tokenizer | None:
+  """A given tokenizer (path or object), else the run's (None for a
+  conversion)."""
+  if given is not None and not isinstance(given, (str, os.PathLike)):
+    return given
+  if "hf" in config:
+    return load_tokenizer(os.fspath(given)) if given is not None else None
+  return find_tokenizer(workdir, config, given)
 
 
 def load_run(workdir: str | None = None, *, checkpoint: str | None = None,
-             tokenizer: str | None = None,
+             tokenizer: Any = None,
              config: ml_collections.ConfigDict | None = None) -> Run:
   """The model, final (or given) parameters and tokenizer of a run.
 
   Args:
-    workdir: the recipe's workdir; its last finished stage is used.
+    workdir: a recipe's workdir (multimodal or text LM; its last finished
+      stage is used), or a `python -m mmjax.convert` output of family 'lm'.
     checkpoint: a stage step directory (WORKDIR/checkpoints/<stage>/<step>)
       instead; the workdir is three levels up.
-    tokenizer: an explicit tokenizer.model path.
+    tokenizer: an mmjax tokenizer.model path, or a tokenizer object
+      (encode, decode, bos_id, eos_id, pad_id, image_id).
     config: use this config instead of WORKDIR/config.json.
+
+  Raises:
+    WorkdirError: nothing generation can use there; the message says why.
   """
   if (workdir is None) == (checkpoint is None):
     raise WorkdirError("give exactly one of --workdir and --checkpoint")
@@ -240,10 +296,30 @@ def load_run(workdir: str | None = None, *, checkpoint: str | None = None,
       checkpoint = os.path.dirname(checkpoint)
     workdir = os.path.dirname(os.path.dirname(os.path.dirname(checkpoint)))
   workdir = os.path.abspath(workdir)
-  config = config if config is not None else read_config(workdir)
-  step_dir = checkpoint or final_checkpoint(workdir, config)
-  model = MLLM(build.mllm_config(config))
-  params = model_params(model, read_store(step_dir, config), step_dir)
-  return Run(config=config, model=model, params=params,
-             tokenizer=find_tokenizer(workdir, config, tokenizer),
-             workdir=workdir, checkpoint=step_dir)
+  if checkpoint is None and config is None and is_converted(workdir):
+    config, model, params = read_converted(workdir)
+    step_dir, max_len = os.path.join(workdir, "params"), None
+  else:
+    config = config if config is not None else read_config(workdir)
+    step_dir = checkpoint or final_checkpoint(workdir, config)
+    store = read_store(step_dir, config)
+    if config.family == "lm":
+      model, params = text_lm_params(build.decoder_config(config), store,
+                                     step_dir)
+      max_len = int(config.data.seq_len)
+    else:
+      model = MLLM(build.mllm_config(config))
+      params = model_params(build.mllm_init(model, IMAGE_ID), store,
+                            step_dir)
+      max_len = int(config.data.max_len)
+  tok = _tokenizer(tokenizer, workdir, config)
+  if tok is not None:
+    stops = ((tok.eos_id,) if model.cfg.fusion == TEXT_ONLY else
+             (tok.end_of_turn_id, tok.eos_id))
+    pad_id = getattr(tok, "pad_id", 0)
+  else:
+    stops = tuple(_hf_ids(config.get("hf"), "eos_token_id"))
+    pad_id = (_hf_ids(config.get("hf"), "pad_token_id") or [0])[0]
+  return Run(config=config, model=model, params=params, tokenizer=tok,
+             workdir=workdir, checkpoint=step_dir, max_len=max_len,
+             stop_ids=stops, pad_id=pad_id)

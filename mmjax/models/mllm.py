@@ -37,13 +37,10 @@ from mmjax.models import cross_attention
 from mmjax.models import qformer as qformer_lib
 from mmjax.models import resampler as resampler_lib
 from mmjax.models import vision as vision_lib
+# The allowed switch values live in choices.py (jax-free); re-exported here.
+from mmjax.models.choices import FUSIONS, IMAGE_ATTENTION, POSITIONS
+from mmjax.models.choices import PROJECTORS
 from mmjax.models.decoder import DecoderConfig, DecoderLM, KVCache
-
-FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
-           "one_backbone")
-POSITIONS = ("rope", "mrope", "v2pe")
-PROJECTORS = ("linear", "mlp", "pixel_shuffle", "patch_merger")
-IMAGE_ATTENTION = ("causal", "bidirectional")
 
 
 @dataclasses.dataclass(frozen=True)

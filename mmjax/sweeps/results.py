@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mmjax import config as config_lib
 from mmjax.evals import plots
 from mmjax.train import metrics as metrics_lib
 
@@ -88,12 +89,8 @@ def model_facts(config) -> dict[str, Any]:
 def run_config(workdir: str, config):
   """The config a run used (WORKDIR/config.json, written by main), else
   `config`: the recipe file may have changed since the run."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return config
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  ran = config_lib.read_run_config(workdir)
+  return config if ran is None else ran
 
 
 def variant_row(name: str, variant: Mapping[str, Any], config, workdir: str,

@@ -8,7 +8,6 @@ with the evaluations the config's stages list (`mmjax/evals/after_stage.py`).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Protocol
 
@@ -97,9 +96,7 @@ def run_recipe(config: ml_collections.ConfigDict, workdir: str,
   main_process = jax.process_index() == 0
   if main_process:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w",
-              encoding="utf-8") as f:
-      json.dump(config_lib.to_plain(config), f, indent=2)
+    config_lib.write_run_config(workdir, config)
   done = []
   # The global parameter store: each stage starts from what the previous
   # one ended with (or from config.init_from), with a fresh optimizer.

@@ -6,27 +6,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmjax import testing
 from mmjax.data import batching, builders, formats, images, pipeline
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.models import layout
-from mmjax.models.decoder import DecoderConfig
 from mmjax.models.mllm import MLLMConfig
-from mmjax.models.resampler import ResamplerConfig
-from mmjax.models.vision import VisionConfig
 
 MAX_LEN = 256
 
 
 def _config(fusion: str, positions: str = "rope", kind: str = "siglip"
             ) -> MLLMConfig:
-  lm = DecoderConfig(mrope_sections=(4, 6, 6) if positions == "mrope" else None,
-                     xattn_every=1 if fusion == "cross_attention" else 0)
-  vision = (None if fusion == "one_backbone"
-            else VisionConfig(kind=kind, image_size=64, patch_size=8))
-  resampler = (ResamplerConfig(n_latents=16)
-               if fusion in ("resampler", "cross_attention") else None)
-  return MLLMConfig(fusion=fusion, positions=positions, lm=lm, vision=vision,
-                    resampler=resampler, patch_size=8, image_size=64)
+  """The tiny model: 64 px images in 8 px patches, 16 resampler latents,
+  M-RoPE sections (4, 6, 6)."""
+  return testing.tiny_mllm_config(fusion, positions, vision=dict(kind=kind))
 
 
 @pytest.fixture(scope="module")

@@ -1,29 +1,22 @@
 """The assembled MLLM: every fusion x position scheme, masks and errors."""
 import functools
-import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.config import load_config
+from mmjax import testing
+from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.models import layout
 from mmjax.models.decoder import DecoderLM
-from mmjax.models.mllm import MLLM, FUSIONS, POSITIONS, mllm_config_from_dict
+from mmjax.models.mllm import MLLM, FUSIONS, POSITIONS
 from mmjax.models.mllm import image_block_ids, scatter_visual
-from tests import helpers
-from tests.conftest import REPO
-
-IMAGE_ID = 4
 
 
 @functools.lru_cache(maxsize=None)
 def _cfg(fusion, positions):
-  config = load_config(os.path.join(
-      REPO, f"configs/shapes.py:size=tiny,fusion={fusion},positions={positions}"))
-  return mllm_config_from_dict(config.model.to_dict())
+  return testing.tiny_mllm_config(fusion, positions)
 
 
 def _batch(cfg, seed=0):
@@ -60,13 +53,7 @@ def _apply(model, params, batch, **overrides):
 def _init(fusion, positions):
   cfg = _cfg(fusion, positions)
   model = MLLM(cfg)
-  batch = _batch(cfg)
-  abstract = nn.unbox(jax.eval_shape(lambda r: model.init(
-      r, batch["tokens"], batch["positions"], images=batch["images"],
-      image_mask=batch["image_mask"],
-      image_token_mask=batch["image_token_mask"],
-      media_locations=batch["media_locations"]), jax.random.key(0)))["params"]
-  return model, helpers.random_params(abstract, seed=0), batch
+  return model, testing.random_params(model, seed=0), _batch(cfg)
 
 
 def _open_gates(params, value=0.5):

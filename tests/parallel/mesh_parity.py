@@ -19,24 +19,37 @@ mesh failed. Initial parameters come from the store (random, numpy), so the
 jitted sharded init compiles no random-number code; everything else is the
 trainer's own path (sharded init, the jitted donated step, checkpoint).
 """
+import importlib.metadata
 import json
 import os
+import re
 import sys
 import traceback
 
+from mmjax.models.choices import FUSIONS  # imports no jax: flags first
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+  """(major, minor, patch) of the installed jaxlib (jaxlib is not imported)."""
+  version = importlib.metadata.version("jaxlib")
+  return tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+
+
 # Parity needs the same program on every mesh, not a fast one. LLVM -O0 and
 # the legacy fusion emitters cut XLA:CPU's compile time of a train step
-# 4-6x (measured: 29.8 s -> 4.9 s); XLA's HLO passes still run.
+# 4-6x (measured: 29.8 s -> 4.9 s); XLA's HLO passes still run. jaxlib 0.11.1
+# removed the legacy emitters and their flag, and XLA aborts on a flag it does
+# not know, so the flag goes only to older jaxlibs.
 FLAGS = ("--xla_force_host_platform_device_count=8 "
          "--xla_backend_optimization_level=0 "
-         "--xla_llvm_disable_expensive_passes=true "
-         "--xla_cpu_use_fusion_emitters=false")
+         "--xla_llvm_disable_expensive_passes=true")
+if _jaxlib_version() < (0, 11, 1):
+  FLAGS += " --xla_cpu_use_fusion_emitters=false"
 MESHES = ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2))
 STEPS = 3
 BATCH = 8
 # job -> (fusion, stage, meshes); the first mesh is the one-device reference.
-JOBS = {f: (f, "sft", MESHES) for f in ("projection", "resampler", "qformer",
-                                        "cross_attention", "one_backbone")}
+JOBS = {f: (f, "sft", MESHES) for f in FUSIONS}
 JOBS["siglip_chunked"] = ("projection", "siglip", ((1, 1, 1), (2, 2, 2)))
 
 
@@ -52,10 +65,8 @@ def env() -> dict[str, str]:
 
 
 def _config(fusion: str, data_dir: str):
-  from mmjax.config import load_config  # pylint: disable=g-import-not-at-top
-  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
-  config = load_config(os.path.join(REPO, "configs/shapes.py") +
-                       f":size=tiny,steps={STEPS},fusion={fusion}")
+  from mmjax import testing  # pylint: disable=g-import-not-at-top
+  config = testing.tiny_recipe(fusion, steps=STEPS)
   config.data.update(dict(data_dir=data_dir, num_train=48, num_validation=8,
                           num_test=8, num_heldout=8))
   config.batch_size = BATCH
@@ -98,8 +109,8 @@ def _run_job(job: str, data_dir: str, workdir: str) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mmjax import parallel  # pylint: disable=g-import-not-at-top
   from mmjax.train import groups, metrics, trainer  # pylint: disable=g-import-not-at-top
+  from mmjax import testing  # pylint: disable=g-import-not-at-top
   from mmjax.train import stages
-  from tests import helpers  # pylint: disable=g-import-not-at-top
 
   fusion, stage, meshes = JOBS[job]
   config = _config(fusion, data_dir)
@@ -112,7 +123,7 @@ def _run_job(job: str, data_dir: str, workdir: str) -> dict:
     return dataclasses.replace(built.task, eval_batches=None)
 
   abstract = trainer.abstract_params(task().init_params)
-  store = groups.flatten(helpers.random_params(abstract, seed=1))
+  store = groups.flatten(testing.random_params_like(abstract, seed=1))
   out = {"losses": {}, "param_diff": {}, "bound_constraints": {},
          "error": None}
   reference = None

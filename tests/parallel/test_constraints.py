@@ -5,7 +5,6 @@ one-device mesh; each `sharding_constraint` in the jaxpr carries the Flax
 module path that emitted it. Every top-level part, every block, every
 attention and every MLP module of every fusion paradigm must emit at least one.
 """
-import os
 import re
 
 import flax.linen as nn
@@ -14,16 +13,14 @@ import jax.extend.core as jex
 import pytest
 
 from mmjax import parallel
-from mmjax.config import load_config
+from mmjax import testing
 from mmjax.models import connectors
+from mmjax.models.choices import FUSIONS
 from mmjax.models.mllm import MLLM
 from mmjax.train import groups
 from mmjax.models import build
 from mmjax.data import tokenizer
-from tests.conftest import REPO
 
-FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
-           "one_backbone")
 _BLOCK = re.compile(r"^(layers|layer|xattn)_\d+$")
 
 
@@ -67,8 +64,7 @@ def _modules_needing_constraints(params) -> set[str]:
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_part_of_the_mllm_is_constrained(fusion):
-  config = load_config(os.path.join(REPO, "configs/shapes.py") +
-                       f":size=tiny,fusion={fusion}")
+  config = testing.tiny_recipe(fusion)
   config.model.feature_layer = -1  # run every vision block
   cfg = build.mllm_config(config)
   model = MLLM(cfg)

@@ -1,6 +1,4 @@
 """Mesh from config, the logical-axis rule table, and their validation."""
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,9 +7,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mmjax import parallel
-from mmjax.config import ConfigError, load_config
+from mmjax import testing
+from mmjax.config import ConfigError
 from mmjax.train import config_checks
-from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("sizes,shape", [
@@ -92,7 +90,7 @@ def test_first_process_then_others_runs_once_in_one_process():
 
 
 def test_config_checks_reject_bad_rules_and_chunked_loss():
-  config = load_config(os.path.join(REPO, "configs/shapes.py") + ":size=tiny")
+  config = testing.tiny_recipe()
   config_checks.validate_config(config)
   config.mesh.rules = {"mlp": "model"}
   with pytest.raises(ConfigError, match=r"mesh.rules.mlp='model'"):

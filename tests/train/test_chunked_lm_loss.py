@@ -1,17 +1,15 @@
 """losses.chunked_lm_loss and stage_lm.mllm_lm_loss(loss_chunk=...)."""
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from benchmarks import common
-from mmjax.config import ConfigError, load_config
+from mmjax import testing
+from mmjax.config import ConfigError
 from mmjax.train import config_checks, losses
 from mmjax.train.stages import lm as stage_lm
-from tests.conftest import REPO
-from tests.test_inference import make_model
+from tests.inference.test_inference import make_model
 
 
 def _problem(seed=0, b=2, length=10, d=8, vocab=11):
@@ -94,7 +92,7 @@ def test_mllm_lm_loss_chunked_equals_full():
 
 
 def test_config_checks_loss_chunk():
-  config = load_config(os.path.join(REPO, "configs/shapes.py") + ":size=tiny")
+  config = testing.tiny_recipe()
   config.stages.sft.loss_chunk = 64
   config_checks.validate_config(config)
   config.stages.sft.loss_chunk = -1

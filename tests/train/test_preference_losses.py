@@ -1,22 +1,17 @@
 """Preference losses: sequence log-probs, DPO, MPO and the paired forward."""
 import functools
 import math
-import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.config import load_config
+from mmjax import testing
+from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.models import layout
-from mmjax.models.mllm import MLLM, mllm_config_from_dict
+from mmjax.models.mllm import MLLM
 from mmjax.train import losses
-from tests import helpers
-from tests.conftest import REPO
-
-IMAGE_ID = 4
 
 
 def _fast_jit(fn, *args):
@@ -245,10 +240,9 @@ def test_preference_loss_errors():
 
 @functools.lru_cache(maxsize=None)
 def _tiny_mllm():
-  """configs/shapes.py:size=tiny, and a chosen/rejected batch of two pairs
+  """The tiny shapes model, and a chosen/rejected batch of two pairs
   sharing one image each (same lengths; padding is tested above)."""
-  config = load_config(os.path.join(REPO, "configs/shapes.py:size=tiny"))
-  cfg = mllm_config_from_dict(config.model.to_dict())
+  cfg = testing.tiny_mllm_config()
   rng = np.random.default_rng(5)
   img = layout.Media(64, 64)
   batch = {"images": jnp.asarray(rng.uniform(-1, 1, (2, 1, 64, 64, 3)),
@@ -269,12 +263,8 @@ def _tiny_mllm():
                       [r["image_token_mask"] for r in rows])})
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   model = MLLM(cfg)
-  abstract = nn.unbox(jax.eval_shape(lambda r: model.init(
-      r, batch["chosen_tokens"], batch["chosen_positions"],
-      images=batch["images"], image_mask=batch["image_mask"],
-      image_token_mask=batch["chosen_image_token_mask"]),
-                                     jax.random.key(0)))["params"]
-  fill = lambda seed: helpers.random_params(abstract, seed)
+  abstract = testing.abstract_params(model)
+  fill = lambda seed: testing.random_params_like(abstract, seed)
   apply = lambda p, *a, **k: model.apply({"params": p}, *a, **k)[0]
   head = lambda p, h: model.apply({"params": p}, h, method=MLLM.head)
   return apply, fill(0), fill(1), batch, head

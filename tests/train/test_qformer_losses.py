@@ -1,7 +1,6 @@
 """BLIP-2 stage-1 losses (ITC + ITM + ITG) and the hand-over to the MLLM."""
 import functools
 import math
-import os
 
 import flax.linen as nn
 from flax import traverse_util
@@ -10,12 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.config import load_config
-from mmjax.models.mllm import MLLM, mllm_config_from_dict
+from mmjax import testing
+from mmjax.models.mllm import MLLM
 from mmjax.models.qformer import QFormerConfig
 from mmjax.models.vision import VisionConfig
 from mmjax.train import qformer_losses as ql
-from tests.conftest import REPO
 
 VISION = VisionConfig(image_size=16, patch_size=8, width=32, depth=1,
                       mlp_dim=64, n_heads=2, pool="none")
@@ -256,9 +254,7 @@ def _abstract_mllm(cfg):
 
 
 def test_stage1_params_map_onto_the_mllm_connector():
-  config = load_config(os.path.join(
-      REPO, "configs/shapes.py:size=tiny,fusion=qformer"))
-  cfg = mllm_config_from_dict(config.model.to_dict())
+  cfg = testing.tiny_mllm_config("qformer")
   mllm = _abstract_mllm(cfg)
   model = M(cfg.vision, cfg.qformer, cfg.feature_layer)
   pre = nn.unbox(jax.eval_shape(lambda r: model.init(

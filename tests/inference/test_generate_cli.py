@@ -12,15 +12,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmjax import config as config_lib
-from mmjax import generate
+from mmjax import testing
 from mmjax.inference import decode
+from mmjax.inference import media as media_lib
+from mmjax.inference import prompts
 from mmjax.inference import run as run_lib
 from mmjax.data import datasets
 from mmjax.train import stages
-from mmjax.models import build
 from mmjax.train import checkpoint as ckpt_lib
 from tests.conftest import REPO
-from tests.helpers import random_params
 
 
 def make_workdir(path, data_dir, fusion="projection", params_fusion=None):
@@ -28,8 +28,7 @@ def make_workdir(path, data_dir, fusion="projection", params_fusion=None):
   'dpo' checkpoint, the dataset with its tokenizer), with random weights of
   the `params_fusion` model (default: the config's own)."""
   def config_of(f):
-    config = config_lib.load_config(os.path.join(
-        REPO, f"configs/shapes.py:size=tiny,fusion={f}"))
+    config = testing.tiny_recipe(f)
     config.data.update(dict(data_dir=str(data_dir), num_train=16,
                             num_validation=4, num_test=4, num_heldout=4))
     return config
@@ -40,7 +39,8 @@ def make_workdir(path, data_dir, fusion="projection", params_fusion=None):
   datasets.shapes_dataset(config)  # the tokenizer lives with the data
   _, init, _ = stages.stage_model(config_of(params_fusion or fusion),
                                       "dpo")
-  params = random_params(nn.unbox(jax.eval_shape(init, jax.random.key(0))))
+  params = testing.random_params_like(
+      nn.unbox(jax.eval_shape(init, jax.random.key(0))))
   params = jax.tree.map(lambda x: x * 3.0, params)  # peaky: varied tokens
   ckpt = ckpt_lib.StageCheckpointer(
       os.path.join(path, "checkpoints", "dpo"), async_save=False)
@@ -79,12 +79,12 @@ def test_cli_answers_about_a_drawn_png_as_generation_does(run_dir, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   run = run_lib.load_run(run_dir)
   assert run.checkpoint.endswith(os.path.join("dpo", "2"))
-  media = generate.media_arrays(run.cfg, [generate.read_image(png)], None,
-                                "square", 4)
+  media = media_lib.media_arrays(run.cfg, [media_lib.read_image(png)], None,
+                                 "square", 4)
   pieces = []
-  want = generate.answer(run, prompt, media, max_new_tokens=6,
-                         sampling=decode.Sampling(), chunk=2,
-                         on_text=pieces.append)
+  want = run.answer(prompt, media, max_new_tokens=6,
+                    sampling=decode.Sampling(), chunk=2,
+                    on_text=pieces.append)
   assert want and proc.stdout.strip() == want
   # Streamed: more than one piece, which together are the answer.
   assert len([p for p in pieces if p]) > 1 and "".join(pieces) == want
@@ -126,14 +126,13 @@ def test_checkpoint_of_another_model_exits_2(tmp_path):
 
 
 def test_video_frames_and_markers():
-  cfg = build.mllm_config(config_lib.load_config(os.path.join(
-      REPO, "configs/shapes.py:size=tiny")))
+  cfg = testing.tiny_mllm_config()
   frames = [np.full((64, 64, 3), i, np.uint8) for i in range(10)]
-  media = generate.media_arrays(cfg, frames[:1], frames, "square", 3)
+  media = media_lib.media_arrays(cfg, frames[:1], frames, "square", 3)
   assert media.shape == (4, 64, 64, 3)  # one still + 3 evenly spaced frames
   np.testing.assert_allclose(media[1:, 0, 0, 0] * 127.5 + 127.5, [0, 4, 9],
                              atol=1e-3)
-  assert generate.user_turn("hi", 2) == "<image>\n<image>\nhi"
-  assert generate.user_turn("<image> vs <image>?", 2) == "<image> vs <image>?"
-  with pytest.raises(generate.InputError, match="1 <image> marker"):
-    generate.user_turn("<image> hi", 2)
+  assert prompts.user_turn("hi", 2) == "<image>\n<image>\nhi"
+  assert prompts.user_turn("<image> vs <image>?", 2) == "<image> vs <image>?"
+  with pytest.raises(prompts.InputError, match="1 <image> marker"):
+    prompts.user_turn("<image> hi", 2)

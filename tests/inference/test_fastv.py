@@ -12,8 +12,8 @@ from mmjax.inference import fastv
 from mmjax.models import positions as positions_lib
 from mmjax.models.decoder import init_kv_cache
 from mmjax.models.mllm import MLLM
-from tests.test_inference import (IMAGE_ID, generate, make_model,
-                                  model_config, prompts_and_images)
+from tests.inference.test_inference import (IMAGE_ID, generate, make_model,
+                                            model_config, prompts_and_images)
 
 
 def _batch(model, r):

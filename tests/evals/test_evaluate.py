@@ -1,4 +1,4 @@
-"""Tests for mmjax.evaluate: metrics, greedy decoding, shapes VQA, retrieval."""
+"""Tests for mmjax.evals: VQA metrics, greedy decoding, shapes VQA, retrieval, the evaluate CLI."""
 import functools
 import json
 import os
@@ -18,13 +18,12 @@ from mmjax.inference import decode
 from mmjax.evals import results
 from mmjax.config import load_config
 from mmjax.data import shapes
-from mmjax.data.tokenizer import Tokenizer
+from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
 from mmjax.models import layout
 from mmjax.models.mllm import MLLM, mllm_config_from_dict
 from mmjax.models.text_tower import TextTowerConfig, TwoTower
 from tests.conftest import REPO
 
-IMAGE_ID = 4
 MAX_NEW = 4
 
 
@@ -181,7 +180,7 @@ def _prompts():
 
 
 def test_greedy_generate_matches_stepwise_reference():
-  # Every paradigm and position scheme: tests/test_inference.py.
+  # Every paradigm and position scheme: tests/inference/test_inference.py.
   model, params = _model("rope")
   prompts, images = _prompts()
   # A batch of 3 rows: the two prompts plus one padding row.
@@ -291,7 +290,7 @@ def test_caption_metrics_match_sacrebleu():
 
 
 def test_evaluate_cli_writes_json_and_markdown(tmp_path):
-  from tests.test_generate_cli import make_workdir  # pylint: disable=g-import-not-at-top
+  from tests.inference.test_generate_cli import make_workdir  # pylint: disable=g-import-not-at-top
   run = make_workdir(tmp_path / "run", tmp_path / "data")
   cmd = [sys.executable, "-m", "mmjax.evaluate", f"--workdir={run}",
          "--split=heldout", "--max_examples=6", "--batch_size=4",

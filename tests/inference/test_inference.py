@@ -1,34 +1,27 @@
 """KV-cache generation (mmjax.inference) against step-by-step full forwards."""
 import functools
-import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmjax import testing
+from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.inference import decode
-from mmjax.config import load_config
 from mmjax.models import layout
-from mmjax.models.mllm import MLLM, mllm_config_from_dict
-from tests.conftest import REPO
-from tests.helpers import random_params
+from mmjax.models.choices import FUSIONS, POSITIONS
+from mmjax.models.mllm import MLLM
 
-IMAGE_ID = 4
 MAX_NEW = 5
-FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
-           "one_backbone")
 
 
 def model_config(fusion, positions, image_attention="causal"):
-  d = load_config(os.path.join(
-      REPO, f"configs/shapes.py:size=tiny,fusion={fusion},"
-      f"positions={positions}")).model.to_dict()
-  d["image_attention"] = image_attention
   # One layer per tower: half the compile time; the LM keeps two layers.
-  d["vision"]["depth"] = d["resampler"]["depth"] = d["qformer"]["depth"] = 1
-  return mllm_config_from_dict(d)
+  one = dict(depth=1)
+  return testing.tiny_mllm_config(fusion, positions,
+                                  image_attention=image_attention,
+                                  vision=one, resampler=one, qformer=one)
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,23 +29,8 @@ def _params(fusion):
   """Random weights scaled up (peaky attention, so greedy tokens depend on
   positions; DESIGN.md section 7), open cross-attention gates. The tree
   does not depend on the position scheme."""
-  model = MLLM(model_config(fusion, "rope"))
-  seq = layout.assemble(model.cfg, [[2, 5], layout.Media(64, 64), [7]],
-                        IMAGE_ID)
-  abstract = nn.unbox(jax.eval_shape(lambda r: model.init(
-      r, jnp.asarray(seq["tokens"][None]),
-      jnp.asarray(seq["positions"][None]),
-      images=jnp.zeros((1, 1, 64, 64, 3)), image_mask=jnp.ones((1, 1), bool),
-      image_token_mask=jnp.asarray(seq["image_token_mask"][None]),
-      media_locations=jnp.asarray(seq["media_locations"][None])),
-      jax.random.key(0)))["params"]
-
-  def scale(path, x):
-    name = jax.tree_util.keystr(path)
-    if "alpha" in name:
-      return jnp.ones_like(x)
-    return x if name.endswith("['scale']") else x * 3.0
-  return jax.tree_util.tree_map_with_path(scale, random_params(abstract))
+  return testing.random_params(MLLM(model_config(fusion, "rope")), scale=3.0,
+                                gate=1.0)
 
 
 def make_model(fusion, positions, image_attention="causal"):
@@ -131,7 +109,7 @@ COMBOS = [("projection", "rope"), ("projection", "mrope"),
 
 def test_combos_cover_every_paradigm_and_scheme():
   assert {f for f, _ in COMBOS} == set(FUSIONS)
-  assert {p for _, p in COMBOS} == {"rope", "mrope", "v2pe"}
+  assert {p for _, p in COMBOS} == set(POSITIONS)
 
 
 @pytest.mark.parametrize("fusion,positions", COMBOS)

@@ -1,0 +1,206 @@
+"""Reading a model to generate with from disk: a training workdir (either
+family) or a `python -m mmjax.convert` output directory.
+
+  config = read_config("runs/shapes")              # WORKDIR/config.json
+  step_dir = final_checkpoint("runs/shapes", config)
+  store = read_store(step_dir, config)             # {global path: array}
+  model, params = text_lm_params(decoder_cfg, store, step_dir)
+
+Every stage checkpoints the whole global parameter store (its model's
+parameters plus the carried ones), so any stage's checkpoint holds every
+group the final model needs once the stages that train them have run. Only
+`params` and `carry` are read, not the optimizer state. A text LM's
+parameters are the store's `llm` group (`groups.LM_PATHS`), which is
+exactly `TextLM`'s tree.
+
+The tokenizer is looked up at, in order: an explicit path, WORKDIR/
+tokenizer.model (the LM recipe writes it there), and the shapes dataset
+folder the recipe trained on (`builders.TOKENIZER_FILE`; nothing is built
+here). A converted directory has none: pass one, or prompt with token ids.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from flax import linen as nn
+
+from mmjax import hf
+from mmjax import config as config_lib
+from mmjax import parallel
+from mmjax.data import builders, datasets
+from mmjax.data.tokenizer import Tokenizer
+from mmjax.models import build, remat
+from mmjax.models.decoder import DecoderConfig
+from mmjax.models.text_lm import TextLM, TextLMConfig, text_lm_init
+from mmjax.train import groups, stages
+
+
+class WorkdirError(ValueError):
+  """A workdir, checkpoint or tokenizer that cannot be used; says why."""
+
+
+def is_converted(path: str) -> bool:
+  """Whether `path` is a `python -m mmjax.convert` output directory."""
+  meta = _read_json(os.path.join(path, "config.json"))
+  return (isinstance(meta, dict) and "hf" in meta and "model" in meta and
+          os.path.isdir(os.path.join(path, "params")))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json (written by `python -m mmjax.main`)."""
+  config = config_lib.read_run_config(workdir)
+  if config is None:
+    raise WorkdirError(f"{workdir} has no config.json: pass the --workdir "
+                       "that `python -m mmjax.main` trained into, or the "
+                       "--out of `python -m mmjax.convert`")
+  if config.get("family") not in build.FAMILIES:
+    raise WorkdirError(f"{workdir} holds a {config.get('family')!r} run; "
+                       "generation needs a multimodal ('mllm') or text LM "
+                       "('lm') recipe")
+  return config
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _read_meta(step_dir: str) -> dict[str, Any] | None:
+  return _read_json(os.path.join(step_dir, "meta", "metadata"))
+
+
+def final_checkpoint(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """Step directory of the last stage whose newest checkpoint is finished."""
+  for stage in reversed(list(config.stage_order)):
+    directory = os.path.join(workdir, "checkpoints", stage)
+    steps = sorted((int(s) for s in (os.listdir(directory)
+                                     if os.path.isdir(directory) else [])
+                    if s.isdigit()), reverse=True)
+    for step in steps:
+      meta = _read_meta(os.path.join(directory, str(step)))
+      if meta is not None:
+        if meta.get("finished"):
+          return os.path.join(directory, str(step))
+        break  # the newest readable step of this stage is unfinished
+  raise WorkdirError(f"{workdir} has no finished stage checkpoint: run the "
+                     "recipe (python -m mmjax.main) to the end of a stage "
+                     "first")
+
+
+def read_store(step_dir: str, config: ml_collections.ConfigDict
+               ) -> dict[str, Any]:
+  """Flat {global path: array} held by one stage checkpoint.
+
+  `config` names the stage's model, which maps its parameter paths to the
+  global ones (contrastive and Q-Former stages rename theirs, a text LM's
+  go under `llm`).
+  """
+  path = os.path.join(os.path.abspath(step_dir), "state")
+  meta = _read_meta(step_dir)
+  if meta is None or not os.path.isdir(path):
+    raise WorkdirError(f"{step_dir} is not a readable stage checkpoint "
+                       "(WORKDIR/checkpoints/<stage>/<step>)")
+  state = parallel.restore_on_one_device(path, keys=("params", "carry"))
+  store = groups.flatten(state.get("carry") or {})
+  stage = meta.get("stage", "")
+  to_global = lambda p: p
+  if stage in config.stages:
+    to_global = stages.stage_model(config, stage).to_global
+  store.update({to_global(p): v for p, v in
+                groups.flatten(state.get("params") or {}).items()})
+  return store
+
+
+def model_params(init: Callable[[jax.Array], Any], store: dict[str, Any],
+                 where: str) -> dict[str, Any]:
+  """The tree `init` (rng -> boxed params) builds, picked from a global
+  store and shape-checked."""
+  abstract = groups.flatten(nn.unbox(jax.eval_shape(init,
+                                                    jax.random.key(0))))
+  problems = []
+  for path, leaf in sorted(abstract.items()):
+    have = store.get(path)
+    if have is None:
+      problems.append(f"{path}: missing")
+    elif tuple(have.shape) != tuple(leaf.shape):
+      problems.append(f"{path}: checkpoint {list(have.shape)}, config "
+                      f"{list(leaf.shape)}")
+  if problems:
+    raise WorkdirError(
+        f"{where} does not hold this config's model ({len(problems)} "
+        f"parameters differ, e.g. {problems[0]}); use the config.json of "
+        "the run that wrote the checkpoint, or finish its stages first")
+  return groups.unflatten({p: store[p] for p in abstract})
+
+
+def text_lm_params(lm: DecoderConfig, store: dict[str, Any], where: str
+                   ) -> tuple[TextLM, dict[str, Any]]:
+  """A TextLM of decoder config `lm` and its params from the store.
+
+  A decoder trained with scan_layers=True (one stacked `layers` entry) is
+  unstacked: the KV cache needs one module per layer.
+  """
+  params = model_params(text_lm_init(TextLM(TextLMConfig(lm))), store, where)
+  if lm.scan_layers:
+    lm = dataclasses.replace(lm, scan_layers=False)
+    params = {"llm": remat.unstack_layer_params(params["llm"])}
+  return TextLM(TextLMConfig(lm)), params
+
+
+def read_converted(path: str) -> tuple[ml_collections.ConfigDict, TextLM,
+                                       dict[str, Any]]:
+  """(config, model, params) of a converted decoder LM (family 'lm').
+
+  config holds what OUT/config.json records: family, model, hf.
+  """
+  conv = hf.load_converted(path)
+  if conv.family != "lm":
+    raise WorkdirError(
+        f"{path} holds a converted {conv.family!r} model; only decoder LMs "
+        "(family 'lm': LLaMA, Mistral, Qwen2, Gemma) generate from a "
+        "conversion. Train a recipe from it (config.init_from) instead")
+  config = ml_collections.ConfigDict(
+      {"family": conv.family, "model": conv.model, "hf": conv.hf})
+  store = groups.flatten({"llm": conv.params})
+  model, params = text_lm_params(DecoderConfig.from_dict(conv.model), store,
+                                 path)
+  return config, model, params
+
+
+def find_tokenizer(workdir: str, config: ml_collections.ConfigDict,
+                   path: str | None = None) -> Tokenizer:
+  """The run's tokenizer (module docstring for where it is looked up)."""
+  candidates = [path] if path else []
+  candidates.append(os.path.join(workdir, builders.TOKENIZER_FILE))
+  if config.family == "mllm":
+    try:
+      builder = datasets.shapes_builder(config)
+      candidates.append(os.path.join(builder.data_dir,
+                                     builders.TOKENIZER_FILE))
+    except Exception:  # pylint: disable=broad-except
+      pass  # an unusual data config: only the explicit paths then
+  for candidate in candidates:
+    if os.path.exists(candidate):
+      return load_tokenizer(candidate)
+  raise WorkdirError(f"no tokenizer at {' or '.join(candidates)}: pass "
+                     "--tokenizer=PATH (the tokenizer.model of the dataset "
+                     "the run trained on)")
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+  """An mmjax tokenizer.model; WorkdirError for another kind of file."""
+  try:
+    return Tokenizer.load(path)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"{e}; pass a tokenizer.model written by mmjax, an "
+                       "object with encode/decode/bos_id/eos_id, or prompt "
+                       "with token ids") from None

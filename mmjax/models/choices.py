@@ -1,0 +1,16 @@
+"""The allowed values of MLLMConfig's switches, in one place.
+
+Recipes, benchmarks, sweeps and tests read these (mmjax/models/mllm.py
+validates against them); this module imports nothing, so processes that
+never build a JAX model (the benchmarks' torch runs) can use it too.
+"""
+
+# How vision enters the LM (mllm.py's module docstring describes each).
+FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
+           "one_backbone")
+# Position schemes of the LM: 1-D RoPE, M-RoPE (Qwen2-VL), V2PE (InternVL).
+POSITIONS = ("rope", "mrope", "v2pe")
+# Projectors of fusion 'projection'.
+PROJECTORS = ("linear", "mlp", "pixel_shuffle", "patch_merger")
+# Attention among the tokens of one image.
+IMAGE_ATTENTION = ("causal", "bidirectional")
