@@ -103,6 +103,7 @@ def get_config(arg=None):
       max_len=160,           # longest sequence (contrastive: text length 32)
       text_seq_len=64,       # window of the text-only LM stage
       num_workers=0,
+      max_skipped_fraction=0.5,  # more bad folder records than this: an error
       # Your own data for stages with data='llava_conversations' (a
       # LLaVA-Instruct JSON) or 'image_caption' (a JSONL of image/caption):
       folder_json="", folder_images=""))

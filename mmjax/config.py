@@ -224,18 +224,52 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict | None:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def check_python_file(path: str, what: str = "config file",
+                      example: str = "configs/lm.py:tiny") -> None:
+  """ConfigError when `path` is no readable Python file or does not parse.
+
+  Run before absl or importlib execute the file: their own errors are long
+  tracebacks (or, for a missing --config file, a deferred IOError).
+
+  Args:
+    path: the file (a recipe or a sweep file).
+    what: what the file is, for the message.
+    example: a valid value, for the message.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  if not path or not os.path.isfile(path):
+    relative = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
+    raise ConfigError(f"{what} {path!r} does not exist{relative}; give the "
+                      f"path of a .py file, e.g. {example}")
+  try:
+    with open(path, "rb") as f:
+      compile(f.read(), path, "exec")
+  except SyntaxError as e:
+    raise ConfigError(
+        f"{what} {path} has a syntax error at line {e.lineno}: {e.msg}; fix "
+        "the file") from None
+  except (OSError, ValueError) as e:  # unreadable, or NUL bytes
+    raise ConfigError(f"{what} {path} cannot be read as Python: {e}") from None
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """`configs/lm.py:tiny` -> that file's get_config('tiny') (as absl does).
 
   For notebooks, sweeps and tests, which have no --config flag.
+
+  Raises:
+    ConfigError: the file is missing, does not parse or has no get_config,
+      or get_config rejects the args.
   """
   import importlib.util  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise ConfigError(f"config file {path!r} does not exist")
+  check_python_file(path)
   module_spec = importlib.util.spec_from_file_location(
       f"mmjax_config_{os.path.basename(path)[:-3]}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"config file {path} defines no get_config(arg); a "
+                      "recipe returns its ConfigDict from get_config")
   return module.get_config(arg or None)

@@ -8,9 +8,11 @@ Export (a converted 'lm' directory -> a transformers-loadable directory):
   python -m mmjax.convert --mmjax_dir=OUT --out=HF_DIR
 
 Errors (missing flags, unsupported architecture, missing or mis-shaped
-tensors, pickle-only checkpoints) print one line on stderr and exit with
-status 2. The library calls are `mmjax.hf.import_checkpoint` /
-`save_converted` and `mmjax.hf.export_decoder`.
+tensors, a truncated *.safetensors file, tensors holding NaN or inf unless
+--allow_nonfinite, pickle-only checkpoints, a Hugging Face directory given
+as --mmjax_dir) print one line on stderr and exit with status 2. The
+library calls are `mmjax.hf.import_checkpoint` / `save_converted` and
+`mmjax.hf.export_decoder`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ _MESH = flags.DEFINE_string("mesh", "", "Place parameters on a device mesh "
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT/params.")
 _NEWLINE = flags.DEFINE_integer("fuyu_newline_id", None, "Fuyu's '|NEWLINE|' "
                                 "token id when tokenizer.json is absent.")
+_ALLOW_NONFINITE = flags.DEFINE_bool(
+    "allow_nonfinite", False, "Import tensors holding NaN or inf as they are "
+    "(refused by default: they make a damaged checkpoint).")
 
 
 def _mesh(spec: str):
@@ -65,7 +70,8 @@ def run(argv) -> str:
         conv.model), _OUT.value))
   mesh = _mesh(_MESH.value) if _MESH.value else None
   conv = hf.import_checkpoint(_HF_DIR.value, mesh=mesh,
-                              newline_token_id=_NEWLINE.value)
+                              newline_token_id=_NEWLINE.value,
+                              allow_nonfinite=_ALLOW_NONFINITE.value)
   out = hf.save_converted(conv, _OUT.value, overwrite=_OVERWRITE.value)
   for note in conv.hf["notes"]:
     print(f"note: {note}")

@@ -26,8 +26,16 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   if len(argv) > 1:
     config_lib.fail(f"unexpected arguments {list(argv[1:])}")
+  # Before anything loads: a negative count would evaluate nothing.
+  for name, meaning in (("max_examples", "0 = the whole split"),
+                        ("batch_size", "0 = config.eval.batch_size"),
+                        ("captions", "0 = none")):
+    if (f[name].value or 0) < 0:
+      config_lib.fail(f"--{name}={f[name].value} must be >= 0 ({meaning})")
   if not f["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    # orbax warns about each file of a checkpoint it cannot read; the one
+    # line that matters is ours.
+    logging.set_verbosity(logging.ERROR)
   from mmjax import evals  # pylint: disable=g-import-not-at-top  (after flag checks: a typo fails fast)
   from mmjax import inference  # pylint: disable=g-import-not-at-top
   fastv = inference.FastVConfig(f.fastv_k, f.fastv_r) if f.fastv_k else None

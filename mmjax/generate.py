@@ -20,9 +20,13 @@ an image. A text LM run (configs/lm.py), or a converted decoder LM (`python
 the prompt (plain text after BOS) until EOS. Tokens are printed as they
 come: the compiled decode loop runs --stream_chunk tokens per call.
 
-Bad input (an unreadable image, a prompt longer than the context, a
-checkpoint of another model) exits with status 2 and one line saying what
-to do.
+An empty --prompt with an --image (or --video) asks about the image as it
+is; without one there is nothing to answer and it is refused. Bad input
+(an unreadable image, an empty prompt without images, a prompt longer than
+the context, a checkpoint of another model or one that cannot be read)
+exits with status 2 and one line saying what to do. When the run's newest
+finished checkpoint cannot be read, a warning says so and the previous
+finished one is used.
 """
 from __future__ import annotations
 
@@ -78,9 +82,11 @@ def main(argv: Sequence[str]) -> None:
     fail("give exactly one of --workdir=DIR and --checkpoint=PATH")
   from mmjax import inference  # pylint: disable=g-import-not-at-top  (after flag checks: a typo fails fast)
   from mmjax.inference import media as media_lib  # pylint: disable=g-import-not-at-top
-  try:  # Images first: a bad file fails before a model is loaded.
+  from mmjax.inference import run as run_lib  # pylint: disable=g-import-not-at-top
+  try:  # Images and prompt first: bad input fails before a model is loaded.
     stills = [media_lib.read_image(p) for p in f.image]
     video = media_lib.read_video(f.video) if f.video else None
+    run_lib.check_prompt(f.prompt, len(stills) + (video is not None))
   except inference.InputError as e:
     fail(str(e))
   try:

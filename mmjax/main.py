@@ -35,8 +35,25 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index (multi-host).")
 
 
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of --config in argv (`--config=X` or `--config X`), if any."""
+  for i, arg in enumerate(argv[1:], start=1):
+    name, sep, value = arg.lstrip("-").partition("=")
+    if arg.startswith("-") and name == "config":
+      return value if sep else (argv[i + 1] if i + 1 < len(argv) else None)
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl parsing, with unknown --config.KEY overrides explained clearly."""
+  spec = _config_spec(argv)
+  if spec:
+    # absl defers a missing file to the first use of the config, and a
+    # syntax error in it surfaces as a traceback: check the file first.
+    try:
+      config_lib.check_python_file(spec.split(":", 1)[0])
+    except config_lib.ConfigError as e:
+      config_lib.fail(f"--config={spec}: {e}")
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
@@ -122,6 +139,7 @@ def main(argv):
   multihost = _check_multihost_flags()
   # Heavy imports after flag checks: a typo fails in a second, not ten.
   from mmjax import evals  # pylint: disable=g-import-not-at-top
+  from mmjax.data import builders  # pylint: disable=g-import-not-at-top
   from mmjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from mmjax.train import trainer  # pylint: disable=g-import-not-at-top
 
@@ -130,7 +148,8 @@ def main(argv):
   try:
     _initialize_distributed(multihost)
     evals.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, ckpt_lib.IncompatibleCheckpointError) as e:
+  except (config_lib.ConfigError, ckpt_lib.IncompatibleCheckpointError,
+          builders.BadRecordError) as e:
     config_lib.fail(str(e))
   except trainer.NonFiniteLossError as e:
     config_lib.fail(str(e), code=3)

@@ -9,11 +9,17 @@ holds one build, which `build` with the same arguments reuses and
 `tfds.data_source("<name>/<config>", data_dir=..., download=False)` reads.
 Records keep generation order (record i of a shapes split is
 `shapes.example(split, i)`); folder builds keep the file's bytes (JPEG stays
-JPEG), decoded to RGB by `load_source` as LLaVA does. Bad folder records
-(missing / zero-size / undecodable image, invalid UTF-8, empty conversation
-or caption, `<image>` count != image count) are skipped, logged and listed in
-`<dataset dir>/skipped.json` ([{"index", "id", "reason"}]), or raise
-BadRecordError if `on_bad_record="raise"`.
+JPEG), decoded to RGB by `load_source` as LLaVA does. A folder build's config
+name also hashes the annotation file's bytes and the image folder's listing
+(paths, sizes, mtimes), so an edited file or a replaced image makes a new
+build instead of silently reusing the old one. Bad folder records (missing /
+zero-size / undecodable image, an image path that resolves outside the image
+folder, several images in one record, invalid UTF-8, empty conversation,
+turn or caption, `<image>` count != image count) are skipped, logged and
+listed in `<dataset dir>/skipped.json` ([{"index", "id", "reason"}]), or
+raise BadRecordError if `on_bad_record="raise"`. A file that is not valid
+JSON, holds no records or only bad ones raises BadRecordError, and so does
+`build(..., max_skipped_fraction=f)` when more than that share was skipped.
 
 Usage:
   builder = builders.build(builders.ShapesBuilder, "/data", num_train=40)
@@ -56,6 +62,15 @@ _COLUMNS = {"questions": ("qa", "question"), "answers": ("qa", "answer"),
             "pref_questions": ("preference", "question"),
             "chosen": ("preference", "chosen"),
             "rejected": ("preference", "rejected")}
+
+
+def _not_custom_config_notice(record) -> bool:
+  # tfds warns "Using custom data configuration" for every builder named by
+  # its options, i.e. all of ours: noise on stderr at every run.
+  return not str(record.msg).startswith("Using custom data configuration")
+
+
+logging.get_absl_logger().addFilter(_not_custom_config_notice)
 
 
 class BadRecordError(ValueError):
@@ -203,8 +218,11 @@ class _FolderBuilder(_Builder, skip_registration=True):
         raise ValueError(f"on_bad_record={on_bad_record!r}; allowed: "
                          f"{ON_BAD_RECORD}.")
       path, image_dir = os.path.abspath(json_path), os.path.abspath(image_dir)
-      # The inputs' locations name the build: the same arguments reuse it.
-      digest = hashlib.sha1(f"{path}\0{image_dir}".encode()).hexdigest()[:10]
+      # The inputs' locations and contents name the build: the same files
+      # reuse it, an edited annotation file or a replaced image rebuilds.
+      key = content_key(path, image_dir, skip=data_dir)
+      digest = hashlib.sha1(
+          f"{path}\0{image_dir}\0{key}".encode()).hexdigest()[:10]
       slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(path).lower())
       config = FolderConfig(name=f"{slug.strip('_')[:40]}_{digest}",
                             annotations=path, image_dir=image_dir,
@@ -226,13 +244,27 @@ class _FolderBuilder(_Builder, skip_registration=True):
     # surrogateescape: invalid bytes fail one record (_check_text), not all.
     text = epath.Path(path).read_bytes().decode("utf-8", "surrogateescape")
     if text.lstrip().startswith("["):  # A JSON list, else JSON lines.
-      return list(enumerate(json.loads(text)))
-    return [(i, _parse_line(line)) for i, line in enumerate(text.split("\n"))
-            if line.strip()]
+      try:
+        records = json.loads(text)
+      except json.JSONDecodeError as e:
+        # One syntax error loses every record: not a skip, a file to fix.
+        raise BadRecordError(
+            f"{path} is not valid JSON: {e.msg} at line {e.lineno} column "
+            f"{e.colno}; fix the file (a JSON list of records, or one JSON "
+            "object per line)") from None
+      return list(enumerate(records))
+    return [(i, _parse_line(line, i + 1))
+            for i, line in enumerate(text.split("\n")) if line.strip()]
 
   def _generate_examples(self):
     self.skipped = []
-    for index, record in self._records():
+    records = self._records()
+    path = self.builder_config.annotations
+    if not records:
+      raise BadRecordError(
+          f"{path} holds no records; give a JSON list of records or one "
+          "JSON object per line")
+    for index, record in records:
       record_id = str(index)
       try:
         if not isinstance(record, dict):  # A str is the parse error.
@@ -248,9 +280,14 @@ class _FolderBuilder(_Builder, skip_registration=True):
               "build with on_bad_record='skip'.") from e
         self.skipped.append({"index": index, "id": record_id,
                              "reason": str(e)})
-    kinds = collections.Counter(s["reason"].split(":")[0] for s in self.skipped)
     logging.info("%s: skipped %d bad records %s", self.name, len(self.skipped),
-                 dict(kinds))
+                 dict(_reason_counts(self.skipped)))
+    if len(self.skipped) == len(records):  # tfds refuses an empty split.
+      first = self.skipped[0]
+      raise BadRecordError(
+          f"every record of {path} is bad: skipped {len(records)} of "
+          f"{len(records)} (reasons: {_reasons_text(self.skipped)}); the "
+          f"first, record {first['id']!r}: {first['reason']}")
 
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     super()._download_and_prepare(dl_manager, download_config)
@@ -260,8 +297,16 @@ class _FolderBuilder(_Builder, skip_registration=True):
 
   def _image_bytes(self, relative: Any) -> bytes:
     """The file's bytes, once they are known to decode to a non-empty image."""
-    path = os.path.join(self.builder_config.image_dir, str(relative or ""))
-    if not isinstance(relative, str) or not os.path.isfile(path):
+    if not isinstance(relative, str) or not relative:
+      raise ValueError(f"missing image file: the image field is {relative!r}")
+    # Resolved (symlinks too) so that "../x", "/etc/passwd" or a link out of
+    # the folder cannot make anything outside it training data.
+    root = os.path.realpath(self.builder_config.image_dir)
+    path = os.path.realpath(os.path.join(root, relative))
+    if os.path.commonpath((root, path)) != root:
+      raise ValueError(f"image outside folder: {relative!r} resolves to "
+                       f"{path}, outside the image folder {root}")
+    if not os.path.isfile(path):
       raise ValueError(f"missing image file: {path}")
     data = epath.Path(path).read_bytes()
     if not data:
@@ -277,11 +322,55 @@ class _FolderBuilder(_Builder, skip_registration=True):
     return data
 
 
-def _parse_line(line: str) -> Any:
+def _parse_line(line: str, number: int) -> Any:
+  """The JSON value of line `number` (1-based), or why it is not JSON."""
   try:
     return json.loads(line)
   except json.JSONDecodeError as e:
-    return f"invalid JSON: {e.msg}"
+    return f"invalid JSON: {e.msg} on line {number} column {e.colno}"
+
+
+def _one_image(value: Any) -> Any:
+  """A record's image field as one path: a 1-item list is its item."""
+  if not isinstance(value, list):
+    return value
+  if len(value) > 1:
+    raise ValueError(
+        f"several images: the record lists {len(value)} images; records "
+        "take one image each (the pipeline's max_images is 1), so split it "
+        "into one record per image")
+  return value[0] if value else None
+
+
+def content_key(json_path: str, image_dir: str, skip: str | None = None
+                ) -> str:
+  """A hash of the annotation file's bytes and of the image folder's
+  listing (relative path, size and mtime of every file; no image is read).
+
+  Files under `skip` (a data dir inside the image folder) do not count.
+  """
+  digest = hashlib.sha1()
+  try:
+    with open(json_path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
+  except OSError as e:
+    raise BadRecordError(f"cannot read the annotation file {json_path}: "
+                         f"{e.strerror}") from None
+  skip = os.path.realpath(skip) if skip else None
+  for folder, dirs, files in os.walk(image_dir):
+    dirs[:] = sorted(d for d in dirs
+                     if os.path.realpath(os.path.join(folder, d)) != skip)
+    for name in sorted(files):
+      path = os.path.join(folder, name)
+      try:
+        stat = os.stat(path)
+      except OSError:  # A dangling link: a record naming it is skipped.
+        continue
+      line = (f"{os.path.relpath(path, image_dir)}\0{stat.st_size}\0"
+              f"{stat.st_mtime_ns}\n")
+      digest.update(line.encode("utf-8", "surrogateescape"))
+  return digest.hexdigest()
 
 
 def _check_text(text: Any, what: str) -> str:
@@ -311,12 +400,17 @@ class LlavaConversationsBuilder(_FolderBuilder):
              for i, t in enumerate(turns)]
     if not any(t["value"].strip() for t in turns):
       raise ValueError("empty conversation")
-    num_tokens = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
+    blank = [i for i, t in enumerate(turns) if not t["value"].strip()]
+    if blank:  # A blank answer would teach the model to answer nothing.
+      raise ValueError(f"empty turn: turn {blank[0]} "
+                       f"({turns[blank[0]]['from']}) has no text")
     num_images = int("image" in record)
+    relative = _one_image(record["image"]) if num_images else None
+    num_tokens = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
     if num_tokens != num_images:
       raise ValueError(f"image token mismatch: {num_tokens} {IMAGE_TOKEN} "
                        f"tokens for {num_images} image(s)")
-    image = self._image_bytes(record["image"]) if num_images else b""
+    image = self._image_bytes(relative) if num_images else b""
     return {"image": image, "conversations": json.dumps(turns)}
 
 
@@ -332,17 +426,26 @@ class ImageCaptionBuilder(_FolderBuilder):
     caption = _check_text(record.get("caption"), "caption")
     if not caption.strip():
       raise ValueError("empty caption")
-    return {"image": self._image_bytes(record.get("image")), "caption": caption}
+    return {"image": self._image_bytes(_one_image(record.get("image"))),
+            "caption": caption}
 
 
-def build(builder_cls: type[tfds.core.DatasetBuilder], data_dir: str,
+def build(builder_cls: type[tfds.core.DatasetBuilder], data_dir: str, *,
+          max_skipped_fraction: float | None = None,
           **kwargs: Any) -> tfds.core.DatasetBuilder:
   """Prepares `builder_cls(data_dir=data_dir, **kwargs)` once and returns it.
 
-  Later calls with the same arguments do no work. `builder.data_dir` is the
-  dataset folder. With on_bad_record="raise", a bad record raises
-  BadRecordError, also when an existing ("skip") build skipped records.
+  Later calls with the same arguments (and, for folders, the same files) do
+  no work. `builder.data_dir` is the dataset folder. With
+  on_bad_record="raise", a bad record raises BadRecordError, also when an
+  existing ("skip") build skipped records; with max_skipped_fraction, so does
+  a build that skipped more than that share of its records.
   """
+  if max_skipped_fraction is not None and not (
+      isinstance(max_skipped_fraction, (int, float))
+      and 0 <= max_skipped_fraction <= 1):
+    raise ValueError(f"max_skipped_fraction={max_skipped_fraction!r} must be "
+                     "a number in [0, 1]")
   builder = builder_cls(data_dir=data_dir, **kwargs)
   builder.download_and_prepare(file_format="array_record", download_config=(
       tfds.download.DownloadConfig(try_download_gcs=False)))  # No network.
@@ -352,6 +455,15 @@ def build(builder_cls: type[tfds.core.DatasetBuilder], data_dir: str,
         f"Record {skipped[0]['id']!r} (index {skipped[0]['index']}) of "
         f"{config.annotations}: {skipped[0]['reason']}; the existing build "
         f"at {builder.data_dir} skipped {len(skipped)} records.")
+  if max_skipped_fraction is not None and skipped:
+    total = num_records(builder)
+    if len(skipped) > max_skipped_fraction * total:
+      raise BadRecordError(
+          f"too many bad records in {config.annotations}: "
+          f"{skip_line(builder)}; that is {len(skipped) / total:.0%}, above "
+          f"max_skipped_fraction={max_skipped_fraction} "
+          "(config.data.max_skipped_fraction): fix the records or the image "
+          "folder, or raise the limit")
   return builder
 
 
@@ -359,6 +471,42 @@ def skipped_records(builder: tfds.core.DatasetBuilder) -> list[dict[str, Any]]:
   """The bad records a folder build skipped ([] for shapes)."""
   path = epath.Path(builder.data_dir) / SKIPPED_FILE
   return json.loads(path.read_text()) if path.exists() else []
+
+
+def num_records(builder: tfds.core.DatasetBuilder) -> int:
+  """Records of a folder build's source file: kept ones plus skipped ones."""
+  return (builder.info.splits["train"].num_examples +
+          len(skipped_records(builder)))
+
+
+def _reason_counts(skipped: list[dict[str, Any]]) -> collections.Counter:
+  """Skipped records per kind of reason (the text before the first ':')."""
+  return collections.Counter(s["reason"].split(":")[0] for s in skipped)
+
+
+def _reasons_text(skipped: list[dict[str, Any]]) -> str:
+  return ", ".join(f"{kind} {n}"
+                   for kind, n in _reason_counts(skipped).most_common())
+
+
+def skip_line(builder: tfds.core.DatasetBuilder) -> str | None:
+  """'skipped N of M records (reasons: ...), see <dir>/skipped.json', or
+  None when a build skipped nothing."""
+  skipped = skipped_records(builder)
+  if not skipped:
+    return None
+  return (f"skipped {len(skipped)} of {num_records(builder)} records "
+          f"(reasons: {_reasons_text(skipped)}), see "
+          f"{os.path.join(builder.data_dir, SKIPPED_FILE)}")
+
+
+def skip_info(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
+  """A folder build's record counts, for a stage's report."""
+  skipped = skipped_records(builder)
+  info = {"records": num_records(builder), "skipped_records": len(skipped)}
+  if skipped:
+    info["skipped_reasons"] = _reasons_text(skipped)
+  return info
 
 
 def _python(value: Any) -> Any:

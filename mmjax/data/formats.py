@@ -43,6 +43,8 @@ FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversat
            "preference", "contrastive")
 CHAT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations")
 CAPTION_PROMPT = "describe the image."
+# Roles whose turns are answers (`Tokenizer.encode_chat` accepts both).
+_ANSWER_ROLES = ("assistant", "gpt")
 # Reasons an example is skipped (the pipeline counts `skipped_<kind>`).
 BAD_KINDS = ("image_size", "placeholder_mismatch", "too_long",
              "too_many_images", "empty", "malformed")
@@ -208,7 +210,8 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
 
   Every image is at the model's side (the pipeline resizes to it). A
   sequence longer than max_len is cut after its last image block; when an
-  image block itself would be cut it is a BadExample('too_long').
+  image block itself would be cut it is a BadExample('too_long'). A blank
+  (whitespace-only) answer is a BadExample('empty').
 
   Args:
     cfg: the model config (fusion, positions, image side).
@@ -228,6 +231,13 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
   if not turns or not any(str(t.get("content", t.get("value", ""))).strip()
                           for t in turns):
     raise BadExample("empty", "the conversation has no text")
+  for index, turn in enumerate(turns):
+    role = turn.get("role", turn.get("from"))
+    content = turn.get("content", turn.get("value"))
+    if role in _ANSWER_ROLES and isinstance(content, str) and (
+        not content.strip()):
+      # Its loss would teach the model to answer nothing.
+      raise BadExample("empty", f"turn {index} ({role}) is a blank answer")
   try:
     ids, mask = tok.encode_chat(turns)
   except ValueError as e:

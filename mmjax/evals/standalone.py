@@ -21,6 +21,13 @@ from mmjax.inference.fastv import FastVConfig
 SPLITS = ("test", "heldout", "validation")
 
 
+def _check_counts(**counts: int | None) -> None:
+  """InputError for a negative count (it would evaluate nothing)."""
+  for name, value in counts.items():
+    if (value or 0) < 0:
+      raise run_lib.InputError(f"{name}={value} must be >= 0")
+
+
 def evaluate_run(workdir: str | None, split: str, *,
                  checkpoint: str | None = None, max_examples: int | None = None,
                  batch_size: int | None = None, captions: int = 0,
@@ -37,6 +44,11 @@ def evaluate_run(workdir: str | None, split: str, *,
     fastv: prune image tokens at prefill.
     tokenizer: an explicit tokenizer path.
 
+  Raises:
+    InputError: a negative count, or nothing to evaluate (then nothing is
+      written: a previous result stays).
+    WorkdirError: no run there, or no checkpoint that can be read.
+
   Returns:
     (metrics, markdown); both are also written to WORKDIR/eval/NAME.json
     and .md, NAME = final_<split>, or <stage>_<step>_<split> for an
@@ -45,6 +57,8 @@ def evaluate_run(workdir: str | None, split: str, *,
   if split not in SPLITS:
     raise run_lib.WorkdirError(f"--split={split!r}; allowed: "
                                    f"{', '.join(SPLITS)}")
+  _check_counts(max_examples=max_examples, batch_size=batch_size,
+                captions=captions)
   run = run_lib.load_run(workdir, checkpoint=checkpoint,
                              tokenizer=tokenizer)
   if run.text_only:
@@ -54,6 +68,10 @@ def evaluate_run(workdir: str | None, split: str, *,
   if fastv is not None:
     fastv.check(run.cfg)
   source = builders.load_source(datasets.shapes_dataset(config), split)
+  if len(source) == 0:  # a grain data source: no truth value
+    raise run_lib.InputError(
+        f"the {split} split of the run's dataset holds no records: nothing "
+        "evaluated, no result written; pick another --split")
   if max_examples is None:
     max_examples = config.eval.max_examples
   batch_size = batch_size or config.eval.batch_size
@@ -61,6 +79,11 @@ def evaluate_run(workdir: str | None, split: str, *,
       run.model, run.params, run.cfg, run.tokenizer, source,
       max_examples=max_examples or None, batch_size=batch_size,
       max_new_tokens=config.eval.max_new_tokens, fastv=fastv)
+  if not metrics.get("count/all"):
+    # A result over no examples would replace a real one with nothing.
+    raise run_lib.InputError(
+        f"no {split} example was evaluated (max_examples={max_examples}): "
+        "no result written, a previous one is kept")
   if captions:
     metrics.update(captions_lib.evaluate_shapes_captions(
         run.model, run.params, run.cfg, run.tokenizer, source,

@@ -29,7 +29,7 @@ from mmjax.hf import llm as llm_lib
 from mmjax.hf import mllm as mllm_lib
 from mmjax.hf import plan as P
 from mmjax.hf import vision as vision_lib
-from mmjax.hf.safetensors_io import Checkpoint, HFImportError
+from mmjax.hf.safetensors_io import Checkpoint, HFImportError, short_list
 
 _IMPORTERS: dict[str, tuple[str, Callable[..., Any]]] = {
     "llama": ("lm", llm_lib.lm_import),
@@ -80,7 +80,8 @@ class Converted:
 
 def import_checkpoint(hf_dir: str | pathlib.Path, *, mesh: Mesh | None = None,
                       rules: Any = None,
-                      newline_token_id: int | None = None) -> Converted:
+                      newline_token_id: int | None = None,
+                      allow_nonfinite: bool = False) -> Converted:
   """Imports a Hugging Face model directory into mmjax (float32 params).
 
   Args:
@@ -89,15 +90,18 @@ def import_checkpoint(hf_dir: str | pathlib.Path, *, mesh: Mesh | None = None,
       (tensor by tensor; no host holds more than one tensor at a time).
     rules: logical axis rules (default `mmjax.parallel.DEFAULT_RULES`).
     newline_token_id: Fuyu's '|NEWLINE|' id when tokenizer.json is absent.
+    allow_nonfinite: import tensors holding NaN or inf as they are (noted in
+      `hf['notes']`) instead of refusing them.
 
   Returns:
     Converted.
 
   Raises:
     HFImportError: unsupported architecture, a feature mmjax cannot express,
-      missing or mis-shaped tensors, or a pickle-only directory.
+      missing or mis-shaped tensors, a tensor holding NaN or inf, a
+      truncated weights file, or a pickle-only directory.
   """
-  ckpt = Checkpoint(hf_dir)
+  ckpt = Checkpoint(hf_dir, allow_nonfinite=allow_nonfinite)
   config = ckpt.config
   model_type = config.get("model_type")
   if model_type not in _IMPORTERS:
@@ -129,6 +133,10 @@ def import_checkpoint(hf_dir: str | pathlib.Path, *, mesh: Mesh | None = None,
       ignore.extend(plan.pop(path).keys)
   params = P.materialize(ckpt, plan, abstract, ignore=ignore, mesh=mesh,
                          rules=rules)
+  if ckpt.nonfinite:
+    notes.append(f"{len(ckpt.nonfinite)} tensor(s) hold NaN or inf values, "
+                 f"imported as they are (allow_nonfinite): "
+                 f"{short_list(ckpt.nonfinite)}")
   hf = {"model_type": model_type,
         "architectures": config.get("architectures"),
         "source": str(pathlib.Path(hf_dir).resolve()), "notes": notes,
@@ -156,6 +164,26 @@ def save_converted(conv: Converted, out_dir: str | pathlib.Path,
   return out
 
 
+def _converted_meta(out: pathlib.Path) -> dict[str, Any]:
+  """OUT/config.json of a `save_converted` directory; HFImportError saying
+  what the directory is instead."""
+  try:
+    meta = json.loads((out / "config.json").read_text())
+  except (OSError, ValueError):
+    meta = None
+  if (isinstance(meta, dict) and {"family", "model", "hf"} <= set(meta) and
+      (out / "params").is_dir()):
+    return meta
+  looks_hf = (isinstance(meta, dict) and "model_type" in meta) or any(
+      out.glob("*.safetensors"))
+  hint = ("it looks like a Hugging Face model directory: to import one use "
+          "--hf_dir (mmjax.hf.import_checkpoint)" if looks_hf else
+          "give the --out of an import (python -m mmjax.convert --hf_dir=...)")
+  raise HFImportError(
+      f"{out} is not an mmjax.convert output (no config.json with a "
+      f"'family', 'model' and 'hf', and params/ beside it); {hint}.")
+
+
 def load_converted(out_dir: str | pathlib.Path, target: Any = None
                    ) -> Converted:
   """Reads what `save_converted` wrote.
@@ -167,7 +195,7 @@ def load_converted(out_dir: str | pathlib.Path, target: Any = None
       mesh it was saved from.
   """
   out = pathlib.Path(out_dir).resolve()
-  meta = json.loads((out / "config.json").read_text())
+  meta = _converted_meta(out)
   if target is None:
     params = parallel.restore_on_one_device(str(out / "params"))
   else:

@@ -16,7 +16,7 @@ import pathlib
 from typing import Any, Sequence
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 # Formats that numpy cannot hold; read through the flax (jax) API instead.
 _NON_NUMPY_DTYPES = ("BF16", "F8_E4M3", "F8_E5M2")
@@ -36,16 +36,39 @@ def short_list(items: Sequence[str], limit: int = 12) -> str:
   return shown or "(none)"
 
 
+def _unreadable(file: pathlib.Path, e: Exception) -> HFImportError:
+  """The error for a weights file safetensors cannot parse."""
+  reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+  return HFImportError(
+      f"{file} is not a readable safetensors file ({reason}); it is "
+      f"probably truncated (an interrupted download or copy): fetch it "
+      f"again.")
+
+
+def _nonfinite(file: pathlib.Path, key: str, x: np.ndarray) -> HFImportError:
+  nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+  return HFImportError(
+      f"{file.name}: tensor {key} {list(x.shape)} holds {nan} NaN and {inf} "
+      f"inf value(s): the checkpoint is damaged (or was saved after "
+      f"training diverged); fetch or export it again, or pass "
+      f"--allow_nonfinite (allow_nonfinite=True) to import it as it is.")
+
+
 class Checkpoint:
   """Lazy view of a Hugging Face model directory.
 
   Attributes:
     path: the directory.
     config: the parsed `config.json`.
+    allow_nonfinite: read tensors holding NaN or inf instead of refusing.
+    nonfinite: names of such tensors read so far (with allow_nonfinite).
   """
 
-  def __init__(self, hf_dir: str | pathlib.Path):
+  def __init__(self, hf_dir: str | pathlib.Path,
+               allow_nonfinite: bool = False):
     self.path = pathlib.Path(hf_dir)
+    self.allow_nonfinite = allow_nonfinite
+    self.nonfinite: list[str] = []
     if not self.path.is_dir():
       raise HFImportError(
           f"{hf_dir} is not a directory; expected a Hugging Face model "
@@ -61,10 +84,13 @@ class Checkpoint:
       raise HFImportError(f"{config_file} is not valid JSON: {e}") from None
     self._meta: dict[str, tuple[pathlib.Path, tuple[int, ...], str]] = {}
     for file in self._weight_files():
-      with safe_open(str(file), framework="numpy") as f:
-        for key in f.keys():
-          sl = f.get_slice(key)
-          self._meta[key] = (file, tuple(sl.get_shape()), sl.get_dtype())
+      try:
+        with safe_open(str(file), framework="numpy") as f:
+          for key in f.keys():
+            sl = f.get_slice(key)
+            self._meta[key] = (file, tuple(sl.get_shape()), sl.get_dtype())
+      except (SafetensorError, OSError) as e:
+        raise _unreadable(file, e) from None
 
   def _listing(self) -> list[str]:
     return sorted(p.name for p in self.path.iterdir())
@@ -110,14 +136,28 @@ class Checkpoint:
     return self._meta[key][2]
 
   def get(self, key: str) -> np.ndarray:
-    """Reads one tensor as float32 numpy (integers keep their dtype)."""
+    """Reads one tensor as float32 numpy (integers keep their dtype).
+
+    Raises:
+      HFImportError: the file cannot be read, or the tensor holds NaN or
+        inf (unless allow_nonfinite).
+    """
     file, _, dtype = self._meta[key]
-    if dtype in _NON_NUMPY_DTYPES:
-      with safe_open(str(file), framework="flax") as f:
-        return np.asarray(f.get_tensor(key), dtype=np.float32)
-    with safe_open(str(file), framework="numpy") as f:
-      x = f.get_tensor(key)
-    return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+    framework = "flax" if dtype in _NON_NUMPY_DTYPES else "numpy"
+    try:
+      with safe_open(str(file), framework=framework) as f:
+        x = np.asarray(f.get_tensor(key))
+    except (SafetensorError, OSError) as e:
+      raise _unreadable(file, e) from None
+    if not (framework == "flax" or np.issubdtype(x.dtype, np.floating)):
+      return x
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+      # A NaN imported silently surfaces steps later as a NaN loss.
+      if not self.allow_nonfinite:
+        raise _nonfinite(file, key, x)
+      self.nonfinite.append(key)
+    return x
 
   def resolve_prefix(self, candidates: Sequence[str], probe: str,
                      what: str) -> str:

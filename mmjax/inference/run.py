@@ -38,11 +38,12 @@ from mmjax.inference import media as media_lib
 from mmjax.inference.fastv import FastVConfig
 from mmjax.inference.prompts import InputError
 from mmjax.inference.sampling import Sampling
-from mmjax.inference.workdir import (WorkdirError, final_checkpoint,
-                                     find_tokenizer, is_converted,
-                                     load_tokenizer, model_params,
-                                     read_config, read_converted, read_store,
-                                     text_lm_params)
+from mmjax.inference.workdir import (UnreadableCheckpointError,
+                                     WorkdirError, find_tokenizer,
+                                     is_converted, load_tokenizer,
+                                     model_params, read_config,
+                                     read_converted, read_final_store,
+                                     read_store, text_lm_params)
 from mmjax.models import build
 from mmjax.models.mllm import MLLM, MLLMConfig
 from mmjax.models.text_lm import TEXT_ONLY, TextLM, TextLMConfig
@@ -103,7 +104,7 @@ class Run:
         file path, a PIL image or uint8[H, W, 3]. A text LM takes None.
       prompt: the user's text; `<image>` markers place the images (none:
         one `<image>` per image before the text, as the recipe trains). A
-        text LM continues it.
+        text LM continues it. Empty only with images (else InputError).
       max_new_tokens, sampling, seed, fastv: as `decode.generate`.
       resize: 'square' (stretch) or 'pad' (keep the aspect, then resize).
       chunk: tokens per compiled decode call between `on_text` calls.
@@ -235,6 +236,7 @@ class Run:
   def _pieces(self, prompt: Prompt, n_media: int) -> list[prompts.Piece]:
     """One prompt as `decode.generate` takes it (module docstring)."""
     if isinstance(prompt, str):
+      check_prompt(prompt, n_media)
       tok = self._need_tokenizer("for string prompts")
       if self.text_only:
         return [tok.encode(prompt, add_bos=True)]
@@ -249,6 +251,17 @@ class Run:
     if self.text_only:
       return [ids]
     return prompts.split_at_images(self.cfg, ids, self._image_id)
+
+
+def check_prompt(prompt: str, n_media: int) -> None:
+  """InputError for a blank prompt without media: the model would generate
+  from the template alone. A blank prompt with images asks about them (the
+  model describes them as it learned to)."""
+  if not prompt.strip() and not n_media:
+    raise InputError("the prompt is empty and no image or video is given, "
+                     "so there is nothing to answer: give a prompt (a "
+                     "multimodal run also takes an empty prompt with an "
+                     "image, and describes it)")
 
 
 def _hf_ids(hf_meta: Any, key: str) -> list[int]:
@@ -277,8 +290,10 @@ def load_run(workdir: str | None = None, *, checkpoint: str | None = None,
   """The model, final (or given) parameters and tokenizer of a run.
 
   Args:
-    workdir: a recipe's workdir (multimodal or text LM; its last finished
-      stage is used), or a `python -m mmjax.convert` output of family 'lm'.
+    workdir: a recipe's workdir (multimodal or text LM; its newest
+      finished stage checkpoint that can be read is used: an unreadable one
+      is skipped with a warning on stderr), or a `python -m mmjax.convert`
+      output of family 'lm'.
     checkpoint: a stage step directory (WORKDIR/checkpoints/<stage>/<step>)
       instead; the workdir is three levels up.
     tokenizer: an mmjax tokenizer.model path, or a tokenizer object
@@ -286,7 +301,9 @@ def load_run(workdir: str | None = None, *, checkpoint: str | None = None,
     config: use this config instead of WORKDIR/config.json.
 
   Raises:
-    WorkdirError: nothing generation can use there; the message says why.
+    WorkdirError: nothing generation can use there; the message says why
+      (`UnreadableCheckpointError` for a given checkpoint that cannot be
+      read).
   """
   if (workdir is None) == (checkpoint is None):
     raise WorkdirError("give exactly one of --workdir and --checkpoint")
@@ -301,8 +318,16 @@ def load_run(workdir: str | None = None, *, checkpoint: str | None = None,
     step_dir, max_len = os.path.join(workdir, "params"), None
   else:
     config = config if config is not None else read_config(workdir)
-    step_dir = checkpoint or final_checkpoint(workdir, config)
-    store = read_store(step_dir, config)
+    if checkpoint is None:
+      step_dir, store = read_final_store(workdir, config)
+    else:
+      step_dir = checkpoint
+      try:
+        store = read_store(step_dir, config)
+      except UnreadableCheckpointError as e:
+        raise UnreadableCheckpointError(
+            f"{e}; pass an older step as the checkpoint, or the workdir to "
+            "use its newest readable finished one") from None
     if config.family == "lm":
       model, params = text_lm_params(build.decoder_config(config), store,
                                      step_dir)

@@ -2,9 +2,13 @@
 family) or a `python -m mmjax.convert` output directory.
 
   config = read_config("runs/shapes")              # WORKDIR/config.json
-  step_dir = final_checkpoint("runs/shapes", config)
-  store = read_store(step_dir, config)             # {global path: array}
+  step_dir, store = read_final_store("runs/shapes", config)
+  # store: {global path: array}; a given step: read_store(step_dir, config)
   model, params = text_lm_params(decoder_cfg, store, step_dir)
+
+The final parameters are the newest finished stage checkpoint that can be
+read: one whose files are truncated or corrupt is skipped with a one-line
+warning on stderr (the previous finished one is used).
 
 Every stage checkpoints the whole global parameter store (its model's
 parameters plus the carried ones), so any stage's checkpoint holds every
@@ -23,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -78,22 +83,91 @@ def _read_meta(step_dir: str) -> dict[str, Any] | None:
   return _read_json(os.path.join(step_dir, "meta", "metadata"))
 
 
-def final_checkpoint(workdir: str, config: ml_collections.ConfigDict) -> str:
-  """Step directory of the last stage whose newest checkpoint is finished."""
+class UnreadableCheckpointError(WorkdirError):
+  """A stage checkpoint whose files cannot be read (truncated, corrupt)."""
+
+
+def warn(message: str) -> None:
+  """One `warning: ...` line on stderr."""
+  print(f"warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def _reason(e: Exception, limit: int = 160) -> str:
+  """The first line of an exception (orbax's run to hundreds of lines)."""
+  first = (str(e).strip().splitlines() or [""])[0]
+  text = f"{type(e).__name__}: {first}" if first else type(e).__name__
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def finished_checkpoints(workdir: str, config: ml_collections.ConfigDict,
+                         on_warning: Callable[[str], None] = warn
+                         ) -> list[str]:
+  """Finished step directories, newest first: the last stage's first.
+
+  A stage counts from its newest step with readable metadata back to its
+  first unfinished one (a stage still running has none). A step whose
+  metadata cannot be read is skipped with a warning.
+  """
+  found = []
   for stage in reversed(list(config.stage_order)):
     directory = os.path.join(workdir, "checkpoints", stage)
     steps = sorted((int(s) for s in (os.listdir(directory)
                                      if os.path.isdir(directory) else [])
                     if s.isdigit()), reverse=True)
     for step in steps:
-      meta = _read_meta(os.path.join(directory, str(step)))
-      if meta is not None:
-        if meta.get("finished"):
-          return os.path.join(directory, str(step))
-        break  # the newest readable step of this stage is unfinished
-  raise WorkdirError(f"{workdir} has no finished stage checkpoint: run the "
-                     "recipe (python -m mmjax.main) to the end of a stage "
-                     "first")
+      step_dir = os.path.join(directory, str(step))
+      meta = _read_meta(step_dir)
+      if meta is None:
+        on_warning(f"checkpoint {step_dir} has no readable metadata "
+                   "(truncated?); skipped")
+        continue
+      if not meta.get("finished"):
+        break  # this stage did not finish after its newest finished step
+      found.append(step_dir)
+  return found
+
+
+def _no_finished_checkpoint(workdir: str) -> WorkdirError:
+  return WorkdirError(f"{workdir} has no finished stage checkpoint: run the "
+                      "recipe (python -m mmjax.main) to the end of a stage "
+                      "first")
+
+
+def final_checkpoint(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """Step directory of the last stage whose newest checkpoint is finished."""
+  found = finished_checkpoints(workdir, config)
+  if not found:
+    raise _no_finished_checkpoint(workdir)
+  return found[0]
+
+
+def read_final_store(workdir: str, config: ml_collections.ConfigDict,
+                     on_warning: Callable[[str], None] = warn
+                     ) -> tuple[str, dict[str, Any]]:
+  """(step directory, `read_store`) of the newest finished checkpoint that
+  can be read.
+
+  A finished checkpoint whose files cannot be read (a truncated copy, a
+  disk that filled up) is skipped with a one-line warning, and the next
+  older finished one is used: an earlier step of the same stage, else the
+  previous stage's.
+
+  Raises:
+    WorkdirError: no finished checkpoint, or none that can be read.
+  """
+  found = finished_checkpoints(workdir, config, on_warning)
+  if not found:
+    raise _no_finished_checkpoint(workdir)
+  for step_dir, older in zip(found, found[1:] + [None]):
+    try:
+      return step_dir, read_store(step_dir, config)
+    except UnreadableCheckpointError as e:
+      if older is None:
+        raise WorkdirError(
+            f"{workdir}: none of its {len(found)} finished checkpoint(s) can "
+            f"be read (the oldest: {e}); rerun the recipe (python -m "
+            "mmjax.main) to write them again") from None
+      on_warning(f"{e}; using the older finished checkpoint {older}")
 
 
 def read_store(step_dir: str, config: ml_collections.ConfigDict
@@ -103,13 +177,23 @@ def read_store(step_dir: str, config: ml_collections.ConfigDict
   `config` names the stage's model, which maps its parameter paths to the
   global ones (contrastive and Q-Former stages rename theirs, a text LM's
   go under `llm`).
+
+  Raises:
+    WorkdirError: `step_dir` is no stage checkpoint.
+    UnreadableCheckpointError: its files cannot be read.
   """
   path = os.path.join(os.path.abspath(step_dir), "state")
   meta = _read_meta(step_dir)
   if meta is None or not os.path.isdir(path):
     raise WorkdirError(f"{step_dir} is not a readable stage checkpoint "
                        "(WORKDIR/checkpoints/<stage>/<step>)")
-  state = parallel.restore_on_one_device(path, keys=("params", "carry"))
+  # orbax and tensorstore raise many kinds of errors for damaged files.
+  try:
+    state = parallel.restore_on_one_device(path, keys=("params", "carry"))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UnreadableCheckpointError(
+        f"checkpoint {step_dir} cannot be read ({_reason(e)}): it is "
+        "truncated or corrupt") from None
   store = groups.flatten(state.get("carry") or {})
   stage = meta.get("stage", "")
   to_global = lambda p: p

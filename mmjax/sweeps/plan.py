@@ -57,8 +57,11 @@ class VariantPlan:
 
 def load_sweep(path: str) -> sweep_spec.Sweep:
   """Runs a sweep file and returns its `SWEEP`."""
-  if not os.path.exists(path):
-    raise SweepError(f"sweep file {path!r} does not exist")
+  try:
+    config_lib.check_python_file(path, "sweep file",
+                                 "experiments/fusion_ablation.py")
+  except config_lib.ConfigError as e:
+    raise SweepError(str(e)) from None
   module_spec = importlib.util.spec_from_file_location(
       f"mmjax_sweep_{os.path.basename(path)[:-3]}", path)
   module = importlib.util.module_from_spec(module_spec)

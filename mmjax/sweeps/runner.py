@@ -1,17 +1,8 @@
-"""Runs every variant of a sweep and gathers their results (`run_sweep`);
-what the command line does:
-
-  python -m mmjax.sweep --sweep=experiments/fusion_ablation.py \
-      --workdir=runs/fusion [--size=tiny] [--parallel=N] [--steps_cap=N]
-
-Every variant's config is validated first (a bad key or value exits with
-status 2 naming the variant). Each variant then runs as
-`python -m mmjax.main` in DIR/<variant> (one after another, or N at once),
-its output in DIR/<variant>/log.txt. A finished variant is skipped when the
-sweep runs again; an unfinished one resumes where its checkpoints stop. A
-variant that fails is reported with the end of its log and marked in the
-results; the others go on, and the sweep exits with status 1 at the end.
-Results: DIR/results.csv, DIR/results.md and PNG plots beside them.
+"""Running a sweep: `run_sweep(sweep, workdir)` validates every variant's
+config, runs each as `python -m mmjax.main` in WORKDIR/<variant> (N at once,
+output in its log.txt; finished variants skipped, unfinished ones resumed),
+and writes the results table and plots (`results.py`). A failed variant is
+marked and the others go on. `python -m mmjax.sweep` is the command line.
 """
 from __future__ import annotations
 

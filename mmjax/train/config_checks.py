@@ -9,7 +9,7 @@ import ml_collections
 
 from mmjax import config as C
 from mmjax import parallel
-from mmjax.models import build
+from mmjax.models import build, layout
 from mmjax.models.decoder import DecoderConfig
 from mmjax.train import groups, optim, stages
 
@@ -65,13 +65,105 @@ def _data_checks(config):
   ]
 
 
+# Stage data formats without images in the LM's token stream: the text
+# stage reads data.text_seq_len windows, contrastive stages the text tower's
+# fixed length.
+_NO_IMAGE_FORMATS = ("text", "contrastive")
+# Tokens beside one image that the shortest chat needs: <bos>, <|user|>, the
+# newline after the image, a few question words, <|end|>, <|assistant|> and
+# at least one answer token.
+MIN_TEXT_TOKENS = 16
+
+
 def _mllm_data_checks(config):
   """What only the multimodal recipe's data needs."""
   del config
   return [C.check_int("data.max_len", 8), C.check_int("data.num_train", 1),
           C.check_int("data.text_seq_len", 2),
           C.check_int("data.num_workers", 0),
-          C.check_int("batch_size", 1)]
+          C.check_int("batch_size", 1),
+          _check_vocab_fits_model, _check_max_len_fits_an_image]
+
+
+def _check_vocab_fits_model(config):
+  """Every embedding table that reads the tokenizer's ids has a row for
+  each: an id past the table is clamped silently by JAX, not refused."""
+  tables = ["lm"]
+  image_text = [n for n in C.stage_names(config)
+                if config.stages[n].get("data") == "contrastive"]
+  if image_text and "text" in config.model:
+    tables.append("text")
+  if config.model.get("fusion") == "qformer" and (
+      config.model.qformer.get("vocab_size", 0) > 0):
+    tables.append("qformer")
+  vocab = config.data.get("vocab_size")
+  for table in tables if vocab is not None else ():
+    rows = config.model[table].vocab_size
+    if vocab > rows:
+      raise C.ConfigError(
+          f"config.data.vocab_size={vocab} exceeds config.model.{table}."
+          f"vocab_size={rows}: token ids {rows}..{vocab - 1} would have no "
+          "embedding row (JAX clamps them silently); raise config.model."
+          f"{table}.vocab_size to >= {vocab} or lower config.data.vocab_size")
+
+
+def _check_max_len_fits_an_image(config):
+  """data.max_len holds one image's tokens and a short chat around them
+  (else every example is dropped as too long, after the model is built)."""
+  if all(config.stages[n].get("data") in _NO_IMAGE_FORMATS
+         for n in C.stage_names(config)):
+    return
+  cfg = build.mllm_config(config)
+  image = layout.placeholder_tokens(cfg, cfg.side, cfg.side, cfg.frames)
+  need = image + MIN_TEXT_TOKENS
+  max_len = config.data.max_len
+  if max_len < need:
+    frames = f", {cfg.frames} frames" if cfg.frames > 1 else ""
+    raise C.ConfigError(
+        f"config.data.max_len={max_len} cannot hold an image and its text: "
+        f"one image takes {image} tokens (fusion={cfg.fusion!r}, "
+        f"{cfg.side}x{cfg.side} px{frames}) and a question with its answer "
+        f"at least {MIN_TEXT_TOKENS} more; raise config.data.max_len to >= "
+        f"{need}, or use fewer tokens per image")
+
+
+def _mllm_model_checks(config, cfg):
+  """Image geometry that builds a model but not the one the config says."""
+  model = config.model
+  vision = model.get("vision")
+  used = "vision." if cfg.vision is not None else ""
+  # model.image_size / patch_size are one_backbone's; the tower's own
+  # fields are everyone else's. Both in config.json must say the same.
+  for key in ("image_size", "patch_size"):
+    if vision is not None and key in vision and key in model and (
+        vision[key] != model[key]):
+      value = vision[key] if used else model[key]
+      raise C.ConfigError(
+          f"config.model.{key}={model[key]} and config.model.vision.{key}="
+          f"{vision[key]} differ; fusion={cfg.fusion!r} uses config.model."
+          f"{used}{key} ({value}) and ignores the other: set both to the "
+          "value you want")
+  side, patch = cfg.side, cfg.patch
+  # An imported tower keeps its native geometry (SigLIP So400m/14 at 384
+  # px drops 6 px, as its reference conv does); from scratch that is a
+  # mistake.
+  if side % patch and not config.get("init_from"):
+    sizes = [s for s in (side - side % patch, side - side % patch + patch)
+             if s > 0]
+    raise C.ConfigError(
+        f"config.model.{used}image_size={side} is not a multiple of "
+        f"config.model.{used}patch_size={patch}: the last {side % patch} px "
+        f"of every row and column would be dropped; use "
+        f"{' or '.join(map(str, sizes))}")
+  grid = side // patch
+  if cfg.fusion == "projection" and cfg.projector in (
+      "pixel_shuffle", "patch_merger") and grid % 2:
+    raise C.ConfigError(
+        f"config.model.projector={cfg.projector!r} merges 2x2 patches and "
+        f"needs an even patch grid, but config.model.{used}image_size={side}"
+        f" with patch_size={patch} gives {grid}x{grid}: use an image size "
+        f"that is a multiple of {2 * patch} (e.g. {(grid + 1) * patch}), or "
+        "projector='mlp'")
 
 
 def _optimizer_checks(config):
@@ -144,9 +236,10 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
   """Checks config.model for its family; ConfigError naming what is wrong."""
   if config.get("family") == "mllm":
     try:
-      build.mllm_config(config)
+      cfg = build.mllm_config(config)
     except (TypeError, ValueError) as e:
       raise C.ConfigError(f"config.model: {e}") from None
+    _mllm_model_checks(config, cfg)
     return
   C.validate(config, _model_checks(config))
 

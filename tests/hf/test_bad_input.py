@@ -1,7 +1,11 @@
 """Clear HFImportError messages for directories mmjax cannot import."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -9,6 +13,9 @@ from safetensors.numpy import load_file, save_file
 
 import hf_testing
 from mmjax import hf
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +112,72 @@ def test_index_with_a_missing_shard(copy):
       }))
   with pytest.raises(hf.HFImportError, match="missing: model-00002-of-00002"):
     hf.import_checkpoint(copy)
+
+
+def _convert(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "mmjax.convert", *args],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
+
+
+def _one_error_line(proc):
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+  return lines[0]
+
+
+def test_nonfinite_weights_are_refused_unless_allowed(copy):
+  norm = np.ones(16, np.float32)
+  norm[[3, 5]] = np.nan
+  norm[7] = np.inf
+  _edit_tensors(copy, add={"model.norm.weight": norm})
+  with pytest.raises(hf.HFImportError, match=(
+      r"model.safetensors: tensor model.norm.weight \[16\] holds 2 NaN and 1 "
+      r"inf value\(s\).*--allow_nonfinite")):
+    hf.import_checkpoint(copy)
+  conv = hf.import_checkpoint(copy, allow_nonfinite=True)
+  assert np.isnan(np.asarray(conv.params["final_norm"]["scale"])).sum() == 2
+  assert any("1 tensor(s) hold NaN or inf values" in note and
+             "model.norm.weight" in note for note in conv.hf["notes"])
+
+
+@pytest.mark.slow
+def test_cli_refuses_nonfinite_weights_unless_allowed(copy, tmp_path):
+  _edit_tensors(copy, add={"model.norm.weight": np.full(16, np.nan,
+                                                          np.float32)})
+  line = _one_error_line(_convert(f"--hf_dir={copy}",
+                                  f"--out={tmp_path / 'out'}"))
+  assert "tensor model.norm.weight [16] holds 16 NaN" in line
+  assert not (tmp_path / "out").exists()
+  r = _convert(f"--hf_dir={copy}", f"--out={tmp_path / 'out'}",
+               "--allow_nonfinite")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "note: 1 tensor(s) hold NaN or inf values" in r.stdout
+
+
+def test_truncated_safetensors_file_is_named(copy, tmp_path):
+  weights = copy / "model.safetensors"
+  data = weights.read_bytes()
+  weights.write_bytes(data[:len(data) // 2])
+  with pytest.raises(hf.HFImportError, match=(
+      rf"{weights} is not a readable safetensors file \(.*\); it is probably "
+      r"truncated")):
+    hf.import_checkpoint(copy)
+  line = _one_error_line(_convert(f"--hf_dir={copy}",
+                                  f"--out={tmp_path / 'out'}"))
+  assert line.startswith(f"error: HFImportError: {weights} is not a "
+                         "readable safetensors file")
+
+
+def test_hugging_face_directory_given_as_mmjax_dir(llama_dir, tmp_path):
+  with pytest.raises(hf.HFImportError, match=(
+      "is not an mmjax.convert output .no config.json with a 'family'.*to "
+      "import one use --hf_dir")):
+    hf.load_converted(llama_dir)
+  line = _one_error_line(_convert(f"--mmjax_dir={llama_dir}",
+                                  f"--out={tmp_path / 'out'}"))
+  assert f"{llama_dir} is not an mmjax.convert output" in line
+  assert line.endswith("to import one use --hf_dir "
+                       "(mmjax.hf.import_checkpoint).")

@@ -19,7 +19,7 @@ import ml_collections
 
 from mmjax import config as C
 from mmjax import parallel
-from mmjax.data import datasets, shapes, text_pipeline
+from mmjax.data import builders, datasets, shapes, text_pipeline
 from mmjax.models import build
 from mmjax.train import groups, lora
 from mmjax.train.stages import base
@@ -105,10 +105,13 @@ def _corpus_data(config, stage_name: str, workdir: str) -> _StageData:
 def _mllm_data(config, stage_name: str) -> _StageData:
   """The multimodal recipe: the shapes dataset (and its tokenizer), or a
   folder dataset for the folder formats."""
+  fmt = config.stages[stage_name].data
+  datasets.max_skipped_fraction(config)  # bad values fail before any build
+  if fmt in datasets.FOLDER_FORMATS:
+    datasets.check_folder_config(config, fmt)
   builder = parallel.first_process_then_others(
       lambda: datasets.shapes_dataset(config), "shapes_dataset")
-  tok = datasets.tokenizer_for(builder)
-  fmt = config.stages[stage_name].data
+  tok = datasets.tokenizer_for(builder, config)
   info: dict[str, Any] = {"data": fmt}
   seed = config.data.seed + 1000 * list(config.stage_order).index(stage_name)
   if fmt == base.TEXT_FORMAT:
@@ -121,7 +124,10 @@ def _mllm_data(config, stage_name: str) -> _StageData:
     return _StageData(
         _windows(config, stage_name, data, config.data.text_seq_len), info,
         tok)
-  train_src, val_src = datasets.stage_sources(config, fmt, builder)
+  if fmt in datasets.FOLDER_FORMATS:
+    train_src = val_src = _folder_source(config, stage_name, fmt, info)
+  else:
+    train_src, val_src = datasets.stage_sources(config, fmt, builder)
   cfg = build.mllm_config(config)
   train_it = _iterator(config, stage_name, train_src, fmt, cfg, tok, True,
                        seed)
@@ -132,6 +138,23 @@ def _mllm_data(config, stage_name: str) -> _StageData:
       yield batch
   return _StageData(dict(train_iterator=train_it, eval_batches=eval_batches,
                          data_stats=train_it.stats), info, tok)
+
+
+def _folder_source(config, stage_name: str, fmt: str, info: dict[str, Any]):
+  """The folder dataset's records; says (process 0) which build the stage
+  reads and what it skipped, and puts the counts in `info` (the report)."""
+  folder = parallel.first_process_then_others(
+      lambda: datasets.folder_dataset(config, fmt), "folder_dataset")
+  info["dataset"] = folder.data_dir
+  info.update(builders.skip_info(folder))
+  if jax.process_index() == 0:
+    kept = info["records"] - info["skipped_records"]
+    print(f"[{stage_name}] {fmt}: {kept} records of "
+          f"{config.data.folder_json}, build {folder.data_dir}", flush=True)
+    skipped = builders.skip_line(folder)
+    if skipped:
+      print(f"[{stage_name}] {skipped}", flush=True)
+  return builders.load_source(folder, "train")
 
 
 def _iterator(config, stage_name, source, fmt, cfg, tok, train,
