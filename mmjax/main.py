@@ -138,7 +138,7 @@ def main(argv):
     config_lib.fail("--workdir is required, e.g. --workdir=runs/lm_tiny")
   multihost = _check_multihost_flags()
   # Heavy imports after flag checks: a typo fails in a second, not ten.
-  from mmjax import evals  # pylint: disable=g-import-not-at-top
+  from mmjax import evals, hf  # pylint: disable=g-import-not-at-top
   from mmjax.data import builders  # pylint: disable=g-import-not-at-top
   from mmjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from mmjax.train import trainer  # pylint: disable=g-import-not-at-top
@@ -149,7 +149,9 @@ def main(argv):
     _initialize_distributed(multihost)
     evals.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, ckpt_lib.IncompatibleCheckpointError,
-          builders.BadRecordError) as e:
+          builders.BadRecordError,
+          hf.HFImportError) as e:  # e.g. init_from names a Hugging Face dir
+
     config_lib.fail(str(e))
   except trainer.NonFiniteLossError as e:
     config_lib.fail(str(e), code=3)

@@ -59,6 +59,7 @@ from mmjax.data import batching
 from mmjax.data import formats
 from mmjax.data import images as images_lib
 from mmjax.data.builders import ON_BAD_RECORD, BadRecordError
+from mmjax.data.text_pipeline import DataStateError
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.models import layout
 from mmjax.models.mllm import MLLMConfig
@@ -245,7 +246,33 @@ class BatchIterator:
             **self.fingerprint}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
-    """Continues at the state's batch (a JSON round trip is fine)."""
+    """Continues at the state's batch (a JSON round trip is fine).
+
+    Raises:
+      DataStateError: the state is damaged (a key missing, a value of the
+        wrong type, a negative count): a checkpoint restore falls back.
+      ValueError: the state is another pipeline's (other fingerprint).
+    """
+    # Exact types: a bool is an int, a JSON round trip keeps them.
+    same_type = lambda a, b: type(a) is type(b)  # pylint: disable=unidiomatic-typecheck
+    is_count = lambda v: same_type(v, 0) and v >= 0
+    damaged = []
+    if not isinstance(state, Mapping):
+      damaged.append(f"a {type(state).__name__}, not a dict")
+    else:
+      if not is_count(state.get("next_batch")):
+        damaged.append(f"next_batch={state.get('next_batch')!r} is not an "
+                       "int >= 0")
+      stats = state.get("stats")
+      if not (isinstance(stats, Mapping) and
+              all(is_count(v) for v in stats.values())):
+        damaged.append(f"stats={stats!r} is not a dict of ints >= 0")
+      damaged += [f"{k}={state.get(k)!r} is not a {type(v).__name__}"
+                  for k, v in self.fingerprint.items()
+                  if k in state and not same_type(state[k], v)]
+    if damaged:
+      raise DataStateError(
+          f"damaged data-iterator state: {'; '.join(damaged)}")
     wrong = {k: (state.get(k), v) for k, v in self.fingerprint.items()
              if state.get(k) != v}
     if wrong:

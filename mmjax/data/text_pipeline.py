@@ -20,6 +20,11 @@ from mmjax.data import text_corpus
 from mmjax.data.tokenizer import Tokenizer
 
 
+class DataStateError(ValueError):
+  """A saved data-iterator state that is damaged: a key missing or a value
+  of the wrong type (a checkpoint restore then uses the previous step)."""
+
+
 def corpus_split(config: ml_collections.ConfigDict
                  ) -> tuple[list[str], list[str]]:
   """(train sentences, held-out sentences) of the configured corpus."""
@@ -82,6 +87,56 @@ def lm_batch(w: np.ndarray) -> dict[str, np.ndarray]:
           "loss_mask": np.ones((w.shape[0], w.shape[1] - 1), np.float32)}
 
 
+class WindowIterator:
+  """grain's iterator of LM batches; `set_state` checks a state first."""
+
+  def __init__(self, it: grain.DatasetIterator):
+    self._it = it
+    self._fresh = it.get_state()  # what a state looks like
+
+  def __iter__(self) -> WindowIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._it)
+
+  def get_state(self) -> dict[str, Any]:
+    return self._it.get_state()
+
+  def set_state(self, state: Any) -> None:
+    """Continues where `state` (from get_state, JSON round trip fine) was.
+
+    Raises:
+      DataStateError: `state` lacks a key of grain's state, or has a value of
+        another type or a negative count (a damaged checkpoint).
+    """
+
+    def problem(value, like, where):
+      if isinstance(like, dict):
+        if not isinstance(value, dict):
+          return f"{where or 'the state'} is not a dict"
+        for key, sub in like.items():
+          if key not in value:
+            return f"{where}{key} is missing"
+          found = problem(value[key], sub, f"{where}{key}.")
+          if found:
+            return found
+        return None
+      # Exact types: a bool is an int, a JSON round trip keeps them.
+      if type(value) is not type(like):  # pylint: disable=unidiomatic-typecheck
+        return f"{where[:-1]}={value!r} is not a {type(like).__name__}"
+      if isinstance(value, int) and value < 0:
+        return f"{where[:-1]}={value} is negative"
+      return None
+
+    found = problem(state, self._fresh, "")
+    if found:
+      raise DataStateError(
+          f"damaged data-iterator state ({found}; a state looks like "
+          f"{self._fresh})")
+    self._it.set_state(state)
+
+
 class LMData:
   """Train and held-out windows of the text corpus."""
 
@@ -104,7 +159,7 @@ class LMData:
     return text_corpus.unigram_entropy(self.train_tokens)
 
   def train_iterator(self, batch_size: int, process_index: int = 0,
-                     process_count: int = 1) -> "grain.DatasetIterator":
+                     process_count: int = 1) -> WindowIterator:
     """Endless, per-epoch reshuffled batches; this process's rows only.
 
     Every process walks the same global order and keeps its slice, so the
@@ -119,7 +174,7 @@ class LMData:
           .shuffle(seed=self.seed).repeat()
           .batch(batch_size, drop_remainder=True)
           .map(lambda w: lm_batch(w[lo:lo + local])))
-    return iter(ds)
+    return WindowIterator(iter(ds))
 
   def eval_batches(self, batch_size: int, num_batches: int,
                    process_index: int = 0, process_count: int = 1

@@ -3,12 +3,13 @@
 Layout: WORKDIR/checkpoints/<stage>/<step>/{state,data,meta}. Saves are async
 and atomic (orbax writes to a temporary directory, then renames). Restore
 tries the newest step first and falls back to older ones when a step cannot
-be read (a truncated or corrupt write), with a warning.
+be read (a truncated or corrupt write, or a data-iterator state the iterator
+refuses as damaged), with a warning.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.experimental.multihost_utils  # pylint: disable=unused-import
@@ -125,12 +126,18 @@ class StageCheckpointer:
                         self.directory, step, _short(e))
     return None
 
-  def restore_latest(self, abstract_state: Any
-                     ) -> tuple[int, Any, dict, dict] | None:
+  def restore_latest(
+      self, abstract_state: Any,
+      restore_data: Callable[[dict[str, Any]], None] | None = None
+  ) -> tuple[int, Any, dict, dict] | None:
     """Restores the newest good step onto `abstract_state`'s shardings.
 
     Args:
       abstract_state: pytree of jax.ShapeDtypeStruct with `.sharding`.
+      restore_data: called with each candidate step's data-iterator state
+        (e.g. the iterator's set_state); an error from it makes the step
+        unreadable like a corrupt file, except IncompatibleCheckpointError,
+        which propagates.
 
     Returns:
       (step, state, data_state, meta), or None when no step is readable.
@@ -146,8 +153,12 @@ class StageCheckpointer:
                 abstract_state, restore_args=restore_args),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
+        if restore_data is not None:
+          restore_data(out["data"])
         self._set_aside(unreadable)
         return step, out["state"], out["data"], out["meta"]
+      except IncompatibleCheckpointError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         unreadable.append(step)
         logging.warning(

@@ -1,6 +1,9 @@
 """Metric sinks: WORKDIR/metrics.jsonl and TensorBoard event files.
 
-Only process 0 writes. Every record carries "stage" and "step" keys.
+Only process 0 writes. Every record carries "stage" and "step" keys; a run
+leaves each (stage, step, kind) once (`record_kind`; the trainer drops what a
+resumed stage redoes). A line that does not parse (what a crash or a full
+disk leaves) is skipped and counted when read.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def _plain(value: Any) -> Any:
@@ -31,8 +36,11 @@ class MetricWriter:
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a",
-                       encoding="utf-8")
+    path = os.path.join(workdir, METRICS_FILE)
+    self._jsonl = open(path, "a", encoding="utf-8")
+    if not _ends_with_newline(path):
+      # A line cut short by a crash must not swallow the next record.
+      self._jsonl.write("\n")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tb", stage))
@@ -57,10 +65,64 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """All records of WORKDIR/metrics.jsonl (empty when absent)."""
-  path = os.path.join(workdir, "metrics.jsonl")
+def _ends_with_newline(path: str) -> bool:
+  """Whether the file is empty or its last byte is a newline."""
+  with open(path, "rb") as f:
+    if f.seek(0, os.SEEK_END) == 0:
+      return True
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
+
+
+def record_kind(record: Mapping[str, Any]) -> str:
+  """What a record logs: 'compile', 'stage_eval' (the evaluations after a
+  stage, `eval/...`), 'eval' (held-out loss, `eval_...`) or 'train'."""
+  keys = [k for k in record if k not in ("stage", "step")]
+  if "compile_time_s" in keys:
+    return "compile"
+  if any(k.startswith("eval/") for k in keys):
+    return "stage_eval"
+  if any(k.startswith("eval_") for k in keys):
+    return "eval"
+  return "train"
+
+
+def parse_metrics(workdir: str) -> tuple[list[dict[str, Any]], int]:
+  """(records of WORKDIR/metrics.jsonl, number of lines that are not a JSON
+  object and were skipped); ([], 0) when the file is absent."""
+  path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [], 0
+  records, skipped = [], 0
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError:
+        record = None
+      if isinstance(record, dict):
+        records.append(record)
+      else:
+        skipped += 1
+  return records, skipped
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """All records of WORKDIR/metrics.jsonl (empty when absent).
+
+  Lines that do not parse are skipped, with one warning line saying how many.
+  """
+  records, skipped = parse_metrics(workdir)
+  if skipped:
+    warn_skipped(workdir, skipped)
+  return records
+
+
+def warn_skipped(workdir: str, skipped: int) -> None:
+  """The warning line of `read_metrics` (process 0 only)."""
+  if jax.process_index() == 0:
+    print(f"WARNING: {os.path.join(workdir, METRICS_FILE)}: skipped "
+          f"{skipped} line(s) that are not JSON records (cut short by a "
+          "crash or a full disk?)", flush=True)

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from mmjax import config as config_lib
 from mmjax import parallel
+from mmjax.data.text_pipeline import DataStateError
 from mmjax.train import checkpoint as ckpt_lib
 from mmjax.train import groups
 from mmjax.train import metrics as metrics_lib
@@ -51,7 +52,9 @@ class Task:
     init_params: rng -> params boxed with logical axis names (model.init).
     loss_fn: (params, batch, rng) -> (loss, metrics), batch process-global.
     train_iterator: endless iterator of process-local numpy batches with
-      get_state()/set_state() (a grain DatasetIterator).
+      JSON get_state() / set_state(); set_state raises
+      text_pipeline.DataStateError for a damaged state (the restore then
+      uses the previous checkpoint).
     eval_batches: () -> iterable of process-local held-out batches, or None.
     tokens_per_example: for the tokens/s metric.
   """
@@ -108,16 +111,60 @@ def check_workdir(workdir: str, stage: str, abstract: Any) -> None:
                             f"{directory}/{newest[0]}")
 
 
-def _trim_metrics(workdir: str, stage: str, step: int) -> None:
-  """Drops this stage's records past `step` (they are about to be redone)."""
-  records = metrics_lib.read_metrics(workdir)
-  keep = [r for r in records if r.get("stage") != stage or r["step"] <= step]
-  if jax.process_index() == 0 and len(keep) != len(records):
+def _trim_metrics(workdir: str, stage: str, step: int, recompile: bool
+                  ) -> None:
+  """Makes metrics.jsonl hold each (stage, step, kind) once as this stage
+  (re)starts at `step`.
+
+  Drops this stage's records past `step` (they are about to be redone), its
+  compile record at `step` when that step compiles again (`recompile`),
+  repeats of a (stage, step, kind) (earlier runs' leftovers; the first is
+  kept) and lines that do not parse (counted in a warning). Process 0 only.
+  """
+  if jax.process_index() != 0:
+    return
+  records, skipped = metrics_lib.parse_metrics(workdir)
+
+  def redone(r):
+    if r.get("stage") != stage or not isinstance(r.get("step"), int):
+      return False
+    kind = metrics_lib.record_kind(r)
+    return r["step"] > step or (recompile and r["step"] == step and
+                                kind == "compile")
+
+  seen, keep = set(), []
+  for r in records:
+    key = (r.get("stage"), r.get("step"), metrics_lib.record_kind(r))
+    if not redone(r) and key not in seen:
+      seen.add(key)
+      keep.append(r)
+  if skipped:
+    metrics_lib.warn_skipped(workdir, skipped)
+  if len(keep) != len(records) or skipped:
     import json  # pylint: disable=g-import-not-at-top
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = os.path.join(workdir, metrics_lib.METRICS_FILE)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in keep)
     os.replace(path + ".tmp", path)
+
+
+def _data_state_restorer(iterator) -> Callable[[Mapping[str, Any]], None]:
+  """`iterator.set_state`, for StageCheckpointer.restore_latest.
+
+  A damaged state (DataStateError) propagates as is: its step counts as
+  unreadable. Any other ValueError says the state belongs to another data
+  pipeline, which every step shares: IncompatibleCheckpointError, so the
+  run stops instead of falling back past every checkpoint.
+  """
+
+  def restore(data_state: Mapping[str, Any]) -> None:
+    try:
+      iterator.set_state(data_state)
+    except DataStateError:
+      raise
+    except ValueError as e:
+      raise ckpt_lib.IncompatibleCheckpointError(str(e)) from e
+  return restore
 
 
 def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
@@ -183,17 +230,21 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
   target = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, shardings)
-  restored = ckpt.restore_latest(target)
+  # The data state is restored with the step: a damaged one makes the step
+  # unreadable, so the previous good step is used.
+  restored = ckpt.restore_latest(
+      target, restore_data=_data_state_restorer(task.train_iterator))
   resumed_from = None
   final_metrics: dict[str, float] = {}
   if restored is None:
     state, _ = parallel.sharded_init(init_state, mesh, rules, rng, given,
                                      carry)
+    _trim_metrics(workdir, stage_name, 0, recompile=True)
   else:
-    resumed_from, state, data_state, saved_meta = restored
-    task.train_iterator.set_state(data_state)
+    resumed_from, state, _, saved_meta = restored
     final_metrics = dict(saved_meta.get("metrics", {}))
-    _trim_metrics(workdir, stage_name, resumed_from)
+    _trim_metrics(workdir, stage_name, resumed_from,
+                  recompile=resumed_from < total)
     if main_process:
       print(f"[{stage_name}] resuming from step {resumed_from} "
             f"({directory})", flush=True)
