@@ -151,7 +151,6 @@ def main(argv):
   except (config_lib.ConfigError, ckpt_lib.IncompatibleCheckpointError,
           builders.BadRecordError,
           hf.HFImportError) as e:  # e.g. init_from names a Hugging Face dir
-
     config_lib.fail(str(e))
   except trainer.NonFiniteLossError as e:
     config_lib.fail(str(e), code=3)
