@@ -2,8 +2,6 @@
 sweep files that are missing or do not parse, and model / data values that
 would build a model other than the one the config describes."""
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -11,27 +9,14 @@ from mmjax import config as C
 from mmjax import testing
 from mmjax.sweeps import plan as sweep_plan
 from mmjax.train import config_checks
-from tests.conftest import REPO
+from tests import helpers
 
 BROKEN = "def get_config(arg=None):\n  return dict(a=1\n"
 
 
-def _cli(module, *args):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
-
-
-def _one_error_line(proc):
-  """The only stderr line of a CLI that exited 2."""
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-  return lines[0]
-
-
 # ------------------------------------------------ config and sweep files --
 def test_main_with_a_missing_config_file_exits_2(tmp_path):
-  line = _one_error_line(_cli("mmjax.main", "--config=nope.py:tiny",
+  line = helpers.one_error_line(helpers.run_cli("mmjax.main", "--config=nope.py:tiny",
                               f"--workdir={tmp_path / 'w'}"))
   assert "config file 'nope.py' does not exist" in line
   assert "configs/lm.py:tiny" in line
@@ -41,7 +26,7 @@ def test_main_with_a_missing_config_file_exits_2(tmp_path):
 def test_main_with_a_config_file_that_does_not_parse_exits_2(tmp_path):
   bad = tmp_path / "broken.py"
   bad.write_text(BROKEN)
-  line = _one_error_line(_cli("mmjax.main", f"--config={bad}:tiny",
+  line = helpers.one_error_line(helpers.run_cli("mmjax.main", f"--config={bad}:tiny",
                               f"--workdir={tmp_path / 'w'}",
                               "--config.seed=3"))
   assert f"config file {bad} has a syntax error at line 2" in line
@@ -61,12 +46,12 @@ def test_load_config_names_a_missing_or_broken_file(tmp_path):
 
 
 def test_sweep_file_missing_or_broken_exits_2(tmp_path):
-  line = _one_error_line(_cli("mmjax.sweep", "--sweep=missing.py",
+  line = helpers.one_error_line(helpers.run_cli("mmjax.sweep", "--sweep=missing.py",
                               f"--workdir={tmp_path / 'w'}"))
   assert "sweep file 'missing.py' does not exist" in line
   bad = tmp_path / "broken_sweep.py"
   bad.write_text("SWEEP = S.Sweep(config='configs/lm.py',\n")
-  line = _one_error_line(_cli("mmjax.sweep", f"--sweep={bad}",
+  line = helpers.one_error_line(helpers.run_cli("mmjax.sweep", f"--sweep={bad}",
                               f"--workdir={tmp_path / 'w'}", "--dry_run"))
   assert f"sweep file {bad} has a syntax error at line 1" in line
   with pytest.raises(sweep_plan.SweepError, match="syntax error"):

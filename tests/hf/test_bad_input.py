@@ -13,6 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import hf_testing
 from mmjax import hf
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -121,13 +122,6 @@ def _convert(*args):
                         timeout=300, check=False)
 
 
-def _one_error_line(proc):
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-  return lines[0]
-
-
 def test_nonfinite_weights_are_refused_unless_allowed(copy):
   norm = np.ones(16, np.float32)
   norm[[3, 5]] = np.nan
@@ -147,7 +141,7 @@ def test_nonfinite_weights_are_refused_unless_allowed(copy):
 def test_cli_refuses_nonfinite_weights_unless_allowed(copy, tmp_path):
   _edit_tensors(copy, add={"model.norm.weight": np.full(16, np.nan,
                                                           np.float32)})
-  line = _one_error_line(_convert(f"--hf_dir={copy}",
+  line = helpers.one_error_line(_convert(f"--hf_dir={copy}",
                                   f"--out={tmp_path / 'out'}"))
   assert "tensor model.norm.weight [16] holds 16 NaN" in line
   assert not (tmp_path / "out").exists()
@@ -165,7 +159,7 @@ def test_truncated_safetensors_file_is_named(copy, tmp_path):
       rf"{weights} is not a readable safetensors file \(.*\); it is probably "
       r"truncated")):
     hf.import_checkpoint(copy)
-  line = _one_error_line(_convert(f"--hf_dir={copy}",
+  line = helpers.one_error_line(_convert(f"--hf_dir={copy}",
                                   f"--out={tmp_path / 'out'}"))
   assert line.startswith(f"error: HFImportError: {weights} is not a "
                          "readable safetensors file")
@@ -176,7 +170,7 @@ def test_hugging_face_directory_given_as_mmjax_dir(llama_dir, tmp_path):
       "is not an mmjax.convert output .no config.json with a 'family'.*to "
       "import one use --hf_dir")):
     hf.load_converted(llama_dir)
-  line = _one_error_line(_convert(f"--mmjax_dir={llama_dir}",
+  line = helpers.one_error_line(_convert(f"--mmjax_dir={llama_dir}",
                                   f"--out={tmp_path / 'out'}"))
   assert f"{llama_dir} is not an mmjax.convert output" in line
   assert line.endswith("to import one use --hf_dir "

@@ -4,8 +4,6 @@ cannot be read falls back to the previous finished one with a warning."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,8 +13,8 @@ from mmjax.inference import prompts
 from mmjax.inference import run as run_lib
 from mmjax.inference import workdir as workdir_lib
 from mmjax.train import checkpoint as ckpt_lib
-from tests.conftest import REPO
 from tests.inference.test_generate_cli import draw_png, make_workdir
+from tests import helpers
 
 
 def _add_stage_checkpoint(workdir, stage, from_stage="dpo", step=2):
@@ -58,21 +56,9 @@ def truncated_run(run_dir, tmp_path):
   return path
 
 
-def _cli(module, *args):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
-
-
-def _one_error_line(proc):
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-  return lines[0]
-
-
 # ---------------------------------------------------------------- prompts --
 def test_empty_prompt_without_an_image_exits_2(run_dir):
-  line = _one_error_line(_cli("mmjax.generate", f"--workdir={run_dir}",
+  line = helpers.one_error_line(helpers.run_cli("mmjax.generate", f"--workdir={run_dir}",
                               "--prompt= "))
   assert "the prompt is empty and no image or video is given" in line
 
@@ -93,7 +79,7 @@ def test_evaluate_negative_counts_exit_2_and_keep_the_result(run_dir, flag):
   os.makedirs(os.path.dirname(previous), exist_ok=True)
   with open(previous, "w") as f:
     json.dump({"count/all": 6, "acc/all": 0.5}, f)
-  line = _one_error_line(_cli("mmjax.evaluate", f"--workdir={run_dir}",
+  line = helpers.one_error_line(helpers.run_cli("mmjax.evaluate", f"--workdir={run_dir}",
                               "--split=test", flag))
   name, value = flag[2:].split("=")
   assert f"--{name}={value} must be >= " in line
@@ -157,7 +143,7 @@ def test_unreadable_explicit_checkpoint_exits_2(truncated_run, tmp_path,
   step = os.path.join(truncated_run, "checkpoints", "dpo", "2")
   args = ([f"--image={draw_png(tmp_path / 'a.png')}", "--prompt=hi"]
           if module == "mmjax.generate" else ["--split=test"])
-  line = _one_error_line(_cli(module, f"--checkpoint={step}", *args))
+  line = helpers.one_error_line(helpers.run_cli(module, f"--checkpoint={step}", *args))
   assert f"checkpoint {step} cannot be read (" in line
   assert line.endswith("pass an older step as the checkpoint, or the "
                        "workdir to use its newest readable finished one")
@@ -166,7 +152,7 @@ def test_unreadable_explicit_checkpoint_exits_2(truncated_run, tmp_path,
 @pytest.mark.slow
 def test_generate_cli_falls_back_from_a_truncated_final_checkpoint(
     truncated_run, tmp_path):
-  proc = _cli("mmjax.generate", f"--workdir={truncated_run}",
+  proc = helpers.run_cli("mmjax.generate", f"--workdir={truncated_run}",
               f"--image={draw_png(tmp_path / 'a.png')}", "--prompt=",
               "--max_new_tokens=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
