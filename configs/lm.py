@@ -88,7 +88,8 @@ def get_config(arg=None):
   # Mesh axis sizes; -1 takes the remaining devices.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.matmul_precision = "default"
-  # Start from external weights: `python -m mmjax.convert` output, or an
-  # orbax tree with top-level group names (llm, ...).
-  config.init_from = ""
+  # Start from external weights (mmjax/train/init_from.py): `all` = one
+  # tree (`python -m mmjax.convert` output or an orbax tree with top-level
+  # group names); a group key takes that group from its own checkpoint.
+  config.init_from = config_lib.init_from_groups("llm")
   return config

@@ -116,7 +116,11 @@ def get_config(arg=None):
   config.progress_bar = True
   config.checkpoint = ml_collections.ConfigDict(dict(
       every=200, keep=2, async_save=True))
-  config.init_from = ""
+  # Start from external weights (mmjax/train/init_from.py): `all` = one
+  # tree (`python -m mmjax.convert` output or an orbax tree with top-level
+  # group names); a group key takes that group from its own checkpoint.
+  config.init_from = config_lib.init_from_groups(
+      "vision", "connector", "llm", "text")
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.matmul_precision = "default"
   return config

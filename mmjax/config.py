@@ -199,6 +199,53 @@ def to_plain(value: Any) -> Any:
   return value
 
 
+# ---------------------------------------------------- external weights --
+INIT_FROM_ALL = "all"  # the key of a whole tree; the others are groups
+
+
+def init_from_groups(*group_names: str) -> ml_collections.ConfigDict:
+  """A recipe's `config.init_from`: `all` (one tree) plus one DIR per group
+  (mmjax/train/init_from.py); '' = nothing to load."""
+  return ml_collections.ConfigDict(
+      {INIT_FROM_ALL: "", **{name: "" for name in group_names}})
+
+
+def init_from_dirs(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """{group or 'all': DIR} of the non-empty entries of config.init_from (a
+  bare string, as configs wrote it before the groups, means 'all')."""
+  value = config.get("init_from", "")
+  if not value:
+    return {}
+  if isinstance(value, str):
+    return {INIT_FROM_ALL: value}
+  return {k: str(v) for k, v in value.items() if v}
+
+
+# Keys that became a group of keys; the old spelling still works:
+# `--config.init_from=DIR` (and a sweep's {"init_from": DIR}) is
+# `init_from.all`.
+LEGACY_KEYS = {"init_from": "init_from.all"}
+
+
+def current_key(config: ml_collections.ConfigDict, key: str) -> str:
+  """An override's key as `config` names it now (LEGACY_KEYS)."""
+  new = LEGACY_KEYS.get(key)
+  if new and isinstance(config.get(key), ml_collections.ConfigDict):
+    return new
+  return key
+
+
+def upgrade_legacy(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+  """A config.json tree written before LEGACY_KEYS changed, in `new`'s
+  shape (so a run started then resumes without a 'changed config')."""
+  old = dict(old)
+  for key, new_key in LEGACY_KEYS.items():
+    group, _, leaf = new_key.partition(".")
+    if isinstance(old.get(key), str) and isinstance(new.get(group), dict):
+      old[group] = {**{k: "" for k in new[group]}, leaf: old[key]}
+  return old
+
+
 RUN_CONFIG_FILE = "config.json"  # WORKDIR/config.json: the config as run
 
 

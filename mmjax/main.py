@@ -16,6 +16,7 @@ are. User mistakes exit with status 2 and one line saying what to fix.
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -54,6 +55,9 @@ def parse_flags(argv: list[str]) -> list[str]:
       config_lib.check_python_file(spec.split(":", 1)[0])
     except config_lib.ConfigError as e:
       config_lib.fail(f"--config={spec}: {e}")
+    argv = _current_override_keys(argv, spec)
+    # config_flags registers the --config.KEY flags from sys.argv.
+    sys.argv[:] = argv
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
@@ -65,6 +69,27 @@ def parse_flags(argv: list[str]) -> list[str]:
       text = text.rsplit("ConfigError: ", 1)[1].strip()
     config_lib.fail(text)
   return []
+
+
+def _current_override_keys(argv: list[str], spec: str) -> list[str]:
+  """Old spellings of --config.KEY overrides (config_lib.LEGACY_KEYS, e.g.
+  --config.init_from=DIR) rewritten to the names the config has now."""
+  prefix = "--config."
+  legacy = [a for a in argv if a.startswith(prefix) and
+            a[len(prefix):].partition("=")[0] in config_lib.LEGACY_KEYS]
+  if not legacy:
+    return argv
+  try:
+    config = config_lib.load_config(spec)
+  except config_lib.ConfigError as e:
+    config_lib.fail(f"--config={spec}: {e}")
+  out = []
+  for arg in argv:
+    if arg in legacy:
+      key, sep, value = arg[len(prefix):].partition("=")
+      arg = f"{prefix}{config_lib.current_key(config, key)}{sep}{value}"
+    out.append(arg)
+  return out
 
 
 def _explain_override_error(argv: list[str], error: Exception):

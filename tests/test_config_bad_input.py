@@ -145,5 +145,5 @@ def test_image_size_not_a_multiple_of_the_patch(fusion):
       r"column would be dropped; use 64 or 72")):
     config_checks.validate_model(config)
   # Imported weights keep their tower's native geometry (So400m/14 at 384).
-  config.init_from = os.path.join("converted", "siglip")
+  config.init_from.vision = os.path.join("converted", "siglip")
   config_checks.validate_model(config)

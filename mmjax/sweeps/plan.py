@@ -109,7 +109,7 @@ def _split(variant: Mapping[str, Any], base: ml_collections.ConfigDict
   """(config args, --config overrides) of an overrides dict."""
   args, overrides = {}, {}
   for key, value in variant.items():
-    key = key.removeprefix("config.")
+    key = config_lib.current_key(base, key.removeprefix("config."))
     (args if _is_arg(key, base) else overrides)[key] = value
   return args, overrides
 

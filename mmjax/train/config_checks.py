@@ -147,7 +147,7 @@ def _mllm_model_checks(config, cfg):
   # An imported tower keeps its native geometry (SigLIP So400m/14 at 384
   # px drops 6 px, as its reference conv does); from scratch that is a
   # mistake.
-  if side % patch and not config.get("init_from"):
+  if side % patch and not C.init_from_dirs(config):
     sizes = [s for s in (side - side % patch, side - side % patch + patch)
              if s > 0]
     raise C.ConfigError(

@@ -18,36 +18,8 @@ import ml_collections
 
 from mmjax import config as config_lib
 from mmjax import parallel
-from mmjax import hf
-from mmjax.train import (config_checks, groups, report, stages, trainer,
-                         workdir_lock)
-
-
-def load_init_from(path: str) -> dict[str, Any]:
-  """Flat {global path: array} of an external checkpoint (`config.init_from`).
-
-  `path` is what `python -m mmjax.convert` wrote (a directory with
-  config.json and params/), or an orbax parameter tree whose top level names
-  the groups (llm, vision, connector, ...). Arrays are restored onto one
-  device whatever mesh saved them; the stage re-shards them.
-  """
-  if not path:
-    return {}
-  path = os.path.abspath(path)
-  if os.path.basename(path) == "params" and os.path.exists(
-      os.path.join(os.path.dirname(path), "config.json")):
-    path = os.path.dirname(path)
-  if not os.path.isdir(path):
-    raise config_lib.ConfigError(
-        f"config.init_from={path!r} is not a directory; give the output of "
-        "`python -m mmjax.convert` or an orbax parameter tree")
-  if os.path.exists(os.path.join(path, "config.json")):
-    converted = hf.load_converted(path)
-    family, params = converted.family, converted.params
-  else:
-    family, params = "", parallel.restore_on_one_device(path)
-  to_global = groups.prefix_mapper(groups.FAMILY_PATHS.get(family, {}))
-  return {to_global(k): v for k, v in groups.flatten(params).items()}
+from mmjax.train import (config_checks, groups, init_from, report, stages,
+                         trainer, workdir_lock)
 
 
 class Evaluator(Protocol):
@@ -109,16 +81,20 @@ def _run_locked(config, workdir, names, verbose, after_stage, evaluator
           f"or config.stages.{name}.batch_size) must be divisible by the "
           f"data x fsdp mesh size {shards}")
   # Refuse an incompatible workdir before writing anything into it.
+  model_shapes: dict[str, tuple[int, ...]] = {}
   for name in names:
-    _, init = stages.model_initializer(config, name)
-    trainer.check_workdir(workdir, name, trainer.abstract_params(init))
+    _, init, to_global = stages.stage_model(config, name)
+    trainer.check_workdir(workdir, name, trainer.abstract_params(
+        stages.model_initializer(config, name)[1]))
+    for path, leaf in groups.flatten(trainer.abstract_params(init)).items():
+      model_shapes.setdefault(to_global(path), tuple(leaf.shape))
 
   main_process = jax.process_index() == 0
   check_run_config(config, workdir, write=main_process)
   done = []
   # The global parameter store: each stage starts from what the previous
   # one ended with (or from config.init_from), with a fresh optimizer.
-  store = load_init_from(config.get("init_from", ""))
+  store = init_from.load(config, model_shapes)
   for name in names:
     built = stages.build_task(config, name, workdir)
     result = trainer.run_stage(config, name, built.task, workdir, mesh, rules,
@@ -217,6 +193,8 @@ def check_run_config(config: ml_collections.ConfigDict, workdir: str,
       if write:
         print(f"WARNING: {path} is unreadable ({e}); writing this run's "
               "config", flush=True)
+  if isinstance(old, dict):
+    old = config_lib.upgrade_legacy(old, new)
   changes = _differences(old, new) if isinstance(old, dict) else {}
   if isinstance(old, dict) and not changes:
     return

@@ -5,6 +5,7 @@ import pytest
 
 from mmjax.config import ConfigError
 from mmjax.train import groups
+from mmjax.train import init_from
 from mmjax.train import metrics as metrics_lib
 from tests.train.test_trainer import _run
 
@@ -73,13 +74,13 @@ def test_init_from_external_checkpoint(lm_config, tmp_path):
   ckptr.save(tmp_path / "ext", {"llm": first.params})
   ckptr.wait_until_finished()
   config = lm_config(steps=1, **{"stages.lm.optimizer.lr": 0.0,
-                                 "init_from": str(tmp_path / "ext")})
+                                 "init_from.all": str(tmp_path / "ext")})
   (_, result, _), = recipe.run_recipe(config, tmp_path / "b", verbose=False)
   for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(result.params),
                   strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  with pytest.raises(ConfigError, match="init_from"):
-    recipe.load_init_from(str(tmp_path / "missing"))
+  with pytest.raises(ConfigError, match="init_from.all=.*not a directory"):
+    init_from.read(str(tmp_path / "missing"))
 
 
 def test_lr_mult_scales_a_groups_updates(lm_config, tmp_path):

@@ -224,13 +224,14 @@ def test_another_lr_on_a_trained_workdir_is_refused(lm_config, tmp_path,
 @pytest.mark.slow
 def test_a_config_may_change_until_a_checkpoint_is_saved(lm_config,
                                                          tmp_path):
-  broken = lm_config(steps=2, init_from=str(tmp_path / "missing"))
+  broken = lm_config(steps=2, **{"init_from.all": str(tmp_path / "missing")})
   with pytest.raises(config_lib.ConfigError, match="is not a directory"):
     recipe.run_recipe(broken, tmp_path, verbose=False)
   (_, result, _), = recipe.run_recipe(lm_config(steps=2), tmp_path,
                                       verbose=False)
   assert result.step == 2
-  assert json.loads((tmp_path / "config.json").read_text())["init_from"] == ""
+  assert json.loads((tmp_path / "config.json").read_text())["init_from"][
+      "all"] == ""
 
 
 # ---------------------------------------------------------- data state --
