@@ -50,9 +50,13 @@ def get_config(arg=None):
       scan_layers=False))    # nn.scan over blocks (stacked 'layers' tree)
 
   # Tokenizer: an empty path trains a sentencepiece model on the corpus and
-  # saves it to WORKDIR/tokenizer.model (reused when the run resumes).
+  # saves it to WORKDIR/tokenizer.model (reused when the run resumes); a
+  # path may also name a Hugging Face tokenizer directory. The text LM does
+  # not chat: chat_template '' takes the template the tokenizer's markers
+  # suggest (vicuna_v1 | chatml | gemma | mmjax name one).
   config.tokenizer = ml_collections.ConfigDict(dict(
       path="", vocab_size=size["vocab_size"]))
+  config.chat_template = ""
 
   config.data = ml_collections.ConfigDict(dict(
       source="text_corpus",

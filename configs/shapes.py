@@ -107,6 +107,12 @@ def get_config(arg=None):
       # Your own data for stages with data='llava_conversations' (a
       # LLaVA-Instruct JSON) or 'image_caption' (a JSONL of image/caption):
       folder_json="", folder_images=""))
+  # A Hugging Face tokenizer directory (tokenizer.json or tokenizer.model)
+  # or a sentencepiece .model for every stage ('' = the shapes dataset's
+  # own), and the chat template it writes (vicuna_v1 | chatml | gemma |
+  # mmjax); docs/data.md "Tokenizers and chat templates".
+  config.tokenizer = ""
+  config.chat_template = "mmjax"
   config.stages, config.stage_order = _stages(args.fusion, args.steps)
   config.log_every = 10
   config.eval_every = 0

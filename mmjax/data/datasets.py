@@ -2,12 +2,15 @@
 
   builder = datasets.shapes_dataset(config)       # built on first use
   train, held_out = datasets.stage_sources(config, "shapes", builder)
-  tok = datasets.tokenizer_for(builder)
+  tok = datasets.tokenizer_for(builder, config)  # config.tokenizer if set
 
 Datasets go to `data_dir(config)`: config.data.data_dir, else
 $MMJAX_DATA_DIR, else ~/.cache/mmjax/data. The shapes dataset is keyed by its
 options (sizes, image size, seed, vocabulary), so runs with the same data
 options share one build, and its sentencepiece tokenizer is stored with it.
+A config whose `tokenizer` names a Hugging Face tokenizer (directory or
+`.model`) tokenises every stage with that one and `config.chat_template`
+instead (`configured_tokenizer`; mmjax.data.hf_tokenizer).
 A folder dataset (`folder_dataset`) is keyed by its files' locations and
 contents, and refused (BadRecordError) when more than
 config.data.max_skipped_fraction of its records are bad.
@@ -20,7 +23,7 @@ from typing import Any
 import ml_collections
 
 from mmjax.config import ConfigError, get_path
-from mmjax.data import builders
+from mmjax.data import builders, chat_templates, hf_tokenizer
 from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
 
 FOLDER_FORMATS = ("llava_conversations", "image_caption")
@@ -119,13 +122,52 @@ def stage_sources(config: ml_collections.ConfigDict, fmt: str, shapes_builder
           builders.load_source(shapes_builder, "validation"))
 
 
+def tokenizer_path(config: ml_collections.ConfigDict) -> str:
+  """The tokenizer a config names ('' = none): config.tokenizer (the
+  multimodal recipes' string) or config.tokenizer.path (the text LM's)."""
+  value = config.get("tokenizer", "")
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.get("path", "")
+  return value or ""
+
+
+def configured_tokenizer(config: ml_collections.ConfigDict
+                         ) -> Tokenizer | hf_tokenizer.HFTokenizer | None:
+  """config.tokenizer loaded with config.chat_template (None when the
+  config names no tokenizer; a template '' is the one the tokenizer's
+  markers suggest, `chat_templates.guess`).
+
+  Raises:
+    ConfigError: the tokenizer or the template cannot be used.
+  """
+  template = config.get("chat_template", chat_templates.MMJAX.name) or None
+  if template is not None:
+    chat_templates.get(template)
+  path = tokenizer_path(config)
+  if not path:
+    return None
+  return hf_tokenizer.load_any(path, template)
+
+
 def tokenizer_for(builder, config: ml_collections.ConfigDict | None = None
-                  ) -> Tokenizer:
-  """The tokenizer stored with a built dataset; its `<image>` id is checked
-  against the id every mmjax model is laid out with, and (given the config)
-  its size against the model's vocabulary."""
+                  ) -> Tokenizer | hf_tokenizer.HFTokenizer:
+  """The run's tokenizer: config.tokenizer (a Hugging Face tokenizer, with
+  config.chat_template) when set, else the one stored with a built dataset
+  (with a template other than 'mmjax': read as a `.model` file by
+  `HFTokenizer`), whose `<image>` id is checked against the id every mmjax
+  model is laid out with. Given the config, its size is checked against the
+  model's vocabulary."""
+  if config is not None:
+    tok = configured_tokenizer(config)
+    if tok is not None:
+      check_vocab(tok, config, tokenizer_path(config))
+      return tok
   path = os.path.join(builder.data_dir, builders.TOKENIZER_FILE)
-  tok = Tokenizer.load(path)
+  template = config.get("chat_template") if config is not None else None
+  if template not in (None, "", chat_templates.MMJAX.name):
+    tok = _dataset_tokenizer_with_template(path, template)
+  else:
+    tok = Tokenizer.load(path)
   if tok.image_id != IMAGE_ID:
     raise ConfigError(f"tokenizer at {builder.data_dir} has <image> id "
                       f"{tok.image_id}, expected {IMAGE_ID}")
@@ -134,16 +176,53 @@ def tokenizer_for(builder, config: ml_collections.ConfigDict | None = None
   return tok
 
 
-def check_vocab(tok: Tokenizer, config: ml_collections.ConfigDict,
-                path: str) -> None:
-  """ConfigError when the tokenizer has ids the model has no embedding for
-  (they would index past the embedding table: NaN at the first step)."""
-  key = "model.lm.vocab_size" if config.family == "mllm" else (
-      "model.vocab_size")
-  model_vocab = get_path(config, key)
-  if tok.vocab_size > model_vocab:
+def _dataset_tokenizer_with_template(path: str, template: str
+                                     ) -> hf_tokenizer.HFTokenizer:
+  """The dataset's sentencepiece model writing a Hugging Face template: it
+  has `</s>` for vicuna_v1, but none of the other templates' markers."""
+  try:
+    return hf_tokenizer.HFTokenizer.load(path, template)
+  except ConfigError:
     raise ConfigError(
-        f"the tokenizer at {path} has {tok.vocab_size} pieces but "
+        f"config.chat_template={template!r} needs config.tokenizer (a "
+        "Hugging Face tokenizer directory or .model file): the dataset's "
+        f"own tokenizer writes only the {chat_templates.MMJAX.name!r} and "
+        "'vicuna_v1' templates") from None
+
+
+def _vocab_tables(config: ml_collections.ConfigDict) -> list[str]:
+  """Config keys of the embedding tables that read the tokenizer's ids."""
+  if config.family != "mllm":
+    return ["model.vocab_size"]
+  keys = ["model.lm.vocab_size"]
+  stages = config.get("stages") or {}
+  if "text" in config.model and any(
+      stages[n].get("data") == "contrastive" for n in stages):
+    keys.append("model.text.vocab_size")  # the SigLIP text tower
+  qformer = config.model.get("qformer") or {}
+  if config.model.get("fusion") == "qformer" and qformer.get("vocab_size"):
+    keys.append("model.qformer.vocab_size")
+  return keys
+
+
+def check_vocab(tok: Tokenizer | hf_tokenizer.HFTokenizer,
+                config: ml_collections.ConfigDict, path: str) -> None:
+  """ConfigError when the tokenizer has ids a model has no embedding for
+  (they would index past the embedding table: NaN at the first step, or
+  silently clamped ids)."""
+  for key in _vocab_tables(config):
+    model_vocab = get_path(config, key)
+    if tok.vocab_size <= model_vocab:
+      continue
+    added = getattr(tok, "added_tokens", ())
+    why = ""
+    if added and tok.base_vocab_size <= model_vocab:
+      why = (f" ({tok.base_vocab_size} of its own plus {', '.join(added)}, "
+             f"which mmjax added at id {tok.base_vocab_size} because the "
+             "vocabulary has no image token: the embedding needs "
+             f"{len(added)} more row(s))")
+    raise ConfigError(
+        f"the tokenizer at {path} has {tok.vocab_size} pieces{why} but "
         f"config.{key}={model_vocab}: the model needs an embedding row for "
         f"every piece; set --config.{key}={tok.vocab_size} (or larger), or "
         f"use a tokenizer of at most {model_vocab} pieces (config.data."

@@ -19,7 +19,9 @@ them into (record, item) pairs, so an epoch covers every item.
                        (shapes `pref_questions`, `chosen`, `rejected`)
   contrastive          image + caption text for a SigLIP text tower
 
-`chat_sequence` tokenises a conversation (`Tokenizer.encode_chat`), expands
+`chat_sequence` tokenises a conversation with the tokenizer's chat template
+(`encode_chat` of mmjax's `Tokenizer` or of a `hf_tokenizer.HFTokenizer`,
+whose `<image>` id need not be 4), expands
 each `<image>` with `layout.assemble` and makes next-token inputs / targets;
 `caption_tokens` pads caption text the SigLIP way. Problems raise
 `BadExample` (kind in `BAD_KINDS`) or layout's `ImageSizeError` /
@@ -215,7 +217,7 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
 
   Args:
     cfg: the model config (fusion, positions, image side).
-    tok: the tokenizer.
+    tok: the tokenizer (`encode_chat`, `image_id`).
     turns: the conversation (`encode_chat` turns).
     num_images: images given with it; must equal its `<image>` markers.
     max_len: the longest input allowed (tokens, not counting the shift).

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from mmjax.config import ConfigError
-from mmjax.data import text_corpus
+from mmjax.data import hf_tokenizer, text_corpus
 from mmjax.data.tokenizer import Tokenizer
 
 
@@ -45,8 +45,8 @@ def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: str
   generation) tokenises identically.
   """
   path = config.tokenizer.path
-  if path:
-    tok = Tokenizer.load(path)
+  if path:  # mmjax's own .model, or a Hugging Face tokenizer
+    tok = hf_tokenizer.load_any(path, config.get("chat_template") or None)
   else:
     path = os.path.join(workdir, "tokenizer.model")
     if os.path.exists(path):

@@ -15,10 +15,11 @@ Chat template (no newline between a role marker and its content):
 
   <s><|user|>{user content}<|end|><|assistant|>{assistant content}<|end|>...
 
-Every segment (role marker, content, end marker) is tokenised on its own and
-the ids concatenated, so the loss mask has exact boundaries. Each content
-therefore starts with sentencepiece's dummy-prefix whitespace piece, exactly
-as a plain `encode(content)` would; decoding a whole conversation reads
+The template is `mmjax.data.chat_templates.MMJAX` (`encode_chat` and
+`prompt_ids` delegate to it). Every segment (role marker, content, end
+marker) is tokenised on its own and the ids concatenated, so the loss mask
+has exact boundaries. Each content therefore starts with sentencepiece's
+dummy-prefix whitespace piece, exactly as a plain `encode(content)` would; decoding a whole conversation reads
 `<|user|> content<|end|>`. Generation is prompted with `prompt_ids`, which
 ends with `<|assistant|>`, and stops at `<|end|>` (`end_of_turn_id`).
 """
@@ -31,6 +32,10 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import sentencepiece as spm
 
+from mmjax.data import chat_templates
+from mmjax.data.chat_templates import (ASSISTANT_TOKEN, END_OF_TURN_TOKEN,
+                                       USER_TOKEN)
+
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
 BOS_TOKEN = "<s>"
@@ -38,9 +43,6 @@ EOS_TOKEN = "</s>"
 IMAGE_TOKEN = "<image>"
 IMAGE_START_TOKEN = "<img>"
 IMAGE_END_TOKEN = "</img>"
-USER_TOKEN = "<|user|>"
-ASSISTANT_TOKEN = "<|assistant|>"
-END_OF_TURN_TOKEN = "<|end|>"
 
 PAD_ID = 0
 UNK_ID = 1
@@ -54,10 +56,6 @@ USER_DEFINED_SYMBOLS = (IMAGE_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN,
                         USER_TOKEN, ASSISTANT_TOKEN, END_OF_TURN_TOKEN)
 MODEL_TYPES = ("bpe", "unigram")
 
-# Chat roles: mmjax's names and LLaVA's `from` names, mapped to mmjax's.
-_ROLES = {"user": "user", "assistant": "assistant", "human": "user",
-          "gpt": "assistant"}
-_CHAT_MARKERS = (USER_TOKEN, ASSISTANT_TOKEN, END_OF_TURN_TOKEN)
 _FIXED = ((PAD_TOKEN, PAD_ID), (UNK_TOKEN, UNK_ID), (BOS_TOKEN, BOS_ID),
           (EOS_TOKEN, EOS_ID))
 _DUMMY_PREFIX = "\u2581"  # sentencepiece's whitespace piece "▁".
@@ -312,6 +310,10 @@ class Tokenizer:
       raise ValueError(f"Token ids {bad[:5]} are outside the vocabulary "
                        f"[0, {self.vocab_size}).")
 
+  def token_id(self, text: str) -> int | None:
+    """The id of a special piece written as text, None if absent."""
+    return self._ids.get(text)
+
   def encode_chat(self, turns: Sequence[Mapping[str, str]], *,
                   add_bos: bool = True) -> tuple[list[int], list[int]]:
     """Tokenises a conversation with the chat template (module docstring).
@@ -325,15 +327,7 @@ class Tokenizer:
       (ids, loss_mask), two lists of the same length; the mask is 1 exactly on
       assistant content tokens and the assistant's `<|end|>`, 0 elsewhere.
     """
-    ids = [BOS_ID] if add_bos else []
-    mask = [0] * len(ids)
-    for index, turn in enumerate(turns):
-      role, content = _parse_turn(turn, index)
-      marker = self.user_id if role == "user" else self.assistant_id
-      body = self.encode(content) + [self.end_of_turn_id]
-      ids += [marker] + body
-      mask += [0] + [1 if role == "assistant" else 0] * len(body)
-    return ids, mask
+    return chat_templates.MMJAX.encode_chat(self, turns, add_bos=add_bos)
 
   def prompt_ids(self, turns: Sequence[Mapping[str, str]], *,
                  add_bos: bool = True) -> list[int]:
@@ -346,34 +340,7 @@ class Tokenizer:
     Raises:
       ValueError: the last turn is already an assistant turn.
     """
-    if turns and _parse_turn(turns[-1], len(turns) - 1)[0] == "assistant":
-      raise ValueError("The last turn is an assistant turn; pass the "
-                       "conversation up to the user turn to be answered.")
-    ids, _ = self.encode_chat(turns, add_bos=add_bos)
-    return ids + [self.assistant_id]
-
-
-def _parse_turn(turn: Mapping[str, str], index: int) -> tuple[str, str]:
-  """Returns (role, content) with role normalised to 'user' or 'assistant'."""
-  if "role" in turn:
-    role, content = turn["role"], turn.get("content")
-  elif "from" in turn:
-    role, content = turn["from"], turn.get("value")
-  else:
-    raise ValueError(f"Turn {index} has neither a 'role' nor a 'from' key: "
-                     f"{dict(turn)!r}.")
-  if role not in _ROLES:
-    raise ValueError(f"Turn {index} has unknown role {role!r}; allowed roles: "
-                     f"{', '.join(_ROLES)}.")
-  if not isinstance(content, str):
-    raise ValueError(f"Turn {index} ({role}) content must be a str, got "
-                     f"{type(content).__name__}.")
-  for marker in _CHAT_MARKERS:
-    # A marker inside content would fake a turn boundary and the loss mask.
-    if marker in content:
-      raise ValueError(f"Turn {index} ({role}) content contains the chat "
-                       f"marker {marker!r}, which the template reserves.")
-  return _ROLES[role], content
+    return chat_templates.MMJAX.prompt_ids(self, turns, add_bos=add_bos)
 
 
 def _vocab_error(error: RuntimeError, vocab_size: int,

@@ -17,10 +17,12 @@ group the final model needs once the stages that train them have run. Only
 parameters are the store's `llm` group (`groups.LM_PATHS`), which is
 exactly `TextLM`'s tree.
 
-The tokenizer is looked up at, in order: an explicit path, WORKDIR/
-tokenizer.model (the LM recipe writes it there), and the shapes dataset
-folder the recipe trained on (`builders.TOKENIZER_FILE`; nothing is built
-here). A converted directory has none: pass one, or prompt with token ids.
+The tokenizer is looked up at, in order: an explicit path, the run's
+config.tokenizer (a Hugging Face tokenizer, with the run's
+config.chat_template), WORKDIR/tokenizer.model (the LM recipe writes it
+there), and the shapes dataset folder the recipe trained on
+(`builders.TOKENIZER_FILE`; nothing is built here). A converted directory
+has none: pass one, or prompt with token ids.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from flax import linen as nn
 from mmjax import hf
 from mmjax import config as config_lib
 from mmjax import parallel
-from mmjax.data import builders, datasets
+from mmjax.data import builders, datasets, hf_tokenizer
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.models import build, remat
 from mmjax.models.decoder import DecoderConfig
@@ -261,8 +263,16 @@ def read_converted(path: str) -> tuple[ml_collections.ConfigDict, TextLM,
 
 
 def find_tokenizer(workdir: str, config: ml_collections.ConfigDict,
-                   path: str | None = None) -> Tokenizer:
+                   path: str | None = None
+                   ) -> Tokenizer | hf_tokenizer.HFTokenizer:
   """The run's tokenizer (module docstring for where it is looked up)."""
+  if not path and datasets.tokenizer_path(config):
+    # The run trained with this tokenizer and chat template.
+    try:
+      return datasets.configured_tokenizer(config)
+    except config_lib.ConfigError as e:
+      raise WorkdirError(f"{workdir}: the run's tokenizer cannot be loaded: "
+                         f"{e}") from None
   candidates = [path] if path else []
   candidates.append(os.path.join(workdir, builders.TOKENIZER_FILE))
   if config.family == "mllm":
@@ -274,17 +284,22 @@ def find_tokenizer(workdir: str, config: ml_collections.ConfigDict,
       pass  # an unusual data config: only the explicit paths then
   for candidate in candidates:
     if os.path.exists(candidate):
-      return load_tokenizer(candidate)
+      # A Hugging Face tokenizer passed explicitly writes the run's template.
+      return load_tokenizer(candidate, config.get("chat_template") or None)
   raise WorkdirError(f"no tokenizer at {' or '.join(candidates)}: pass "
                      "--tokenizer=PATH (the tokenizer.model of the dataset "
                      "the run trained on)")
 
 
-def load_tokenizer(path: str) -> Tokenizer:
-  """An mmjax tokenizer.model; WorkdirError for another kind of file."""
+def load_tokenizer(path: str, chat_template: str | None = None
+                   ) -> Tokenizer | hf_tokenizer.HFTokenizer:
+  """An mmjax tokenizer.model, or a Hugging Face tokenizer (directory or
+  .model; None: the chat template its markers suggest); WorkdirError for
+  anything else."""
   try:
-    return Tokenizer.load(path)
-  except (OSError, ValueError) as e:
-    raise WorkdirError(f"{e}; pass a tokenizer.model written by mmjax, an "
-                       "object with encode/decode/bos_id/eos_id, or prompt "
-                       "with token ids") from None
+    return hf_tokenizer.load_any(path, chat_template)
+  except (OSError, ValueError) as e:  # ConfigError is a ValueError
+    raise WorkdirError(f"{e}; pass a tokenizer.model written by mmjax, a "
+                       "Hugging Face tokenizer directory, an object with "
+                       "encode/decode/bos_id/eos_id, or prompt with token "
+                       "ids") from None
