@@ -235,14 +235,22 @@ def current_key(config: ml_collections.ConfigDict, key: str) -> str:
   return key
 
 
+# Top-level keys added since runs were first written, with the values that
+# compute what a run without the key computed.
+ADDED_KEYS = {"tokenizer": ("",), "chat_template": ("", "mmjax")}
+
+
 def upgrade_legacy(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-  """A config.json tree written before LEGACY_KEYS changed, in `new`'s
+  """A config.json tree written before LEGACY_KEYS / ADDED_KEYS, in `new`'s
   shape (so a run started then resumes without a 'changed config')."""
   old = dict(old)
   for key, new_key in LEGACY_KEYS.items():
     group, _, leaf = new_key.partition(".")
     if isinstance(old.get(key), str) and isinstance(new.get(group), dict):
       old[group] = {**{k: "" for k in new[group]}, leaf: old[key]}
+  for key, neutral in ADDED_KEYS.items():
+    if key not in old and key in new and new[key] in neutral:
+      old[key] = new[key]
   return old
 
 

@@ -63,8 +63,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("fastv_k", 0, "FastV: prune after layer k-1 (0 = off).")
   flags.DEFINE_float("fastv_r", 0.5, "FastV: fraction of image tokens "
                      "dropped.")
-  flags.DEFINE_string("tokenizer", None, "tokenizer.model (default: the "
-                      "workdir's, else the dataset's).")
+  flags.DEFINE_string("tokenizer", None, "A tokenizer.model or a Hugging "
+                      "Face tokenizer dir (default: the workdir's, else the "
+                      "dataset's).")
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ def _define_flags() -> None:
                   "WORKDIR/checkpoints/<stage>/<step>.")
   d.DEFINE_string("config", None, "Config spec (configs/x.py:ARGS) instead "
                   "of the run's config.json.")
-  d.DEFINE_string("tokenizer", None, "tokenizer.model path (default: the "
-                  "workdir's, else the dataset's).")
+  d.DEFINE_string("tokenizer", None, "A tokenizer.model or a Hugging Face "
+                  "tokenizer dir (default: the workdir's, else the dataset's).")
   d.DEFINE_multi_string("image", [], "An image file; repeat for several.")
   d.DEFINE_string("video", None, "A folder of video frames.")
   d.DEFINE_integer("max_frames", 4, "Frames taken from a video by a model "

@@ -9,6 +9,7 @@ import ml_collections
 
 from mmjax import config as C
 from mmjax import parallel
+from mmjax.data import datasets
 from mmjax.models import build, layout
 from mmjax.models.decoder import DecoderConfig
 from mmjax.train import groups, optim, stages
@@ -251,3 +252,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           else _data_checks(config))
   C.validate(config, data + stages.stage_checks(config) +
              _optimizer_checks(config) + _run_checks(config))
+  # The tokenizer and chat template load in milliseconds: a missing file or
+  # a template the tokenizer cannot write is reported before any data is
+  # built or anything compiles.
+  datasets.configured_tokenizer(config)

@@ -149,7 +149,10 @@ def test_a_run_config_from_before_the_groups_resumes(lm_config):
   config = lm_config(steps=1)
   new = config_lib.to_plain(config)
   old = dict(new, init_from="")
+  del old["chat_template"]  # added since, with a neutral value
   assert config_lib.upgrade_legacy(old, new) == new
+  old["chat_template"] = "chatml"  # a real change stays one
+  assert config_lib.upgrade_legacy(old, new) != new
   assert config_lib.init_from_dirs(config) == {}
   config.init_from.llm = "/x"
   assert config_lib.init_from_dirs(config) == {"llm": "/x"}
