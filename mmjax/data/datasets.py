@@ -70,44 +70,66 @@ def max_skipped_fraction(config: ml_collections.ConfigDict) -> float:
   return float(value)
 
 
-def check_folder_config(config: ml_collections.ConfigDict, fmt: str) -> None:
+def folder_paths(config: ml_collections.ConfigDict,
+                 stage_name: str | None = None) -> tuple[str, str]:
+  """(JSON file, image folder) a stage reads: the stage's own
+  `folder_json` / `folder_images` when it sets them (LLaVA's pretraining and
+  instruction stages read different data), else config.data's."""
+  stage = (config.stages[stage_name] if stage_name is not None
+           and "stages" in config and stage_name in config.stages else {})
+  return (stage.get("folder_json") or config.data.get("folder_json", ""),
+          stage.get("folder_images") or config.data.get("folder_images", ""))
+
+
+def _folder_keys(config: ml_collections.ConfigDict,
+                 stage_name: str | None) -> tuple[str, str]:
+  """The config keys that named a stage's folder (for messages)."""
+  stage = (config.stages[stage_name] if stage_name is not None
+           and "stages" in config and stage_name in config.stages else {})
+  return tuple(f"config.stages.{stage_name}.{key}" if stage.get(key)
+               else f"config.data.{key}"
+               for key in ("folder_json", "folder_images"))
+
+
+def check_folder_config(config: ml_collections.ConfigDict, fmt: str,
+                        stage_name: str | None = None) -> None:
   """The folder keys a stage reading `fmt` needs, before anything is built."""
-  json_path = config.data.get("folder_json", "")
-  image_dir = config.data.get("folder_images", "")
+  json_path, image_dir = folder_paths(config, stage_name)
+  json_key, image_key = _folder_keys(config, stage_name)
   if not json_path or not os.path.isfile(json_path):
     raise ConfigError(
-        f"data={fmt!r} needs config.data.folder_json (a {fmt} JSON file) "
-        f"and config.data.folder_images; got {json_path!r}")
+        f"data={fmt!r} needs {json_key} (a {fmt} JSON file) and "
+        f"{image_key}; got {json_path!r}")
   if not image_dir or not os.path.isdir(image_dir):
     raise ConfigError(
-        f"config.data.folder_images={image_dir!r} is not a directory; set it "
-        f"to the folder the image paths in {json_path} are relative to")
+        f"{image_key}={image_dir!r} is not a directory; set it to the folder "
+        f"the image paths in {json_path} are relative to")
   max_skipped_fraction(config)
 
 
-def folder_dataset(config: ml_collections.ConfigDict, fmt: str
+def folder_dataset(config: ml_collections.ConfigDict, fmt: str,
+                   stage_name: str | None = None
                    ) -> (builders.LlavaConversationsBuilder |
                          builders.ImageCaptionBuilder):
   """Builds (once per content of the files; later calls reuse it) the folder
-  dataset of a stage reading `fmt`.
+  dataset of a stage reading `fmt` (`folder_paths`).
 
   Raises:
-    ConfigError: config.data.folder_json / folder_images /
-      max_skipped_fraction is unusable.
+    ConfigError: the folder keys or max_skipped_fraction are unusable.
     BadRecordError: the file is not JSON, holds no usable records, or more
       than max_skipped_fraction of them are bad.
   """
-  check_folder_config(config, fmt)
+  check_folder_config(config, fmt, stage_name)
+  json_path, image_dir = folder_paths(config, stage_name)
   cls = (builders.LlavaConversationsBuilder if fmt == "llava_conversations"
          else builders.ImageCaptionBuilder)
   return builders.build(cls, data_dir(config),
                         max_skipped_fraction=max_skipped_fraction(config),
-                        json_path=config.data.folder_json,
-                        image_dir=config.data.folder_images)
+                        json_path=json_path, image_dir=image_dir)
 
 
-def stage_sources(config: ml_collections.ConfigDict, fmt: str, shapes_builder
-                  ) -> tuple[Any, Any]:
+def stage_sources(config: ml_collections.ConfigDict, fmt: str, shapes_builder,
+                  stage_name: str | None = None) -> tuple[Any, Any]:
   """(train, held-out) sources of a stage's data format.
 
   Shapes formats read the shapes dataset; `llava_conversations` and
@@ -116,7 +138,8 @@ def stage_sources(config: ml_collections.ConfigDict, fmt: str, shapes_builder
   Folders have one split; the held-out batches are its first records.
   """
   if fmt in FOLDER_FORMATS:
-    source = builders.load_source(folder_dataset(config, fmt), "train")
+    source = builders.load_source(
+        folder_dataset(config, fmt, stage_name), "train")
     return source, source
   return (builders.load_source(shapes_builder, "train"),
           builders.load_source(shapes_builder, "validation"))

@@ -108,9 +108,13 @@ def _mllm_data(config, stage_name: str) -> _StageData:
   fmt = config.stages[stage_name].data
   datasets.max_skipped_fraction(config)  # bad values fail before any build
   if fmt in datasets.FOLDER_FORMATS:
-    datasets.check_folder_config(config, fmt)
-  builder = parallel.first_process_then_others(
-      lambda: datasets.shapes_dataset(config), "shapes_dataset")
+    datasets.check_folder_config(config, fmt, stage_name)
+  builder = None
+  if fmt not in datasets.FOLDER_FORMATS or not datasets.tokenizer_path(
+      config):
+    # The shapes data, or its tokenizer (stored with the build).
+    builder = parallel.first_process_then_others(
+        lambda: datasets.shapes_dataset(config), "shapes_dataset")
   tok = datasets.tokenizer_for(builder, config)
   info: dict[str, Any] = {"data": fmt}
   seed = config.data.seed + 1000 * list(config.stage_order).index(stage_name)
@@ -144,13 +148,15 @@ def _folder_source(config, stage_name: str, fmt: str, info: dict[str, Any]):
   """The folder dataset's records; says (process 0) which build the stage
   reads and what it skipped, and puts the counts in `info` (the report)."""
   folder = parallel.first_process_then_others(
-      lambda: datasets.folder_dataset(config, fmt), "folder_dataset")
+      lambda: datasets.folder_dataset(config, fmt, stage_name),
+      "folder_dataset")
   info["dataset"] = folder.data_dir
   info.update(builders.skip_info(folder))
   if jax.process_index() == 0:
     kept = info["records"] - info["skipped_records"]
-    print(f"[{stage_name}] {fmt}: {kept} records of "
-          f"{config.data.folder_json}, build {folder.data_dir}", flush=True)
+    json_path, _ = datasets.folder_paths(config, stage_name)
+    print(f"[{stage_name}] {fmt}: {kept} records of {json_path}, build "
+          f"{folder.data_dir}", flush=True)
     skipped = builders.skip_line(folder)
     if skipped:
       print(f"[{stage_name}] {skipped}", flush=True)
