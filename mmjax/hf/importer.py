@@ -27,7 +27,9 @@ from mmjax import parallel
 from mmjax.hf import families
 from mmjax.hf import llm as llm_lib
 from mmjax.hf import mllm as mllm_lib
+from mmjax.hf import paligemma as paligemma_lib
 from mmjax.hf import plan as P
+from mmjax.hf import qwen2vl as qwen2vl_lib
 from mmjax.hf import vision as vision_lib
 from mmjax.hf.safetensors_io import Checkpoint, HFImportError, short_list
 
@@ -36,12 +38,14 @@ _IMPORTERS: dict[str, tuple[str, Callable[..., Any]]] = {
     "mistral": ("lm", llm_lib.lm_import),
     "qwen2": ("lm", llm_lib.lm_import),
     "gemma": ("lm", llm_lib.lm_import),
-    "qwen2_vl": ("lm", llm_lib.lm_import),
+    "gemma2": ("lm", llm_lib.lm_import),
+    "qwen2_vl": ("mllm", qwen2vl_lib.qwen2vl_import),
     "siglip": ("two_tower", vision_lib.two_tower_import),
     "siglip_vision_model": ("vision", vision_lib.vision_tower_import),
     "clip_vision_model": ("vision", vision_lib.vision_tower_import),
     "clip": ("vision", vision_lib.vision_tower_import),
     "llava": ("mllm", mllm_lib.llava_import),
+    "paligemma": ("mllm", paligemma_lib.paligemma_import),
     "idefics2": ("mllm", mllm_lib.idefics2_import),
     "blip-2": ("connector", mllm_lib.blip2_import),
     "fuyu": ("connector", mllm_lib.fuyu_import),

@@ -5,7 +5,12 @@ mappings (prefixes accepted in both the 4.x / hub spelling and the 5.x one):
 
 LLaVA (`LlavaForConditionalGeneration`) -> `MLLM`, fusion 'projection':
   vision_tower.vision_model.*   vision/* (see hf/vision.py; only the blocks
-                                up to vision_feature_layer are used)
+                                up to vision_feature_layer are used; a SigLIP
+                                MAP head, vision_use_head=true, is skipped:
+                                LLaVA reads patch features, never the pooled
+                                output). A SigLIP tower read at layer -1 is
+                                feature_layer None: transformers 4.57.1 hands
+                                over its post-layernorm output there.
   multi_modal_projector.linear_{1,2}   connector/linear_{1,2}
   language_model.model.*, language_model.lm_head   llm/* (see hf/llm.py)
 
@@ -124,6 +129,22 @@ def llava_import(ckpt: Checkpoint, config: Mapping[str, Any],
   ignore = list(llm_lib.DECODER_IGNORE) + ["*position_ids"]
   if lm.tie_embeddings:
     ignore += ["language_model.lm_head.weight", "lm_head.weight"]
+  head = [k for k in ckpt.keys() if k.startswith(vp + "head.")]
+  if head:
+    # LLaVA reads patch features of one layer; the SigLIP MAP head (pooled
+    # output) never reaches the LM, so its tensors are dropped.
+    ignore.append(vp + "head.*")
+    notes.append(f"LLaVA: skipped the SigLIP MAP head ({len(head)} tensors "
+                 f"under {vp}head.*; vision_use_head=true): LLaVA uses the "
+                 f"patch features, never the pooled output.")
+  if kind == "siglip" and layer in (-1, vcfg.depth):
+    # transformers 4.57.1 replaces a SigLIP tower's last hidden_states entry
+    # by last_hidden_state, which is post-layernormed: that is mmjax's final
+    # output (feature_layer=None), not the raw last block.
+    layer = None
+    notes.append("LLaVA: vision_feature_layer=-1 of a SigLIP tower is its "
+                 "post-layernorm output in transformers 4.57.1 "
+                 "(feature_layer=None).")
   cfg = _mllm_dict("projection", vcfg, lm, feature_layer=layer)
   return cfg, plan, ignore
 

@@ -219,13 +219,17 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
         cache_len=cache_len)
   else:
     kv_valid = jnp.pad(batch["valid"], ((0, 0), (0, cache_len - p)))
+    # A prefix-LM (PaliGemma) reads the whole prompt bidirectionally; the
+    # generated tokens sit past it, so decode steps stay causal.
+    prefix = ({"prefix_len": jnp.full((b,), p, jnp.int32)}
+              if cfg.lm.prefix_lm else {})
     logits, cache = model.apply(
         variables, batch["tokens"], batch["positions"], visual=visual,
         image_mask=batch["image_mask"],
         image_token_mask=batch["image_token_mask"],
         media_locations=batch["media_locations"],
         attention_mask=kv_valid[:, None, :],
-        cache=init_kv_cache(cfg.lm, b, cache_len), cache_index=0)
+        cache=init_kv_cache(cfg.lm, b, cache_len), cache_index=0, **prefix)
     slot0 = p
   ctx = Context(
       slot0=jnp.int32(slot0), start=batch["start"], lengths=batch["lengths"],
@@ -336,6 +340,9 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
                      f"{batch_size} >= 1, and one image array per prompt")
   if fastv is not None:
     fastv.check(model.cfg)
+    if model.cfg.lm.prefix_lm:
+      raise ValueError("FastV does not support a prefix-LM (lm.prefix_lm); "
+                       "generate without fastv.")
   params = nn.unbox(params)
   stops = sorted({int(s) for s in stop_ids})
   # Padded with -1 to a multiple of 8: one program for any few stop ids.

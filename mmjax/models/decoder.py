@@ -5,6 +5,7 @@ Module tree (the Hugging Face importer maps onto these names):
   embed                      nn.Embed, embedding [V, D]
   layers_{i}                 DecoderBlock
     attn_norm, attn{q,k,v,o}, mlp_norm, mlp{gate,up,down}
+    post_attn_norm, post_mlp_norm   only with post_norms (Gemma 2)
   final_norm
   lm_head                    kernel [D, V]; absent with tie_embeddings
   xattn_{i}                  GatedCrossAttention before layers_{i}
@@ -44,7 +45,7 @@ from mmjax.models import remat as remat_lib
 
 KVCache = list[dict[str, jax.Array]]
 
-_MLP_ACTIVATIONS = ("silu", "gelu_tanh")
+_MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +67,26 @@ class DecoderConfig:
   tie_embeddings: bool = False  # Gemma.
   embed_scale: bool = False  # Gemma: embeddings * sqrt(d_model).
   norm_offset_one: bool = False  # Gemma RMSNorm: x * (1 + scale).
-  mlp_activation: str = "silu"  # Or 'gelu_tanh' (Gemma).
+  # 'silu', 'gelu_tanh' (Gemma) or 'gelu' (exact erf GELU: Gemma-1 configs
+  # with hidden_act='gelu', which transformers 4.57.1 computes exactly).
+  mlp_activation: str = "silu"
   logit_softcap: float = 0.0  # 0 = off; else cap * tanh(logits / cap).
+  # Gemma 2 switches; the defaults leave every other model unchanged.
+  # Attention scores capped as cap * tanh(s / cap) (0 = off).
+  attn_logit_softcap: float = 0.0
+  # Scores scaled by query_pre_attn_scalar**-0.5 instead of head_dim**-0.5.
+  query_pre_attn_scalar: float | None = None
+  # RMSNorms on the attention and MLP outputs before each residual add
+  # (post_attn_norm, post_mlp_norm).
+  post_norms: bool = False
+  # Local attention: a query sees the `sliding_window` most recent slots
+  # (itself included) in the layers `sliding_layers` (None = every layer);
+  # 0 = off.
+  sliding_window: int = 0
+  sliding_layers: tuple[int, ...] | None = None
+  # Prefix-LM (PaliGemma): with `prefix_len` given to the call, tokens before
+  # it attend bidirectionally, the rest causally.
+  prefix_lm: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
   # M-RoPE (Qwen2-VL): rotary frequencies per (t, h, w) section, summing to
@@ -92,6 +111,31 @@ class DecoderConfig:
       raise ValueError("scan_layers=True needs identical blocks; it cannot "
                        "interleave cross-attention (set xattn_every=0 or "
                        "scan_layers=False).")
+    if self.sliding_layers is not None:
+      object.__setattr__(self, "sliding_layers",
+                         tuple(int(i) for i in self.sliding_layers))
+      bad = [i for i in self.sliding_layers if not 0 <= i < self.n_layers]
+      if bad:
+        raise ValueError(f"sliding_layers {bad} out of range for n_layers="
+                         f"{self.n_layers}.")
+    if self.sliding_window < 0:
+      raise ValueError(f"sliding_window must be >= 0 (0 = off), got "
+                       f"{self.sliding_window}.")
+    if self.scan_layers and self.local_layers not in (
+        (), tuple(range(self.n_layers))):
+      raise ValueError("scan_layers=True needs identical blocks; it cannot "
+                       "mix sliding-window and global layers (set "
+                       "scan_layers=False).")
+    if self.attn_logit_softcap < 0:
+      raise ValueError(f"attn_logit_softcap must be >= 0 (0 = off), got "
+                       f"{self.attn_logit_softcap}.")
+    if self.attn_logit_softcap > 0 and self.attention != "einsum":
+      raise ValueError(f"attn_logit_softcap needs attention='einsum', got "
+                       f"{self.attention!r}.")
+    if self.query_pre_attn_scalar is not None and not (
+        self.query_pre_attn_scalar > 0):
+      raise ValueError(f"query_pre_attn_scalar must be > 0 or None, got "
+                       f"{self.query_pre_attn_scalar}.")
     if self.mrope_sections is not None:
       object.__setattr__(self, "mrope_sections",
                          tuple(int(s) for s in self.mrope_sections))
@@ -129,6 +173,22 @@ class DecoderConfig:
     return tuple(i for i in range(self.n_layers) if n and (i + 1) % n == 0)
 
   @property
+  def local_layers(self) -> tuple[int, ...]:
+    """Indices of the sliding-window (local attention) layers."""
+    if not self.sliding_window:
+      return ()
+    if self.sliding_layers is None:
+      return tuple(range(self.n_layers))
+    return tuple(sorted(set(self.sliding_layers)))
+
+  @property
+  def attn_scale(self) -> float | None:
+    """Attention score scale; None = 1/sqrt(head_dim)."""
+    if self.query_pre_attn_scalar is None:
+      return None
+    return float(self.query_pre_attn_scalar) ** -0.5
+
+  @property
   def resolved_head_dim(self) -> int:
     return self.head_dim if self.head_dim is not None else (
         self.d_model // self.n_heads)
@@ -154,7 +214,11 @@ def init_kv_cache(cfg: DecoderConfig,
 
 
 class DecoderBlock(nn.Module):
-  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+  With cfg.post_norms (Gemma 2) each sublayer's output is normed again
+  before the residual add: x + norm(attn(norm(x))).
+  """
   cfg: DecoderConfig
 
   @nn.compact
@@ -181,12 +245,18 @@ class DecoderBlock(nn.Module):
         n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
         head_dim=cfg.resolved_head_dim, rope_theta=cfg.rope_theta,
         qkv_bias=cfg.qkv_bias, mrope_sections=cfg.mrope_sections,
-        attention=cfg.attention, dtype=dtype, param_dtype=param_dtype, name="attn")(norm("attn_norm")(x), positions, mask=mask, cache=cache,
+        softcap=cfg.attn_logit_softcap, scale=cfg.attn_scale,
+        attention=cfg.attention, dtype=dtype, param_dtype=param_dtype,
+        name="attn")(norm("attn_norm")(x), positions, mask=mask, cache=cache,
                      cache_index=cache_index)
+    if cfg.post_norms:
+      h = norm("post_attn_norm")(h)
     x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
     h = layers.GatedMLP(mlp_dim=cfg.mlp_dim, activation=cfg.mlp_activation,
                         dtype=dtype, param_dtype=param_dtype,
                         name="mlp")(norm("mlp_norm")(x))
+    if cfg.post_norms:
+      h = norm("post_mlp_norm")(h)
     x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
     return x, new_cache
 
@@ -252,6 +322,7 @@ class DecoderLM(nn.Module):
       media_times: jax.Array | None = None,
       media_valid: jax.Array | None = None,
       block_ids: jax.Array | None = None,
+      prefix_len: jax.Array | None = None,
       layer_range: tuple[int, int] | None = None,
       logits: bool = True,
   ) -> tuple[jax.Array, KVCache | None]:
@@ -277,6 +348,10 @@ class DecoderLM(nn.Module):
       media_valid: bool[B, M], False for padding media items.
       block_ids: int32[B, L]; tokens sharing a non-zero id see each other
         in both directions (image blocks, prefix-LM style); 0 = causal only.
+      prefix_len: int32[B] (config.prefix_lm only): slots < prefix_len[b]
+        attend to each other bidirectionally (PaliGemma's image + prompt);
+        later tokens stay causal. With a cache, slots are cache slots; None
+        = causal.
       layer_range: (a, b) runs only blocks a..b-1 (token pruning between
         layers, `mmjax.inference.fastv`); with a > 0 `embeddings` are the hidden
         states entering block a, `cache` has b - a entries, and with
@@ -357,6 +432,12 @@ class DecoderLM(nn.Module):
           ("batch", "length", "embed"))
 
     mask = masks.causal_mask(length, kv_len, offset)[None]
+    if prefix_len is not None:
+      if not cfg.prefix_lm:
+        raise ValueError("prefix_len= given but the config has prefix_lm="
+                         "False; set DecoderConfig.prefix_lm=True.")
+      chex.assert_shape(prefix_len, (batch,))
+      mask = mask | masks.prefix_mask(prefix_len, length, kv_len, offset)
     if block_ids is not None:
       chex.assert_shape(block_ids, (batch, length))
       kv_blocks = block_ids if cache is None else jax.lax.dynamic_update_slice(
@@ -369,6 +450,12 @@ class DecoderLM(nn.Module):
     if attention_mask is not None:
       mask = mask & attention_mask.astype(bool)
     mask = jnp.broadcast_to(mask, (batch, length, kv_len))
+    local = cfg.local_layers
+    if local:
+      local_mask = mask & masks.sliding_window_mask(
+          length, kv_len, cfg.sliding_window, offset)[None]
+      if cfg.scan_layers:  # every layer is local (checked by the config)
+        mask = local_mask
 
     new_cache = [] if cache is not None else None
     if cfg.scan_layers:
@@ -384,7 +471,8 @@ class DecoderLM(nn.Module):
               old is not None and "media_k" in old) else None
           x, media_kv = self.xattn[str(i)](x, media_flat, xmask, media_kv)
         x, layer_cache = self.layers[i](
-            x, positions, mask, None if old is None else
+            x, positions, local_mask if i in local else mask,
+            None if old is None else
             {"k": old["k"], "v": old["v"]}, cache_index)
         if new_cache is not None:
           if media_kv is not None:

@@ -178,7 +178,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           mask: jax.Array | None, *, dtype: Dtype = None,
                           scale: float | None = None,
                           impl: str = "einsum",
-                          kv_heads_major: bool = False) -> jax.Array:
+                          kv_heads_major: bool = False,
+                          softcap: float = 0.0) -> jax.Array:
   """Softmax attention with grouped KV heads; scores in float32.
 
   Args:
@@ -192,6 +193,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     impl: one of ATTENTION_IMPLS.
     kv_heads_major: k and v are [B, Kh, S, D] instead (the KV cache's
       layout).
+    softcap: > 0 caps the scaled scores as `softcap * tanh(s / softcap)`
+      before masking (Gemma 2); 'einsum' only.
 
   Returns:
     [B, L, H, Dv]. A row with every key masked averages all values (finite).
@@ -201,6 +204,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   kv_len, n_kv = k.shape[kv_spec.index("s")], k.shape[kv_spec.index("k")]
   dtype = dtype or q.dtype
   if impl != "einsum":
+    if softcap > 0:
+      raise ValueError(f"attention logit soft-capping needs attention="
+                       f"'einsum', got {impl!r}.")
     if kv_heads_major:
       k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
     check_attention(impl, "attention")
@@ -220,6 +226,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   scores = jnp.einsum(f"blkgd,{kv_spec}->bkgls", q, k,
                       preferred_element_type=jnp.float32)
   scores = scores * (scale if scale is not None else 1.0 / math.sqrt(head_dim))
+  if softcap > 0:
+    scores = softcap * jnp.tanh(scores / softcap)
   if mask is not None:
     mask = jnp.broadcast_to(mask, (batch, length, kv_len))
     scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
@@ -351,6 +359,10 @@ class Attention(nn.Module):
     head_dim: Dh.
     rope_theta: RoPE base.
     qkv_bias: biases on q/k/v (Qwen2).
+    mrope_sections: M-RoPE sections (Qwen2-VL) or None for 1-D RoPE.
+    softcap: attention logit soft-capping (Gemma 2); 0 = off.
+    scale: score scale; None = 1/sqrt(head_dim) (Gemma 2 uses
+      query_pre_attn_scalar**-0.5).
     dtype: compute dtype (scores and softmax are always float32).
     param_dtype: parameter dtype.
   """
@@ -360,6 +372,8 @@ class Attention(nn.Module):
   rope_theta: float = 10_000.0
   qkv_bias: bool = False
   mrope_sections: tuple[int, ...] | None = None
+  softcap: float = 0.0
+  scale: float | None = None
   attention: str = "einsum"  # ATTENTION_IMPLS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -430,8 +444,9 @@ class Attention(nn.Module):
       v = v.astype(self.dtype)
 
     out = dot_product_attention(q, k, v, mask, dtype=self.dtype,
-                                impl=self.attention,
-                                kv_heads_major=cache is not None)
+                                impl=self.attention, scale=self.scale,
+                                kv_heads_major=cache is not None,
+                                softcap=self.softcap)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads",
                                            "head_dim"))
 

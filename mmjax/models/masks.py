@@ -28,6 +28,52 @@ def causal_mask(q_len: int,
   return kv_slot <= q_slot
 
 
+def sliding_window_mask(q_len: int,
+                        kv_len: int,
+                        window: int,
+                        q_offset: int | jax.Array = 0) -> jax.Array:
+  """Keys less than `window` slots behind the query (Gemma 2, Mistral).
+
+  The query's own slot counts: a window of w sees w keys including itself
+  (transformers' `kv_idx > q_idx - sliding_window`). AND it with a causal
+  mask; keys ahead of the query are not restricted here.
+
+  Args:
+    q_len: number of queries (static).
+    kv_len: number of key slots (static).
+    window: window size in slots (> 0).
+    q_offset: slot of the first query; may be a traced int32 scalar.
+
+  Returns:
+    bool[q_len, kv_len].
+  """
+  q_slot = q_offset + jnp.arange(q_len, dtype=jnp.int32)[:, None]
+  kv_slot = jnp.arange(kv_len, dtype=jnp.int32)[None, :]
+  return kv_slot > q_slot - window
+
+
+def prefix_mask(prefix_len: jax.Array, q_len: int, kv_len: int,
+                q_offset: int | jax.Array = 0) -> jax.Array:
+  """Bidirectional attention inside each example's prefix (prefix-LM).
+
+  Query and key both in slots < prefix_len see each other; OR it with a
+  causal mask (PaliGemma: image + prompt bidirectional, answer causal).
+
+  Args:
+    prefix_len: int32[B], prefix length (in slots) of each example.
+    q_len: number of queries (static).
+    kv_len: number of key slots (static).
+    q_offset: slot of the first query; may be a traced int32 scalar.
+
+  Returns:
+    bool[B, q_len, kv_len].
+  """
+  q_slot = q_offset + jnp.arange(q_len, dtype=jnp.int32)
+  kv_slot = jnp.arange(kv_len, dtype=jnp.int32)
+  limit = jnp.asarray(prefix_len, jnp.int32)[:, None]
+  return (q_slot[None] < limit)[:, :, None] & (kv_slot[None] < limit)[:, None]
+
+
 def segment_mask(q_segment_ids: jax.Array,
                  kv_segment_ids: jax.Array) -> jax.Array:
   """Block-diagonal mask for packed sequences; segment id 0 is padding.

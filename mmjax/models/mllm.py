@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from mmjax.models import connectors as connectors_lib
 from mmjax.models import cross_attention
 from mmjax.models import qformer as qformer_lib
+from mmjax.models import qwen2vl_vision
 from mmjax.models import resampler as resampler_lib
 from mmjax.models import vision as vision_lib
 # The allowed switch values live in choices.py (jax-free); re-exported here.
@@ -51,7 +52,9 @@ class MLLMConfig:
     fusion: one of FUSIONS.
     positions: one of POSITIONS ('mrope' needs lm.mrope_sections).
     lm: the decoder.
-    vision: the vision tower (None for one_backbone).
+    vision: the vision tower (None for one_backbone): a ViT `VisionConfig`
+      or Qwen2-VL's `qwen2vl_vision.Qwen2VLVisionConfig` (2-D RoPE tower,
+      used with projector 'patch_merger' and feature_layer None).
     projector: one of PROJECTORS (fusion 'projection' only).
     resampler: for fusions 'resampler' and 'cross_attention'.
     qformer: for fusion 'qformer'.
@@ -66,7 +69,8 @@ class MLLMConfig:
   fusion: str
   lm: DecoderConfig
   positions: str = "rope"
-  vision: vision_lib.VisionConfig | None = None
+  vision: (vision_lib.VisionConfig | qwen2vl_vision.Qwen2VLVisionConfig |
+           None) = None
   projector: str = "mlp"
   resampler: resampler_lib.ResamplerConfig | None = None
   qformer: qformer_lib.QFormerConfig | None = None
@@ -106,6 +110,13 @@ class MLLMConfig:
           f"mrope_sections={self.lm.mrope_sections})")
     if self.frames < 1:
       raise ValueError(f"frames={self.frames} must be >= 1")
+    if isinstance(self.vision, qwen2vl_vision.Qwen2VLVisionConfig) and (
+        self.fusion != "projection" or self.feature_layer is not None or
+        self.frames != 1):
+      raise ValueError(
+          "a Qwen2-VL vision tower needs fusion='projection', "
+          f"feature_layer=None and frames=1 (got fusion={self.fusion!r}, "
+          f"feature_layer={self.feature_layer}, frames={self.frames}).")
 
   @property
   def side(self) -> int:
@@ -184,7 +195,7 @@ class MLLM(nn.Module):
     pdtype = jnp.dtype(cfg.lm.param_dtype)
     d = cfg.lm.d_model
     if cfg.fusion != "one_backbone":
-      self.vision = vision_lib.VisionEncoder(cfg.vision)
+      self.vision = vision_tower(cfg.vision)
     if cfg.fusion == "projection":
       self.connector = connectors_lib.make_projector(
           cfg.projector, d, dtype=dtype, param_dtype=pdtype)
@@ -243,6 +254,7 @@ class MLLM(nn.Module):
       cache_index: jax.Array | int | None = None,
       visual: jax.Array | None = None,
       media_times: jax.Array | None = None,
+      prefix_len: jax.Array | None = None,
       logits: bool = True,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits f32[B, L, V] (and the updated KV cache when one is given).
@@ -251,13 +263,16 @@ class MLLM(nn.Module):
     `images`, e.g. to encode once and decode many steps. `media_times`
     overrides the counts derived from `media_locations` (decoding).
     logits=False returns the LM's final-normed hidden state [B, L, D] instead
-    (`head` maps it to logits).
+    (`head` maps it to logits). prefix_len int32[B] (lm.prefix_lm): slots
+    before it attend bidirectionally (PaliGemma's image + prompt).
     """
     cfg = self.cfg
     if visual is None and images is not None:
       visual = self.encode_images(images)
     kwargs = dict(segment_ids=segment_ids, attention_mask=attention_mask,
                   cache=cache, cache_index=cache_index, logits=logits)
+    if prefix_len is not None:
+      kwargs["prefix_len"] = prefix_len
     if cfg.fusion == "cross_attention":
       if visual is not None:
         if media_times is None:
@@ -305,6 +320,24 @@ class MLLM(nn.Module):
     return x, block_ids
 
 
+# Vision tower module per config class.
+_TOWERS = {vision_lib.VisionConfig: vision_lib.VisionEncoder,
+           qwen2vl_vision.Qwen2VLVisionConfig:
+               qwen2vl_vision.Qwen2VLVisionTower}
+
+
+def vision_tower(cfg: Any) -> nn.Module:
+  """The tower module of a vision config (ViT or Qwen2-VL)."""
+  return _TOWERS[type(cfg)](cfg)
+
+
+def vision_config_from_dict(d: Mapping[str, Any]) -> Any:
+  """VisionConfig, or Qwen2VLVisionConfig when d['kind'] is 'qwen2vl'."""
+  if d.get("kind") == qwen2vl_vision.KIND:
+    return qwen2vl_vision.Qwen2VLVisionConfig.from_dict(d)
+  return vision_lib.VisionConfig.from_dict(d)
+
+
 def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:
   """Builds MLLMConfig from plain nested dicts (a ConfigDict's to_dict())."""
   d = dict(d)
@@ -321,7 +354,7 @@ def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:
                      f"{sorted(allowed)}")
   return MLLMConfig(
       lm=lm,
-      vision=(vision_lib.VisionConfig.from_dict(vision)
+      vision=(vision_config_from_dict(vision)
               if vision and fusion != "one_backbone" else None),
       resampler=(resampler_lib.ResamplerConfig.from_dict(resampler)
                  if resampler and fusion in ("resampler", "cross_attention")

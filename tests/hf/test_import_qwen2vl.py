@@ -14,6 +14,7 @@ import hf_testing
 from mmjax import hf
 from mmjax.models import mllm as mllm_lib
 from mmjax.models import position_ids as pid
+from mmjax.models.decoder import DecoderConfig, DecoderLM
 
 IMAGE, VIDEO, START = 150, 151, 152
 _IDS = np.random.default_rng(0)
@@ -102,8 +103,8 @@ def test_rope_index_padded_batch(qwen2vl):
 
 def test_decoder_logits_with_images(qwen2vl):
   model, conv = qwen2vl
-  assert conv.family == "lm"
-  assert tuple(conv.model["mrope_sections"]) == (2, 3, 3)
+  assert conv.family == "mllm"  # the full model; here its decoder alone
+  assert tuple(conv.model["lm"]["mrope_sections"]) == (2, 3, 3)
   tokens, grids = _sequence([2, (IMAGE, (1, 4, 6)), 3, (IMAGE, (1, 6, 4)), 2])
   thw = torch.tensor([g for _, g in grids])
   pixels = torch.tensor(np.random.default_rng(1).normal(
@@ -112,7 +113,8 @@ def test_decoder_logits_with_images(qwen2vl):
               image_grid_thw=thw).logits.numpy()
   visual = model.model.visual(pixels, grid_thw=thw).numpy()
   positions, _ = pid.mrope_positions(_segments(tokens, grids))
-  module, params = conv.module(), conv.module_params()
+  module = DecoderLM(DecoderConfig.from_dict(conv.model["lm"]))
+  params = conv.params["llm"]
   embedded = module.apply({"params": params}, tokens[None],
                           method=lambda m, t: m.embed_tokens(t))
   embedded = mllm_lib.scatter_visual(embedded, visual[None],

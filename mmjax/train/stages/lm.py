@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mmjax import config as C
@@ -23,16 +25,34 @@ from mmjax.train import groups, losses
 from mmjax.train.stages import base
 
 
+def prefix_len_from_loss_mask(loss_mask: jax.Array) -> jax.Array:
+  """Prefix-LM prefix length int32[B] of a batch: up to the first answer.
+
+  Position t predicts token t + 1 (targets = tokens shifted), so the first
+  loss position still holds a prompt token: the prefix is everything up to
+  and including it (PaliGemma's token_type_ids == 0). A row without a loss
+  token gets 0 (causal).
+  """
+  has = loss_mask > 0
+  first = jnp.argmax(has, axis=1).astype(jnp.int32)
+  return jnp.where(has.any(axis=1), first + 1, 0)
+
+
 def mllm_apply(model: MLLM, params, batch, prefix: str = "",
                logits: bool = True):
   """Logits f32[B, L, V] of the MLLM on a pipeline batch (keys optionally
-  prefixed); logits=False: the LM's final-normed hidden states [B, L, D]."""
+  prefixed); logits=False: the LM's final-normed hidden states [B, L, D].
+  A prefix-LM (model.cfg.lm.prefix_lm) gets `prefix_len` from loss_mask."""
   get = lambda k: batch.get(prefix + k, batch.get(k))
+  kwargs = {}
+  lm_cfg = getattr(model.cfg, "lm", model.cfg)
+  if getattr(lm_cfg, "prefix_lm", False) and get("loss_mask") is not None:
+    kwargs["prefix_len"] = prefix_len_from_loss_mask(get("loss_mask"))
   return model.apply(
       {"params": params}, get("tokens"), get("positions"),
       images=batch.get("images"), image_mask=batch.get("image_mask"),
       image_token_mask=get("image_token_mask"),
-      media_locations=get("media_locations"), logits=logits)[0]
+      media_locations=get("media_locations"), logits=logits, **kwargs)[0]
 
 
 def head_fn(model: MLLM):
