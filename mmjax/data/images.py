@@ -10,7 +10,7 @@ Resize modes (`RESIZE_MODES`):
 
 Normalisation by encoder convention (`NORMALIZATION`): SigLIP and Fuyu /
 one_backbone map [0, 255] to [-1, 1] with mean 0.5, std 0.5; CLIP uses
-OpenAI's ImageNet-style mean/std. An image with a zero-sized side raises
+OpenAI's ImageNet-style mean/std (so does Qwen2-VL). An image with a zero-sized side raises
 `layout.ImageSizeError` (a bad record for the pipeline).
 """
 from __future__ import annotations
@@ -28,10 +28,13 @@ NORMALIZATION = {
     "clip": ((0.48145466, 0.4578275, 0.40821073),
              (0.26862954, 0.26130258, 0.27577711)),
 }
+# Qwen2-VL's image processor uses OpenAI CLIP's mean and std.
+NORMALIZATION["qwen2vl"] = NORMALIZATION["clip"]
 
 
 def normalization_kind(cfg: MLLMConfig) -> str:
-  """'clip' for a CLIP tower, else 'siglip' (SigLIP towers, one_backbone)."""
+  """The tower's kind ('clip', 'qwen2vl', 'siglip'); 'siglip' without a
+  tower (one_backbone)."""
   return cfg.vision.kind if cfg.vision is not None else "siglip"
 
 

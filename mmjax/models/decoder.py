@@ -45,7 +45,7 @@ from mmjax.models import remat as remat_lib
 
 KVCache = list[dict[str, jax.Array]]
 
-_MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +158,9 @@ class DecoderConfig:
     if self.resolved_head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got "
                        f"{self.resolved_head_dim}.")
-    if self.mlp_activation not in _MLP_ACTIVATIONS:
+    if self.mlp_activation not in MLP_ACTIVATIONS:
       raise ValueError(f"mlp_activation={self.mlp_activation!r}; allowed: "
-                       f"{list(_MLP_ACTIVATIONS)}.")
+                       f"{list(MLP_ACTIVATIONS)}.")
     if self.logit_softcap < 0:
       raise ValueError(f"logit_softcap must be >= 0 (0 = off), got "
                        f"{self.logit_softcap}.")

@@ -10,7 +10,7 @@ import ml_collections
 from mmjax import config as C
 from mmjax import parallel
 from mmjax.data import datasets
-from mmjax.models import build, layout
+from mmjax.models import build, decoder, layout
 from mmjax.models.decoder import DecoderConfig
 from mmjax.train import groups, optim, stages
 
@@ -34,7 +34,7 @@ def _model_checks(config):
       C.check_number("model.rope_theta", 1.0),
       C.check_number("model.norm_eps", 0.0, 1.0),
       C.check_number("model.logit_softcap", 0.0),
-      C.check_choice("model.mlp_activation", ("silu", "gelu_tanh")),
+      C.check_choice("model.mlp_activation", decoder.MLP_ACTIVATIONS),
       C.check_choice("model.dtype", DTYPES),
       C.check_choice("model.param_dtype", DTYPES),
       C.check_that(
