@@ -4,15 +4,21 @@ Import (no network; a local directory with config.json + *.safetensors):
   python -m mmjax.convert --hf_dir=DIR --out=OUT [--mesh=fsdp:4,tensor:2]
 writes OUT/config.json ({"family", "model", "hf"}) and OUT/params (orbax).
 
-Export (a converted 'lm' directory -> a transformers-loadable directory):
-  python -m mmjax.convert --mmjax_dir=OUT --out=HF_DIR
+Export (-> a transformers-loadable directory):
+  python -m mmjax.convert --mmjax_dir=PATH --out=HF_DIR [--to=auto]
+PATH is a converted directory or a training workdir; --to=llava writes a
+multimodal model as LlavaForConditionalGeneration (with its tokenizer and
+image processor), --to=decoder a decoder LM as LLaMA / Qwen2 / Gemma, and
+auto (the default) picks by what PATH holds (mmjax/inference/export.py).
 
 Errors (missing flags, unsupported architecture, missing or mis-shaped
 tensors, a truncated *.safetensors file, tensors holding NaN or inf unless
 --allow_nonfinite, pickle-only checkpoints, a Hugging Face directory given
-as --mmjax_dir) print one line on stderr and exit with status 2. The
-library calls are `mmjax.hf.import_checkpoint` / `save_converted` and
-`mmjax.hf.export_decoder`.
+as --mmjax_dir) print one line on stderr and exit with status 2. So does a
+model the export format cannot express (the line names what and the
+formats that exist). The library calls are `mmjax.hf.import_checkpoint` /
+`save_converted`, and `mmjax.inference.export.export_model` (which calls
+`mmjax.hf.export_llava` / `export_decoder`).
 """
 
 from __future__ import annotations
@@ -24,8 +30,13 @@ from mmjax import config as config_lib
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory "
                               "(config.json + *.safetensors) to import.")
-_MMJAX_DIR = flags.DEFINE_string("mmjax_dir", None, "A directory written by "
-                                 "an import of family 'lm', to export.")
+_MMJAX_DIR = flags.DEFINE_string("mmjax_dir", None, "What to export: a "
+                                 "directory written by an import, or a "
+                                 "training workdir.")
+_TO = flags.DEFINE_string("to", "auto", "Export format: llava (a multimodal "
+                          "model -> LlavaForConditionalGeneration), decoder "
+                          "(a decoder LM -> LLaMA / Qwen2 / Gemma), or auto "
+                          "(by what --mmjax_dir holds).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _MESH = flags.DEFINE_string("mesh", "", "Place parameters on a device mesh "
                             "while importing, e.g. 'fsdp:4,tensor:2' (axes "
@@ -57,17 +68,19 @@ def run(argv) -> str:
   del argv
   # Imported here so that --help and flag errors need no jax.
   from mmjax import hf  # pylint: disable=g-import-not-at-top
-  from mmjax.models import decoder  # pylint: disable=g-import-not-at-top
+  from mmjax.inference import export  # pylint: disable=g-import-not-at-top
   if not _OUT.value or bool(_HF_DIR.value) == bool(_MMJAX_DIR.value):
     raise ValueError("pass --out and exactly one of --hf_dir (import) or "
                      "--mmjax_dir (export).")
+  if _HF_DIR.value and _TO.value not in ("", "auto"):
+    raise ValueError(f"--to={_TO.value} chooses an export format: pass it "
+                     "with --mmjax_dir, not --hf_dir.")
   if _MMJAX_DIR.value:
-    conv = hf.load_converted(_MMJAX_DIR.value)
-    if conv.family != "lm":
-      raise hf.HFExportError(f"{_MMJAX_DIR.value} holds family "
-                             f"{conv.family!r}; only 'lm' exports.")
-    return str(hf.export_decoder(conv.params, decoder.DecoderConfig.from_dict(
-        conv.model), _OUT.value))
+    out, notes = export.export_model(_MMJAX_DIR.value, _OUT.value,
+                                     _TO.value or "auto")
+    for note in notes:
+      print(f"note: {note}")
+    return str(out)
   mesh = _mesh(_MESH.value) if _MESH.value else None
   conv = hf.import_checkpoint(_HF_DIR.value, mesh=mesh,
                               newline_token_id=_NEWLINE.value,

@@ -4,17 +4,19 @@ The architecture follows from the config: LLaMA (`LlamaForCausalLM`) for a
 plain decoder, Qwen2 (`Qwen2ForCausalLM`) when q/k/v have biases, Gemma
 (`GemmaForCausalLM`) for Gemma's switches (sqrt(d) embedding scale,
 (1 + w) RMSNorm, GELU-tanh, tied embeddings). M-RoPE, cross-attention blocks,
-logit soft-capping or any other mix raise `HFExportError`. The tensor names
+logit soft-capping, Gemma 2's and PaliGemma's switches or any other mix
+raise `HFExportError`. The tensor names
 are those of hf/llm.py, the layouts its inverse; every tensor is written as
 float32, in shards of at most `max_shard_bytes` (with
-`model.safetensors.index.json` when there is more than one).
+`model.safetensors.index.json` when there is more than one; `write_weights`,
+which the LLaVA export in export_llava.py shares).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import flax.linen as nn
 import numpy as np
@@ -34,7 +36,13 @@ def _architecture(cfg: DecoderConfig) -> str:
   unsupported = [name for name, bad in (
       ("mrope_sections", cfg.mrope_sections is not None),
       ("xattn_every", cfg.xattn_every > 0),
-      ("logit_softcap", cfg.logit_softcap > 0)) if bad]
+      ("logit_softcap", cfg.logit_softcap > 0),
+      # Gemma 2 / PaliGemma switches (imported, not exported yet).
+      ("attn_logit_softcap", cfg.attn_logit_softcap > 0),
+      ("query_pre_attn_scalar", cfg.query_pre_attn_scalar is not None),
+      ("post_norms", cfg.post_norms),
+      ("sliding_window", cfg.sliding_window > 0),
+      ("prefix_lm", cfg.prefix_lm)) if bad]
   if unsupported:
     raise HFExportError(f"cannot export a decoder with {unsupported}: "
                         f"LLaMA / Qwen2 / Gemma have no such feature.")
@@ -107,6 +115,48 @@ def decoder_tensors(params: Mapping[str, Any], cfg: DecoderConfig):
     yield "lm_head.weight", arr(np.asarray(params["lm_head"]["kernel"]).T)
 
 
+def write_weights(tensors: Iterable[tuple[str, np.ndarray]],
+                  out: pathlib.Path, max_shard_bytes: int = 2 << 30) -> None:
+  """Writes (name, array) pairs as *.safetensors in `out`.
+
+  Shards hold at most `max_shard_bytes` (with `model.safetensors.index.json`
+  when there is more than one); weight files already in `out` are replaced.
+  """
+  for old in list(out.glob("*.safetensors")) + list(
+      out.glob("*.safetensors.index.json")):
+    old.unlink()
+  # Each shard is written as soon as it is full, so at most one shard is in
+  # memory; files are renamed once the shard count is known.
+  shard: dict[str, np.ndarray] = {}
+  written: list[tuple[pathlib.Path, list[str]]] = []
+  size = total = 0
+
+  def flush():
+    tmp = out / f"shard-{len(written):05d}.tmp"
+    save_file(shard, str(tmp), metadata={"format": "pt"})
+    written.append((tmp, list(shard)))
+
+  for name, value in tensors:
+    if shard and size + value.nbytes > max_shard_bytes:
+      flush()
+      shard, size = {}, 0
+    shard[name] = value
+    size += value.nbytes
+    total += value.nbytes
+  flush()
+  n = len(written)
+  weight_map = {}
+  for i, (tmp, names) in enumerate(written):
+    file = ("model.safetensors" if n == 1 else
+            f"model-{i + 1:05d}-of-{n:05d}.safetensors")
+    tmp.rename(out / file)
+    weight_map.update({name: file for name in names})
+  if n > 1:
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
+        indent=2))
+
+
 def export_decoder(params: Mapping[str, Any], cfg: DecoderConfig,
                    out_dir: str | pathlib.Path, *,
                    max_position_embeddings: int = 4096,
@@ -126,38 +176,6 @@ def export_decoder(params: Mapping[str, Any], cfg: DecoderConfig,
   config = hf_config(cfg, max_position_embeddings)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  for old in list(out.glob("*.safetensors")) + list(
-      out.glob("*.safetensors.index.json")):
-    old.unlink()
-  # Each shard is written as soon as it is full, so at most one shard is in
-  # memory; files are renamed once the shard count is known.
-  shard: dict[str, np.ndarray] = {}
-  written: list[tuple[pathlib.Path, list[str]]] = []
-  size = total = 0
-
-  def flush():
-    tmp = out / f"shard-{len(written):05d}.tmp"
-    save_file(shard, str(tmp), metadata={"format": "pt"})
-    written.append((tmp, list(shard)))
-
-  for name, value in decoder_tensors(params, cfg):
-    if shard and size + value.nbytes > max_shard_bytes:
-      flush()
-      shard, size = {}, 0
-    shard[name] = value
-    size += value.nbytes
-    total += value.nbytes
-  flush()
-  n = len(written)
-  weight_map = {}
-  for i, (tmp, names) in enumerate(written):
-    file = ("model.safetensors" if n == 1 else
-            f"model-{i + 1:05d}-of-{n:05d}.safetensors")
-    tmp.rename(out / file)
-    weight_map.update({name: file for name in names})
-  if n > 1:
-    (out / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map},
-        indent=2))
+  write_weights(decoder_tensors(params, cfg), out, max_shard_bytes)
   (out / "config.json").write_text(json.dumps(config, indent=2))
   return out

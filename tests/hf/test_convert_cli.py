@@ -81,3 +81,17 @@ def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path):
   assert len(lines) == 1, r.stderr
   assert lines[0].startswith("error: HFImportError: ")
   assert "pytorch_model.bin" in lines[0]
+
+
+def test_cli_converted_lm_to_llava_exits_2_with_one_line(llama_dir, tmp_path):
+  hf.save_converted(hf.import_checkpoint(llama_dir), tmp_path / "mmjax")
+  r = _run([f"--mmjax_dir={tmp_path / 'mmjax'}", "--to=llava",
+            f"--out={tmp_path / 'out'}"])
+  assert r.returncode == 2
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, r.stderr
+  assert "holds a decoder LM (family 'lm')" in lines[0]
+  assert "--to=decoder" in lines[0] and not (tmp_path / "out").exists()
+  r = _run([f"--mmjax_dir={tmp_path / 'mmjax'}", "--to=gguf",
+            f"--out={tmp_path / 'out'}"])
+  assert r.returncode == 2 and "allowed: auto, decoder, llava" in r.stderr
