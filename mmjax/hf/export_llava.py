@@ -63,7 +63,7 @@ _LM_HEAD = "language_model.lm_head.weight"
 # mmjax activation -> HF name: the inverse of the import's table, the first
 # HF spelling of each winning (gelu_tanh -> gelu_pytorch_tanh).
 _HF_ACT = {mj: name for name, mj in
-           reversed(list(vision_lib._ACTIVATIONS.items()))}  # pylint: disable=protected-access
+           reversed(list(vision_lib.ACTIVATIONS.items()))}
 _PROJECTOR_ACT = {"mlp": "gelu", "linear": "linear"}
 _MODEL_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
 # LLaVA's feature select strategy that keeps exactly mmjax's tokens: every

@@ -35,7 +35,7 @@ from mmjax.hf.safetensors_io import Checkpoint, HFImportError
 from mmjax.models.text_tower import TextTowerConfig
 from mmjax.models.vision import VisionConfig
 
-_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
+ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                 "gelu": "gelu", "quick_gelu": "quick_gelu", "relu": "relu"}
 # transformers 4.57.1 class defaults for keys a config.json may omit.
 _DEFAULTS = {
@@ -47,10 +47,10 @@ _DEFAULTS = {
 
 
 def _act(name: str) -> str:
-  if name not in _ACTIVATIONS:
+  if name not in ACTIVATIONS:
     raise HFImportError(f"hidden_act={name!r} is not supported; supported: "
-                        f"{sorted(_ACTIVATIONS)}.")
-  return _ACTIVATIONS[name]
+                        f"{sorted(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
 
 
 def vision_config(vc: Mapping[str, Any], kind: str) -> VisionConfig:

@@ -290,7 +290,7 @@ def test_caption_metrics_match_sacrebleu():
 
 
 def test_evaluate_cli_writes_json_and_markdown(tmp_path):
-  from tests.inference.test_generate_cli import make_workdir  # pylint: disable=g-import-not-at-top
+  from tests.helpers import make_workdir  # pylint: disable=g-import-not-at-top
   run = make_workdir(tmp_path / "run", tmp_path / "data")
   cmd = [sys.executable, "-m", "mmjax.evaluate", f"--workdir={run}",
          "--split=heldout", "--max_examples=6", "--batch_size=4",

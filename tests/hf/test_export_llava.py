@@ -28,7 +28,7 @@ from mmjax.train import checkpoint as ckpt_lib
 from mmjax.train import stages
 from tests import helpers
 from tests.conftest import REPO
-from tests.inference.test_generate_cli import make_workdir
+from tests.helpers import make_workdir
 
 _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                num_attention_heads=4, image_size=32, patch_size=8)

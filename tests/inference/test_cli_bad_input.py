@@ -13,7 +13,7 @@ from mmjax.inference import prompts
 from mmjax.inference import run as run_lib
 from mmjax.inference import workdir as workdir_lib
 from mmjax.train import checkpoint as ckpt_lib
-from tests.inference.test_generate_cli import draw_png, make_workdir
+from tests.helpers import draw_png, make_workdir
 from tests import helpers
 
 
