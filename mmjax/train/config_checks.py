@@ -97,7 +97,11 @@ def _check_vocab_fits_model(config):
   if config.model.get("fusion") == "qformer" and (
       config.model.qformer.get("vocab_size", 0) > 0):
     tables.append("qformer")
-  vocab = config.data.get("vocab_size")
+  # The shapes dataset's tokenizer (config.data.vocab_size pieces); a
+  # config.tokenizer replaces it and is checked when it loads
+  # (datasets.check_vocab).
+  vocab = None if datasets.tokenizer_path(config) else config.data.get(
+      "vocab_size")
   for table in tables if vocab is not None else ():
     rows = config.model[table].vocab_size
     if vocab > rows:
