@@ -22,6 +22,8 @@ import numpy as np
 
 from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.models import sizes
+# The model-FLOP count lives in the package (the fit planner prints it too).
+from mmjax.models.flops import analytic_train_flops  # pylint: disable=unused-import
 # The scripts' --fusions choices (jax-free: the torch-only runs import this).
 from mmjax.models.choices import FUSIONS  # pylint: disable=unused-import
 
@@ -127,52 +129,6 @@ def synthetic_batch(cfg, batch: int = BATCH, text_len: int = TEXT_LEN,
   out["images"] = rng.uniform(-1, 1, (batch, 1, cfg.side, cfg.side,
                                       cfg.channels)).astype(np.float32)
   out["image_mask"] = np.ones((batch, 1), bool)
-  return out
-
-
-def analytic_train_flops(cfg, batch: int, seq_len: int) -> dict[str, float]:
-  """Matmul FLOPs of one training step of a projection (LLaVA) model.
-
-  Forward FLOPs are 2 per multiply-add; a training step is 3x forward
-  (backward = input and weight gradients), except the patch embedding,
-  whose input (pixels) needs no gradient (2x). With B examples, L tokens,
-  N patches per image, r ViT blocks run (LLaVA's feature layer -2: depth-1):
-
-    lm         6 * B*L * [n_layers * (d*H*Dh + 2*d*Kh*Dh + H*Dh*d + 3*d*F)
-                          + d*V]                  (embedding lookup: 0)
-    lm_attn    12 * n_layers * B * L^2 * H*Dh     (full L x L: masked, not
-                                                   skipped)
-    vit        6 * B*N * r * (4*Dv^2 + 2*Dv*Fv)
-    vit_attn   12 * r * B * N^2 * Dv
-    patch      4 * B*N * p^2*C * Dv
-    projector  6 * B*N * (Dv*d + d*d)
-
-  Norms, softmax, activations, loss and AdamW are elementwise and left out
-  (XLA's cost_analysis counts them; its total is a little higher).
-
-  Returns:
-    {component: FLOPs} and 'total'.
-  """
-  if cfg.fusion != "projection" or cfg.projector != "mlp":
-    raise ValueError("the analytic count covers fusion='projection' with the "
-                     f"mlp projector, not {cfg.fusion!r}/{cfg.projector!r}")
-  lm, v = cfg.lm, cfg.vision
-  d, dh, h, kh = lm.d_model, lm.resolved_head_dim, lm.n_heads, lm.n_kv_heads
-  per_layer = d * h * dh + 2 * d * kh * dh + h * dh * d + 3 * d * lm.mlp_dim
-  tokens = batch * seq_len
-  n = (v.image_size // v.patch_size) ** 2
-  runs = v.depth if cfg.feature_layer is None else (
-      cfg.feature_layer + (v.depth + 1 if cfg.feature_layer < 0 else 0))
-  dv = v.width
-  out = {
-      "lm": 6.0 * tokens * (lm.n_layers * per_layer + d * lm.vocab_size),
-      "lm_attn": 12.0 * lm.n_layers * batch * seq_len ** 2 * h * dh,
-      "vit": 6.0 * batch * n * runs * (4 * dv * dv + 2 * dv * v.mlp_dim),
-      "vit_attn": 12.0 * runs * batch * n * n * dv,
-      "patch": 4.0 * batch * n * v.patch_size ** 2 * v.channels * dv,
-      "projector": 6.0 * batch * n * (dv * d + d * d),
-  }
-  out["total"] = sum(out.values())
   return out
 
 

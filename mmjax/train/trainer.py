@@ -167,22 +167,44 @@ def _data_state_restorer(iterator) -> Callable[[Mapping[str, Any]], None]:
   return restore
 
 
-def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
-              workdir: str, mesh: Mesh, rules,
-              store: Mapping[str, Any] | None = None) -> StageResult:
-  """Trains one stage to config.stages[stage_name].steps, resuming if needed.
+@dataclasses.dataclass
+class TrainStep:
+  """A stage's sharded train step, built but not compiled (`build_train_step`).
 
-  Args:
-    store: the global parameter store handed over by the previous stage
-      (flat {path: array}); the model takes the leaves it has, initialises
-      the rest, and carries the leaves it does not use.
+  Attributes:
+    model_flat: {model path: abstract leaf} of the stage's model.
+    train: the model paths the stage trains.
+    rng: the init key (from config.seed).
+    init_state: (rng, given, carry) -> the boxed train state.
+    given / carry: store leaves the model takes / carries through.
+    abstract: the unboxed abstract train state (ShapeDtypeStructs).
+    shardings: its NamedShardings on the mesh.
+    batch_sharding: the sharding of every batch array.
+    jitted_step: jit((state, batch) -> (state, metrics)), state donated.
+    tx, schedule: the stage's optimizer and learning-rate schedule.
   """
-  stage = config.stages[stage_name]
-  total = int(stage.steps)
-  batch_size = config_lib.stage_batch_size(config, stage_name)
-  main_process = jax.process_index() == 0
-  store = dict(store or {})
+  model_flat: dict[str, Any]
+  train: list[str]
+  rng: jax.Array
+  init_state: Callable[..., Any]
+  given: dict[str, Any]
+  carry: dict[str, Any]
+  abstract: Any
+  shardings: Any
+  batch_sharding: Any
+  jitted_step: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
 
+
+def build_train_step(config: ml_collections.ConfigDict, stage_name: str,
+                     task: Task, mesh: Mesh, rules,
+                     store: Mapping[str, Any] | None = None) -> TrainStep:
+  """The train state's layout and the jitted step of one stage, as
+  `run_stage` trains it; nothing is initialised or compiled (the fit
+  planner, mmjax/train/fit_plan.py, lowers the same step)."""
+  stage = config.stages[stage_name]
+  store = dict(store or {})
   rng = jax.random.key(config.seed)
   model_flat = groups.flatten(nn.unbox(jax.eval_shape(task.init_params, rng)))
   global_of = {p: task.to_global(p) for p in model_flat}
@@ -220,6 +242,34 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
   abstract = jax.eval_shape(init_state, rng, given, carry)
   shardings = parallel.logical_shardings(abstract, mesh, rules)
   abstract = nn.unbox(abstract)
+  batch_sharding = parallel.batch_sharding(mesh, rules)
+  return TrainStep(
+      model_flat=model_flat, train=train, rng=rng, init_state=init_state,
+      given=given, carry=carry, abstract=abstract, shardings=shardings,
+      batch_sharding=batch_sharding,
+      jitted_step=_make_train_step(task, train, tx, schedule, config.seed,
+                                   shardings, batch_sharding),
+      tx=tx, schedule=schedule)
+
+
+def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
+              workdir: str, mesh: Mesh, rules,
+              store: Mapping[str, Any] | None = None) -> StageResult:
+  """Trains one stage to config.stages[stage_name].steps, resuming if needed.
+
+  Args:
+    store: the global parameter store handed over by the previous stage
+      (flat {path: array}); the model takes the leaves it has, initialises
+      the rest, and carries the leaves it does not use.
+  """
+  stage = config.stages[stage_name]
+  total = int(stage.steps)
+  batch_size = config_lib.stage_batch_size(config, stage_name)
+  main_process = jax.process_index() == 0
+  built = build_train_step(config, stage_name, task, mesh, rules, store)
+  model_flat, train, rng = built.model_flat, built.train, built.rng
+  init_state, given, carry = built.init_state, built.given, built.carry
+  abstract, shardings = built.abstract, built.shardings
   shapes = ckpt_lib.param_shapes(abstract["params"])
   directory = stage_dir(workdir, stage_name)
   check_workdir(workdir, stage_name, abstract["params"])
@@ -258,9 +308,7 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
           f"({n_train / 1e6:.2f}M trained); mesh {mesh_text} "
           f"over {jax.device_count()} {jax.devices()[0].platform} device(s); "
           f"{total} steps of batch {batch_size}", flush=True)
-  batch_sharding = parallel.batch_sharding(mesh, rules)
-  jitted_step = _make_train_step(task, train, tx, schedule, config.seed,
-                                 shardings, batch_sharding)
+  batch_sharding, jitted_step = built.batch_sharding, built.jitted_step
   compiled_steps = {}
 
   def train_step(state, batch):
