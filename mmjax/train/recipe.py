@@ -89,12 +89,14 @@ def _run_locked(config, workdir, names, verbose, after_stage, evaluator
     for path, leaf in groups.flatten(trainer.abstract_params(init)).items():
       model_shapes.setdefault(to_global(path), tuple(leaf.shape))
 
+  # The global parameter store: each stage starts from what the previous
+  # one ended with (or from config.init_from), with a fresh optimizer. Read
+  # and checked before config.json is written: a bad init_from leaves the
+  # workdir as it was.
+  store = init_from.load(config, model_shapes)
   main_process = jax.process_index() == 0
   check_run_config(config, workdir, write=main_process)
   done = []
-  # The global parameter store: each stage starts from what the previous
-  # one ended with (or from config.init_from), with a fresh optimizer.
-  store = init_from.load(config, model_shapes)
   for name in names:
     built = stages.build_task(config, name, workdir)
     result = trainer.run_stage(config, name, built.task, workdir, mesh, rules,

@@ -26,6 +26,7 @@ def _gemma2():
 
 @pytest.fixture(scope="module")
 def gemma2(tmp_path_factory):
+  torch.manual_seed(0)  # the same model whichever tests ran before
   model = hf_testing.perturb(_gemma2(), seed=4)
   return model, hf.import_checkpoint(hf_testing.save(
       model, tmp_path_factory.mktemp("gemma2")))

@@ -20,6 +20,7 @@ _TEXT = dict(vocab_size=96, hidden_size=32, intermediate_size=64,
 
 @pytest.fixture(scope="module")
 def paligemma(tmp_path_factory):
+  torch.manual_seed(0)  # the same model whichever tests ran before
   config = transformers.PaliGemmaConfig(
       vision_config=transformers.SiglipVisionConfig(**_VISION),
       text_config=transformers.GemmaConfig(**_TEXT),

@@ -17,6 +17,7 @@ H, W = 56, 84  # 4 x 6 patches -> 2 x 3 merged tokens; not square on purpose
 
 @pytest.fixture(scope="module")
 def qwen2vl(tmp_path_factory):
+  torch.manual_seed(0)  # the same model whichever tests ran before
   config = transformers.Qwen2VLConfig(
       vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2,
                          mlp_ratio=2, patch_size=PATCH, spatial_merge_size=2,

@@ -143,6 +143,9 @@ def test_old_spelling_of_init_from_on_the_command_line(tmp_path):
       "mmjax.main", "--config=configs/lm.py:tiny,steps=1",
       f"--workdir={tmp_path / 'w'}", f"--config.init_from={missing}"))
   assert f"config.init_from.all={missing!r} is not a directory" in line
+  workdir = tmp_path / "w"  # nothing written: no config, no checkpoint
+  assert not (workdir / "config.json").exists()
+  assert not (workdir / "checkpoints").exists()
 
 
 def test_a_run_config_from_before_the_groups_resumes(lm_config):
