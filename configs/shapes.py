@@ -117,8 +117,11 @@ def get_config(arg=None):
   config.log_every = 10
   config.eval_every = 0
   config.eval_batches = 2
+  # VQA questions per split (1,000: a standard error near 0.015 on the
+  # overall accuracy) and images ranked in retrieval (recall@k among 200).
   config.eval = ml_collections.ConfigDict(dict(
-      max_examples=200, batch_size=32, max_new_tokens=4))
+      max_examples=1000, retrieval_examples=200, batch_size=32,
+      max_new_tokens=4))
   config.progress_bar = True
   config.checkpoint = ml_collections.ConfigDict(dict(
       every=200, keep=2, async_save=True))

@@ -96,16 +96,57 @@ class StageEvaluator:
           self.workdir, "accuracy.png"))
       lines += ["", f"![accuracy by question type]"
                     f"({os.path.basename(acc_png)})"]
+    confusions = [(name, m["test/confusion/shape"])
+                  for name, m in self.results.items()
+                  if m.get("test/confusion/shape")]
+    if confusions:  # the last stage that answered shape questions
+      name, confusion = confusions[-1]
+      png = plots.plot_confusion(
+          confusion, os.path.join(self.workdir, "shape_confusion.png"),
+          title=f"shape answers after {name} (test)")
+      lines += ["", f"![shape confusion]({os.path.basename(png)})"]
     lines.append("")
+    table = _accuracy_table(self.results)
+    if table:
+      lines += [table, ""]
     for name, m in self.results.items():
       lines.append(results.results_markdown(name, _headline(m)))
     return "\n".join(lines)
 
 
+def _accuracy_table(results_by_stage: Mapping[str, Mapping[str, Any]]) -> str:
+  """Markdown: accuracy +- standard error (questions) per stage, split and
+  question type."""
+  rows, qtypes = [], []
+  for name, m in results_by_stage.items():
+    for split in ("test", "heldout"):
+      prefix = f"{split}/acc/"
+      found = [k[len(prefix):] for k in m if k.startswith(prefix)]
+      if found:
+        qtypes += [q for q in found if q not in qtypes]
+        rows.append((name, split, m))
+  if not rows:
+    return ""
+  qtypes = [q for q in qtypes if q != "all"] + ["all"]
+  lines = ["### Accuracy by question type (+- standard error, questions)", "",
+           "| stage | split | " + " | ".join(qtypes) + " |",
+           "|---|---|" + "---|" * len(qtypes)]
+  for name, split, m in rows:
+    cells = []
+    for q in qtypes:
+      acc = m.get(f"{split}/acc/{q}")
+      cells.append("n/a" if acc is None else
+                   f"{acc:.3f} +- {m.get(f'{split}/se/{q}', 0.0):.3f} "
+                   f"({m.get(f'{split}/count/{q}', 0)})")
+    lines.append(f"| {name} | {split} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
   """The metrics worth a table row (no counts), samples of the test split."""
   keep = {k: v for k, v in metrics.items()
-          if isinstance(v, (int, float)) and "count" not in k}
+          if isinstance(v, (int, float)) and "count" not in k
+          and "/se/" not in k}  # in the accuracy table
   samples = metrics.get("test/samples")
   if samples:
     keep["samples"] = samples

@@ -1,4 +1,5 @@
-"""PNG plots for WORKDIR/report.md: loss curves and accuracy by question type.
+"""PNG plots for WORKDIR/report.md: loss curves, accuracy by question type,
+the confusion matrix of shape answers.
 
   records = metrics.read_metrics(workdir)
   plot_losses(records, os.path.join(workdir, "loss.png"))
@@ -158,4 +159,41 @@ def plot_accuracy(by_stage: Mapping[str, Mapping[str, Any]], path: str,
   if not qtypes:
     ax.text(0.5, 0.5, "no accuracies", ha="center", va="center",
             transform=ax.transAxes)
+  return _save(fig, path)
+
+
+def plot_confusion(confusion: Mapping[str, Any], path: str,
+                   title: str = "shape answers") -> str:
+  """A heat map of `vqa.answer_confusion`: rows the gold answer, columns
+  the predicted one, each cell its count and each row normalised to 1.
+
+  Args:
+    confusion: {"labels", "predicted", "matrix"} (int counts [G][P]).
+    path: the PNG to write.
+
+  Returns:
+    path.
+  """
+  gold, predicted = list(confusion["labels"]), list(confusion["predicted"])
+  matrix = [list(map(int, row)) for row in confusion["matrix"]]
+  shares = [[c / max(sum(row), 1) for c in row] for row in matrix]
+  fig = Figure(figsize=(1.0 * len(predicted) + 2.5,
+                        0.7 * max(len(gold), 1) + 1.8), layout="constrained")
+  ax = fig.subplots()
+  if gold:
+    image = ax.imshow(shares, vmin=0.0, vmax=1.0, cmap="Blues")
+    for i, row in enumerate(matrix):
+      for j, count in enumerate(row):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if shares[i][j] > 0.6 else "black",
+                fontsize="small")
+    fig.colorbar(image, ax=ax, label="share of the row")
+  else:
+    ax.text(0.5, 0.5, "no questions", ha="center", va="center",
+            transform=ax.transAxes)
+  ax.set_xticks(range(len(predicted)), predicted, rotation=30, ha="right")
+  ax.set_yticks(range(len(gold)), gold)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("answer")
+  ax.set_title(f"{title} (n={sum(map(sum, matrix))})")
   return _save(fig, path)

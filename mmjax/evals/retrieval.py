@@ -88,12 +88,14 @@ def evaluate_retrieval(model: TwoTower, params: Any, tokenizer: Tokenizer,
 
 
 def retrieval_evaluator(ctx: registry.EvalContext) -> dict[str, Any]:
-  """`retrieval` after a contrastive stage: recall@1/@5 on the test split."""
+  """`retrieval` after a contrastive stage: recall@1/@5 on the test split,
+  among config.eval.retrieval_examples images (else max_examples)."""
   config = ctx.config
   return evaluate_retrieval(
       ctx.model, ctx.params, ctx.tokenizer,
       builders.load_source(ctx.dataset, "test"), config.model.text.max_len,
-      max_examples=config.eval.max_examples,
+      max_examples=config.eval.get("retrieval_examples",
+                                   config.eval.max_examples),
       batch_size=config.eval.batch_size)
 
 

@@ -31,13 +31,21 @@ def normalize_answer(text: str) -> str:
   return text.strip().lower().rstrip(".").strip()
 
 
+def standard_error(accuracy: float, count: int) -> float:
+  """Binomial standard error sqrt(p (1 - p) / n) of an accuracy over n
+  questions. Questions about one image are not independent, so the true
+  error is somewhat larger: read it as a lower bound."""
+  return float(np.sqrt(accuracy * (1.0 - accuracy) / count)) if count else 0.0
+
+
 def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str],
                  qtypes: Sequence[str]) -> dict[str, float | int]:
   """Exact match after `normalize_answer`, overall and per question type.
 
   Returns:
-    {"acc/all", "count/all", and "acc/<qtype>", "count/<qtype>" for each
-    question type present (shapes.QTYPES order, then others sorted)}.
+    {"acc/all", "count/all", "se/all", and "acc/<qtype>", "count/<qtype>",
+    "se/<qtype>" (`standard_error`) for each question type present
+    (shapes.QTYPES order, then others sorted)}.
   """
   if not len(predictions) == len(answers) == len(qtypes):
     raise ValueError(f"{len(predictions)} predictions, {len(answers)} answers "
@@ -51,7 +59,31 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str],
     mine = [h for h, q in zip(hits, qtypes) if name in ("all", q)]
     out[f"acc/{name}"] = float(np.mean(mine)) if mine else 0.0
     out[f"count/{name}"] = len(mine)
+    out[f"se/{name}"] = standard_error(out[f"acc/{name}"], len(mine))
   return out
+
+
+OTHER = "(other)"  # a confusion-matrix column: answers outside the labels
+
+
+def answer_confusion(predictions: Sequence[str], answers: Sequence[str],
+                     qtypes: Sequence[str], qtype: str
+                     ) -> dict[str, list[Any]]:
+  """Counts of (gold answer, predicted answer) for one question type.
+
+  Returns:
+    {"labels": the gold answers sorted, "predicted": labels + [OTHER],
+    "matrix": int counts [len(labels)][len(labels) + 1], rows gold,
+    columns predicted (any answer that is no label counts as OTHER)}.
+  """
+  pairs = [(normalize_answer(a), normalize_answer(p))
+           for p, a, q in zip(predictions, answers, qtypes) if q == qtype]
+  labels = sorted({gold for gold, _ in pairs})
+  column = {label: i for i, label in enumerate(labels)}
+  matrix = [[0] * (len(labels) + 1) for _ in labels]
+  for gold, pred in pairs:
+    matrix[column[gold]][column.get(pred, len(labels))] += 1
+  return {"labels": labels, "predicted": labels + [OTHER], "matrix": matrix}
 
 
 def yes_no_metrics(predictions: Sequence[str], answers: Sequence[str]
@@ -119,7 +151,8 @@ def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
   Returns:
     `vqa_accuracy` keys; `pope/<key>` = `yes_no_metrics` on existence
     questions; `absent_yes_rate` = yes-rate on existence questions about
-    absent objects (answer "no"); "samples": the first `num_samples`
+    absent objects (answer "no"); "confusion/shape": `answer_confusion`
+    of the shape questions; "samples": the first `num_samples`
     {question, answer, prediction, qtype} dicts.
   """
   examples, prompts, pixels = shapes_examples(cfg, tokenizer, source,
@@ -140,6 +173,9 @@ def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
   absent = [i for i in exist if normalize_answer(answers[i]) == "no"]
   metrics["absent_yes_rate"] = yes_no_metrics(
       [preds[i] for i in absent], [answers[i] for i in absent])["yes_rate"]
+  # What shape answers are mistaken for: the plot beside report.md.
+  metrics["confusion/shape"] = answer_confusion(preds, answers, qtypes,
+                                                "shape")
   metrics["samples"] = [
       {"question": q, "answer": a, "prediction": p, "qtype": t} for q, a, p, t
       in zip(questions[:num_samples], answers, preds, qtypes)]

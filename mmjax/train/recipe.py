@@ -124,7 +124,7 @@ def _run_locked(config, workdir, names, verbose, after_stage, evaluator
 
 # Settings a resumed run may change: they do not change what it computes
 # (docs/getting-started.md). Dotted config paths; a prefix covers its keys.
-RESUME_SETTINGS = ("progress_bar", "log_every", "eval_every",
+RESUME_SETTINGS = ("progress_bar", "log_every", "eval_every", "eval",
                    "checkpoint.every", "checkpoint.keep",
                    "checkpoint.async_save", "mesh", "data.num_workers",
                    "data.data_dir")
