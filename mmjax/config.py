@@ -199,6 +199,50 @@ def to_plain(value: Any) -> Any:
   return value
 
 
+# -------------------------------------------------------------- meshes --
+# The device mesh's axes, in order (mmjax/parallel.py builds the mesh).
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def parse_mesh_spec(text: str, flag: str = "--mesh",
+                    allow_rest: bool = False) -> dict[str, int]:
+  """'fsdp:8,tensor:2' -> {'fsdp': 8, 'tensor': 2} (the axes named only).
+
+  JAX-free, so a CLI can size simulated devices before JAX starts.
+
+  Args:
+    text: comma-separated AXIS:SIZE items.
+    flag: the flag named in messages.
+    allow_rest: a size may be -1 (the remaining devices).
+
+  Raises:
+    ConfigError: an empty spec, an unknown or repeated axis, a size that is
+      not a positive integer (or -1 with allow_rest).
+  """
+  sizes: dict[str, int] = {}
+  for item in filter(None, (s.strip() for s in (text or "").split(","))):
+    axis, sep, raw = item.partition(":")
+    if not sep or axis not in MESH_AXES:
+      raise ConfigError(
+          f"{flag}={text}: {item!r} is not AXIS:SIZE with AXIS one of "
+          f"{', '.join(MESH_AXES)} (e.g. {flag}=fsdp:8 or "
+          f"{flag}=fsdp:4,tensor:2)")
+    if axis in sizes:
+      raise ConfigError(f"{flag}={text} names axis {axis!r} twice")
+    try:
+      size = int(raw)
+    except ValueError:
+      size = 0
+    if size < 1 and not (allow_rest and size == -1):
+      raise ConfigError(
+          f"{flag}={text}: {axis} size {raw!r} must be a positive integer"
+          + (" or -1 (the rest)" if allow_rest else ""))
+    sizes[axis] = size
+  if not sizes:
+    raise ConfigError(f"{flag} is empty; give e.g. {flag}=fsdp:8")
+  return sizes
+
+
 # ---------------------------------------------------- external weights --
 INIT_FROM_ALL = "all"  # the key of a whole tree; the others are groups
 

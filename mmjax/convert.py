@@ -52,13 +52,7 @@ _ALLOW_NONFINITE = flags.DEFINE_bool(
 
 def _mesh(spec: str):
   from mmjax import parallel  # pylint: disable=g-import-not-at-top
-  sizes = {}
-  for item in filter(None, spec.split(",")):
-    name, _, size = item.partition(":")
-    if name not in parallel.MESH_AXES or not size.lstrip("-").isdigit():
-      raise ValueError(f"--mesh={spec!r}: expected comma-separated AXIS:SIZE "
-                       f"with AXIS in {parallel.MESH_AXES}.")
-    sizes[name] = int(size)
+  sizes = config_lib.parse_mesh_spec(spec, allow_rest=True)
   sizes.setdefault("data", -1 if -1 not in sizes.values() else 1)
   return parallel.make_mesh(sizes)
 

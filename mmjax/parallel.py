@@ -18,9 +18,8 @@ from jax.experimental import mesh_utils
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmjax.config import ConfigError
+from mmjax.config import MESH_AXES, ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
 T = TypeVar("T")
 
 # Logical axis -> mesh axes. The one place this table lives; a config may

@@ -53,9 +53,8 @@ def _mesh_devices(text: str) -> int | None:
   """The device count of --mesh, None when it does not parse (the planner
   then says what is wrong)."""
   try:
-    return max(1, math.prod(
-        int(item.partition(":")[2]) for item in text.split(",") if item))
-  except ValueError:
+    return math.prod(config_lib.parse_mesh_spec(text).values())
+  except config_lib.ConfigError:
     return None
 
 

@@ -7,6 +7,7 @@ import jax
 import pytest
 
 from mmjax import parallel
+from mmjax import config as config_lib
 from mmjax.config import ConfigError, load_config
 from mmjax.train import fit_plan
 from tests.conftest import REPO
@@ -108,6 +109,11 @@ def test_parse_mesh():
                        ("fsdp", "not AXIS:SIZE")):
     with pytest.raises(ConfigError, match=message):
       fit_plan.parse_mesh(bad)
+  # convert's --mesh may leave an axis to the rest of the devices
+  assert config_lib.parse_mesh_spec("fsdp:-1", allow_rest=True) == {
+      "fsdp": -1}
+  with pytest.raises(ConfigError, match="positive integer or -1"):
+    config_lib.parse_mesh_spec("fsdp:-2", allow_rest=True)
 
 
 def test_preference_stages_count_two_sequences_and_text_stages_are_refused():

@@ -122,31 +122,9 @@ def parse_mesh(text: str) -> dict[str, int]:
 
   Raises:
     ConfigError: an unknown axis, a repeated axis or a size that is not a
-      positive integer.
+      positive integer (`config.parse_mesh_spec`).
   """
-  sizes = {a: 1 for a in parallel.MESH_AXES}
-  seen = set()
-  for item in filter(None, (s.strip() for s in (text or "").split(","))):
-    axis, sep, raw = item.partition(":")
-    if not sep or axis not in sizes:
-      raise C.ConfigError(
-          f"--mesh={text}: {item!r} is not AXIS:SIZE with AXIS one of "
-          f"{', '.join(parallel.MESH_AXES)} (e.g. --mesh=fsdp:64 or "
-          "--mesh=fsdp:8,tensor:2)")
-    if axis in seen:
-      raise C.ConfigError(f"--mesh={text} names axis {axis!r} twice")
-    seen.add(axis)
-    try:
-      size = int(raw)
-    except ValueError:
-      size = 0
-    if size < 1:
-      raise C.ConfigError(f"--mesh={text}: {axis} size {raw!r} must be a "
-                          "positive integer")
-    sizes[axis] = size
-  if not seen:
-    raise C.ConfigError("--mesh is empty; give e.g. --mesh=fsdp:64")
-  return sizes
+  return {**{a: 1 for a in parallel.MESH_AXES}, **C.parse_mesh_spec(text)}
 
 
 def check_batch(mesh_sizes: Mapping[str, int], batch: int, stage: str
