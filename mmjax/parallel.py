@@ -169,6 +169,20 @@ def first_process_then_others(fn: Callable[[], T], name: str) -> T:
   return result if jax.process_index() == 0 else fn()
 
 
+def _checkpoint_tree(path: str) -> Any:
+  """The metadata tree of an orbax pytree checkpoint (no arrays read)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (heavy; only restores need it)
+  tree = ocp.PyTreeCheckpointer().metadata(path)
+  tree = getattr(tree, "item_metadata", tree)
+  return getattr(tree, "tree", tree)
+
+
+def checkpoint_keys(path: str) -> list[str]:
+  """The top-level entries of an orbax pytree checkpoint, from its
+  metadata (no arrays read)."""
+  return list(_checkpoint_tree(path))
+
+
 def restore_on_one_device(path: str, keys: Sequence[str] | None = None
                           ) -> Any:
   """An orbax pytree checkpoint with every array on the first local device,
@@ -181,9 +195,7 @@ def restore_on_one_device(path: str, keys: Sequence[str] | None = None
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (heavy; only restores need it)
   ckptr = ocp.PyTreeCheckpointer()
-  tree = ckptr.metadata(path)
-  tree = getattr(tree, "item_metadata", tree)
-  tree = getattr(tree, "tree", tree)
+  tree = _checkpoint_tree(path)
   if keys is not None:
     tree = {k: tree[k] for k in keys if k in tree}
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -15,13 +15,14 @@ CLI: `python -m mmjax.convert --hf_dir=DIR --out=DIR`, and back with
 
 from mmjax.hf.families import FAMILIES, build_module
 from mmjax.hf.importer import (Converted, SUPPORTED_MODEL_TYPES,
-                               import_checkpoint, load_converted,
-                               save_converted)
+                               converted_meta, import_checkpoint,
+                               load_converted, save_converted)
 from mmjax.hf.safetensors_io import Checkpoint, HFImportError
 from mmjax.hf.export import HFExportError, export_decoder
 from mmjax.hf.export_llava import export_llava
 
 __all__ = ["Checkpoint", "Converted", "FAMILIES", "HFExportError",
            "HFImportError", "SUPPORTED_MODEL_TYPES", "build_module",
+           "converted_meta",
            "export_decoder", "export_llava", "import_checkpoint",
            "load_converted", "save_converted"]

@@ -168,9 +168,11 @@ def save_converted(conv: Converted, out_dir: str | pathlib.Path,
   return out
 
 
-def _converted_meta(out: pathlib.Path) -> dict[str, Any]:
-  """OUT/config.json of a `save_converted` directory; HFImportError saying
-  what the directory is instead."""
+def converted_meta(out: str | pathlib.Path) -> dict[str, Any]:
+  """OUT/config.json ({"family", "model", "hf"}) of a `save_converted`
+  directory, without reading its parameters; HFImportError saying what the
+  directory is instead."""
+  out = pathlib.Path(out).resolve()
   try:
     meta = json.loads((out / "config.json").read_text())
   except (OSError, ValueError):
@@ -199,7 +201,7 @@ def load_converted(out_dir: str | pathlib.Path, target: Any = None
       mesh it was saved from.
   """
   out = pathlib.Path(out_dir).resolve()
-  meta = _converted_meta(out)
+  meta = converted_meta(out)
   if target is None:
     params = parallel.restore_on_one_device(str(out / "params"))
   else:

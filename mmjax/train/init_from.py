@@ -65,18 +65,38 @@ def _checkpoint_dir(path: str, key: str) -> str:
 def read(path: str, key: str = ALL) -> tuple[dict[str, Any], dict[str, Any]]:
   """(flat {global path: array}, {'family', 'model'} or {}) of one DIR.
 
-  Arrays are restored onto one device whatever mesh saved them; the stage
+  For a group `key`, only the top-level entries that map to that group are
+  read (a tower taken from a whole LLaVA does not load its 7B LLM). Arrays
+  are restored onto one device whatever mesh saved them; the stage
   re-shards them.
   """
   path = _checkpoint_dir(path, key)
   if os.path.exists(os.path.join(path, "config.json")):
-    converted = hf.load_converted(path)
-    family, params = converted.family, converted.params
-    meta = {"family": family, "model": converted.model}
+    converted = hf.converted_meta(path)
+    family, meta = converted["family"], {"family": converted["family"],
+                                         "model": converted["model"]}
+    params_dir = os.path.join(path, "params")
   else:
-    family, params, meta = "", parallel.restore_on_one_device(path), {}
+    family, meta, params_dir = "", {}, path
   to_global = groups.prefix_mapper(groups.FAMILY_PATHS.get(family, {}))
+  keys = None
+  if key != ALL:
+    keys = [name for name in parallel.checkpoint_keys(params_dir)
+            if _group_of(to_global(name)) == key]
+  params = parallel.restore_on_one_device(params_dir, keys)
   return {to_global(k): v for k, v in groups.flatten(params).items()}, meta
+
+
+def held_groups(path: str) -> list[str]:
+  """The groups a DIR holds, read from its metadata only."""
+  path = _checkpoint_dir(path, ALL)
+  family, params_dir = "", path
+  if os.path.exists(os.path.join(path, "config.json")):
+    family = hf.converted_meta(path)["family"]
+    params_dir = os.path.join(path, "params")
+  to_global = groups.prefix_mapper(groups.FAMILY_PATHS.get(family, {}))
+  return sorted({_group_of(to_global(name))
+                 for name in parallel.checkpoint_keys(params_dir)})
 
 
 def _group_of(path: str) -> str:
@@ -107,18 +127,17 @@ def load(config: ml_collections.ConfigDict,
   model_groups = _group_names(model_shapes) if model_shapes else None
   # The whole tree first, so that group entries override its groups.
   for key in sorted(entries, key=lambda k: k != ALL):
-    flat, meta = read(entries[key], key)
     if key != ALL:
       if model_groups is not None and key not in model_groups:
         raise ConfigError(
             f"config.init_from.{key}: the run's models have no '{key}' "
             f"group (they have {', '.join(model_groups)})")
-      held = _group_names(flat)
-      flat = {p: v for p, v in flat.items() if _group_of(p) == key}
-      if not flat:
+      held = held_groups(entries[key])
+      if key not in held:
         raise ConfigError(
             f"config.init_from.{key}={entries[key]} holds no '{key}' "
             f"parameters (it holds {', '.join(held) or 'none'})")
+    flat, meta = read(entries[key], key)
     for p in flat:
       sources[p] = (key, entries[key], meta)
     store.update(flat)

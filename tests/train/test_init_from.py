@@ -47,6 +47,10 @@ def test_groups_come_from_their_own_checkpoints(tmp_path):
   store = init_from.load(config, _SHAPES)
   assert sorted(store) == ["llm/embed/embedding", "llm/lm_head/kernel",
                            "vision/proj/kernel"]  # connector starts fresh
+  # A group entry reads only its group's entries of the tree.
+  flat, _ = init_from.read(str(tmp_path / "a"), "vision")
+  assert list(flat) == ["vision/proj/kernel"]
+  assert init_from.held_groups(str(tmp_path / "a")) == ["llm", "vision"]
   np.testing.assert_array_equal(store["vision/proj/kernel"],
                                 a["vision"]["proj"]["kernel"])
   np.testing.assert_array_equal(store["llm/embed/embedding"],
