@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from mmjax import config as config_lib
 
@@ -88,6 +89,10 @@ def run(argv) -> str:
 def main(argv):
   if len(argv) > 1:
     config_lib.fail(f"unexpected arguments {list(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    # tfds and orbax log every dataset and file read at INFO: a refusal
+    # must stay one line on stderr.
+    logging.set_verbosity(logging.WARNING)
   try:
     out = run(argv)
   except (ValueError, OSError) as e:  # HFImportError / HFExportError too
