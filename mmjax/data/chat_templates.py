@@ -35,6 +35,7 @@ of a token written as text, None if absent), and for rendered templates
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
@@ -110,7 +111,7 @@ def _need_token(tok: Any, token: str | None, template: str, what: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class ChatTemplate:
+class ChatTemplate(abc.ABC):
   """A named chat format (module docstring); subclasses encode."""
   name: str
   description: str
@@ -119,20 +120,20 @@ class ChatTemplate:
     """ConfigError when `tok` lacks a token the template writes."""
     self.end_of_turn_id(tok)
 
+  @abc.abstractmethod
   def end_of_turn_id(self, tok: Any) -> int:
     """The id that ends an assistant turn (generation stops there)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def encode_chat(self, tok: Any, turns: Sequence[Mapping[str, str]], *,
                   add_bos: bool = True) -> tuple[list[int], list[int]]:
     """(ids, loss_mask) of a conversation, two lists of equal length."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def prompt_ids(self, tok: Any, turns: Sequence[Mapping[str, str]], *,
                  add_bos: bool = True) -> list[int]:
     """The ids that prompt the next assistant turn (ends where its answer
     starts). ValueError if the last turn is already an assistant turn."""
-    raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True)

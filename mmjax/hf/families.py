@@ -17,6 +17,7 @@ so a stage can take them as that group of a larger model.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -99,3 +100,16 @@ def dummy_inputs(family: str, model: Mapping[str, Any],
     return (jnp.zeros((1, 2, width), jnp.float32),), {}
   p = model["patch_size"]
   return (jnp.zeros((1, p, p, model["channels"]), jnp.float32),), {}
+
+
+def mllm_model_dict(fusion: str, vcfg, lm, **kw) -> dict[str, Any]:
+  """The `model` block of an imported MLLM: an MLLMConfig as the nested dict
+  of a recipe's config.model (rope positions, the mlp projector, the
+  tower's final output and one frame unless `kw` says otherwise)."""
+  d = dict(fusion=fusion, positions="rope", projector="mlp",
+           feature_layer=None, image_attention="causal",
+           patch_size=vcfg.patch_size, image_size=vcfg.image_size,
+           channels=vcfg.channels, frames=1, lm=dataclasses.asdict(lm),
+           vision=dataclasses.asdict(vcfg), resampler=None, qformer=None)
+  d.update(kw)
+  return d

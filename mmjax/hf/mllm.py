@@ -54,6 +54,7 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
+from mmjax.hf import families
 from mmjax.hf import llm as llm_lib
 from mmjax.hf import plan as P
 from mmjax.hf import vision as vision_lib
@@ -62,17 +63,6 @@ from mmjax.models.qformer import QFormerConfig
 from mmjax.models.resampler import ResamplerConfig
 
 Result = tuple[dict[str, Any], P.Plan, list[str]]
-
-
-def _mllm_dict(fusion: str, vcfg, lm, **kw) -> dict[str, Any]:
-  """An MLLMConfig as the nested dict of `configs/shapes.py`'s model block."""
-  d = dict(fusion=fusion, positions="rope", projector="mlp",
-           feature_layer=None, image_attention="causal",
-           patch_size=vcfg.patch_size, image_size=vcfg.image_size,
-           channels=vcfg.channels, frames=1, lm=dataclasses.asdict(lm),
-           vision=dataclasses.asdict(vcfg), resampler=None, qformer=None)
-  d.update(kw)
-  return d
 
 
 def _lm_head(ckpt: Checkpoint, candidates: tuple[str, ...]) -> str:
@@ -129,14 +119,7 @@ def llava_import(ckpt: Checkpoint, config: Mapping[str, Any],
   ignore = list(llm_lib.DECODER_IGNORE) + ["*position_ids"]
   if lm.tie_embeddings:
     ignore += ["language_model.lm_head.weight", "lm_head.weight"]
-  head = [k for k in ckpt.keys() if k.startswith(vp + "head.")]
-  if head:
-    # LLaVA reads patch features of one layer; the SigLIP MAP head (pooled
-    # output) never reaches the LM, so its tensors are dropped.
-    ignore.append(vp + "head.*")
-    notes.append(f"LLaVA: skipped the SigLIP MAP head ({len(head)} tensors "
-                 f"under {vp}head.*; vision_use_head=true): LLaVA uses the "
-                 f"patch features, never the pooled output.")
+  vision_lib.skip_siglip_head(ckpt, vp, ignore, notes, "LLaVA")
   if kind == "siglip" and layer in (-1, vcfg.depth):
     # transformers 4.57.1 replaces a SigLIP tower's last hidden_states entry
     # by last_hidden_state, which is post-layernormed: that is mmjax's final
@@ -145,7 +128,7 @@ def llava_import(ckpt: Checkpoint, config: Mapping[str, Any],
     notes.append("LLaVA: vision_feature_layer=-1 of a SigLIP tower is its "
                  "post-layernorm output in transformers 4.57.1 "
                  "(feature_layer=None).")
-  cfg = _mllm_dict("projection", vcfg, lm, feature_layer=layer)
+  cfg = families.mllm_model_dict("projection", vcfg, lm, feature_layer=layer)
   return cfg, plan, ignore
 
 
@@ -184,7 +167,7 @@ def idefics2_import(ckpt: Checkpoint, config: Mapping[str, Any],
   ignore = list(llm_lib.DECODER_IGNORE) + ["*position_ids"]
   if lm.tie_embeddings:
     ignore.append("lm_head.weight")
-  cfg = _mllm_dict("resampler", vcfg, lm,
+  cfg = families.mllm_model_dict("resampler", vcfg, lm,
                    resampler=dataclasses.asdict(rcfg))
   return cfg, plan, ignore
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from mmjax.hf import families
 from mmjax.hf import llm as llm_lib
 from mmjax.hf import plan as P
 from mmjax.hf import vision as vision_lib
@@ -68,14 +69,6 @@ def paligemma_import(ckpt: Checkpoint, config: Mapping[str, Any],
   ignore = list(llm_lib.DECODER_IGNORE) + ["*position_ids"]
   if lm.tie_embeddings:
     ignore += ["lm_head.weight", "language_model.lm_head.weight"]
-  head = [k for k in ckpt.keys() if k.startswith(vp + "head.")]
-  if head:
-    ignore.append(vp + "head.*")
-    notes.append(f"PaliGemma: skipped the SigLIP MAP head ({len(head)} "
-                 f"tensors; PaliGemma reads the patch tokens).")
-  cfg = dict(fusion="projection", positions="rope", projector="linear",
-             feature_layer=None, image_attention="causal",
-             patch_size=vcfg.patch_size, image_size=vcfg.image_size,
-             channels=vcfg.channels, frames=1, lm=dataclasses.asdict(lm),
-             vision=dataclasses.asdict(vcfg), resampler=None, qformer=None)
+  vision_lib.skip_siglip_head(ckpt, vp, ignore, notes, "PaliGemma")
+  cfg = families.mllm_model_dict("projection", vcfg, lm, projector="linear")
   return cfg, plan, ignore

@@ -24,9 +24,9 @@ and M-RoPE positions from `models/position_ids.py` (`get_rope_index`).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
+from mmjax.hf import families
 from mmjax.hf import llm as llm_lib
 from mmjax.hf import plan as P
 from mmjax.hf.safetensors_io import Checkpoint, HFImportError
@@ -133,9 +133,6 @@ def qwen2vl_import(ckpt: Checkpoint, config: Mapping[str, Any],
   notes.append("Qwen2-VL: fixed-size still images only (sides multiples of "
                f"{vcfg.unit} px, one image per media item); video and "
                "dynamic resolution within a batch are not supported.")
-  cfg = dict(fusion="projection", positions="mrope", projector="patch_merger",
-             feature_layer=None, image_attention="causal",
-             patch_size=vcfg.patch_size, image_size=vcfg.image_size,
-             channels=vcfg.channels, frames=1, lm=dataclasses.asdict(lm),
-             vision=dataclasses.asdict(vcfg), resampler=None, qformer=None)
+  cfg = families.mllm_model_dict("projection", vcfg, lm, positions="mrope",
+                                projector="patch_merger")
   return cfg, plan, ignore

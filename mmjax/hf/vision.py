@@ -210,3 +210,16 @@ def two_tower_import(ckpt: Checkpoint, config: Mapping[str, Any],
   cfg = {"vision": dataclasses.asdict(vcfg), "text": dataclasses.asdict(tcfg),
          "embed_dim": vcfg.width}
   return cfg, plan, ["*position_ids"]
+
+
+def skip_siglip_head(ckpt, prefix: str, ignore: list[str], notes: list[str],
+                     model: str) -> None:
+  """Ignores a SigLIP tower's MAP head (`prefix`head.*) when the checkpoint
+  has one, with a note: a multimodal model reads the patch tokens, the
+  pooled output never reaches its LM."""
+  head = [k for k in ckpt.keys() if k.startswith(prefix + "head.")]
+  if head:
+    ignore.append(prefix + "head.*")
+    notes.append(f"{model}: skipped the SigLIP MAP head ({len(head)} tensors "
+                 f"under {prefix}head.*): it reads the patch tokens, never "
+                 "the pooled output.")

@@ -83,10 +83,13 @@ def _run_locked(config, workdir, names, verbose, after_stage, evaluator
   # Refuse an incompatible workdir before writing anything into it.
   model_shapes: dict[str, tuple[int, ...]] = {}
   for name in names:
-    _, init, to_global = stages.stage_model(config, name)
-    trainer.check_workdir(workdir, name, trainer.abstract_params(
-        stages.model_initializer(config, name)[1]))
-    for path, leaf in groups.flatten(trainer.abstract_params(init)).items():
+    to_global = stages.stage_model(config, name).to_global
+    abstract = trainer.abstract_params(
+        stages.model_initializer(config, name)[1])
+    trainer.check_workdir(workdir, name, abstract)
+    # The model's own leaves (LoRA factors are no init_from target).
+    model = {k: v for k, v in abstract.items() if k != "lora"}
+    for path, leaf in groups.flatten(model).items():
       model_shapes.setdefault(to_global(path), tuple(leaf.shape))
 
   # The global parameter store: each stage starts from what the previous
