@@ -150,7 +150,7 @@ def _stage(loss, data, steps, trainable, lr, evals=(), warmup=20, **extra):
           # Per-group learning-rate factors (groups not trained are ignored).
           lr_mult=ml_collections.ConfigDict(
               {g: 1.0 for g in ("vision", "connector", "llm", "xattn",
-                                "text", "siglip")}))),
+                                "text", "siglip", "region_head")}))),
       schedule=ml_collections.ConfigDict(dict(
           name="warmup_cosine", warmup_steps=min(warmup, max(1, steps // 5)),
           end_lr_fraction=0.1)), **extra))
@@ -178,6 +178,12 @@ def _stages(fusion, cap):
     # Contrastive learning wants many negatives; images are cheap here.
     stages.siglip.batch_size = 64
     order.append("siglip")
+    # Region-level supervision: each object's tokens must say its shape and
+    # colour (captions alone let SigLIP match images by colour and place).
+    stages.regions = _stage("region_classification", "regions", n(600),
+                            ["vision", "region_head"], 1e-3)
+    stages.regions.batch_size = 64
+    order.append("regions")
   if fusion == "qformer":
     stages.qformer = _stage("qformer", "contrastive", n(200), ["connector"],
                             1e-3)

@@ -113,6 +113,24 @@ class Collate:
     square = images_lib.resize_square(image, side, self.resize, self.fill)
     return images_lib.normalize(square, self.kind)
 
+  def _regions(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """region_weights / region_labels / region_valid of a regions batch."""
+    vision = self.cfg.vision
+    grid = (self.cfg.side // vision.patch_size,) * 2
+    k, a = formats.MAX_REGIONS, len(formats.REGION_ATTRIBUTES)
+    out = {"region_weights": np.zeros((len(rows), k, grid[0] * grid[1]),
+                                      np.float32),
+           "region_labels": np.zeros((len(rows), k, a), np.int32),
+           "region_valid": np.zeros((len(rows), k), np.float32)}
+    for i, row in enumerate(rows):
+      if row["valid"]:
+        n = len(row["boxes"])
+        out["region_weights"][i, :n] = formats.box_token_weights(
+            row["boxes"], grid)
+        out["region_labels"][i, :n] = row["labels"]
+        out["region_valid"][i, :n] = 1.0
+    return out
+
   def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     counts = dict.fromkeys(STAT_KEYS, 0)
     for row in rows:  # Every process sees every row: global counts.
@@ -136,6 +154,9 @@ class Collate:
           batch["text_tokens"][i] = row["text_tokens"]
           batch["text_pad_mask"][i] = row["text_pad_mask"]
       return {**batch, "valid": valid, "_stats": counts}
+    if self.fmt == "regions":
+      return {**batch, **self._regions(mine), "valid": valid,
+              "_stats": counts}
     names = ("chosen", "rejected") if self.fmt == "preference" else ("seq",)
     # The bucket comes from all global rows, so every process agrees on L.
     longest = max([len(row[name]["tokens"]) for row in rows if row["valid"]

@@ -18,6 +18,9 @@ them into (record, item) pairs, so an epoch covers every item.
   preference           prompt as `shapes`, then chosen / rejected answers
                        (shapes `pref_questions`, `chosen`, `rejected`)
   contrastive          image + caption text for a SigLIP text tower
+  regions              image + every object's box and class ids (a shapes
+                       record's `objects`): region-level supervision of the
+                       vision tower (stage loss `region_classification`)
 
 `chat_sequence` tokenises a conversation with the tokenizer's chat template
 (`encode_chat` of mmjax's `Tokenizer` or of a `hf_tokenizer.HFTokenizer`,
@@ -37,14 +40,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mmjax.data.text_corpus import COLOURS, SHAPES
 from mmjax.data.tokenizer import IMAGE_TOKEN, Tokenizer
 from mmjax.models import layout
 from mmjax.models.mllm import MLLMConfig
 
 FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations",
-           "preference", "contrastive")
+           "preference", "contrastive", "regions")
 CHAT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations")
 CAPTION_PROMPT = "describe the image."
+# The classes a `regions` example labels each object with: attribute ->
+# class names (ids are indices), in the order of RegionTargets.labels.
+REGION_ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS}
+MAX_REGIONS = 8  # Objects per image a regions batch holds (shapes: <= 6).
 # Roles whose turns are answers (`Tokenizer.encode_chat` accepts both).
 _ANSWER_ROLES = ("assistant", "gpt")
 # Reasons an example is skipped (the pipeline counts `skipped_<kind>`).
@@ -84,6 +92,72 @@ class CaptionText:
   record_id: str
   image: np.ndarray
   text: str
+
+
+@dataclasses.dataclass
+class RegionTargets:
+  """An image, its objects' boxes and their class ids (region supervision).
+
+  boxes: f32[K, 4] (x0, y0, x1, y1) as fractions of the image's width and
+  height; labels: int32[K, len(REGION_ATTRIBUTES)].
+  """
+  record_id: str
+  image: np.ndarray
+  boxes: np.ndarray
+  labels: np.ndarray
+
+
+def _region_targets(rid: str, record: Mapping[str, Any]) -> RegionTargets:
+  images = _images(record)
+  if len(images) != 1 or "objects" not in record:
+    raise BadExample("malformed", "a regions example needs one image and an "
+                     "'objects' list (shapes records have both)")
+  objects = record["objects"]
+  if isinstance(objects, (str, bytes)):
+    objects = json.loads(objects)
+  if not objects:
+    raise BadExample("empty", "the record has no objects")
+  if len(objects) > MAX_REGIONS:
+    raise BadExample("malformed", f"{len(objects)} objects > MAX_REGIONS="
+                     f"{MAX_REGIONS}")
+  height, width = np.shape(images[0])[:2]
+  if height != width:  # The pipeline letterboxes other images: boxes move.
+    raise BadExample("image_size", f"a regions example needs a square image"
+                     f" (boxes are kept as fractions), got {width}x{height}")
+  boxes, labels = [], []
+  for obj in objects:
+    try:
+      x0, y0, x1, y1 = (float(v) for v in obj["bbox"])
+      ids = [classes.index(obj[name])
+             for name, classes in REGION_ATTRIBUTES.items()]
+    except (KeyError, ValueError, TypeError) as e:
+      raise BadExample("malformed", f"object {obj!r} needs a pixel 'bbox' "
+                       "[x0, y0, x1, y1] and "
+                       f"{', '.join(REGION_ATTRIBUTES)} from "
+                       f"{dict(REGION_ATTRIBUTES)}") from e
+    boxes.append((x0 / width, y0 / height, x1 / width, y1 / height))
+    labels.append(ids)
+  return RegionTargets(rid, images[0], np.asarray(boxes, np.float32),
+                       np.asarray(labels, np.int32))
+
+
+def box_token_weights(boxes: np.ndarray, grid: tuple[int, int]
+                      ) -> np.ndarray:
+  """f32[K, gh * gw]: each patch's share of each box's area (rows sum to 1).
+
+  boxes: f32[K, 4] fractions (x0, y0, x1, y1); tokens row-major like the
+  vision tower's. A box thinner than a patch still weights the patches it
+  overlaps.
+  """
+  gh, gw = grid
+  out = np.zeros((len(boxes), gh * gw), np.float32)
+  ey, ex = np.arange(gh + 1) / gh, np.arange(gw + 1) / gw
+  for k, (x0, y0, x1, y1) in enumerate(boxes):
+    wx = np.clip(np.minimum(ex[1:], x1) - np.maximum(ex[:-1], x0), 0, None)
+    wy = np.clip(np.minimum(ey[1:], y1) - np.maximum(ey[:-1], y0), 0, None)
+    w = np.outer(wy, wx).reshape(-1)
+    out[k] = w / max(w.sum(), 1e-12)
+  return out
 
 
 def _captions(record: Mapping[str, Any]) -> list[str]:
@@ -160,7 +234,7 @@ def _user_with_image(text: str) -> dict[str, str]:
 
 
 def record_example(record: Mapping[str, Any], item: int, fmt: str
-                   ) -> Chat | PreferencePair | CaptionText:
+                   ) -> Chat | PreferencePair | CaptionText | RegionTargets:
   """The `item`-th example of a decoded record under `fmt`."""
   rid = str(record.get("id", "?"))
   if fmt == "shapes":
@@ -191,6 +265,8 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str
       raise BadExample("placeholder_mismatch", "a contrastive example needs "
                        f"exactly one image, the record has {len(images)}")
     return CaptionText(rid, images[0], _captions(record)[item])
+  if fmt == "regions":
+    return _region_targets(rid, record)
   check_format(fmt)
   raise AssertionError(fmt)
 

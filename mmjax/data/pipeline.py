@@ -42,7 +42,10 @@ M = max_images, S = cfg.side):
   preference: chosen_* and rejected_* for each sequence key (one L for both),
   shared images, image_mask, valid. contrastive: images, image_mask, valid,
   text_tokens int32[b, max_len], text_pad_mask bool[b, max_len] (True = real
-  token).
+  token). regions: images, image_mask, valid, region_weights f32[b, K, N]
+  (each object's box as weights over the N patch tokens), region_labels
+  int32[b, K, A] (class ids per formats.REGION_ATTRIBUTES), region_valid
+  f32[b, K] (K = formats.MAX_REGIONS).
 """
 from __future__ import annotations
 
@@ -165,13 +168,17 @@ class _RowMaker:
   def _prepare(self, record: Mapping[str, Any], item: int, row: int,
                attempt: int) -> dict[str, Any]:
     example = formats.record_example(record, item, self.fmt)
-    raw = ([example.image] if isinstance(example, formats.CaptionText)
+    raw = ([example.image] if isinstance(
+        example, (formats.CaptionText, formats.RegionTargets))
            else example.images)
     if len(raw) > self.max_images:
       raise formats.BadExample("too_many_images", f"{len(raw)} images > "
                                f"max_images={self.max_images}")
     rgb = [images_lib.to_rgb(im) for im in raw]
     out: dict[str, Any] = {"valid": True, "images": rgb}
+    if isinstance(example, formats.RegionTargets):
+      out["boxes"], out["labels"] = example.boxes, example.labels
+      return out
     if isinstance(example, formats.CaptionText):
       out["text_tokens"], out["text_pad_mask"] = formats.caption_tokens(
           self.tok, example.text, self.max_len)

@@ -3,7 +3,9 @@
 Module tree of `VisionEncoder` (the Hugging Face importer maps onto these):
 
   patch_embedding            Dense [p*p*C, D] on `patchify` vectors (+ bias
-                             for SigLIP; CLIP has none)
+                             for SigLIP; CLIP has none); stem='patch'
+  conv_stem                  stem='conv' instead: ConvStem
+    conv_{i}, project        3x3 stride-2 convs, 1x1 conv to D
   position_embedding         param [N, D] (CLIP: [N + 1, D], row 0 = CLS)
   class_embedding            CLIP only: param [D]
   pre_layernorm              CLIP only (HF spells it `pre_layrnorm`)
@@ -35,6 +37,12 @@ from mmjax.models import layers
 from mmjax.models import remat as remat_lib
 
 _POOLS = ("none", "map")
+# How pixels become tokens: 'patch' is ViT's one Dense per p x p patch (what
+# every pretrained SigLIP / CLIP has); 'conv' is a stack of log2(p) 3x3
+# stride-2 convolutions and a 1x1 projection (Xiao et al. 2021, "Early
+# convolutions help transformers see better"): local shape features before
+# the first attention, which a 64-px shapes image with 10-px objects needs.
+STEMS = ("patch", "conv")
 _KIND_DEFAULTS = {
     "siglip": {"norm_eps": 1e-6, "activation": "gelu_tanh", "pool": "map"},
     "clip": {"norm_eps": 1e-5, "activation": "quick_gelu", "pool": "none"},
@@ -69,6 +77,7 @@ class VisionConfig:
   param_dtype: str = "float32"
   remat: str = "none"  # Per EncoderBlock: remat.REMAT_POLICIES.
   attention: str = "einsum"  # Blocks' self-attention: layers.ATTENTION_IMPLS.
+  stem: str = "patch"  # One of STEMS.
 
   def __post_init__(self):
     remat_lib.check_remat(self.remat, "VisionConfig.remat")
@@ -84,6 +93,18 @@ class VisionConfig:
       if getattr(self, name) <= 0:
         raise ValueError(f"VisionConfig.{name} must be positive, got "
                          f"{getattr(self, name)}.")
+    if self.stem not in STEMS:
+      raise ValueError(f"VisionConfig.stem={self.stem!r}; allowed: "
+                       f"{list(STEMS)}.")
+    if self.stem == "conv" and (self.patch_size & (self.patch_size - 1)
+                                or self.patch_size < 2):
+      raise ValueError(f"stem='conv' halves the image log2(patch_size) times;"
+                       f" patch_size={self.patch_size} is not a power of 2 "
+                       f">= 2: use 2, 4, 8, 16 or stem='patch'.")
+    if self.stem == "conv" and self.kind == "clip":
+      raise ValueError("stem='conv' is for SigLIP-kind towers trained from "
+                       "scratch; CLIP's patch embedding has no bias and "
+                       "pretrained weights only exist for stem='patch'.")
     if self.image_size < self.patch_size:
       raise ValueError(f"image_size={self.image_size} is smaller than "
                        f"patch_size={self.patch_size}; raise image_size.")
@@ -295,6 +316,41 @@ class MAPHead(_BlockSizes):
     return nn.with_logical_constraint(h[:, 0], ("batch", "embed"))
 
 
+class ConvStem(nn.Module):
+  """log2(p) 3x3 stride-2 convs (GELU), then a 1x1 conv to `width`.
+
+  Channels double per conv up to `width` (p=8, width 64: 16, 32, 64), so
+  the tokens see a (2p-1)-pixel receptive field of local edges and corners
+  instead of one linear map of a patch. Output tokens are row-major like
+  `patchify`'s: [B, H, W, C] -> [B, (H/p) * (W/p), width].
+  """
+  width: int
+  patch_size: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    b, h, w, _ = images.shape
+    p = self.patch_size
+    if h % p or w % p:
+      raise ValueError(f"Image size {h}x{w} (HxW) is not divisible by the "
+                       f"patch size {p}; resize or pad the image to a "
+                       f"multiple of {p}.")
+    n_convs = p.bit_length() - 1
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+              kernel_init=_logical(nn.initializers.lecun_normal(),
+                                   (None, None, None, "embed")),
+              bias_init=_logical(nn.initializers.zeros, ("embed",)))
+    x = images
+    for i in range(n_convs):
+      channels = max(self.width >> (n_convs - 1 - i), 8)
+      x = nn.gelu(nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME",
+                          name=f"conv_{i}", **kw)(x))
+    x = nn.Conv(self.width, (1, 1), name="project", **kw)(x)
+    return x.reshape(b, (h // p) * (w // p), self.width)
+
+
 @flax.struct.dataclass
 class VisionOutput:
   """What a vision tower returns.
@@ -354,15 +410,19 @@ class VisionEncoder(nn.Module):
     if images.shape[1:3] == (cfg.image_size, cfg.image_size):
       # Native size: drop the remainder a valid stride-p conv ignores.
       images = images[:, :cfg.grid * p, :cfg.grid * p]
-    patches = patchify(images, p)  # Other sizes must be divisible by p.
     grid = (images.shape[1] // p, images.shape[2] // p)
 
     is_clip = cfg.kind == "clip"
-    x = nn.Dense(
-        cfg.width, use_bias=not is_clip, name="patch_embedding",
-        kernel_init=_logical(nn.initializers.lecun_normal(), (None, "embed")),
-        bias_init=_logical(nn.initializers.zeros, ("embed",)),
-        **kw)(patches.astype(dtype))
+    if cfg.stem == "conv":
+      x = ConvStem(cfg.width, p, name="conv_stem", **kw)(images.astype(dtype))
+    else:
+      patches = patchify(images, p)  # Other sizes must be divisible by p.
+      x = nn.Dense(
+          cfg.width, use_bias=not is_clip, name="patch_embedding",
+          kernel_init=_logical(nn.initializers.lecun_normal(),
+                               (None, "embed")),
+          bias_init=_logical(nn.initializers.zeros, ("embed",)),
+          **kw)(patches.astype(dtype))
     n_pos = cfg.num_patches + (1 if is_clip else 0)
     pos_std = 0.02 if is_clip else 1.0 / math.sqrt(cfg.width)
     pos = self.param(

@@ -69,7 +69,7 @@ def _data_checks(config):
 # Stage data formats without images in the LM's token stream: the text
 # stage reads data.text_seq_len windows, contrastive stages the text tower's
 # fixed length.
-_NO_IMAGE_FORMATS = ("text", "contrastive")
+_NO_IMAGE_FORMATS = ("text", "contrastive", "regions")
 # Tokens beside one image that the shortest chat needs: <bos>, <|user|>, the
 # newline after the image, a few question words, <|end|>, <|assistant|> and
 # at least one answer token.

@@ -7,6 +7,8 @@ Paths are '/'-joined parameter names (`llm/layers_0/attn/q/kernel`). A stage's
   vision     vision/*                  connector  connector/*
   llm        llm/* except llm/xattn_*  xattn      llm/xattn_*
   text       text/*                    all        everything
+  siglip     siglip/* (the SigLIP head) region_head  region_head/* (stage
+             loss region_classification's classifiers)
   lora       lora/* (LoRA factors of a stage with lora.rank > 0, train/lora.py)
 
 Everything else is frozen: no gradient is taken with respect to it and the
@@ -33,6 +35,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "xattn": ("llm/xattn_*",),
     "text": ("text/*",),
     "siglip": ("siglip/*",),
+    "region_head": ("region_head/*",),
     "lora": ("lora/*",),
     "all": ("*",),
 }

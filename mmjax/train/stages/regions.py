@@ -1,0 +1,77 @@
+"""Stage kind `region_classification`: region-level supervision of the
+vision tower on 'regions' data (an image, each object's box and classes).
+
+The model is the MLLM's vision tower plus a linear head per attribute on
+each box's token average (`models/region_head.py`); the tower is the global
+`vision` group, the head `region_head` (used by no other stage). Contrastive
+captions let a tower tell images apart by colour and position alone; this
+loss makes every object's tokens say what the object is (issue 22's
+measured shape bottleneck; docs/recipes.md "What makes the model see").
+
+Loss: the mean over attributes of the cross-entropy over real objects;
+metrics `<attribute>_accuracy`.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mmjax import config as C
+from mmjax.data import formats
+from mmjax.models import build
+from mmjax.models.region_head import RegionClassifier
+from mmjax.train.stages import base
+from mmjax.train.stages.contrastive import needs_vision_tower, single_image
+
+CLASSES = tuple((name, len(names))
+                for name, names in formats.REGION_ATTRIBUTES.items())
+
+
+def _model(config: ml_collections.ConfigDict, stage_name: str
+           ) -> base.StageModel:
+  del stage_name
+  cfg = build.mllm_config(config)
+  model = RegionClassifier(cfg.vision, CLASSES, cfg.feature_layer)
+  n_tokens = cfg.vision.num_patches
+  images = jnp.zeros((1, cfg.side, cfg.side, cfg.channels))
+  weights = jnp.full((1, formats.MAX_REGIONS, n_tokens), 1.0 / n_tokens)
+  return base.StageModel(
+      model, lambda rng: model.init(rng, images, weights)["params"],
+      lambda path: path)  # Its names are the global ones.
+
+
+def _loss(model, stage: ml_collections.ConfigDict):
+  del stage
+
+  def loss_fn(params, batch, rng):
+    del rng
+    logits = model.apply({"params": params}, single_image(batch["images"]),
+                         batch["region_weights"])
+    valid = batch["region_valid"] * batch["valid"][:, None]
+    n = jnp.maximum(valid.sum(), 1.0)
+    total, metrics = 0.0, {}
+    for i, (name, _) in enumerate(CLASSES):
+      labels = batch["region_labels"][..., i]
+      ce = optax.softmax_cross_entropy_with_integer_labels(
+          logits[name].astype(jnp.float32), labels)
+      total = total + (ce * valid).sum() / n
+      right = (logits[name].argmax(-1) == labels) * valid
+      metrics[f"{name}_accuracy"] = right.sum() / n
+    loss = total / len(CLASSES)
+    return loss, {"loss": loss, **metrics}
+  return loss_fn
+
+
+def _checks(config, path: str, stage) -> list[C.Check]:
+  return needs_vision_tower(config, path, stage) + [C.check_that(
+      lambda c: c.model.vision.get("kind", "siglip") in ("siglip", "clip"),
+      lambda c: f"config.{path}.loss='region_classification' pools a ViT's "
+      f"patch grid; config.model.vision.kind={c.model.vision.kind!r} has "
+      "none: use a siglip or clip tower or drop the stage")]
+
+
+KIND = base.register(base.StageKind(
+    name="region_classification", families=("mllm",),
+    data_formats=("regions",), make_model=_model, make_loss=_loss,
+    checks=_checks))
