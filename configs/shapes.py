@@ -101,6 +101,10 @@ def get_config(arg=None):
       num_train=10000, num_validation=500, num_test=1000, num_heldout=1000,
       image_size=64, vocab_size=_VOCAB, seed=0,
       max_len=160,           # longest sequence (contrastive: text length 32)
+      # Referring questions ("where is the red circle?" -> "[x0, y0, x1,
+      # y1]", 0..1000) added to each shapes_chat chat, up to this many per
+      # image; 0 = off (docs/evaluation.md "Grounding").
+      grounding_questions=0,
       text_seq_len=64,       # window of the text-only LM stage
       num_workers=0,
       max_skipped_fraction=0.5,  # more bad folder records than this: an error

@@ -1,10 +1,12 @@
 """Evaluates a trained run on one split of the shapes benchmark.
 
   python -m mmjax.evaluate --workdir=DIR --split=test [--captions=64]
+      [--grounding=200]
   python -m mmjax.evaluate --checkpoint=DIR/checkpoints/sft/600 --split=heldout
 
 VQA exact match by question type, POPE-style yes/no metrics and the
-absent-object yes-rate (and BLEU-4 / token F1 of --captions captions), with
+absent-object yes-rate (and BLEU-4 / token F1 of --captions captions, and
+box accuracy at IoU >= 0.5 / mean IoU of --grounding referring questions), with
 greedy answers from the KV-cache decode loop; optional FastV pruning.
 Writes WORKDIR/eval/final_<split>.json and .md (<stage>_<step>_<split> for a
 checkpoint) and prints the markdown. The library call is
@@ -29,7 +31,8 @@ def main(argv: Sequence[str]) -> None:
   # Before anything loads: a negative count would evaluate nothing.
   for name, meaning in (("max_examples", "0 = the whole split"),
                         ("batch_size", "0 = config.eval.batch_size"),
-                        ("captions", "0 = none")):
+                        ("captions", "0 = none"),
+                        ("grounding", "0 = none")):
     if (f[name].value or 0) < 0:
       config_lib.fail(f"--{name}={f[name].value} must be >= 0 ({meaning})")
   if not f["verbosity"].present:
@@ -43,7 +46,7 @@ def main(argv: Sequence[str]) -> None:
     _, markdown = evals.evaluate_run(
         f.workdir, f.split, checkpoint=f.checkpoint,
         max_examples=f.max_examples, batch_size=f.batch_size,
-        captions=f.captions, fastv=fastv, tokenizer=f.tokenizer)
+        captions=f.captions, grounding=f.grounding, fastv=fastv, tokenizer=f.tokenizer)
   except (inference.WorkdirError, config_lib.ConfigError, ValueError) as e:
     config_lib.fail(str(e))
   print(markdown, flush=True)
@@ -60,6 +63,8 @@ def _define_flags() -> None:
                        "config.eval.batch_size).")
   flags.DEFINE_integer("captions", 64, "Records to caption for BLEU-4 / "
                        "token F1 (0 = none).")
+  flags.DEFINE_integer("grounding", 0, "Referring questions (one per record)"
+                       " answered by a box, scored by IoU (0 = none).")
   flags.DEFINE_integer("fastv_k", 0, "FastV: prune after layer k-1 (0 = off).")
   flags.DEFINE_float("fastv_r", 0.5, "FastV: fraction of image tokens "
                      "dropped.")

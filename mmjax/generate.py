@@ -27,9 +27,16 @@ the context, a checkpoint of another model or one that cannot be read)
 exits with status 2 and one line saying what to do. When the run's newest
 finished checkpoint cannot be read, a warning says so and the previous
 finished one is used.
+
+Grounding: when the answer is a box `[x0, y0, x1, y1]` (0..1000 of the
+image side, `mmjax.data.grounding`), one more line gives it in pixels of
+the first image; --draw=out.png also writes that image with the box drawn
+(an answer that is no box then exits 2 after the answer, as does --draw
+without --image).
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from absl import app, flags, logging
@@ -66,6 +73,49 @@ def _define_flags() -> None:
                    "between prints.")
   d.DEFINE_enum("resize", "square", ["square", "pad"], "Stretch to a square, "
                 "or pad then resize.")
+  d.DEFINE_string("draw", None, "Write the first --image with the answer's "
+                  "box drawn to this file (e.g. out.png); the answer must be "
+                  "a box.")
+
+
+def _check_draw(path: str, n_images: int) -> None:
+  """--draw's problems before a model is loaded (config.fail: exit 2)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if not n_images:
+    config_lib.fail(f"--draw={path} needs an --image to draw the box on; "
+                    "give --image=PNG, or drop --draw")
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in Image.registered_extensions():
+    config_lib.fail(f"--draw={path}: unknown image extension {ext!r}; use "
+                    "e.g. out.png or out.jpg")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    config_lib.fail(f"--draw={path}: folder {folder} does not exist; create "
+                    "it or write elsewhere")
+
+
+def _report_box(answer: str, stills, draw: str | None, resize: str) -> None:
+  """The box line when the answer is a box, and --draw's picture."""
+  from mmjax.data import grounding  # pylint: disable=g-import-not-at-top
+  box = grounding.parse_box(answer)
+  if box is None:
+    if draw:
+      config_lib.fail(f"--draw={draw}: the answer {answer!r} is no box "
+                      "[x0, y0, x1, y1] (0..1000), so there is nothing to "
+                      "draw; ask \"where is the <colour> <shape>?\"")
+    return
+  line = f"box: {grounding.format_box(box)} (0..1000)"
+  if stills:
+    height, width = stills[0].shape[:2]
+    pixels = grounding.box_to_pixels(box, width, height, resize)
+    line += (f" = pixels {grounding.format_box(pixels)} of a {width}x{height}"
+             " image")
+  print(line, flush=True)
+  if draw:
+    try:
+      grounding.draw_box(stills[0], box, draw, resize=resize)
+    except (OSError, ValueError) as e:
+      config_lib.fail(f"--draw={draw}: cannot write it ({e})")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -80,6 +130,8 @@ def main(argv: Sequence[str]) -> None:
     fail("--prompt is required, e.g. --prompt=\"what colour is the square?\"")
   if (f.workdir is None) == (f.checkpoint is None):
     fail("give exactly one of --workdir=DIR and --checkpoint=PATH")
+  if f.draw is not None:
+    _check_draw(f.draw, len(f.image))
   from mmjax import inference  # pylint: disable=g-import-not-at-top  (after flag checks: a typo fails fast)
   from mmjax.inference import media as media_lib  # pylint: disable=g-import-not-at-top
   from mmjax.inference import run as run_lib  # pylint: disable=g-import-not-at-top
@@ -98,7 +150,7 @@ def main(argv: Sequence[str]) -> None:
     if fastv is not None:
       fastv.check(run.cfg)
     media = run.prepare_media(stills, video, f.resize, f.max_frames)
-    run.answer(f.prompt, media, max_new_tokens=f.max_new_tokens,
+    answer = run.answer(f.prompt, media, max_new_tokens=f.max_new_tokens,
                sampling=sampling, seed=f.seed, fastv=fastv,
                chunk=f.stream_chunk,
                on_text=lambda t: print(t, end="", flush=True))
@@ -106,6 +158,7 @@ def main(argv: Sequence[str]) -> None:
           config_lib.ConfigError, ValueError) as e:  # sizes, lengths, flags
     fail(str(e).split("\n")[0])
   print(flush=True)
+  _report_box(answer, stills, f.draw, f.resize)
 
 
 if __name__ == "__main__":

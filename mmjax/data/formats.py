@@ -8,7 +8,10 @@ them into (record, item) pairs, so an epoch covers every item.
   shapes               user `<image>\\n{question}` / assistant `{answer}`
   shapes_chat          all of a record's questions as one multi-turn chat
                        (image in the first user turn, order shuffled per
-                       record): one image pass supervises every answer
+                       record): one image pass supervises every answer;
+                       with grounding_questions=k > 0 also up to k
+                       referring questions (`grounding.grounding_qa`,
+                       answered by a box), shuffled in with the others
   caption              user `<image>\\ndescribe the image.` / assistant
                        caption (shapes `captions`, or image_caption's
                        `caption`): alignment pretraining
@@ -40,6 +43,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mmjax.data import grounding
 from mmjax.data.text_corpus import COLOURS, SHAPES
 from mmjax.data.tokenizer import IMAGE_TOKEN, Tokenizer
 from mmjax.models import layout
@@ -199,15 +203,23 @@ def example_index(source: Sequence[Mapping[str, Any]], fmt: str
 
 
 def shapes_chat_turns(record_id: str, questions: Sequence[str],
-                      answers: Sequence[str]) -> list[dict[str, str]]:
+                      answers: Sequence[str],
+                      extra: Sequence[tuple[str, str]] = ()
+                      ) -> list[dict[str, str]]:
   """A record's Q&A as one chat, in an order fixed by the record id.
 
   A fixed order per record keeps every example a pure function of the
   record (exact resume); shuffling across records keeps the model from
-  learning that a question type always comes first.
+  learning that a question type always comes first. `extra` (question,
+  answer) pairs (grounding) are shuffled in with the others, so that a
+  grounding question is sometimes the first turn, as evaluation asks it;
+  without them the order is the one before they existed.
   """
   if not questions:
     raise BadExample("empty", "the record has no questions")
+  if extra:
+    questions = list(questions) + [q for q, _ in extra]
+    answers = list(answers) + [a for _, a in extra]
   order = np.random.default_rng(zlib.crc32(record_id.encode())).permutation(
       len(questions))
   turns = []
@@ -233,17 +245,34 @@ def _user_with_image(text: str) -> dict[str, str]:
   return {"role": "user", "content": f"{IMAGE_TOKEN}\n{text}"}
 
 
-def record_example(record: Mapping[str, Any], item: int, fmt: str
+def _grounding_turns(record: Mapping[str, Any], k: int
+                     ) -> list[tuple[str, str]]:
+  """Up to k (question, box answer) pairs of a shapes record (none: k=0)."""
+  if k <= 0:
+    return []
+  if "objects" not in record or record.get("image") is None:
+    raise BadExample("malformed", "grounding questions need the record's "
+                     "image and 'objects' (shapes records have both)")
+  return [(q, a) for q, a, _ in grounding.record_grounding_qa(record, k)]
+
+
+def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
+                   grounding_questions: int = 0
                    ) -> Chat | PreferencePair | CaptionText | RegionTargets:
-  """The `item`-th example of a decoded record under `fmt`."""
+  """The `item`-th example of a decoded record under `fmt`.
+
+  grounding_questions: shapes_chat only: add up to this many referring
+  questions answered by a box (`grounding.grounding_qa`); 0 = none.
+  """
   rid = str(record.get("id", "?"))
   if fmt == "shapes":
     turns = [_user_with_image(record["questions"][item]),
              {"role": "assistant", "content": record["answers"][item]}]
     return Chat(rid, turns, _images(record))
   if fmt == "shapes_chat":
-    return Chat(rid, shapes_chat_turns(rid, record["questions"],
-                                       record["answers"]), _images(record))
+    return Chat(rid, shapes_chat_turns(
+        rid, record["questions"], record["answers"],
+        _grounding_turns(record, grounding_questions)), _images(record))
   if fmt in ("caption", "image_caption"):
     turns = [_user_with_image(CAPTION_PROMPT),
              {"role": "assistant", "content": _captions(record)[item]}]

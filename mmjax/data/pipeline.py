@@ -113,8 +113,10 @@ class _RowMaker:
 
   def __init__(self, source, index: np.ndarray, *, fmt: str, cfg: MLLMConfig,
                tok: Tokenizer, seed: int, max_len: int, max_images: int,
-               train: bool, on_bad_record: str, v2pe_eval_stride: int | None):
+               train: bool, on_bad_record: str, v2pe_eval_stride: int | None,
+               grounding_questions: int = 0):
     self.source, self.index, self.fmt, self.cfg = source, index, fmt, cfg
+    self.grounding_questions = grounding_questions
     self.tok, self.seed, self.max_len = tok, seed, max_len
     self.max_images, self.train = max_images, train
     self.on_bad_record, self.v2pe_eval_stride = on_bad_record, v2pe_eval_stride
@@ -167,7 +169,8 @@ class _RowMaker:
 
   def _prepare(self, record: Mapping[str, Any], item: int, row: int,
                attempt: int) -> dict[str, Any]:
-    example = formats.record_example(record, item, self.fmt)
+    example = formats.record_example(
+        record, item, self.fmt, grounding_questions=self.grounding_questions)
     raw = ([example.image] if isinstance(
         example, (formats.CaptionText, formats.RegionTargets))
            else example.images)
@@ -312,7 +315,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   buckets: Sequence[int] | None = None,
                   on_bad_record: str = "skip", resize: str = "square",
                   v2pe_eval_stride: int | None = None,
-                  read_threads: int = 2) -> BatchIterator:
+                  read_threads: int = 2,
+                  grounding_questions: int = 0) -> BatchIterator:
   """An iterator of this process's rows of each global batch (module doc).
 
   Args:
@@ -332,6 +336,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     resize: images.RESIZE_MODES.
     v2pe_eval_stride: V2PE stride when train=False (None: the default).
     read_threads: threads preparing batches in each process.
+    grounding_questions: shapes_chat: up to this many referring questions
+      answered by a box per chat (`formats.record_example`); 0 = none.
   """
   formats.check_format(fmt)
   if on_bad_record not in ON_BAD_RECORD:
@@ -351,6 +357,10 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in "
                      f"[0, {process_count})")
+  if isinstance(grounding_questions, bool) or not (
+      isinstance(grounding_questions, int) and grounding_questions >= 0):
+    raise ValueError(f"grounding_questions={grounding_questions!r} must be an "
+                     "int >= 0")
   if max_images < 1 or max_len < 2 or num_workers < 0:
     raise ValueError(f"need max_images >= 1 (got {max_images}), max_len >= 2 "
                      f"(got {max_len}), num_workers >= 0 (got {num_workers})")
@@ -361,7 +371,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
   rows = _RowMaker(source, index, fmt=fmt, cfg=cfg, tok=tokenizer, seed=seed,
                    max_len=max_len, max_images=max_images, train=train,
                    on_bad_record=on_bad_record,
-                   v2pe_eval_stride=v2pe_eval_stride)
+                   v2pe_eval_stride=v2pe_eval_stride,
+                   grounding_questions=grounding_questions)
   local = batch_size // process_count
   collate = batching.Collate(
       fmt=fmt, cfg=cfg, pad_id=tokenizer.pad_id,
@@ -375,6 +386,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
   fingerprint = {"format": fmt, "batch_size": batch_size, "seed": seed,
                  "max_len": max_len, "train": train,
                  "num_examples": len(index)}
+  if grounding_questions:  # Absent at 0: states saved before it still fit.
+    fingerprint["grounding_questions"] = grounding_questions
   read = grain.ReadOptions(num_threads=read_threads,
                            prefetch_buffer_size=max(2, read_threads))
   return BatchIterator(batches, num_workers=num_workers, read_options=read,

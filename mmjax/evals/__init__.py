@@ -3,7 +3,7 @@ what runs after a stage, the report and plots, and standalone evaluation.
 
   from mmjax import evals
   evals.train_and_evaluate(config, workdir)   # what `python -m mmjax.main` runs
-  evals.EVALUATORS                            # {'vqa': ..., 'captions': ..., 'retrieval': ...}
+  evals.EVALUATORS                            # {'vqa': ..., 'captions': ..., 'grounding': ..., 'retrieval': ...}
   evals.evaluate_run(workdir, "test")         # what `python -m mmjax.evaluate` runs
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import ml_collections
 
 from mmjax import config as config_lib
 # Each evaluator module registers itself on import.
-from mmjax.evals import captions, retrieval, vqa  # pylint: disable=unused-import
+from mmjax.evals import captions, grounding, retrieval, vqa  # pylint: disable=unused-import
 from mmjax.evals.after_stage import StageEvaluator
 from mmjax.evals import registry
 from mmjax.evals.registry import EVALUATORS, EvalContext, register

@@ -8,6 +8,9 @@ the evaluator registry (evals/registry.py):
              yes-rate
   captions   greedy captions of config.eval.caption_examples (default 32)
              test images: BLEU-4 and token F1 against both references
+  grounding  greedy boxes for "where is the <colour> <shape>?" (one object
+             per test / held-out image): accuracy at IoU >= 0.5, mean IoU,
+             share of answers that parse as a box
 Answers come from the KV-cache generation of `mmjax.inference.decode`.
 Results go to WORKDIR/eval/<stage>.json, to metrics.jsonl (with "stage" and
 "step"), and into WORKDIR/report.md with plots beside it.
@@ -42,7 +45,7 @@ class StageEvaluator:
 
   def __call__(self, name: str, built, result) -> None:
     stage = self.config.stages[name]
-    evals = tuple(stage.get("evals", ()))
+    evals = registry.stage_evals(stage)
     if not evals:
       return
     path = _eval_path(self.workdir, name)
@@ -65,7 +68,8 @@ class StageEvaluator:
       print(f"[{name}] " + ", ".join(
           f"{k}={v:.3f}" for k, v in metrics.items()
           if isinstance(v, float) and ("acc/all" in k or "recall@1" in k
-                                       or "absent_yes_rate" in k)),
+                                       or "absent_yes_rate" in k
+                                       or "acc@0.5" in k)),
             flush=True)
 
   def measure(self, name: str, evals, built, result) -> dict[str, Any]:

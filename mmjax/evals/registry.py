@@ -53,11 +53,19 @@ def register(name: str, fn: Evaluator) -> Evaluator:
   return fn
 
 
+def stage_evals(stage: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The evaluator names a stage lists. An entry may hold several names
+  separated by commas: `--config.stages.sft.evals=vqa,grounding` reaches the
+  config as the one-entry tuple ('vqa,grounding',)."""
+  return tuple(name.strip() for entry in stage.get("evals", ())
+               for name in str(entry).split(",") if name.strip())
+
+
 def checks(config: ml_collections.ConfigDict) -> list[C.Check]:
   """Each stage's `evals` names registered evaluators."""
   out = []
   for name in C.stage_names(config):
-    for entry in config.stages[name].get("evals", ()):
+    for entry in stage_evals(config.stages[name]):
       out.append(C.check_that(
           lambda c, e=entry: e in EVALUATORS,
           lambda c, n=name, e=entry: f"config.stages.{n}.evals names {e!r}, "

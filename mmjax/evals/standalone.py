@@ -14,6 +14,7 @@ from typing import Any
 
 from mmjax.data import builders, datasets
 from mmjax.evals import captions as captions_lib
+from mmjax.evals import grounding as grounding_lib
 from mmjax.evals import results, vqa
 from mmjax.inference import run as run_lib
 from mmjax.inference.fastv import FastVConfig
@@ -31,7 +32,7 @@ def _check_counts(**counts: int | None) -> None:
 def evaluate_run(workdir: str | None, split: str, *,
                  checkpoint: str | None = None, max_examples: int | None = None,
                  batch_size: int | None = None, captions: int = 0,
-                 fastv: FastVConfig | None = None,
+                 grounding: int = 0, fastv: FastVConfig | None = None,
                  tokenizer: str | None = None) -> tuple[dict[str, Any], str]:
   """Evaluates a run's final parameters on one shapes split.
 
@@ -41,6 +42,8 @@ def evaluate_run(workdir: str | None, split: str, *,
     max_examples: VQA examples (None: config.eval.max_examples; 0: all).
     batch_size: rows per program (None: config.eval.batch_size).
     captions: also caption this many records (0: no caption metrics).
+    grounding: also ask this many referring questions, one per record,
+      answered by a box (0: no grounding metrics; evaluator `grounding`).
     fastv: prune image tokens at prefill.
     tokenizer: an explicit tokenizer path.
 
@@ -58,7 +61,7 @@ def evaluate_run(workdir: str | None, split: str, *,
     raise run_lib.WorkdirError(f"--split={split!r}; allowed: "
                                    f"{', '.join(SPLITS)}")
   _check_counts(max_examples=max_examples, batch_size=batch_size,
-                captions=captions)
+                captions=captions, grounding=grounding)
   run = run_lib.load_run(workdir, checkpoint=checkpoint,
                              tokenizer=tokenizer)
   if run.text_only:
@@ -88,6 +91,10 @@ def evaluate_run(workdir: str | None, split: str, *,
     metrics.update(captions_lib.evaluate_shapes_captions(
         run.model, run.params, run.cfg, run.tokenizer, source,
         max_examples=captions, batch_size=batch_size))
+  if grounding:
+    metrics.update(grounding_lib.evaluate_shapes_grounding(
+        run.model, run.params, run.cfg, run.tokenizer, source,
+        max_examples=grounding, batch_size=batch_size, fastv=fastv))
   metrics["checkpoint"] = run.checkpoint
   if fastv is not None:
     metrics["fastv"] = f"k={fastv.k} r={fastv.r}"

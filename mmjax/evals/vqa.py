@@ -111,6 +111,28 @@ def yes_no_metrics(predictions: Sequence[str], answers: Sequence[str]
           "yes_rate": float(pred.mean()) if n else 0.0, "count": n}
 
 
+def record_pixels(cfg: MLLMConfig, record: Mapping[str, Any], resize: str,
+                  kind: str | None = None) -> np.ndarray:
+  """f32[1, S, S, 3]: a record's image as the model takes it."""
+  kind = kind or images_lib.normalization_kind(cfg)
+  return images_lib.preprocess(record["image"], cfg.side, resize=resize,
+                               kind=kind)[None]
+
+
+def greedy_answers(model: MLLM, params: Any, tokenizer: Tokenizer,
+                   prompts: Sequence[Sequence[Piece]],
+                   pixels: Sequence[np.ndarray], *, batch_size: int,
+                   max_new_tokens: int, fastv: FastVConfig | None = None
+                   ) -> list[str]:
+  """Greedy answers (KV cache, batched, stopping at the end of turn) of
+  prompts about images: what every shapes evaluator decodes with."""
+  return decode.greedy_generate(
+      model, params, prompts, pixels, image_token_id=tokenizer.image_id,
+      max_new_tokens=max_new_tokens, stop_id=tokenizer.end_of_turn_id,
+      tokenizer=tokenizer, batch_size=batch_size, pad_id=tokenizer.pad_id,
+      fastv=fastv).texts
+
+
 def shapes_examples(cfg: MLLMConfig, tokenizer: Tokenizer,
                      source: Sequence[Mapping[str, Any]], fmt: str,
                      max_examples: int | None, resize: str
@@ -124,8 +146,7 @@ def shapes_examples(cfg: MLLMConfig, tokenizer: Tokenizer,
     if max_examples is not None and len(examples) >= max_examples:
       break
     record = source[index]
-    image = images_lib.preprocess(record["image"], cfg.side, resize=resize,
-                                  kind=kind)[None]  # Shared, not copied.
+    image = record_pixels(cfg, record, resize, kind)  # Shared, not copied.
     n = formats.num_items(record, fmt) if fmt == "shapes" else 1
     examples += [(record, item) for item in range(n)]
     pixels += [image] * n
@@ -159,13 +180,9 @@ def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
                                                "shapes", max_examples, resize)
   questions, answers, qtypes = ([r[key][i] for r, i in examples]
                                 for key in ("questions", "answers", "qtypes"))
-  out = decode.greedy_generate(model, params, prompts, pixels,
-                        image_token_id=tokenizer.image_id,
-                        max_new_tokens=max_new_tokens,
-                        stop_id=tokenizer.end_of_turn_id, tokenizer=tokenizer,
-                        batch_size=batch_size, pad_id=tokenizer.pad_id,
-                        fastv=fastv)
-  preds = out.texts
+  preds = greedy_answers(model, params, tokenizer, prompts, pixels,
+                         batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         fastv=fastv)
   metrics: dict[str, Any] = dict(vqa_accuracy(preds, answers, qtypes))
   exist = [i for i, q in enumerate(qtypes) if q == "existence"]
   pope = yes_no_metrics([preds[i] for i in exist], [answers[i] for i in exist])

@@ -175,7 +175,11 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
                else config.data.max_len),
       max_images=1, train=train, process_index=jax.process_index(),
       process_count=jax.process_count(),
-      num_workers=config.data.num_workers if train else 0)
+      num_workers=config.data.num_workers if train else 0,
+      # Referring questions answered by a box (0 = none: the chats as
+      # before); only shapes_chat chats take them.
+      grounding_questions=(int(config.data.get("grounding_questions", 0))
+                           if fmt == "shapes_chat" else 0))
 
 
 # ------------------------------------------------------------------ checks --

@@ -1,0 +1,135 @@
+"""Grounding on the shapes benchmark (evaluator `grounding`): referring
+questions answered by a box, scored by IoU (RefCOCO's accuracy at 0.5).
+
+  metrics = evaluate_shapes_grounding(model, params, cfg, tok, source)
+  metrics["grounding/acc@0.5"], metrics["grounding/miou"]
+
+One question per image (`data.grounding.grounding_qa` with k=1: an object
+whose colour and shape pair is unique, picked by the record id), asked as
+training asks it (user `<image>\\nwhere is the red circle?`) and answered
+greedily with the same batched KV-cache decode as `vqa`
+(`vqa.greedy_answers`). An answer that does not parse as a box
+(`grounding.parse_box`) scores IoU 0.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mmjax.data import builders
+from mmjax.data import grounding
+from mmjax.data.tokenizer import Tokenizer
+from mmjax.evals import registry, vqa
+from mmjax.inference import prompts as prompts_lib
+from mmjax.inference.fastv import FastVConfig
+from mmjax.models.mllm import MLLM, MLLMConfig
+
+THRESHOLD = 0.5  # IoU at which a box counts as found (RefCOCO).
+SPLITS = vqa.SPLITS  # what the `grounding` evaluator after a stage scores
+
+
+def grounding_metrics(predictions: Sequence[str],
+                      boxes: Sequence[Sequence[int]],
+                      threshold: float = THRESHOLD) -> dict[str, float | int]:
+  """Scores answer texts against gold boxes (both in 0..1000).
+
+  Returns:
+    {"acc@0.5": share with IoU >= threshold, "se@0.5": its binomial
+    standard error (`vqa.standard_error`), "miou": mean IoU (unparsed
+    answers count 0), "parsed": share of answers that are a box, "count"}
+    (the "0.5" in the names is the threshold's).
+  """
+  if len(predictions) != len(boxes):
+    raise ValueError(f"{len(predictions)} predictions for {len(boxes)} boxes")
+  parsed = [grounding.parse_box(p) for p in predictions]
+  ious = np.asarray([0.0 if p is None else grounding.iou(p, b)
+                     for p, b in zip(parsed, boxes)], np.float64)
+  n = len(ious)
+  acc = float(np.mean(ious >= threshold)) if n else 0.0
+  return {f"acc@{threshold:g}": acc,
+          f"se@{threshold:g}": vqa.standard_error(acc, n),
+          "miou": float(ious.mean()) if n else 0.0,
+          "parsed": float(np.mean([p is not None for p in parsed]))
+                    if n else 0.0,
+          "count": n}
+
+
+def grounding_examples(source: Sequence[Mapping[str, Any]],
+                       max_examples: int | None
+                       ) -> list[tuple[Mapping[str, Any], str, str, tuple]]:
+  """(record, question, answer, box) of the first `max_examples` records
+  (in source order) with an object that can be asked about, one each."""
+  out = []
+  for index in range(len(source)):
+    if max_examples is not None and len(out) >= max_examples:
+      break
+    record = source[index]
+    for question, answer, box in grounding.record_grounding_qa(record, 1):
+      out.append((record, question, answer, box))
+  return out
+
+
+def answer_tokens(tokenizer: Tokenizer) -> int:
+  """New tokens the longest box answer needs, with the end of turn."""
+  return len(tokenizer.encode(grounding.format_box((grounding.SCALE,) * 4))
+             ) + 1
+
+
+def evaluate_shapes_grounding(model: MLLM, params: Any, cfg: MLLMConfig,
+                              tokenizer: Tokenizer,
+                              source: Sequence[Mapping[str, Any]], *,
+                              max_examples: int | None = None,
+                              batch_size: int = 8,
+                              max_new_tokens: int | None = None,
+                              resize: str = "square", num_samples: int = 4,
+                              fastv: FastVConfig | None = None
+                              ) -> dict[str, Any]:
+  """Greedy boxes for one referring question per shapes record, scored.
+
+  Args:
+    max_new_tokens: None = what the longest box needs (`answer_tokens`).
+
+  Returns:
+    `grounding_metrics` keys prefixed "grounding/", and
+    "grounding/samples": the first `num_samples` {question, answer,
+    prediction, iou}.
+  """
+  examples = grounding_examples(source, max_examples)
+  pixels = [vqa.record_pixels(cfg, r, resize) for r, *_ in examples]
+  prompts = [prompts_lib.prompt_pieces(
+      cfg, tokenizer, [{"role": "user",
+                        "content": prompts_lib.user_turn(q, 1)}])
+             for _, q, _, _ in examples]
+  preds = vqa.greedy_answers(
+      model, params, tokenizer, prompts, pixels, batch_size=batch_size,
+      max_new_tokens=max_new_tokens or answer_tokens(tokenizer),
+      fastv=fastv) if examples else []
+  boxes = [box for *_, box in examples]
+  metrics: dict[str, Any] = {
+      f"grounding/{k}": v for k, v in grounding_metrics(preds, boxes).items()}
+  samples = []
+  for (_, q, a, box), p in list(zip(examples, preds))[:num_samples]:
+    found = grounding.parse_box(p)
+    samples.append({"question": q, "answer": a, "prediction": p,
+                    "iou": 0.0 if found is None else grounding.iou(found,
+                                                                   box)})
+  metrics["grounding/samples"] = samples
+  return metrics
+
+
+def grounding_evaluator(ctx: registry.EvalContext) -> dict[str, Any]:
+  """`grounding` after a stage: config.eval.max_examples questions (one per
+  image) of the test and held-out splits, keys prefixed with the split."""
+  config, out = ctx.config, {}
+  for split in SPLITS:
+    m = evaluate_shapes_grounding(
+        ctx.model, ctx.params, ctx.model.cfg, ctx.tokenizer,
+        builders.load_source(ctx.dataset, split),
+        max_examples=config.eval.max_examples,
+        batch_size=config.eval.batch_size)
+    out.update({f"{split}/{k}": v for k, v in m.items()})
+  return out
+
+
+registry.register("grounding", grounding_evaluator)
