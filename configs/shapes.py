@@ -182,8 +182,9 @@ def _stages(fusion, cap):
     # Contrastive learning wants many negatives; images are cheap here.
     stages.siglip.batch_size = 64
     order.append("siglip")
-    # Region-level supervision: each object's tokens must say its shape and
-    # colour (captions alone let SigLIP match images by colour and place).
+    # Region-level supervision: each object's tokens must say its shape,
+    # colour and place (captions alone let SigLIP match images by colour and
+    # place, never forcing shape).
     stages.regions = _stage("region_classification", "regions", n(600),
                             ["vision", "region_head"], 1e-3)
     stages.regions.batch_size = 64

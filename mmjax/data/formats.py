@@ -53,9 +53,15 @@ FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversat
            "preference", "contrastive", "regions")
 CHAT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations")
 CAPTION_PROMPT = "describe the image."
+# The cell of a 3 x 3 grid an object's box centre falls in, row-major.
+PLACES = tuple(f"{row} {col}" for row in ("top", "middle", "bottom")
+               for col in ("left", "centre", "right"))
 # The classes a `regions` example labels each object with: attribute ->
-# class names (ids are indices), in the order of RegionTargets.labels.
-REGION_ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS}
+# class names (ids are indices), in the order of RegionTargets.labels. An
+# object's record gives its shape and colour; its place comes from its box
+# (a head that must say where each object is keeps position in the tokens,
+# which spatial questions need).
+REGION_ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "place": PLACES}
 MAX_REGIONS = 8  # Objects per image a regions batch holds (shapes: <= 6).
 # Roles whose turns are answers (`Tokenizer.encode_chat` accepts both).
 _ANSWER_ROLES = ("assistant", "gpt")
@@ -103,7 +109,7 @@ class RegionTargets:
   """An image, its objects' boxes and their class ids (region supervision).
 
   boxes: f32[K, 4] (x0, y0, x1, y1) as fractions of the image's width and
-  height; labels: int32[K, len(REGION_ATTRIBUTES)].
+  height; labels: int32[K, len(REGION_ATTRIBUTES)] (shape, colour, place).
   """
   record_id: str
   image: np.ndarray
@@ -132,12 +138,15 @@ def _region_targets(rid: str, record: Mapping[str, Any]) -> RegionTargets:
   for obj in objects:
     try:
       x0, y0, x1, y1 = (float(v) for v in obj["bbox"])
-      ids = [classes.index(obj[name])
+      col = min(int((x0 + x1) / 2 / width * 3), 2)
+      row = min(int((y0 + y1) / 2 / height * 3), 2)
+      named = {**obj, "place": PLACES[3 * row + col]}
+      ids = [classes.index(named[name])
              for name, classes in REGION_ATTRIBUTES.items()]
     except (KeyError, ValueError, TypeError) as e:
       raise BadExample("malformed", f"object {obj!r} needs a pixel 'bbox' "
                        "[x0, y0, x1, y1] and "
-                       f"{', '.join(REGION_ATTRIBUTES)} from "
+                       f"{', '.join(list(REGION_ATTRIBUTES)[:2])} from "
                        f"{dict(REGION_ATTRIBUTES)}") from e
     boxes.append((x0 / width, y0 / height, x1 / width, y1 / height))
     labels.append(ids)

@@ -44,7 +44,7 @@ def test_regions_batch_matches_the_records_objects(shapes):
       max_len=32, train=False))
   grid = cfg.side // cfg.vision.patch_size
   assert batch["region_weights"].shape == (8, formats.MAX_REGIONS, grid ** 2)
-  assert batch["region_labels"].shape == (8, formats.MAX_REGIONS, 2)
+  assert batch["region_labels"].shape == (8, formats.MAX_REGIONS, 3)
   # Every real object: weights sum to 1 and cover the patch of its centre;
   # the labels are its shape and colour. Padding rows are all zero.
   seen = 0
@@ -74,6 +74,10 @@ def test_region_targets_follow_the_objects(shapes):
   assert [SHAPES[s] for s in ex.labels[:, 0]] == [o["shape"] for o in objects]
   assert [COLOURS[c] for c in ex.labels[:, 1]] == [o["colour"]
                                                    for o in objects]
+  for (x, y), place in zip([o["centre"] for o in objects], ex.labels[:, 2]):
+    row, col = divmod(int(place), 3)  # centre pixel vs box centre: +-1 px
+    assert abs(x / side * 3 - (col + 0.5)) <= 0.5 + 3 / side
+    assert abs(y / side * 3 - (row + 0.5)) <= 0.5 + 3 / side
 
 
 def test_bad_region_records_are_named():
@@ -138,4 +142,5 @@ def test_stage_loss_learns_the_objects_of_a_batch(shapes):
     params, state, metrics = step(params, state)
   assert first["shape_accuracy"] < 0.6
   assert metrics["shape_accuracy"] > 0.9 and metrics["colour_accuracy"] > 0.9
+  assert metrics["place_accuracy"] > 0.9
   assert metrics["loss"] < 0.5 * first["loss"]

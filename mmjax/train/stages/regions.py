@@ -5,8 +5,9 @@ The model is the MLLM's vision tower plus a linear head per attribute on
 each box's token average (`models/region_head.py`); the tower is the global
 `vision` group, the head `region_head` (used by no other stage). Contrastive
 captions let a tower tell images apart by colour and position alone; this
-loss makes every object's tokens say what the object is (issue 22's
-measured shape bottleneck; docs/recipes.md "What makes the model see").
+loss makes every object's tokens say what the object is and where
+(`formats.REGION_ATTRIBUTES`: shape, colour, 3 x 3 place; docs/recipes.md
+"What makes the model see").
 
 Loss: the mean over attributes of the cross-entropy over real objects;
 metrics `<attribute>_accuracy`.
