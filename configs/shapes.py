@@ -182,11 +182,12 @@ def _stages(fusion, cap):
     # Contrastive learning wants many negatives; images are cheap here.
     stages.siglip.batch_size = 64
     order.append("siglip")
-    # Region-level supervision: each object's tokens must say its shape,
-    # colour and place (captions alone let SigLIP match images by colour and
-    # place, never forcing shape).
+    # Region-level supervision: each object's tokens must say its shape and
+    # colour (captions alone let SigLIP match images by colour and place,
+    # never forcing shape); attributes may add 'place'.
     stages.regions = _stage("region_classification", "regions", n(600),
-                            ["vision", "region_head"], 1e-3)
+                            ["vision", "region_head"], 1e-3,
+                            attributes=("shape", "colour"))
     stages.regions.batch_size = 64
     order.append("regions")
   if fusion == "qformer":

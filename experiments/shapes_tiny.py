@@ -3,13 +3,14 @@
 Step counts per stage at size=tiny. Measured: the five-paradigm fusion
 ablation with these took 22 min 3 s of wall time with --parallel=2 on 2
 quiet CPU cores (4.3 to 10.6 minutes per variant, two at a time). A stage a
-variant lacks is skipped (qformer exists only for fusion=qformer, siglip not
-for one_backbone). The recipe's own step counts (configs/shapes.py) apply
+variant lacks is skipped (qformer exists only for fusion=qformer, siglip and
+regions not for one_backbone). The regions stage (added after that
+measurement) adds about 50 s per variant. The recipe's own step counts (configs/shapes.py) apply
 without --size=tiny. Lower these if the sweeps take too long on your machine.
 """
 
-TINY_STEPS = {"text_lm": 100, "siglip": 60, "qformer": 60, "align": 100,
-              "sft": 450, "dpo": 30}
+TINY_STEPS = {"text_lm": 100, "siglip": 60, "regions": 200, "qformer": 60,
+              "align": 100, "sft": 450, "dpo": 30}
 
 # Only sft and dpo are evaluated at size=tiny (evaluations cost time too).
 TINY_OVERRIDES = {"stages.align.evals": ()}

@@ -5,9 +5,10 @@ The model is the MLLM's vision tower plus a linear head per attribute on
 each box's token average (`models/region_head.py`); the tower is the global
 `vision` group, the head `region_head` (used by no other stage). Contrastive
 captions let a tower tell images apart by colour and position alone; this
-loss makes every object's tokens say what the object is and where
-(`formats.REGION_ATTRIBUTES`: shape, colour, 3 x 3 place; docs/recipes.md
-"What makes the model see").
+loss makes every object's tokens say what the object is (option
+`attributes`, any of `formats.REGION_ATTRIBUTES`: shape, colour, and the 3 x
+3 place of its box centre; default shape and colour; docs/recipes.md "What
+makes the model see").
 
 Loss: the mean over attributes of the cross-entropy over real objects;
 metrics `<attribute>_accuracy`.
@@ -25,15 +26,23 @@ from mmjax.models.region_head import RegionClassifier
 from mmjax.train.stages import base
 from mmjax.train.stages.contrastive import needs_vision_tower, single_image
 
-CLASSES = tuple((name, len(names))
-                for name, names in formats.REGION_ATTRIBUTES.items())
+# What the head learns by default (option `attributes`): shape and colour.
+# Adding 'place' (each box centre's 3 x 3 cell) was measured not to help
+# spatial answers and to cost shape (docs/recipes.md).
+DEFAULT_ATTRIBUTES = ("shape", "colour")
+
+
+def classes(stage: ml_collections.ConfigDict) -> tuple[tuple[str, int], ...]:
+  """(attribute, number of classes) of the attributes a stage trains."""
+  return tuple((name, len(formats.REGION_ATTRIBUTES[name]))
+               for name in stage.get("attributes", DEFAULT_ATTRIBUTES))
 
 
 def _model(config: ml_collections.ConfigDict, stage_name: str
            ) -> base.StageModel:
-  del stage_name
   cfg = build.mllm_config(config)
-  model = RegionClassifier(cfg.vision, CLASSES, cfg.feature_layer)
+  model = RegionClassifier(cfg.vision, classes(config.stages[stage_name]),
+                           cfg.feature_layer)
   n_tokens = cfg.vision.num_patches
   images = jnp.zeros((1, cfg.side, cfg.side, cfg.channels))
   weights = jnp.full((1, formats.MAX_REGIONS, n_tokens), 1.0 / n_tokens)
@@ -43,7 +52,8 @@ def _model(config: ml_collections.ConfigDict, stage_name: str
 
 
 def _loss(model, stage: ml_collections.ConfigDict):
-  del stage
+  trained = classes(stage)
+  columns = list(formats.REGION_ATTRIBUTES)
 
   def loss_fn(params, batch, rng):
     del rng
@@ -52,20 +62,26 @@ def _loss(model, stage: ml_collections.ConfigDict):
     valid = batch["region_valid"] * batch["valid"][:, None]
     n = jnp.maximum(valid.sum(), 1.0)
     total, metrics = 0.0, {}
-    for i, (name, _) in enumerate(CLASSES):
-      labels = batch["region_labels"][..., i]
+    for name, _ in trained:
+      labels = batch["region_labels"][..., columns.index(name)]
       ce = optax.softmax_cross_entropy_with_integer_labels(
           logits[name].astype(jnp.float32), labels)
       total = total + (ce * valid).sum() / n
       right = (logits[name].argmax(-1) == labels) * valid
       metrics[f"{name}_accuracy"] = right.sum() / n
-    loss = total / len(CLASSES)
+    loss = total / len(trained)
     return loss, {"loss": loss, **metrics}
   return loss_fn
 
 
 def _checks(config, path: str, stage) -> list[C.Check]:
+  allowed = tuple(formats.REGION_ATTRIBUTES)
   return needs_vision_tower(config, path, stage) + [C.check_that(
+      lambda c: (isinstance(stage.get("attributes", ()), (tuple, list))
+                 and len(stage.get("attributes", DEFAULT_ATTRIBUTES)) > 0
+                 and set(stage.get("attributes", ())) <= set(allowed)),
+      lambda c: f"config.{path}.attributes={stage.get('attributes')!r}: "
+      f"give a non-empty tuple of {', '.join(allowed)}"), C.check_that(
       lambda c: c.model.vision.get("kind", "siglip") in ("siglip", "clip"),
       lambda c: f"config.{path}.loss='region_classification' pools a ViT's "
       f"patch grid; config.model.vision.kind={c.model.vision.kind!r} has "
@@ -75,4 +91,4 @@ def _checks(config, path: str, stage) -> list[C.Check]:
 KIND = base.register(base.StageKind(
     name="region_classification", families=("mllm",),
     data_formats=("regions",), make_model=_model, make_loss=_loss,
-    checks=_checks))
+    options={"attributes": DEFAULT_ATTRIBUTES}, checks=_checks))
