@@ -82,3 +82,15 @@ def draw_png(path, size=(80, 64)):
   draw.ellipse([40, 30, 70, 60], fill="blue")
   image.save(path)
   return str(path)
+
+
+def tiny_shapes_dataset(root, num_train=32, num_validation=4, num_test=4,
+                        num_heldout=4):
+  """(builder, tokenizer) of a small shapes TFDS build under `root`."""
+  from mmjax.data import builders  # pylint: disable=g-import-not-at-top
+  from mmjax.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  builder = builders.build(builders.ShapesBuilder, str(root),
+                           num_train=num_train, num_validation=num_validation,
+                           num_test=num_test, num_heldout=num_heldout)
+  return builder, Tokenizer.load(
+      os.path.join(builder.data_dir, builders.TOKENIZER_FILE))

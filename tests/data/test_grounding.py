@@ -1,6 +1,5 @@
 """Grounding data: box text, parsing, IoU, the referring questions of a
 record, and shapes_chat chats with them (and unchanged without them)."""
-import os
 
 import numpy as np
 import pytest
@@ -8,18 +7,16 @@ import pytest
 from mmjax import config as C
 from mmjax import testing
 from mmjax.data import builders, formats, grounding, pipeline
-from mmjax.data.tokenizer import Tokenizer
 from mmjax.train import config_checks
+from tests.helpers import tiny_shapes_dataset
 
 MAX_LEN = 320  # every chat with two grounding turns fits: nothing truncated
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-  builder = builders.build(builders.ShapesBuilder,
-                           str(tmp_path_factory.mktemp("data")), num_train=24,
-                           num_validation=4, num_test=4, num_heldout=4)
-  tok = Tokenizer.load(os.path.join(builder.data_dir, builders.TOKENIZER_FILE))
+  builder, tok = tiny_shapes_dataset(tmp_path_factory.mktemp("data"),
+                                     num_train=24)
   return builders.load_source(builder, "train"), tok
 
 

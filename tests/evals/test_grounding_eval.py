@@ -1,18 +1,16 @@
 """The `grounding` evaluator: its metric on hand-made answers, end to end on
 a tiny random model, as a stage lists it, and in standalone evaluation."""
 import json
-import os
 
 import pytest
 
 from mmjax import config as C
 from mmjax import evals, testing
 from mmjax.data import builders, grounding
-from mmjax.data.tokenizer import Tokenizer
 from mmjax.evals import grounding as grounding_eval
 from mmjax.evals import registry, vqa
 from mmjax.models.mllm import MLLM
-from tests.helpers import make_workdir, one_error_line, run_cli
+from tests.helpers import make_workdir, one_error_line, run_cli, tiny_shapes_dataset
 from tests.train.recipe_runner import run_main
 
 KEYS = ("acc@0.5", "se@0.5", "miou", "parsed", "count")
@@ -41,11 +39,8 @@ def test_grounding_metrics_by_hand():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-  builder = builders.build(builders.ShapesBuilder,
-                           str(tmp_path_factory.mktemp("data")), num_train=8,
-                           num_validation=4, num_test=6, num_heldout=6)
-  tok = Tokenizer.load(os.path.join(builder.data_dir, builders.TOKENIZER_FILE))
-  return builder, tok
+  return tiny_shapes_dataset(tmp_path_factory.mktemp("data"), num_train=8,
+                             num_test=6, num_heldout=6)
 
 
 def test_evaluator_end_to_end_on_a_random_model(data):

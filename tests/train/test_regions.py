@@ -1,7 +1,6 @@
 """Region-level supervision: the `regions` format, its batches, the
 RegionClassifier's pooling and the `region_classification` stage's loss."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -12,18 +11,15 @@ import pytest
 from mmjax import testing
 from mmjax.data import builders, formats, pipeline
 from mmjax.data.text_corpus import COLOURS, SHAPES
-from mmjax.data.tokenizer import Tokenizer
 from mmjax.models import vision as vision_lib
 from mmjax.models.region_head import RegionClassifier, RegionHead
 from mmjax.train import stages
+from tests.helpers import tiny_shapes_dataset
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-  builder = builders.build(builders.ShapesBuilder,
-                           str(tmp_path_factory.mktemp("data")), num_train=32,
-                           num_validation=4, num_test=4, num_heldout=4)
-  tok = Tokenizer.load(os.path.join(builder.data_dir, builders.TOKENIZER_FILE))
+  builder, tok = tiny_shapes_dataset(tmp_path_factory.mktemp("data"))
   return builders.load_source(builder, "train"), tok
 
 
