@@ -320,3 +320,33 @@ def test_native_size_not_divisible_by_patch_is_cropped():
   assert out.tokens.shape == (B, 64, 64) and out.grid == (8, 8)
   with pytest.raises(ValueError, match="66x66"):
     jax.eval_shape(model.apply, shapes, _images(0, 66, 66))
+
+
+def test_conv_stem_tokens_grid_and_refusals():
+  VisionConfig, VisionEncoder = vision.VisionConfig, vision.VisionEncoder
+  """stem='conv': log2(p) stride-2 convs give the patch grid's tokens, at
+  the native size and at another multiple of the patch."""
+  cfg = VisionConfig(width=32, depth=1, mlp_dim=64, n_heads=2, image_size=32,
+                     patch_size=8, stem="conv", pool="none")
+  model = VisionEncoder(cfg)
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  params = model.init(jax.random.key(1), images)["params"]
+  assert "conv_stem" in params and "patch_embedding" not in params
+  assert sorted(params["conv_stem"]) == ["conv_0", "conv_1", "conv_2",
+                                         "project"]
+  out = model.apply({"params": params}, images)
+  assert out.tokens.shape == (2, 16, 32) and out.grid == (4, 4)
+  wide = model.apply({"params": params}, jnp.zeros((1, 32, 48, 3)))
+  assert wide.grid == (4, 6) and wide.tokens.shape == (1, 24, 32)
+  # A token sees only its neighbourhood: changing the far corner leaves the
+  # first token alone.
+  moved = images.at[:, 24:, 24:].set(0.0)
+  first = lambda x: model.apply({"params": params}, x, feature_layer=0).tokens
+  np.testing.assert_allclose(first(images)[:, 0], first(moved)[:, 0],
+                             atol=1e-6)
+  with pytest.raises(ValueError, match="not a power of 2"):
+    VisionConfig(patch_size=6, image_size=36, stem="conv")
+  with pytest.raises(ValueError, match="stem='conv' is for SigLIP"):
+    VisionConfig(kind="clip", stem="conv")
+  with pytest.raises(ValueError, match="allowed"):
+    VisionConfig(stem="resnet")
