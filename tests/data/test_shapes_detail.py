@@ -170,3 +170,11 @@ def test_legibility_reader_reads_native_and_loses_detail_when_small():
   assert small["separation"] < native["separation"] / 3
   assert small["noisy"][0] < 1.0
   assert legibility.main(["--sides=4"]) == 2
+
+
+def test_vqa_accuracy_reports_number_questions():
+  # The sweep's results.md reads acc/<qtype> for every type present.
+  from mmjax.evals import vqa  # pylint: disable=g-import-not-at-top
+  metrics = vqa.vqa_accuracy(["7", "3", "red"], ["7", "8", "red"],
+                             ["number", "number", "colour"])
+  assert metrics["acc/number"] == 0.5 and metrics["count/number"] == 2
