@@ -72,6 +72,18 @@ def read_digits(scene: shapes_detail.DetailScene, side: int | None,
   return out
 
 
+def _glyph_size(scene: shapes_detail.DetailScene, side: int | None,
+                mode: str) -> tuple[float, float]:
+  """(width, height) in pixels of a glyph after the resize."""
+  w, h = 3 * shapes_detail.DIGIT_SCALE, 5 * shapes_detail.DIGIT_SCALE
+  if side is None:
+    return (w, h)
+  if mode == "pad":  # One scale: the longer side becomes `side`.
+    scale = side / max(scene.width, scene.height)
+    return (w * scale, h * scale)
+  return (w * side / scene.width, h * side / scene.height)
+
+
 def legibility(sides: Sequence[int | None], num_examples: int = 100,
                noises: Sequence[float] = DEFAULT_NOISES, split: str = "test",
                seed: int = 0, mode: str = "square") -> list[dict]:
@@ -88,10 +100,7 @@ def legibility(sides: Sequence[int | None], num_examples: int = 100,
     rng = np.random.default_rng(0)
     reads = [r for s in scenes
              for r in read_digits(s, side, noises, rng, mode)]
-    glyph = np.mean([(3 * shapes_detail.DIGIT_SCALE * (side or s.width)
-                      / s.width, 5 * shapes_detail.DIGIT_SCALE
-                      * (side or s.height) / s.height) for s in scenes],
-                    axis=0)
+    glyph = np.mean([_glyph_size(s, side, mode) for s in scenes], axis=0)
     rows.append({
         "side": side, "objects": len(reads),
         "exact": float(np.mean([r["digit"] == r["exact"] for r in reads])),

@@ -170,6 +170,9 @@ def test_legibility_reader_reads_native_and_loses_detail_when_small():
   assert small["separation"] < native["separation"] / 3
   assert small["noisy"][0] < 1.0
   assert legibility.main(["--sides=4"]) == 2
+  wide = shapes_detail.DetailScene((), 256, 128)
+  assert legibility._glyph_size(wide, 64, "square") == (1.5, 5.0)
+  assert legibility._glyph_size(wide, 64, "pad") == (1.5, 2.5)
 
 
 def test_vqa_accuracy_reports_number_questions():
