@@ -48,6 +48,9 @@ SYNTHETIC_DATASETS = {
     # Digits on non-square canvases (docs/resolution.md).
     "shapes_detail": (detail_builder.ShapesDetailBuilder, _SHAPES_KEYS),
 }
+# Synthetic datasets whose images are not square: no `regions` stage (its
+# boxes are fractions of a square image).
+NON_SQUARE_DATASETS = ("shapes_detail",)
 
 
 def _synthetic(config: ml_collections.ConfigDict

@@ -89,7 +89,7 @@ def _mllm_data_checks(config):
 
 def _check_dataset(config):
   """data.dataset (optional, default 'shapes') names a synthetic dataset;
-  shapes_detail's non-square images cannot feed a `regions` stage."""
+  non-square images (shapes_detail's) cannot feed a `regions` stage."""
   name = config.data.get("dataset", "shapes") or "shapes"
   if name not in datasets.SYNTHETIC_DATASETS:
     raise C.ConfigError(
@@ -97,11 +97,11 @@ def _check_dataset(config):
         f"{', '.join(datasets.SYNTHETIC_DATASETS)}")
   regions = [n for n in config.get("stage_order", ())
              if config.stages[n].get("data") == "regions"]
-  if name == "shapes_detail" and regions:
+  if name in datasets.NON_SQUARE_DATASETS and regions:
     raise C.ConfigError(
         f"stage {regions[0]!r} reads data='regions', which needs square "
-        "images, but config.data.dataset='shapes_detail' draws non-square "
-        "ones; drop the stage (configs/shapes_detail.py does)")
+        f"images, but config.data.dataset={name!r} draws non-square ones; "
+        "drop the stage (configs/shapes_detail.py does)")
 
 
 def _check_grounding_questions(config):
