@@ -149,11 +149,27 @@ class ShapesBuilder(_Builder):
                    for split in shapes.SPLITS}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.image_size
     return self._info_of(
-        shapes.__doc__.split("\n")[0], objects=tfds.features.Text(),
-        image=tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+        self._source_module().__doc__.split("\n")[0],
+        objects=tfds.features.Text(),
+        image=tfds.features.Image(shape=self._image_shape(),
+                                  encoding_format="png"),
         **dict.fromkeys(("captions", *_COLUMNS), _TEXTS))
+
+  # Hooks for variants of the benchmark (mmjax/data/detail_builder.py).
+  def _source_module(self):
+    """The module that draws the examples (its docstring describes them)."""
+    return shapes
+
+  def _image_shape(self) -> tuple[int | None, int | None, int]:
+    size = self.builder_config.image_size
+    return (size, size, 3)
+
+  def _example_fn(self, split: str):
+    """A picklable f(index) -> the example dict of `shapes.example`."""
+    config = self.builder_config
+    return functools.partial(shapes.example, split, seed=config.seed,
+                             image_size=config.image_size, png=True)
 
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     workers = self._num_workers
@@ -176,9 +192,7 @@ class ShapesBuilder(_Builder):
             for split, n in self._sizes.items()}
 
   def _generate_examples(self, split: str, num: int):
-    config = self.builder_config
-    make = functools.partial(shapes.example, split, seed=config.seed,
-                             image_size=config.image_size, png=True)
+    make = self._example_fn(split)
     examples = (map(make, range(num)) if self._pool is None
                 else self._pool.imap(make, range(num), chunksize=64))
     for index, ex in enumerate(examples):

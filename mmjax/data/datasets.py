@@ -8,6 +8,8 @@ Datasets go to `data_dir(config)`: config.data.data_dir, else
 $MMJAX_DATA_DIR, else ~/.cache/mmjax/data. The shapes dataset is keyed by its
 options (sizes, image size, seed, vocabulary), so runs with the same data
 options share one build, and its sentencepiece tokenizer is stored with it.
+config.data.dataset picks the synthetic benchmark (`SYNTHETIC_DATASETS`:
+'shapes', or 'shapes_detail', digits on non-square canvases).
 A config whose `tokenizer` names a Hugging Face tokenizer (directory or
 `.model`) tokenises every stage with that one and `config.chat_template`
 instead (`configured_tokenizer`; mmjax.data.hf_tokenizer).
@@ -23,7 +25,7 @@ from typing import Any
 import ml_collections
 
 from mmjax.config import ConfigError, get_path
-from mmjax.data import builders, chat_templates, hf_tokenizer
+from mmjax.data import builders, chat_templates, detail_builder, hf_tokenizer
 from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
 
 FOLDER_FORMATS = ("llava_conversations", "image_caption")
@@ -37,25 +39,45 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
           os.path.expanduser("~/.cache/mmjax/data"))
 
 
-def _shapes_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  d = config.data
-  return dict(num_train=d.num_train, num_validation=d.num_validation,
-              num_test=d.num_test, num_heldout=d.num_heldout,
-              image_size=d.image_size, seed=d.seed, vocab_size=d.vocab_size)
+# config.data.dataset -> (builder class, the config.data keys it takes).
+# Both draw synthetic examples and store their own tokenizer.
+_SHAPES_KEYS = ("num_train", "num_validation", "num_test", "num_heldout",
+                "seed", "vocab_size")
+SYNTHETIC_DATASETS = {
+    "shapes": (builders.ShapesBuilder, _SHAPES_KEYS + ("image_size",)),
+    # Digits on non-square canvases (docs/resolution.md).
+    "shapes_detail": (detail_builder.ShapesDetailBuilder, _SHAPES_KEYS),
+}
+# Synthetic datasets whose images are not square: no `regions` stage (its
+# boxes are fractions of a square image).
+NON_SQUARE_DATASETS = ("shapes_detail",)
+
+
+def _synthetic(config: ml_collections.ConfigDict
+               ) -> tuple[type[builders.ShapesBuilder], dict[str, Any]]:
+  """(builder class, options) of config.data.dataset (default 'shapes')."""
+  name = config.data.get("dataset", "shapes") or "shapes"
+  if name not in SYNTHETIC_DATASETS:
+    raise ConfigError(f"config.data.dataset={name!r} is not a dataset; "
+                      f"allowed values: {', '.join(SYNTHETIC_DATASETS)}")
+  cls, keys = SYNTHETIC_DATASETS[name]
+  return cls, {k: config.data[k] for k in keys}
 
 
 def shapes_builder(config: ml_collections.ConfigDict
                    ) -> builders.ShapesBuilder:
-  """The shapes builder of config.data, without building anything."""
-  return builders.ShapesBuilder(data_dir=data_dir(config),
-                                **_shapes_options(config))
+  """The shapes builder of config.data (config.data.dataset picks the
+  variant), without building anything."""
+  cls, options = _synthetic(config)
+  return cls(data_dir=data_dir(config), **options)
 
 
 def shapes_dataset(config: ml_collections.ConfigDict
                    ) -> builders.ShapesBuilder:
-  """Builds (once; later calls reuse it) the shapes TFDS dataset."""
-  return builders.build(builders.ShapesBuilder, data_dir(config),
-                        **_shapes_options(config))
+  """Builds (once; later calls reuse it) the shapes TFDS dataset of
+  config.data.dataset (`SYNTHETIC_DATASETS`)."""
+  cls, options = _synthetic(config)
+  return builders.build(cls, data_dir(config), **options)
 
 
 def max_skipped_fraction(config: ml_collections.ConfigDict) -> float:

@@ -83,7 +83,25 @@ def _mllm_data_checks(config):
           C.check_int("data.text_seq_len", 2),
           C.check_int("data.num_workers", 0),
           C.check_int("batch_size", 1), _check_grounding_questions,
-          _check_vocab_fits_model, _check_max_len_fits_an_image]
+          _check_vocab_fits_model, _check_max_len_fits_an_image,
+          _check_dataset]
+
+
+def _check_dataset(config):
+  """data.dataset (optional, default 'shapes') names a synthetic dataset;
+  non-square images (shapes_detail's) cannot feed a `regions` stage."""
+  name = config.data.get("dataset", "shapes") or "shapes"
+  if name not in datasets.SYNTHETIC_DATASETS:
+    raise C.ConfigError(
+        f"config.data.dataset={name!r} is not a dataset; allowed values: "
+        f"{', '.join(datasets.SYNTHETIC_DATASETS)}")
+  regions = [n for n in config.get("stage_order", ())
+             if config.stages[n].get("data") == "regions"]
+  if name in datasets.NON_SQUARE_DATASETS and regions:
+    raise C.ConfigError(
+        f"stage {regions[0]!r} reads data='regions', which needs square "
+        f"images, but config.data.dataset={name!r} draws non-square ones; "
+        "drop the stage (configs/shapes_detail.py does)")
 
 
 def _check_grounding_questions(config):
