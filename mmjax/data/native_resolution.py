@@ -38,6 +38,7 @@ from PIL import Image
 
 from mmjax.data import images as images_lib
 from mmjax.models import qwen2vl_vision
+from mmjax.models import layout
 from mmjax.models.layout import ImageSizeError
 
 MIN_PIXELS = 56 * 56
@@ -228,3 +229,26 @@ def pack_for(vision, rows: Sequence[Sequence[np.ndarray]],
   """`pack` with a Qwen2VLVisionConfig's patch, temporal patch and merge."""
   return pack(rows, vision.patch_size, vision.temporal_patch_size,
               vision.spatial_merge, bucket)
+
+
+def sized_pieces(pieces: Sequence, media) -> list:
+  """Prompt pieces with each `layout.Media` given its item's real size.
+
+  Args:
+    pieces: text id lists and `layout.Media` items (at the config's square
+      side, as `inference.prompts` writes them).
+    media: a list of native items (f32[h, w, 3] / [F, h, w, 3]) for a
+      native-resolution model; anything else (a stacked array, None) leaves
+      the pieces as they are.
+  """
+  if not isinstance(media, list):
+    return list(pieces)
+  items = iter(media)
+  out = []
+  for piece in pieces:
+    if isinstance(piece, layout.Media):
+      item = next(items)
+      piece = (layout.Media(item.shape[0], item.shape[1]) if item.ndim == 3
+               else layout.Media(item.shape[1], item.shape[2], item.shape[0]))
+    out.append(piece)
+  return out

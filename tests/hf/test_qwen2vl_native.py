@@ -203,3 +203,29 @@ def test_greedy_generation_native_images(qwen2vl):
                         batch_size=1)
   assert out.tokens[0] == ref
   assert len(set(ref)) > 2  # not degenerate
+
+
+def test_run_generate_any_size_image(qwen2vl, tmp_path):
+  """`inference.load_run` on a converted Qwen2-VL (what `python -m
+  mmjax.generate --workdir=...` loads) keeps a 37x91 image's aspect: it is
+  resized by smart_resize to 56x112 (8 tokens), never to a square, and
+  answers with HF generate's greedy tokens."""
+  from mmjax.inference import run as run_lib  # pylint: disable=g-import-not-at-top
+  model, conv, _ = qwen2vl
+  run = run_lib.load_run(hf.save_converted(conv, tmp_path / "conv"))
+  image = _uint8(37, 91, 9)
+  media = run.prepare_media(image)
+  assert [m.shape for m in media] == [(56, 112, 3)]
+  ref_in = transformers.Qwen2VLImageProcessor()(images=[image],
+                                                return_tensors="pt")
+  assert ref_in["image_grid_thw"].tolist() == [[1, 4, 8]]
+  before, after = [5, 17, START], [END, 33, 48]
+  n_new = 6
+  prompt = before + [IMAGE] * 8 + after
+  ref = model.generate(
+      input_ids=torch.tensor([prompt]), **ref_in, max_new_tokens=n_new,
+      min_new_tokens=n_new, do_sample=False, eos_token_id=None,
+      pad_token_id=0)[0, len(prompt):].tolist()
+  out = run.generate([before + [IMAGE] + after], [image],
+                     max_new_tokens=n_new, stop_ids=[])
+  assert out.tokens[0] == ref
