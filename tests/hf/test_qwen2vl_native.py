@@ -16,6 +16,8 @@ from transformers.models.qwen2_vl import image_processing_qwen2_vl as hf_proc
 import hf_testing
 from mmjax import hf
 from mmjax.data import native_resolution as nr
+from mmjax.inference import decode
+from mmjax.inference import run as run_lib
 from mmjax.models import layout
 from mmjax.models.layout import ImageSizeError
 from mmjax.models.mllm import MLLM
@@ -186,7 +188,6 @@ def test_logits_video(qwen2vl):
 def test_greedy_generation_native_images(qwen2vl):
   """Two non-square images of different sizes through mmjax's compiled
   KV-cache decode loop give HF `generate`'s greedy tokens."""
-  from mmjax.inference import decode  # pylint: disable=g-import-not-at-top
   model, conv, module = qwen2vl
   items = _media(SIZES, seed=7)
   pixels, thw = _hf_patches(items)
@@ -210,7 +211,6 @@ def test_run_generate_any_size_image(qwen2vl, tmp_path):
   mmjax.generate --workdir=...` loads) keeps a 37x91 image's aspect: it is
   resized by smart_resize to 56x112 (8 tokens), never to a square, and
   answers with HF generate's greedy tokens."""
-  from mmjax.inference import run as run_lib  # pylint: disable=g-import-not-at-top
   model, conv, _ = qwen2vl
   run = run_lib.load_run(hf.save_converted(conv, tmp_path / "conv"))
   image = _uint8(37, 91, 9)
