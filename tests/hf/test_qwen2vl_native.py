@@ -229,3 +229,28 @@ def test_run_generate_any_size_image(qwen2vl, tmp_path):
   out = run.generate([before + [IMAGE] + after], [image],
                      max_new_tokens=n_new, stop_ids=[])
   assert out.tokens[0] == ref
+
+
+def test_batched_generation_mixed_sizes(qwen2vl):
+  """One batch: a prompt with one image, one with two images of other sizes
+  (left-padded, packed into one sequence, gathered back per row), and a
+  text-only prompt; each row equals HF `generate` on that prompt alone."""
+  model, conv, module = qwen2vl
+  layouts = [[(56, 84)], [(112, 56), (84, 56)], []]
+  refs, pieces_all, media_all = [], [], []
+  for i, sizes in enumerate(layouts):
+    items = _media(sizes, seed=20 + i)
+    tokens, pieces = _prompt(np.random.default_rng(30 + i),
+                             [(h, w, 1) for h, w in sizes], IMAGE)
+    extra = _hf_patches(items) if items else (None, None)
+    refs.append(model.generate(
+        input_ids=torch.tensor(tokens[None]), pixel_values=extra[0],
+        image_grid_thw=extra[1], max_new_tokens=5, min_new_tokens=5,
+        do_sample=False, eos_token_id=None,
+        pad_token_id=0)[0, len(tokens):].tolist())
+    pieces_all.append(pieces)
+    media_all.append(items)
+  out = decode.generate(module, conv.params, pieces_all, media_all,
+                        image_token_id=IMAGE, max_new_tokens=5,
+                        batch_size=3)
+  assert out.tokens == refs
