@@ -69,7 +69,7 @@ def _hf_patches(items):
 
 
 @pytest.mark.parametrize("h,w", [(37, 91), (300, 41), (1000, 700), (20, 30),
-                                 (28, 28 * 150)])
+                                 (28, 28 * 150), (1, 150)])
 def test_smart_resize_matches_hf(h, w):
   kw = dict(factor=28, min_pixels=56 * 56, max_pixels=28 * 28 * 64)
   assert nr.smart_resize(h, w, **kw) == hf_proc.smart_resize(h, w, **kw)
@@ -216,6 +216,11 @@ def test_run_generate_any_size_image(qwen2vl, tmp_path):
   image = _uint8(37, 91, 9)
   media = run.prepare_media(image)
   assert [m.shape for m in media] == [(56, 112, 3)]
+  # A 1-pixel-high strip is resized up (counted), a 1x300 one refused.
+  assert [m.shape for m in run.prepare_media(_uint8(1, 150, 0))] == [
+      (28, 700, 3)]
+  with pytest.raises(ImageSizeError, match="aspect ratio over 200"):
+    run.prepare_media(_uint8(1, 300, 0))
   ref_in = transformers.Qwen2VLImageProcessor()(images=[image],
                                                 return_tensors="pt")
   assert ref_in["image_grid_thw"].tolist() == [[1, 4, 8]]
