@@ -76,12 +76,14 @@ def test_smart_resize_matches_hf(h, w):
 
 
 def test_preprocess_matches_hf_processor():
-  images = [_uint8(37, 91, 0), _uint8(130, 61, 1)]
-  size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16}
-  proc = transformers.Qwen2VLImageProcessor(size=size)
+  # Upsized to min_pixels, kept, downsized to max_pixels (all non-square).
+  images = [_uint8(37, 91, 0), _uint8(130, 61, 1), _uint8(500, 333, 2)]
+  lo, hi = 56 * 56, 28 * 28 * 16
+  # min_pixels / max_pixels: 4.57.1's __init__ drops a `size=` argument.
+  proc = transformers.Qwen2VLImageProcessor(min_pixels=lo, max_pixels=hi)
   ours, grids = [], []
   for im in images:
-    x = nr.preprocess(im, 28, size["shortest_edge"], size["longest_edge"])
+    x = nr.preprocess(im, 28, lo, hi)
     assert x.shape[0] != x.shape[1]  # aspect kept, no square
     patches, grid = nr.patchify(x)
     ours.append(patches)
