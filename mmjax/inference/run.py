@@ -120,7 +120,8 @@ class Run:
              seed: int = 0, fastv: FastVConfig | None = None, chunk: int = 4,
              on_text: Callable[[str], None] | None = None) -> str:
     """`ask` with media already preprocessed: f32[M, S, S, 3] (or
-    [M, F, S, S, 3] for video; `media.media_arrays`), or None."""
+    [M, F, S, S, 3] for video; `media.media_arrays`), a list of any-size
+    items for a native-resolution model (`media.native_media`), or None."""
     tok = self._need_tokenizer("to answer in text")
     n_media = 0 if media is None else len(media)
     pieces = native_lib.sized_pieces(self._pieces(prompt, n_media), media)
