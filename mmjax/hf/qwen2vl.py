@@ -20,6 +20,8 @@ Inputs: a still image f32[H, W, 3] with sides multiples of 28, normalised
 with Qwen2-VL's (CLIP's) mean / std, gives (H/28)(W/28) tokens; the prompt
 holds `<|vision_start|>`, that many `<|image_pad|>` ids, `<|vision_end|>`,
 and M-RoPE positions from `models/position_ids.py` (`get_rope_index`).
+Images of any size and videos go through `data/native_resolution.py`
+(smart_resize, packing) and `MLLM.encode_native`.
 """
 
 from __future__ import annotations
@@ -130,9 +132,10 @@ def qwen2vl_import(ckpt: Checkpoint, config: Mapping[str, Any],
   ignore = list(llm_lib.DECODER_IGNORE)
   if lm.tie_embeddings:
     ignore.append("lm_head.weight")
-  notes.append("Qwen2-VL: fixed-size still images only (sides multiples of "
-               f"{vcfg.unit} px, one image per media item); video and "
-               "dynamic resolution within a batch are not supported.")
+  notes.append("Qwen2-VL: images at native resolution (smart_resize to "
+               f"multiples of {vcfg.unit} px) and videos as frame stacks "
+               "generate through data/native_resolution.py; training still "
+               "squares images.")
   cfg = families.mllm_model_dict("projection", vcfg, lm, positions="mrope",
                                 projector="patch_merger")
   return cfg, plan, ignore

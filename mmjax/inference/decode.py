@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.data import native_resolution as native_lib
 from mmjax.inference import fastv as fastv_lib
 from mmjax.models import layout
 from mmjax.models.decoder import init_kv_cache
@@ -107,7 +108,10 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
     cfg: the model config.
     prompts: per example, text id lists and `layout.Media` items in order.
     images: per example f32[M_i, H, W, C] (or [M_i, F, H, W, C] for video),
-      one per Media item, preprocessed; None for text-only prompts.
+      one per Media item, preprocessed; None for text-only prompts. A
+      Qwen2-VL model (`native_resolution.takes_native`) takes per example a
+      list of items of any sizes (f32[H, W, C] / [F, H, W, C], sides
+      multiples of 28), packed into batch["native"].
     rows: which prompts form this batch.
     image_token_id: the `<image>` id of placeholders and markers.
     pad_id: the id in padding slots.
@@ -163,6 +167,11 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
   out["media_count"] = out["media_locations"].sum(1).astype(np.int32)
   out["images"] = out["image_mask"] = None
   counts = [0 if images is None else len(images[r]) for r in fill]
+  if max(counts) and native_lib.takes_native(cfg):
+    # Native resolution: every item keeps its own size; packed patches.
+    out["native"] = native_lib.pack_for(
+        cfg.vision, [list(images[r]) for r in fill]).arrays()
+    return out
   if max(counts):
     shape = next(images[r] for r in fill if len(images[r])).shape[1:]
     out["images"] = np.zeros((b, max(counts)) + shape, np.float32)
@@ -213,6 +222,9 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
   if batch["images"] is not None:
     visual = model.apply(variables, batch["images"],
                          method=MLLM.encode_images)
+  if batch.get("native") is not None:
+    visual = model.apply(variables, **batch["native"],
+                         method=MLLM.encode_native)
   if fastv is not None:
     logits, cache, kv_valid, slot0 = fastv_lib.pruned_prefill(
         model, params, batch, visual, fastv=fastv, pruned_len=pruned_len,

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmjax.data import images as images_lib
+from mmjax.data import native_resolution as native_lib
 from mmjax.inference.prompts import InputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -54,6 +55,8 @@ def media_arrays(cfg, stills: Sequence[np.ndarray],
                  max_frames: int) -> np.ndarray | None:
   """Preprocessed media items f32[M, S, S, 3] or [M, F, S, S, 3] (F =
   cfg.frames; a still image is repeated F times), None without media."""
+  if native_lib.takes_native(cfg):
+    return native_media(stills, video, max_frames)
   kind = images_lib.normalization_kind(cfg)
   prep = lambda im: images_lib.preprocess(im, cfg.side, resize=resize,
                                           kind=kind)
@@ -65,6 +68,19 @@ def media_arrays(cfg, stills: Sequence[np.ndarray],
     else:
       items += [prep(im) for im in evenly(video, max_frames)]
   return np.stack(items) if items else None
+
+
+def native_media(stills: Sequence[np.ndarray],
+                 video: Sequence[np.ndarray] | None,
+                 max_frames: int) -> list[np.ndarray] | None:
+  """Native resolution (Qwen2-VL): each still f32[h, w, 3] at its own
+  `smart_resize` size, the video one item f32[F, h, w, 3] of up to
+  max_frames frames (F padded to the temporal patch by the tower's
+  packing); None without media. No square resize, no crop."""
+  items = [native_lib.preprocess(im) for im in stills]
+  if video:
+    items.append(native_lib.preprocess_video(evenly(video, max_frames)))
+  return items or None
 
 
 def image_list(images: Any) -> list[Any]:

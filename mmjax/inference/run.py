@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
+from mmjax.data import native_resolution as native_lib
 from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
 from mmjax.inference import decode, prompts
 from mmjax.inference import media as media_lib
@@ -119,10 +120,11 @@ class Run:
              seed: int = 0, fastv: FastVConfig | None = None, chunk: int = 4,
              on_text: Callable[[str], None] | None = None) -> str:
     """`ask` with media already preprocessed: f32[M, S, S, 3] (or
-    [M, F, S, S, 3] for video; `media.media_arrays`), or None."""
+    [M, F, S, S, 3] for video; `media.media_arrays`), a list of any-size
+    items for a native-resolution model (`media.native_media`), or None."""
     tok = self._need_tokenizer("to answer in text")
     n_media = 0 if media is None else len(media)
-    pieces = self._pieces(prompt, n_media)
+    pieces = native_lib.sized_pieces(self._pieces(prompt, n_media), media)
     shown = [""]
 
     def stream(tokens: list[list[int]]) -> None:
@@ -175,10 +177,13 @@ class Run:
                        "prompts: give one entry (None, an image or a list) "
                        "per prompt")
     media = [self.prepare_media(ims, resize=resize) for ims in per_prompt]
-    pieces = [self._pieces(p, 0 if m is None else len(m))
+    pieces = [native_lib.sized_pieces(self._pieces(p, 0 if m is None
+                                                   else len(m)), m)
               for p, m in zip(prompts, media)]
     if all(m is None for m in media):
       media = None
+    elif native_lib.takes_native(self.cfg):  # lists of any-size items
+      media = [[] if m is None else m for m in media]
     else:  # prompts without images get an empty [0, ...] array
       shape = next(m for m in media if m is not None).shape[1:]
       media = [np.zeros((0,) + shape, np.float32) if m is None else m
@@ -197,6 +202,10 @@ class Run:
 
   @property
   def _image_id(self) -> int:
+    if self.tokenizer is None:  # a conversion: its HF image token
+      ids = _hf_ids(self.config.get("hf"), "image_token_id")
+      if ids:
+        return ids[0]
     return getattr(self.tokenizer, "image_id", IMAGE_ID)
 
   def _need_tokenizer(self, why: str) -> Tokenizer:

@@ -44,6 +44,7 @@ from mmjax.data import builders, datasets, hf_tokenizer
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.models import build, remat
 from mmjax.models.decoder import DecoderConfig
+from mmjax.models.mllm import MLLM, mllm_config_from_dict
 from mmjax.models.text_lm import TextLM, TextLMConfig, text_lm_init
 from mmjax.train import groups, stages
 
@@ -244,18 +245,21 @@ def text_lm_params(lm: DecoderConfig, store: dict[str, Any], where: str
 
 def read_converted(path: str) -> tuple[ml_collections.ConfigDict, TextLM,
                                        dict[str, Any]]:
-  """(config, model, params) of a converted decoder LM (family 'lm').
+  """(config, model, params) of a converted decoder LM (family 'lm') or
+  multimodal LM (family 'mllm', prompted with token ids).
 
   config holds what OUT/config.json records: family, model, hf.
   """
   conv = hf.load_converted(path)
+  config = ml_collections.ConfigDict(
+      {"family": conv.family, "model": conv.model, "hf": conv.hf})
+  if conv.family == "mllm":
+    return config, MLLM(mllm_config_from_dict(conv.model)), conv.params
   if conv.family != "lm":
     raise WorkdirError(
         f"{path} holds a converted {conv.family!r} model; only decoder LMs "
         "(family 'lm': LLaMA, Mistral, Qwen2, Gemma) generate from a "
         "conversion. Train a recipe from it (config.init_from) instead")
-  config = ml_collections.ConfigDict(
-      {"family": conv.family, "model": conv.model, "hf": conv.hf})
   store = groups.flatten({"llm": conv.params})
   model, params = text_lm_params(DecoderConfig.from_dict(conv.model), store,
                                  path)

@@ -58,6 +58,10 @@ def media_grid(cfg: MLLMConfig, height: int, width: int, frames: int = 1
   vector as an extra column.
   """
   gh, gw = patch_grid(cfg, height, width)
+  # Qwen2-VL folds temporal_patch_size frames into one token (the last frame
+  # repeated up to a multiple, as its processor does).
+  tp = getattr(cfg.vision, "temporal_patch_size", 1)
+  frames = -(-frames // tp)
   if cfg.fusion == "projection":
     if cfg.projector in ("pixel_shuffle", "patch_merger"):
       gh, gw = gh // 2, gw // 2

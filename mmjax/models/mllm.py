@@ -239,6 +239,33 @@ class MLLM(nn.Module):
     queries = self.connector(tokens.reshape(b * m, f * n, dv))
     return queries.reshape(b, m, queries.shape[1], queries.shape[2])
 
+  def encode_native(self, patches: jax.Array, rope_ids: jax.Array,
+                    segment_ids: jax.Array, row_index: jax.Array
+                    ) -> jax.Array:
+    """Qwen2-VL native resolution: packed media -> each prompt's tokens.
+
+    Args:
+      patches, rope_ids, segment_ids: `native_resolution.pack` of the
+        batch's media ([N, C*T*p*p], [N, 2], [N]).
+      row_index: int32[B, K], prompt b's merged tokens in the flat output.
+
+    Returns:
+      visual [B, 1, K, D] (the `visual` argument of __call__).
+    """
+    if not isinstance(self.cfg.vision, qwen2vl_vision.Qwen2VLVisionConfig):
+      raise ValueError("encode_native needs a Qwen2-VL vision tower "
+                       "(vision.kind='qwen2vl').")
+    tokens = self.vision.packed(patches, rope_ids, segment_ids)  # [N, Dv]
+    m = self.cfg.vision.spatial_merge
+    n, dv = tokens.shape
+    k = n // (m * m)
+    # Each merge window's m*m tokens are contiguous; laid out as an
+    # (m, k*m) row-major grid, the connector's window gather takes window j
+    # from columns j*m..j*m+m-1 and emits the windows in order.
+    grid_tokens = tokens.reshape(k, m, m, dv).transpose(1, 0, 2, 3)
+    merged = self.connector(grid_tokens.reshape(1, n, dv), (m, k * m))[0]
+    return merged[row_index][:, None]
+
   def __call__(
       self,
       tokens: jax.Array,

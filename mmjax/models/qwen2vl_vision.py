@@ -23,10 +23,15 @@ the same tokens, permuted; `connectors.PatchMerger` gathers the windows.
 row, the next Dh/4 by the patch column (theta 10000, frequencies
 1/theta^(2i / (Dh/2))), in the rotate-half layout (angles repeated twice).
 
-Scope: one still image per call item, sides multiples of p * merge (28). A
-still image is repeated to temporal_patch_size frames, as Qwen2-VL's image
-processor does; video (several temporal patches) and dynamic resolution
-across a batch are not handled here.
+Two entries:
+  __call__  still images of one size [B, H, W, C], sides multiples of
+            p * merge (28), each repeated to temporal_patch_size frames, as
+            Qwen2-VL's image processor does.
+  packed    native resolution: the patches of several images and videos of
+            any sizes in one flat sequence (`data/native_resolution.pack`,
+            Hugging Face's pixel_values order), attention only within each
+            item (block-diagonal mask from segment ids), 2-D RoPE from each
+            item's own (row, col) ids.
 """
 
 from __future__ import annotations
@@ -172,6 +177,18 @@ def rope_2d(grid: tuple[int, int], head_dim: int, theta: float
   return jnp.cos(angles), jnp.sin(angles)
 
 
+def rope_from_ids(ids: jax.Array, head_dim: int, theta: float
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Cos/sin tables f32[1, N, head_dim] of patches with (row, col) ids
+  int32[N, 2] (any order; `rope_2d` is the row-major special case)."""
+  inv_freq = positions_lib.rope_inv_freq(head_dim // 2, theta)  # [Dh/4]
+  ids = ids.astype(jnp.float32)
+  angles = jnp.concatenate([ids[:, :1] * inv_freq, ids[:, 1:] * inv_freq],
+                           axis=-1)  # [N, Dh/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[None]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
 def _layer_norm(eps: float, name: str, **kw) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, name=name,
                       scale_init=_logical(nn.initializers.ones, ("embed",)),
@@ -184,9 +201,10 @@ class Qwen2VLAttention(nn.Module):
   cfg: Qwen2VLVisionConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array
-               ) -> jax.Array:
-    """x: [B, N, D]; cos, sin: f32[1, N, Dh] -> [B, N, D]."""
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+               mask: jax.Array | None = None) -> jax.Array:
+    """x: [B, N, D]; cos, sin: f32[1, N, Dh]; mask bool[B, N, N] or None
+    (full attention) -> [B, N, D]."""
     cfg = self.cfg
     kw = dict(dtype=jnp.dtype(cfg.dtype),
               param_dtype=jnp.dtype(cfg.param_dtype))
@@ -195,7 +213,7 @@ class Qwen2VLAttention(nn.Module):
     q = positions_lib.apply_rotary(heads("q", "heads"), cos, sin)
     k = positions_lib.apply_rotary(heads("k", "kv_heads"), cos, sin)
     v = heads("v", "kv_heads")
-    out = layers.dot_product_attention(q, k, v, None, dtype=kw["dtype"])
+    out = layers.dot_product_attention(q, k, v, mask, dtype=kw["dtype"])
     out = nn.with_logical_constraint(out, ("batch", "length", "heads",
                                            "head_dim"))
     return layers.HeadsOut(cfg.width, use_bias=True, name="o", **kw)(out)
@@ -206,15 +224,15 @@ class Qwen2VLBlock(nn.Module):
   cfg: Qwen2VLVisionConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array
-               ) -> jax.Array:
-    """x: [B, N, D]; cos, sin: f32[1, N, Dh] -> [B, N, D]."""
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+               mask: jax.Array | None = None) -> jax.Array:
+    """x: [B, N, D]; cos, sin: f32[1, N, Dh]; mask as Qwen2VLAttention."""
     cfg = self.cfg
     kw = dict(dtype=jnp.dtype(cfg.dtype),
               param_dtype=jnp.dtype(cfg.param_dtype))
     h = _layer_norm(cfg.norm_eps, "norm1", **kw)(x)
     x = nn.with_logical_constraint(
-        x + Qwen2VLAttention(cfg, name="attn")(h, cos, sin), _ACT)
+        x + Qwen2VLAttention(cfg, name="attn")(h, cos, sin, mask), _ACT)
     h = _layer_norm(cfg.norm_eps, "norm2", **kw)(x)
     h = layers.MLP(hidden=cfg.mlp_dim, activation=cfg.activation, name="mlp",
                    **kw)(h)
@@ -222,10 +240,27 @@ class Qwen2VLBlock(nn.Module):
 
 
 class Qwen2VLVisionTower(nn.Module):
-  """Qwen2-VL ViT without its merger: images -> row-major patch tokens."""
+  """Qwen2-VL ViT without its merger: images -> patch tokens."""
   cfg: Qwen2VLVisionConfig
 
-  @nn.compact
+  def setup(self):
+    cfg = self.cfg
+    self.patch_embed = nn.Dense(
+        cfg.width, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=_logical(nn.initializers.lecun_normal(), (None, "embed")))
+    # A list attribute names its modules layers_0, layers_1, ...
+    self.layers = [Qwen2VLBlock(cfg) for _ in range(cfg.depth)]
+
+  def _blocks(self, patches: jax.Array, cos: jax.Array, sin: jax.Array,
+              mask: jax.Array | None) -> jax.Array:
+    """patches [B, N, T*p*p*C] -> [B, N, D] through the blocks."""
+    x = self.patch_embed(patches.astype(jnp.dtype(self.cfg.dtype)))
+    x = nn.with_logical_constraint(x, _ACT)
+    for block in self.layers:
+      x = block(x, cos, sin, mask)
+    return x
+
   def __call__(self, images: jax.Array,
                feature_layer: int | None = None) -> VisionOutput:
     """Encodes still images.
@@ -251,15 +286,34 @@ class Qwen2VLVisionTower(nn.Module):
     if h % cfg.unit or w % cfg.unit:
       raise ValueError(f"image of {h}x{w} px: Qwen2-VL's tower needs sides "
                        f"that are multiples of {cfg.unit}; resize it.")
-    dtype = jnp.dtype(cfg.dtype)
     grid = (h // cfg.patch_size, w // cfg.patch_size)
     patches = frame_patches(images, cfg.patch_size, cfg.temporal_patch_size)
-    x = nn.Dense(cfg.width, use_bias=False, name="patch_embed", dtype=dtype,
-                 param_dtype=jnp.dtype(cfg.param_dtype),
-                 kernel_init=_logical(nn.initializers.lecun_normal(),
-                                      (None, "embed")))(patches.astype(dtype))
-    x = nn.with_logical_constraint(x, _ACT)
     cos, sin = rope_2d(grid, cfg.head_dim, cfg.rope_theta)
-    for i in range(cfg.depth):
-      x = Qwen2VLBlock(cfg, name=f"layers_{i}")(x, cos, sin)
-    return VisionOutput(tokens=x, pooled=None, grid=grid)
+    return VisionOutput(tokens=self._blocks(patches, cos, sin, None),
+                        pooled=None, grid=grid)
+
+  def packed(self, patches: jax.Array, rope_ids: jax.Array,
+             segment_ids: jax.Array) -> jax.Array:
+    """Encodes media items of any sizes packed into one sequence.
+
+    Args:
+      patches: f32[N, C*T*p*p], Hugging Face's pixel_values layout (each
+        vector ordered (C, T, p, p); `native_resolution.pack`).
+      rope_ids: int32[N, 2], each patch's (row, col) in its own item.
+      segment_ids: int32[N]: item of each patch (0 = padding).
+
+    Returns:
+      [N, D] tokens in the input order; a token saw only its own item.
+    """
+    cfg = self.cfg
+    chex.assert_rank(patches, 2)
+    c, t, p = cfg.channels, cfg.temporal_patch_size, cfg.patch_size
+    if patches.shape[1] != c * t * p * p:
+      raise ValueError(f"patch vectors of {patches.shape[1]} values; this "
+                       f"tower takes C*T*p*p = {c * t * p * p}.")
+    # (C, T, p, p) -> (T, p, p, C), the kernel's row order (frame_patches).
+    x = patches.reshape(-1, c, t, p, p).transpose(0, 2, 3, 4, 1)
+    x = x.reshape(1, -1, t * p * p * c)
+    cos, sin = rope_from_ids(rope_ids, cfg.head_dim, cfg.rope_theta)
+    mask = (segment_ids[:, None] == segment_ids[None, :])[None]
+    return self._blocks(x, cos, sin, mask)[0]
