@@ -87,6 +87,12 @@ class NaFlexConfig:
     config_util.check_dtypes(self)
 
   @property
+  def image_size(self) -> int:
+    """Side of the square image whose patch grid is the position grid (the
+    tower's nominal size; `MLLMConfig.side`)."""
+    return self.posemb_grid * self.patch_size
+
+  @property
   def patch_dim(self) -> int:
     """Length of one flattened patch, p*p*C."""
     return self.patch_size * self.patch_size * self.channels
@@ -145,6 +151,33 @@ def resize_posemb_naflex(posemb: jax.Array, spatial_shapes: jax.Array,
                    posemb.reshape(g, g, d).astype(jnp.float32),
                    precision=jax.lax.Precision.HIGHEST)
   return out.astype(posemb.dtype)
+
+
+MLLM_PROJECTORS = ("linear", "mlp")  # per-token: no fixed grid needed
+
+
+def check_mllm(fusion: str, projector: str, feature_layer: int | None,
+               frames: int) -> None:
+  """ValueError unless an MLLM can carry a NaFlex tower: projection fusion
+  with a per-token projector, the final output, one frame."""
+  if (fusion != "projection" or projector not in MLLM_PROJECTORS or
+      feature_layer is not None or frames != 1):
+    raise ValueError(
+        f"a NaFlex vision tower needs fusion='projection', projector in "
+        f"{list(MLLM_PROJECTORS)}, feature_layer=None and frames=1 (got "
+        f"fusion={fusion!r}, projector={projector!r}, feature_layer="
+        f"{feature_layer}, frames={frames}).")
+
+
+def valid_first(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Moves each row's valid entries to its front, keeping their order.
+
+  x: [B, K, D], mask: bool[B, K] -> [B, K, D] (padding after the valid rows),
+  so `mllm.scatter_visual` puts the k-th valid token at the k-th
+  placeholder.
+  """
+  order = jnp.argsort(~mask, axis=1, stable=True)
+  return jnp.take_along_axis(x, order[..., None], axis=1)
 
 
 @flax.struct.dataclass
