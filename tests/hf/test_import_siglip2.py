@@ -110,3 +110,14 @@ def test_two_tower_checkpoint_imports_vision(tmp_path, batch):
                             batch["spatial_shapes"])
   hf_testing.assert_parity("siglip2 (two-tower ckpt) pooled", out.pooled,
                            ref.pooler_output.numpy())
+
+
+@pytest.mark.slow  # orbax save + restore, ~15 s under load
+def test_save_load_roundtrip(tower, batch, tmp_path):
+  _, conv = tower
+  loaded = hf.load_converted(hf.save_converted(conv, tmp_path / "out"))
+  assert loaded.family == "naflex" and loaded.model == conv.model
+  args = (batch["patches"], batch["mask"], batch["spatial_shapes"])
+  ours = conv.module().apply({"params": conv.module_params()}, *args)
+  back = loaded.module().apply({"params": loaded.module_params()}, *args)
+  np.testing.assert_array_equal(back.pooled, ours.pooled)
