@@ -14,6 +14,7 @@ import transformers
 import hf_testing
 from mmjax import hf
 from mmjax.data import naflex as naflex_data
+from mmjax.hf import siglip2
 from mmjax.models import naflex
 
 # num_patches 16: a 4 x 4 learned position grid; patch 4 keeps patches short.
@@ -121,3 +122,8 @@ def test_save_load_roundtrip(tower, batch, tmp_path):
   ours = conv.module().apply({"params": conv.module_params()}, *args)
   back = loaded.module().apply({"params": loaded.module_params()}, *args)
   np.testing.assert_array_equal(back.pooled, ours.pooled)
+
+
+def test_non_square_position_table_is_refused():
+  with pytest.raises(hf.HFImportError, match="num_patches=12 is not a square"):
+    siglip2.naflex_config({**_VISION, "num_patches": 12})
