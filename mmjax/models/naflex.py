@@ -93,6 +93,12 @@ class NaFlexConfig:
     return self.posemb_grid * self.patch_size
 
   @property
+  def num_patches(self) -> int:
+    """Patch rows per image the tower computes, padding included
+    (`max_num_patches`): what FLOP counts (`models/flops.py`) charge."""
+    return self.max_num_patches
+
+  @property
   def patch_dim(self) -> int:
     """Length of one flattened patch, p*p*C."""
     return self.patch_size * self.patch_size * self.channels

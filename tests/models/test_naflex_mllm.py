@@ -7,6 +7,7 @@ import pytest
 
 from mmjax import testing
 from mmjax.data import naflex as naflex_data
+from mmjax.models import flops
 from mmjax.models import mllm
 from mmjax.models import naflex
 
@@ -74,6 +75,13 @@ def test_forward_on_mixed_aspect_batch(setup):
   other[0] = -other[0]
   assert np.abs(np.asarray(fwd(other, mask, shapes, tokens, placeholder))[0]
                 - logits[0]).max() > 1e-4
+
+
+def test_flops_count_padded_rows():
+  small, big = (flops.train_flops(dataclasses.replace(
+      _cfg(), vision=dataclasses.replace(_TOWER, max_num_patches=n)),
+      2, 32)["vit"] for n in (12, 24))
+  assert big == 2 * small > 0
 
 
 def test_valid_first_keeps_order():
