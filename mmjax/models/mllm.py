@@ -34,8 +34,8 @@ import jax.numpy as jnp
 
 from mmjax.models import connectors as connectors_lib
 from mmjax.models import cross_attention
-from mmjax.models import qformer as qformer_lib
 from mmjax.models import naflex as naflex_lib
+from mmjax.models import qformer as qformer_lib
 from mmjax.models import qwen2vl_vision
 from mmjax.models import resampler as resampler_lib
 from mmjax.models import vision as vision_lib
@@ -363,7 +363,8 @@ def vision_tower(cfg: Any) -> nn.Module:
 
 
 def vision_config_from_dict(d: Mapping[str, Any]) -> Any:
-  """VisionConfig, or Qwen2VLVisionConfig when d['kind'] is 'qwen2vl'."""
+  """VisionConfig, or Qwen2VLVisionConfig when d['kind'] is 'qwen2vl', or
+  NaFlexConfig when it is 'naflex'."""
   if d.get("kind") == qwen2vl_vision.KIND:
     return qwen2vl_vision.Qwen2VLVisionConfig.from_dict(d)
   if d.get("kind") == naflex_lib.KIND:
