@@ -99,3 +99,8 @@ def test_refusals():
     model.init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32),
                images=np.zeros((1, 1, 16, 16, 3), np.float32),
                image_token_mask=np.zeros((1, 4), bool))
+
+
+def test_config_dict_round_trip():
+  cfg = mllm.mllm_config_from_dict(dataclasses.asdict(_cfg()))
+  assert cfg.vision == _TOWER and cfg.side == 16
