@@ -7,6 +7,7 @@
   vision      VisionEncoder(VisionConfig)     vision
   two_tower   TwoTower(vision, text, E)       vision_model, text_model,
                                               logit_scale, logit_bias
+  naflex      NaFlexVisionTower(NaFlexConfig) vision (SigLIP2)
   connector   QFormerConnector (kind          connector
               'qformer') / OneBackbonePatches
               (kind 'one_backbone')
@@ -25,14 +26,15 @@ import jax.numpy as jnp
 
 from mmjax.hf.safetensors_io import HFImportError
 from mmjax.models import mllm as mllm_lib
+from mmjax.models import naflex as naflex_lib
 from mmjax.models import qformer as qformer_lib
 from mmjax.models import text_tower
 from mmjax.models import vision as vision_lib
 from mmjax.models.decoder import DecoderConfig, DecoderLM
 
-FAMILIES = ("lm", "mllm", "vision", "two_tower", "connector")
+FAMILIES = ("lm", "mllm", "vision", "two_tower", "connector", "naflex")
 # Families whose module's params sit under one group name in the saved tree.
-GROUP = {"vision": "vision", "connector": "connector"}
+GROUP = {"vision": "vision", "connector": "connector", "naflex": "vision"}
 
 
 def build_module(family: str, model: Mapping[str, Any]) -> nn.Module:
@@ -44,6 +46,9 @@ def build_module(family: str, model: Mapping[str, Any]) -> nn.Module:
     return mllm_lib.MLLM(mllm_lib.mllm_config_from_dict(model))
   if family == "vision":
     return vision_lib.VisionEncoder(vision_lib.VisionConfig.from_dict(model))
+  if family == "naflex":
+    return naflex_lib.NaFlexVisionTower(
+        naflex_lib.NaFlexConfig.from_dict(model))
   if family == "two_tower":
     return text_tower.TwoTower(
         vision_lib.VisionConfig.from_dict(model["vision"]),
@@ -90,6 +95,11 @@ def dummy_inputs(family: str, model: Mapping[str, Any],
   if family == "vision":
     s = model["image_size"]
     return (jnp.zeros((1, s, s, model["channels"]), jnp.float32),), {}
+  if family == "naflex":
+    cfg = naflex_lib.NaFlexConfig.from_dict(model)
+    n = cfg.max_num_patches
+    return (jnp.zeros((1, n, cfg.patch_dim), jnp.float32),
+            jnp.ones((1, n), bool), jnp.ones((1, 2), jnp.int32)), {}
   if family == "two_tower":
     v, t = model["vision"], model["text"]
     s = v["image_size"]

@@ -30,6 +30,7 @@ from mmjax.hf import mllm as mllm_lib
 from mmjax.hf import paligemma as paligemma_lib
 from mmjax.hf import plan as P
 from mmjax.hf import qwen2vl as qwen2vl_lib
+from mmjax.hf import siglip2 as siglip2_lib
 from mmjax.hf import vision as vision_lib
 from mmjax.hf.safetensors_io import Checkpoint, HFImportError, short_list
 
@@ -44,6 +45,8 @@ _IMPORTERS: dict[str, tuple[str, Callable[..., Any]]] = {
     "siglip_vision_model": ("vision", vision_lib.vision_tower_import),
     "clip_vision_model": ("vision", vision_lib.vision_tower_import),
     "clip": ("vision", vision_lib.vision_tower_import),
+    "siglip2_vision_model": ("naflex", siglip2_lib.siglip2_import),
+    "siglip2": ("naflex", siglip2_lib.siglip2_import),
     "llava": ("mllm", mllm_lib.llava_import),
     "paligemma": ("mllm", paligemma_lib.paligemma_import),
     "idefics2": ("mllm", mllm_lib.idefics2_import),

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from mmjax.models import connectors as connectors_lib
 from mmjax.models import cross_attention
+from mmjax.models import naflex as naflex_lib
 from mmjax.models import qformer as qformer_lib
 from mmjax.models import qwen2vl_vision
 from mmjax.models import resampler as resampler_lib
@@ -117,6 +118,10 @@ class MLLMConfig:
           "a Qwen2-VL vision tower needs fusion='projection', "
           f"feature_layer=None and frames=1 (got fusion={self.fusion!r}, "
           f"feature_layer={self.feature_layer}, frames={self.frames}).")
+
+    if isinstance(self.vision, naflex_lib.NaFlexConfig):
+      naflex_lib.check_mllm(self.fusion, self.projector, self.feature_layer,
+                            self.frames)
 
   @property
   def side(self) -> int:
@@ -227,6 +232,9 @@ class MLLM(nn.Module):
     if cfg.fusion == "one_backbone":
       tokens = self.connector(flat)
       return tokens.reshape(b, m, f * tokens.shape[1], tokens.shape[-1])
+    if isinstance(cfg.vision, naflex_lib.NaFlexConfig):
+      raise ValueError("a NaFlex tower reads patch rows, not images: pass "
+                       "visual=MLLM.encode_naflex(...) instead of images.")
     out = self.vision(flat, feature_layer=cfg.feature_layer)
     tokens = out.tokens  # [b*m*f, N, Dv]
     n, dv = tokens.shape[1], tokens.shape[2]
@@ -265,6 +273,28 @@ class MLLM(nn.Module):
     grid_tokens = tokens.reshape(k, m, m, dv).transpose(1, 0, 2, 3)
     merged = self.connector(grid_tokens.reshape(1, n, dv), (m, k * m))[0]
     return merged[row_index][:, None]
+
+  def encode_naflex(self, patches: jax.Array, mask: jax.Array,
+                    spatial_shapes: jax.Array) -> jax.Array:
+    """Visual tokens of NaFlex images (`mmjax.data.naflex.batch` per item).
+
+    Args:
+      patches: [B, M, N, p*p*C]; mask: [B, M, N]; spatial_shapes:
+        int[B, M, 2].
+
+    Returns:
+      [B, 1, M*N, D] for `__call__(visual=...)`: the projected valid tokens
+      of image 0, then image 1, ..., then padding; the text needs
+      mask[b].sum() image placeholders (the padding is never placed).
+    """
+    b, m, n = mask.shape
+    out = self.vision(patches.reshape((b * m, n) + patches.shape[3:]),
+                      mask.reshape(b * m, n),
+                      spatial_shapes.reshape(b * m, 2))
+    projected = self.connector(out.tokens, None)  # [b*m, N, D]
+    x = naflex_lib.valid_first(projected.reshape(b, m * n, -1),
+                               out.mask.reshape(b, m * n))
+    return x[:, None]
 
   def __call__(
       self,
@@ -350,7 +380,8 @@ class MLLM(nn.Module):
 # Vision tower module per config class.
 _TOWERS = {vision_lib.VisionConfig: vision_lib.VisionEncoder,
            qwen2vl_vision.Qwen2VLVisionConfig:
-               qwen2vl_vision.Qwen2VLVisionTower}
+               qwen2vl_vision.Qwen2VLVisionTower,
+           naflex_lib.NaFlexConfig: naflex_lib.NaFlexVisionTower}
 
 
 def vision_tower(cfg: Any) -> nn.Module:
@@ -359,9 +390,12 @@ def vision_tower(cfg: Any) -> nn.Module:
 
 
 def vision_config_from_dict(d: Mapping[str, Any]) -> Any:
-  """VisionConfig, or Qwen2VLVisionConfig when d['kind'] is 'qwen2vl'."""
+  """VisionConfig, or Qwen2VLVisionConfig when d['kind'] is 'qwen2vl', or
+  NaFlexConfig when it is 'naflex'."""
   if d.get("kind") == qwen2vl_vision.KIND:
     return qwen2vl_vision.Qwen2VLVisionConfig.from_dict(d)
+  if d.get("kind") == naflex_lib.KIND:
+    return naflex_lib.NaFlexConfig.from_dict(d)
   return vision_lib.VisionConfig.from_dict(d)
 
 

@@ -300,8 +300,9 @@ class MAPHead(_BlockSizes):
   """
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B, N, D] -> [B, D]."""
+  def __call__(self, x: jax.Array,
+               mask: jax.Array | None = None) -> jax.Array:
+    """x: [B, N, D] -> [B, D]; mask: bool[B, N] (True = pool it) or None."""
     batch, _, d = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     probe = self.param(
@@ -309,7 +310,9 @@ class MAPHead(_BlockSizes):
                           (None, None, "embed")), (1, 1, d), self.param_dtype)
     q = jnp.broadcast_to(probe.astype(self.dtype), (batch, 1, d))
     a = layers.MultiHeadAttention(n_heads=self.n_heads, name="attention",
-                                  attention=self.attention, **kw)(q, x)
+                                  attention=self.attention, **kw)(
+                                      q, x, mask=None if mask is None
+                                      else mask[:, None, :])
     h = layer_norm(self.norm_eps, name="layernorm", **kw)(a)
     h = a + layers.MLP(hidden=self.mlp_dim, activation=self.activation,
                        name="mlp", **kw)(h)

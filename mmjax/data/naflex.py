@@ -1,0 +1,99 @@
+"""NaFlex preprocessing (SigLIP2): aspect-kept resize, patchify, pad, mask.
+
+One image becomes a fixed-size row of patches whatever its shape, so images
+of different aspect ratios batch together without cropping or letterboxing:
+
+  `naflex_size` -> PIL bilinear resize -> x/255, (x - mean) / std ->
+  patches [h*w, p*p*C] row-major, each (dy, dx, c) like `vision.patchify` ->
+  zero rows up to `max_num_patches`, mask 1 on real rows.
+
+Arithmetic of transformers 4.57.1 `Siglip2ImageProcessor` (the slow path,
+which resizes with PIL): the scale is a bisection on `patches <= max`, each
+side rounded UP to a multiple of the patch, at least one patch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+from mmjax.data import images as images_lib
+
+
+def naflex_size(height: int, width: int, patch: int, max_patches: int,
+                eps: float = 1e-5) -> tuple[int, int]:
+  """(H', W') in pixels, multiples of `patch`, with (H'/p)(W'/p) <= max.
+
+  Bisects the largest scale s in [eps/10, 100] with ceil(s*H/p) * ceil(s*W/p)
+  <= max_patches (sides at least one patch), to a tolerance `eps`, so the
+  aspect ratio is kept up to the rounding of each side to whole patches.
+  """
+  if height <= 0 or width <= 0:
+    raise ValueError(f"image size {height}x{width} (HxW) is empty; give a "
+                     f"decoded image with at least one pixel.")
+  if max_patches < 1:
+    raise ValueError(f"max_num_patches={max_patches} must be >= 1.")
+
+  def side(scale: float, size: int) -> int:
+    return max(patch, math.ceil(size * scale / patch) * patch)
+
+  lo, hi = eps / 10, 100.0
+  while hi - lo >= eps:
+    mid = (lo + hi) / 2
+    if side(mid, height) * side(mid, width) <= max_patches * patch * patch:
+      lo = mid
+    else:
+      hi = mid
+  return side(lo, height), side(lo, width)
+
+
+@dataclasses.dataclass(frozen=True)
+class NaFlexImage:
+  """One preprocessed image.
+
+  Attributes:
+    patches: f32[max_num_patches, p*p*C], zero rows after the real ones.
+    mask: int32[max_num_patches], 1 for real patches.
+    spatial_shape: (h, w) patch rows and columns; h * w real patches.
+  """
+  patches: np.ndarray
+  mask: np.ndarray
+  spatial_shape: tuple[int, int]
+
+
+def preprocess(image: np.ndarray, *, patch: int = 16,
+               max_num_patches: int = 256,
+               kind: str = "siglip") -> NaFlexImage:
+  """uint8[H, W, C] (any C `images.to_rgb` takes) -> NaFlexImage.
+
+  `kind` names the normalisation (`images.NORMALIZATION`; SigLIP2: 'siglip',
+  mean = std = 0.5).
+  """
+  rgb = images_lib.to_rgb(image)
+  th, tw = naflex_size(rgb.shape[0], rgb.shape[1], patch, max_num_patches)
+  if (th, tw) != rgb.shape[:2]:
+    rgb = np.asarray(Image.fromarray(rgb).resize(
+        (tw, th), Image.Resampling.BILINEAR))
+  x = images_lib.normalize(rgb, kind)
+  h, w = th // patch, tw // patch
+  c = x.shape[-1]
+  rows = x.reshape(h, patch, w, patch, c).transpose(0, 2, 1, 3, 4)
+  patches = np.zeros((max_num_patches, patch * patch * c), np.float32)
+  patches[:h * w] = rows.reshape(h * w, -1)
+  mask = np.zeros((max_num_patches,), np.int32)
+  mask[:h * w] = 1
+  return NaFlexImage(patches, mask, (h, w))
+
+
+def batch(images: list[np.ndarray], **kw) -> dict[str, np.ndarray]:
+  """Preprocesses and stacks: {'patches' f32[B, N, p*p*C], 'mask' int32[B, N],
+  'spatial_shapes' int32[B, 2]} with N = max_num_patches (kw of
+  `preprocess`)."""
+  out = [preprocess(im, **kw) for im in images]
+  return {"patches": np.stack([o.patches for o in out]),
+          "mask": np.stack([o.mask for o in out]),
+          "spatial_shapes": np.asarray([o.spatial_shape for o in out],
+                                       np.int32)}
