@@ -26,6 +26,7 @@ def _efficiency(tmp_path, packing):
 @pytest.mark.slow
 def test_packed_training_logs_its_efficiency(tmp_path):
   packed = _efficiency(tmp_path, True)
+  print("packing efficiency", packed)
   # Shapes questions are ~90 tokens: two or more share each 256-token row.
   assert len(packed) == 2 and 0.6 < packed[-1] <= 1
 
