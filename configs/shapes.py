@@ -105,6 +105,9 @@ def get_config(arg=None):
       # y1]", 0..1000) added to each shapes_chat chat, up to this many per
       # image; 0 = off (docs/evaluation.md "Grounding").
       grounding_questions=0,
+      # Several examples per row in training (segment ids, positions
+      # restarting per example); docs/data.md "Packing".
+      packing=False,
       text_seq_len=64,       # window of the text-only LM stage
       num_workers=0,
       max_skipped_fraction=0.5,  # more bad folder records than this: an error

@@ -279,9 +279,10 @@ def current_key(config: ml_collections.ConfigDict, key: str) -> str:
   return key
 
 
-# Top-level keys added since runs were first written, with the values that
-# compute what a run without the key computed.
-ADDED_KEYS = {"tokenizer": ("",), "chat_template": ("", "mmjax")}
+# Keys added since runs were first written (dotted paths), with the values
+# that compute what a run without the key computed.
+ADDED_KEYS = {"tokenizer": ("",), "chat_template": ("", "mmjax"),
+              "data.packing": (False,)}
 
 
 def upgrade_legacy(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -293,8 +294,18 @@ def upgrade_legacy(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if isinstance(old.get(key), str) and isinstance(new.get(group), dict):
       old[group] = {**{k: "" for k in new[group]}, leaf: old[key]}
   for key, neutral in ADDED_KEYS.items():
-    if key not in old and key in new and new[key] in neutral:
-      old[key] = new[key]
+    *groups, leaf = key.split(".")
+    old_node, new_node = old, new
+    for group in groups:
+      if not (isinstance(old_node.get(group), dict) and
+              isinstance(new_node.get(group), dict)):
+        break
+      old_node[group] = old_node = dict(old_node[group])
+      new_node = new_node[group]
+    else:
+      if (leaf not in old_node and leaf in new_node and
+          new_node[leaf] in neutral):
+        old_node[leaf] = new_node[leaf]
   return old
 
 

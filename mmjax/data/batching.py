@@ -19,6 +19,9 @@ from mmjax.models.mllm import MLLMConfig
 
 # Counters the pipeline keeps: examples cut to max_len, skips per kind.
 STAT_KEYS = ("truncated",) + tuple(f"skipped_{k}" for k in formats.BAD_KINDS)
+# Token counts of the sequence batches (packing efficiency = real / batch,
+# `packing.efficiency`) and examples a packed window could not place.
+STAT_KEYS += ("real_tokens", "batch_tokens", "pack_overflow")
 # Per-sequence batch keys (preference batches prefix them chosen_/rejected_).
 SEQUENCE_KEYS = ("tokens", "targets", "loss_mask", "positions",
                  "image_token_mask", "media_locations")
@@ -168,4 +171,7 @@ class Collate:
                              self.pad_id)
       prefix = "" if name == "seq" else f"{name}_"
       batch.update({prefix + k: v for k, v in padded.items()})
+      counts["real_tokens"] += sum(len(row[name]["tokens"]) for row in rows
+                                   if row["valid"])
+      counts["batch_tokens"] += len(rows) * length
     return {**batch, "valid": valid, "_stats": counts}

@@ -61,6 +61,7 @@ from absl import flags, logging
 from mmjax.data import batching
 from mmjax.data import formats
 from mmjax.data import images as images_lib
+from mmjax.data import packing as packing_lib
 from mmjax.data.builders import ON_BAD_RECORD, BadRecordError
 from mmjax.data.text_pipeline import DataStateError
 from mmjax.data.tokenizer import Tokenizer
@@ -248,8 +249,13 @@ class BatchIterator:
     return {k: np.array(v) for k, v in batch.items()}
 
   def stats(self) -> dict[str, int]:
-    """Counts since the start of training: truncated, skipped_<kind>."""
+    """Counts since the start of training: truncated, skipped_<kind>,
+    real_tokens, batch_tokens, pack_overflow."""
     return dict(self._stats)
+
+  def log_stats(self) -> dict[str, float]:
+    """`stats` and the packing efficiency since the start (metrics)."""
+    return {**self.stats(), **packing_lib.efficiency(self._stats)}
 
   def get_state(self) -> dict[str, Any]:
     return {"next_batch": self._next, "stats": self.stats(),
@@ -316,7 +322,9 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   on_bad_record: str = "skip", resize: str = "square",
                   v2pe_eval_stride: int | None = None,
                   read_threads: int = 2,
-                  grounding_questions: int = 0) -> BatchIterator:
+                  grounding_questions: int = 0, packing: bool = False,
+                  pack_window: int = 0, pack_images: int = 0
+                  ) -> BatchIterator:
   """An iterator of this process's rows of each global batch (module doc).
 
   Args:
@@ -379,15 +387,33 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
       buckets=batching.check_buckets(buckets, max_len), max_len=max_len,
       max_images=max_images, lo=process_index * local, local=local,
       resize=resize)
+  per_batch = batch_size
+  if packing:
+    if fmt in ("preference", "contrastive", "regions"):
+      raise ValueError(f"packing=True packs chat sequences; fmt={fmt!r} "
+                       "cannot be packed: use packing=False")
+    per_batch = pack_window or packing_lib.DEFAULT_WINDOW_PER_ROW * batch_size
+    pack_images = pack_images or 4 * max_images
+    if per_batch < batch_size or pack_images < max_images:
+      raise ValueError(f"pack_window={per_batch} must be >= batch_size="
+                       f"{batch_size} and pack_images={pack_images} >= "
+                       f"max_images={max_images}")
+    collate = packing_lib.PackedCollate(
+        batch_size=batch_size, pack_images=pack_images, fmt=fmt, cfg=cfg,
+        pad_id=tokenizer.pad_id, buckets=batching.check_buckets(
+            buckets, max_len), max_len=max_len, max_images=max_images,
+        lo=process_index * local, local=local, resize=resize)
   n_rows = (_ENDLESS_ROWS if train
-            else math.ceil(len(index) / batch_size) * batch_size)
+            else math.ceil(len(index) / per_batch) * per_batch)
   batches = (grain.MapDataset.range(n_rows).map(rows)
-             .batch(batch_size, drop_remainder=True, batch_fn=collate))
+             .batch(per_batch, drop_remainder=True, batch_fn=collate))
   fingerprint = {"format": fmt, "batch_size": batch_size, "seed": seed,
                  "max_len": max_len, "train": train,
                  "num_examples": len(index)}
   if grounding_questions:  # Absent at 0: states saved before it still fit.
     fingerprint["grounding_questions"] = grounding_questions
+  if packing:  # Absent when off, likewise.
+    fingerprint.update(pack_window=per_batch, pack_images=pack_images)
   read = grain.ReadOptions(num_threads=read_threads,
                            prefetch_buffer_size=max(2, read_threads))
   return BatchIterator(batches, num_workers=num_workers, read_options=read,

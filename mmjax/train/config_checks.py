@@ -83,6 +83,7 @@ def _mllm_data_checks(config):
           C.check_int("data.text_seq_len", 2),
           C.check_int("data.num_workers", 0),
           C.check_int("batch_size", 1), _check_grounding_questions,
+          _check_packing,
           _check_vocab_fits_model, _check_max_len_fits_an_image,
           _check_dataset]
 
@@ -112,6 +113,34 @@ def _check_grounding_questions(config):
     raise C.ConfigError(
         f"config.data.grounding_questions={value!r} must be an integer >= 0 "
         "(referring questions per shapes_chat image; 0 = off)")
+
+
+# Why a model cannot train on packed rows (data.packing): its attention
+# cannot be limited to each example by segment ids.
+_UNPACKABLE = {
+    "cross_attention": "fusion='cross_attention' counts media items along "
+                       "the whole row, so a packed example would read the "
+                       "images of the examples before it",
+    "prefix_lm": "a prefix-LM has one bidirectional prefix per row, not "
+                 "one per packed example"}
+
+
+def _check_packing(config):
+  """data.packing (optional, bool): only models whose attention segment ids
+  confine to each example."""
+  value = config.data.get("packing", False)
+  if not isinstance(value, bool):
+    raise C.ConfigError(f"config.data.packing={value!r} must be True or "
+                        "False")
+  if not value:
+    return
+  cfg = build.mllm_config(config)
+  reason = ("cross_attention" if cfg.fusion == "cross_attention" else
+            "prefix_lm" if cfg.lm.prefix_lm else None)
+  if reason:
+    raise C.ConfigError(
+        f"config.data.packing=True cannot pack this model: "
+        f"{_UNPACKABLE[reason]}; set config.data.packing=False")
 
 
 def _check_vocab_fits_model(config):

@@ -42,12 +42,15 @@ def mllm_apply(model: MLLM, params, batch, prefix: str = "",
                logits: bool = True):
   """Logits f32[B, L, V] of the MLLM on a pipeline batch (keys optionally
   prefixed); logits=False: the LM's final-normed hidden states [B, L, D].
-  A prefix-LM (model.cfg.lm.prefix_lm) gets `prefix_len` from loss_mask."""
+  A prefix-LM (model.cfg.lm.prefix_lm) gets `prefix_len` from loss_mask;
+  packed batches pass their `segment_ids` (attention within each example)."""
   get = lambda k: batch.get(prefix + k, batch.get(k))
   kwargs = {}
   lm_cfg = getattr(model.cfg, "lm", model.cfg)
   if getattr(lm_cfg, "prefix_lm", False) and get("loss_mask") is not None:
     kwargs["prefix_len"] = prefix_len_from_loss_mask(get("loss_mask"))
+  if get("segment_ids") is not None:  # packed rows (data.packing)
+    kwargs["segment_ids"] = get("segment_ids")
   return model.apply(
       {"params": params}, get("tokens"), get("positions"),
       images=batch.get("images"), image_mask=batch.get("image_mask"),

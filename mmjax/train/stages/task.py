@@ -141,7 +141,7 @@ def _mllm_data(config, stage_name: str) -> _StageData:
     for _, batch in zip(range(config.eval_batches), it):
       yield batch
   return _StageData(dict(train_iterator=train_it, eval_batches=eval_batches,
-                         data_stats=train_it.stats), info, tok)
+                         data_stats=train_it.log_stats), info, tok)
 
 
 def _folder_source(config, stage_name: str, fmt: str, info: dict[str, Any]):
@@ -179,7 +179,11 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       # Referring questions answered by a box (0 = none: the chats as
       # before); only shapes_chat chats take them.
       grounding_questions=(int(config.data.get("grounding_questions", 0))
-                           if fmt == "shapes_chat" else 0))
+                           if fmt == "shapes_chat" else 0),
+      # Several examples per row: training of 'lm' stages only (other
+      # kinds and evaluation stay padded).
+      packing=(train and bool(config.data.get("packing", False)) and
+               config.stages[stage_name].loss == "lm"))
 
 
 # ------------------------------------------------------------------ checks --

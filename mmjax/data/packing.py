@@ -1,0 +1,138 @@
+"""Packing: several examples per row of a batch (opt-in, `config.data.packing`).
+
+Global batch k reads a fixed window of W stream examples (rows
+[k*W, (k+1)*W) of the pipeline's example stream, W = `pack_window`) and
+places them, in stream order, first-fit into the B rows of the batch: each
+example goes to the first row with room for its tokens (<= max_len) and its
+images (<= `pack_images` per row). So a batch stays a pure function of k:
+the iterator state, resume and workers are the padded pipeline's. Examples
+of the window that fit no row are dropped and counted (`pack_overflow`);
+a larger W lowers that count and fills rows better (docs/data.md).
+
+A packed row holds its examples back to back, then padding:
+  segment_ids int32[b, L]: 1, 2, ... per example, 0 on padding; the model
+    attends only within a segment (block-diagonal causal,
+    `masks.segment_mask`).
+  positions: each example's own (restarting at 0 for 1-D RoPE; each image's
+    grid from the example's start for M-RoPE; V2PE's fractional positions
+    from 0), laid out by `formats.chat_sequence` per example.
+  targets, loss_mask: each example's own (its last target is its own next
+    token, so no loss crosses a boundary); loss 0 on padding.
+  images [b, P, S, S, 3], image_mask [b, P] (P = pack_images): the row's
+    images in order, matching the order of its visual tokens.
+Every other key is the padded pipeline's (`pipeline` module doc).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mmjax.data import batching
+
+# Stream examples per global batch row when pack_window is not given.
+DEFAULT_WINDOW_PER_ROW = 4
+
+
+def first_fit(lengths: Sequence[int], images: Sequence[int], *, rows: int,
+              capacity: int, max_images: int
+              ) -> tuple[list[list[int]], list[int]]:
+  """Places items, in order, into the first row with room.
+
+  Args:
+    lengths: tokens of each item (each <= capacity).
+    images: images of each item.
+    rows: number of rows (bins).
+    capacity: tokens a row holds.
+    max_images: images a row holds.
+
+  Returns:
+    (per row, the indices of its items in order; indices that fit no row).
+  """
+  placed: list[list[int]] = [[] for _ in range(rows)]
+  room = [capacity] * rows
+  image_room = [max_images] * rows
+  overflow = []
+  for i, (n, m) in enumerate(zip(lengths, images)):
+    for r in range(rows):
+      if n <= room[r] and m <= image_room[r]:
+        placed[r].append(i)
+        room[r] -= n
+        image_room[r] -= m
+        break
+    else:
+      overflow.append(i)
+  return placed, overflow
+
+
+def concat_sequences(seqs: Sequence[Mapping[str, np.ndarray]], positions: str
+                     ) -> dict[str, np.ndarray]:
+  """One packed row: `formats.chat_sequence` outputs back to back, plus
+  segment_ids int32[n] (1, 2, ... per sequence). Positions stay each
+  sequence's own (mrope: [3, n], joined on the last axis)."""
+  out = {key: np.concatenate([s[key] for s in seqs], axis=-1)
+         for key in batching.SEQUENCE_KEYS if key != "positions"}
+  out["positions"] = np.concatenate([s["positions"] for s in seqs], axis=-1)
+  out["segment_ids"] = np.concatenate(
+      [np.full(len(s["tokens"]), i + 1, np.int32) for i, s in enumerate(seqs)])
+  del positions  # every scheme joins the same way; kept for symmetry
+  return out
+
+
+def efficiency(stats: Mapping[str, int]) -> dict[str, float]:
+  """{'packing_efficiency': real tokens / all batch tokens} from pipeline
+  stats (padded and packed batches alike); {} before any sequence batch."""
+  total = stats.get("batch_tokens", 0)
+  return {"packing_efficiency": stats["real_tokens"] / total} if total else {}
+
+
+class PackedCollate(batching.Collate):
+  """W global stream rows -> this process's packed batch (grain batch_fn).
+
+  Every process packs all W rows the same way (first-fit is deterministic)
+  and builds only its own batch rows.
+  """
+
+  def __init__(self, *, batch_size: int, pack_images: int, **kwargs):
+    super().__init__(**kwargs)
+    self.batch_size, self.pack_images = batch_size, pack_images
+
+  def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    counts = dict.fromkeys(batching.STAT_KEYS, 0)
+    for row in rows:
+      for key, n in row["counts"].items():
+        counts[key] += n
+    usable = [r for r in rows if r["valid"]]
+    bins, overflow = first_fit(
+        [len(r["seq"]["tokens"]) for r in usable],
+        [len(r["images"]) for r in usable], rows=self.batch_size,
+        capacity=self.max_len, max_images=self.pack_images)
+    counts["pack_overflow"] += len(overflow)
+    packed = [concat_sequences([usable[i]["seq"] for i in b],
+                               self.cfg.positions) if b else None
+              for b in bins]
+    longest = max([len(p["tokens"]) for p in packed if p is not None],
+                  default=1)
+    length = batching.bucket_length(longest, self.buckets)
+    counts["real_tokens"] += sum(len(p["tokens"]) for p in packed
+                                 if p is not None)
+    counts["batch_tokens"] += self.batch_size * length
+    mine = list(range(self.lo, self.lo + self.local))
+    batch = batching.pad_sequences([packed[r] for r in mine], length,
+                                   self.cfg.positions, self.pad_id)
+    segments = np.zeros((len(mine), length), np.int32)
+    side = self.cfg.side
+    images = np.zeros((len(mine), self.pack_images, side, side, 3),
+                      np.float32)
+    image_mask = np.zeros((len(mine), self.pack_images), bool)
+    for i, r in enumerate(mine):
+      if packed[r] is None:
+        continue
+      segments[i, :len(packed[r]["segment_ids"])] = packed[r]["segment_ids"]
+      row_images = [im for j in bins[r] for im in usable[j]["images"]]
+      for j, image in enumerate(row_images):
+        images[i, j] = self._pixels(image)
+        image_mask[i, j] = True
+    valid = np.asarray([packed[r] is not None for r in mine], bool)
+    return {**batch, "segment_ids": segments, "images": images,
+            "image_mask": image_mask, "valid": valid, "_stats": counts}
