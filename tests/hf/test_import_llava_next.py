@@ -93,6 +93,7 @@ def test_llava_next_logits(llava_next):
                              _ref(model, e, e["ids"]))
 
 
+@pytest.mark.slow
 def test_llava_next_greedy_tokens(llava_next):
   model, conv, examples = llava_next
   steps = 4

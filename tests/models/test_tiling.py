@@ -1,0 +1,91 @@
+"""The model side of tiling (models/tiling.py) on the tiny shapes model."""
+import jax
+import numpy as np
+import pytest
+
+from mmjax import testing
+from mmjax.data import tiling as host_tiling
+from mmjax.models import mllm as mllm_lib
+from mmjax.models import tiling as tiling_lib
+from mmjax.train import groups
+
+_PINPOINTS = ((64, 128), (128, 64), (128, 128))
+
+
+def _model(**kw):
+  cfg = testing.tiny_mllm_config(**kw)
+  model = mllm_lib.MLLM(cfg)
+  return cfg, model, testing.random_params(model, seed=1, scale=2.0)
+
+
+def _tiles(stacks):
+  pixels = np.concatenate([t.pixels for t in stacks]).astype(np.float32)
+  return pixels / 127.5 - 1.0
+
+
+@pytest.fixture(scope="module")
+def anyres():
+  return _model(tiling="anyres", grid_pinpoints=_PINPOINTS)
+
+
+@pytest.mark.slow
+def test_anyres_token_counts_and_newline(anyres):
+  cfg, model, params = anyres
+  side, patch = cfg.vision.image_size, cfg.vision.patch_size
+  rng = np.random.default_rng(0)
+  stacks = [host_tiling.anyres_tiles(
+      rng.integers(0, 256, size + (3,), np.uint8), cfg.grid_pinpoints, side)
+            for size in ((37, 91), (120, 50))]
+  layouts = [tiling_lib.Layout.of(s) for s in stacks]
+  out = model.apply({"params": params}, _tiles(stacks), layouts,
+                    method=tiling_lib.encode_tiled)
+  for stack, tokens in zip(stacks, out):
+    assert tokens.shape == (host_tiling.anyres_token_count(
+        stack.image_size, cfg.grid_pinpoints, side, patch), cfg.lm.d_model)
+  # The newline is a connector-group parameter and sits after every row.
+  assert groups.matches("image_newline", "connector")
+  g = side // patch
+  top, bottom, left, right = host_tiling.anyres_unpadded(
+      layouts[0].image_size, layouts[0].grid, g)
+  width = right - left + 1
+  rows = np.asarray(out[0][g * g:]).reshape(bottom - top, width, -1)
+  np.testing.assert_array_equal(
+      rows[:, -1], np.broadcast_to(params["image_newline"],
+                                   rows[:, -1].shape))
+
+
+@pytest.mark.slow
+def test_internvl_tiles_are_encoded_in_order():
+  cfg, model, params = _model(projector="pixel_shuffle", tiling="internvl",
+                              max_tiles=4)
+  side = cfg.vision.image_size
+  rng = np.random.default_rng(1)
+  stacks = [host_tiling.internvl_tiles(
+      rng.integers(0, 256, size + (3,), np.uint8), side, cfg.min_tiles,
+      cfg.max_tiles, cfg.thumbnail) for size in ((40, 130), (30, 30))]
+  assert [s.pixels.shape[0] for s in stacks] == [3 + 1, 1]  # 1x3 + thumb
+  tiles = _tiles(stacks)
+  out = model.apply({"params": params}, tiles,
+                    [tiling_lib.Layout.of(s) for s in stacks],
+                    method=tiling_lib.encode_tiled)
+  per_tile = model.apply({"params": params}, tiles[None],
+                         method=mllm_lib.MLLM.encode_images)[0]
+  tokens_per_tile = per_tile.shape[1]
+  assert tokens_per_tile == (side // cfg.vision.patch_size) ** 2 // 4
+  np.testing.assert_allclose(
+      np.concatenate([np.asarray(o) for o in out]),
+      np.asarray(per_tile).reshape(-1, per_tile.shape[-1]), atol=1e-5)
+  assert out[0].shape[0] == host_tiling.internvl_token_count(
+      (40, 130), side, tokens_per_tile, 1, 4)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(tiling="tiles"), "tiling='tiles' is not allowed"),
+    (dict(tiling="anyres"), "needs grid_pinpoints"),
+    (dict(tiling="internvl", min_tiles=3, max_tiles=2), "min_tiles"),
+    (dict(fusion="resampler", tiling="internvl"), "fusion='projection'"),
+])
+def test_bad_tiling_config(kw, match):
+  fusion = kw.pop("fusion", "projection")
+  with pytest.raises(ValueError, match=match):
+    testing.tiny_mllm_config(fusion, **kw)
