@@ -7,6 +7,8 @@ import transformers
 import hf_testing
 from mmjax import hf
 from mmjax.data import tiling as host_tiling
+from mmjax.inference import decode as decode_lib
+from mmjax.inference.sampling import Sampling
 from mmjax.models import tiling as tiling_lib
 
 _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -49,14 +51,20 @@ def llava_next(tmp_path_factory):
   return model, conv, examples
 
 
+def _visual(conv, examples):
+  """[B, 1, K_max, D]: each example's tiled image encoded by mmjax."""
+  tiles = np.concatenate([e["pixels"] for e in examples]).transpose(
+      0, 2, 3, 1)
+  per_image = conv.module().apply(
+      {"params": conv.params}, tiles, [e["layout"] for e in examples],
+      method=tiling_lib.encode_tiled)
+  return tiling_lib.visual_rows([[v] for v in per_image])
+
+
 def _ours(conv, examples, ids_list):
   """mmjax logits per example (one padded batch)."""
   module, variables = conv.module(), {"params": conv.params}
-  tiles = np.concatenate([e["pixels"] for e in examples]).transpose(
-      0, 2, 3, 1)
-  per_image = module.apply(variables, tiles, [e["layout"] for e in examples],
-                           method=tiling_lib.encode_tiled)
-  visual = tiling_lib.visual_rows([[v] for v in per_image])
+  visual = _visual(conv, examples)
   length = max(len(i) for i in ids_list)
   tokens = np.stack([np.pad(i, (0, length - len(i))) for i in ids_list])
   logits, _ = module.apply(variables, tokens, visual=visual,
@@ -95,17 +103,28 @@ def test_llava_next_logits(llava_next):
 
 @pytest.mark.slow
 def test_llava_next_greedy_tokens(llava_next):
+  """mmjax's KV-cache decode loop (prefill + decode) with the tiled images'
+  tokens passed as `visual` generates what transformers' generate does."""
   model, conv, examples = llava_next
   steps = 4
-  ids_list = [e["ids"] for e in examples]
-  for _ in range(steps):  # greedy without a cache: re-run the whole prompt
-    logits = _ours(conv, examples, ids_list)
-    ids_list = [np.append(i, int(np.argmax(l[-1])))
-                for i, l in zip(ids_list, logits)]
-  for e, ours in zip(examples, ids_list):
+  module = conv.module()
+  batch = decode_lib.prepare_batch(
+      module.cfg, [[list(e["ids"])] for e in examples], None, [0, 1],
+      image_token_id=_IMAGE_ID)
+  batch["image_token_mask"] = batch["tokens"] == _IMAGE_ID
+  batch["visual"] = _visual(conv, examples)
+  greedy = Sampling()
+  state, ctx = decode_lib.prefill(
+      module, conv.params, batch, np.asarray([-1], np.int32), np.int32(0),
+      np.int32(0), max_new_tokens=steps, sampling=greedy)
+  state = decode_lib.decode(module, conv.params, ctx, state,
+                            np.int32(steps), sampling=greedy)
+  ours = np.asarray(state.tokens)
+  print("[greedy] mmjax decode loop:", ours.tolist())
+  for b, e in enumerate(examples):
     ref = model.generate(
         input_ids=torch.tensor(e["ids"][None]),
         pixel_values=torch.tensor(e["pixels"][None]),
         image_sizes=torch.tensor([e["size"]]), max_new_tokens=steps,
         do_sample=False, pad_token_id=0)
-    np.testing.assert_array_equal(ours, ref[0].numpy())
+    np.testing.assert_array_equal(ours[b], ref[0, len(e["ids"]):].numpy())
