@@ -89,3 +89,10 @@ def test_bad_tiling_config(kw, match):
   fusion = kw.pop("fusion", "projection")
   with pytest.raises(ValueError, match=match):
     testing.tiny_mllm_config(fusion, **kw)
+
+
+def test_tiled_model_is_not_exported_as_llava():
+  from mmjax.hf.export_llava import HFExportError, check_exportable
+  cfg = testing.tiny_mllm_config(tiling="anyres", grid_pinpoints=_PINPOINTS)
+  with pytest.raises(HFExportError, match="tiling='anyres'"):
+    check_exportable(cfg)
