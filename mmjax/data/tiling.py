@@ -217,3 +217,26 @@ def internvl_token_count(image_size: tuple[int, int], tile: int,
   rows, cols = internvl_grid(image_size, tile, min_tiles, max_tiles)
   n = rows * cols
   return tokens_per_tile * (n + (1 if thumbnail and n > 1 else 0))
+
+
+def pad_tiles(tiles: Tiles, max_tiles: int) -> tuple[np.ndarray, np.ndarray]:
+  """A fixed-size tile stack for batching (static shapes in training).
+
+  Returns:
+    (pixels [max_tiles, tile, tile, C] with zero tiles after the real ones,
+    valid bool[max_tiles]). With InternVL tiling, the tiles are the media
+    items of an example (`images` [B, M=max_tiles, ...], `image_mask` =
+    valid) and its image_token_mask holds tokens_per_tile x n real tiles:
+    `scatter_visual` reads the real tiles' tokens, which come first.
+
+  Raises:
+    ValueError: the image has more tiles than max_tiles.
+  """
+  n = tiles.pixels.shape[0]
+  if n > max_tiles:
+    raise ValueError(f"an image of size {tiles.image_size} has {n} tiles, "
+                     f"more than max_tiles={max_tiles}; raise max_tiles or "
+                     f"lower the tiler's tile limit.")
+  pad = np.zeros((max_tiles - n,) + tiles.pixels.shape[1:],
+                 tiles.pixels.dtype)
+  return np.concatenate([tiles.pixels, pad]), np.arange(max_tiles) < n

@@ -96,3 +96,60 @@ def test_tiled_model_is_not_exported_as_llava():
   cfg = testing.tiny_mllm_config(tiling="anyres", grid_pinpoints=_PINPOINTS)
   with pytest.raises(HFExportError, match="tiling='anyres'"):
     check_exportable(cfg)
+
+
+@pytest.mark.slow
+def test_internvl_tiles_train_with_a_fixed_max_tiles():
+  """Two images of different tile counts padded to max_tiles (tiles as the
+  media items, a valid mask): the padded example's logits equal the unpadded
+  one's, and a few Adam steps lower the loss."""
+  import optax
+  cfg, model, params = _model(projector="pixel_shuffle", tiling="internvl",
+                              max_tiles=3, lm=dict(n_layers=1),
+                              vision=dict(depth=1))
+  side, image_id = cfg.vision.image_size, testing.IMAGE_ID
+  rng = np.random.default_rng(4)
+  stacks = [host_tiling.internvl_tiles(
+      rng.integers(0, 256, size + (3,), np.uint8), side, 1, 3)
+            for size in ((40, 100), (30, 30))]  # 1x2 + thumbnail, 1
+  per_tile = (side // cfg.vision.patch_size) ** 2 // 4
+  padded = [host_tiling.pad_tiles(s, 3) for s in stacks]
+  images = np.stack([p for p, _ in padded]).astype(np.float32) / 127.5 - 1
+  image_mask = np.stack([m for _, m in padded])
+  length = 3 * per_tile + 8
+  tokens = rng.integers(testing.FIRST_TEXT_ID, cfg.lm.vocab_size,
+                        (2, length)).astype(np.int32)
+  for b, s in enumerate(stacks):
+    tokens[b, 2:2 + per_tile * s.pixels.shape[0]] = image_id
+  mask = tokens == image_id
+  weights = (~mask[:, 1:]).astype(np.float32)
+
+  def loss_fn(p, imgs, img_mask):
+    logits, _ = model.apply({"params": p}, tokens, images=imgs,
+                            image_mask=img_mask, image_token_mask=mask)
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits[:, :-1], tokens[:, 1:])
+    return (ce * weights).sum() / weights.sum()
+
+  # Example 1 (one tile, two padding tiles) alone with its one tile.
+  logits_b, _ = model.apply({"params": params}, tokens, images=images,
+                            image_mask=image_mask, image_token_mask=mask)
+  logits_1, _ = model.apply({"params": params}, tokens[1:],
+                            images=images[1:, :1], image_token_mask=mask[1:])
+  np.testing.assert_allclose(logits_b[1], logits_1[0], atol=1e-5)
+  opt = optax.adam(3e-3)
+  state = opt.init(params)
+  step = jax.jit(lambda p, s: _adam_step(opt, loss_fn, p, s, images,
+                                         image_mask))
+  losses = []
+  for _ in range(4):
+    params, state, loss = step(params, state)
+    losses.append(float(loss))
+  assert losses[-1] < losses[0], losses
+
+
+def _adam_step(opt, loss_fn, params, state, images, image_mask):
+  import optax
+  loss, grads = jax.value_and_grad(loss_fn)(params, images, image_mask)
+  updates, state = opt.update(grads, state, params)
+  return optax.apply_updates(params, updates), state, loss
