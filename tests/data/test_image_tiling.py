@@ -97,3 +97,8 @@ def test_bad_input():
     tiling.anyres_grid((10, 10), [[30, 64]], 32)
   with pytest.raises(ValueError, match="min_tiles"):
     tiling.internvl_grid((10, 10), 16, 3, 2)
+  tiles = tiling.internvl_tiles(_image(16, 32), 16, 1, 6)  # 1x2 + thumbnail
+  with pytest.raises(ValueError, match="more than max_tiles=2"):
+    tiling.pad_tiles(tiles, 2)
+  pixels, valid = tiling.pad_tiles(tiles, 5)
+  assert pixels.shape == (5, 16, 16, 3) and valid.tolist() == [1, 1, 1, 0, 0]
