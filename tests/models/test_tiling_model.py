@@ -153,3 +153,13 @@ def _adam_step(opt, loss_fn, params, state, images, image_mask):
   loss, grads = jax.value_and_grad(loss_fn)(params, images, image_mask)
   updates, state = opt.update(grads, state, params)
   return optax.apply_updates(params, updates), state, loss
+
+
+def test_generation_from_image_files_refuses_a_tiled_model():
+  from mmjax.inference import media
+  from mmjax.inference.prompts import InputError
+  cfg = testing.tiny_mllm_config(tiling="internvl")
+  with pytest.raises(InputError, match="tiling='internvl'"):
+    media.media_arrays(cfg, [np.zeros((37, 91, 3), np.uint8)], None,
+                       "square", 4)
+  assert media.media_arrays(cfg, [], None, "square", 4) is None
