@@ -163,3 +163,12 @@ def test_generation_from_image_files_refuses_a_tiled_model():
     media.media_arrays(cfg, [np.zeros((37, 91, 3), np.uint8)], None,
                        "square", 4)
   assert media.media_arrays(cfg, [], None, "square", 4) is None
+
+
+def test_training_config_refuses_tiling():
+  from mmjax.config import ConfigError
+  from mmjax.train import config_checks
+  config = testing.tiny_recipe()
+  config.model.tiling = "internvl"
+  with pytest.raises(ConfigError, match="config.model.tiling='internvl'"):
+    config_checks.validate_config(config)
