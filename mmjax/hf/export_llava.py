@@ -93,6 +93,8 @@ def check_exportable(cfg: MLLMConfig, image_token_id: int | None = None
     problems.append(f"projector={cfg.projector!r}")
   if cfg.frames != 1:
     problems.append(f"frames={cfg.frames} (video)")
+  if cfg.tiling != "none":  # LLaVA has no tiles (nor image_newline)
+    problems.append(f"tiling={cfg.tiling!r}")
   if cfg.vision is None:
     problems.append("no vision tower")
   elif getattr(cfg.vision, "kind", None) not in _MODEL_TYPES:

@@ -25,6 +25,8 @@ from jax.sharding import Mesh
 
 from mmjax import parallel
 from mmjax.hf import families
+from mmjax.hf import internvl as internvl_lib
+from mmjax.hf import llava_next as llava_next_lib
 from mmjax.hf import llm as llm_lib
 from mmjax.hf import mllm as mllm_lib
 from mmjax.hf import paligemma as paligemma_lib
@@ -48,6 +50,8 @@ _IMPORTERS: dict[str, tuple[str, Callable[..., Any]]] = {
     "siglip2_vision_model": ("naflex", siglip2_lib.siglip2_import),
     "siglip2": ("naflex", siglip2_lib.siglip2_import),
     "llava": ("mllm", mllm_lib.llava_import),
+    "llava_next": ("mllm", llava_next_lib.llava_next_import),
+    "internvl": ("mllm", internvl_lib.internvl_import),
     "paligemma": ("mllm", paligemma_lib.paligemma_import),
     "idefics2": ("mllm", mllm_lib.idefics2_import),
     "blip-2": ("connector", mllm_lib.blip2_import),

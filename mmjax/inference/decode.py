@@ -205,7 +205,9 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
   """Runs the prompts into a KV cache and samples the first token.
 
   Args:
-    batch: `prepare_batch` output (FastV adds keep_image int32[B]).
+    batch: `prepare_batch` output (FastV adds keep_image int32[B]; an
+      optional `visual` [B, M, T, D] replaces encoding `images`, e.g. the
+      tokens of tiled images from `models.tiling.encode_tiled`).
     stop_ids: int32[n]; pad_id, seed: int32 scalars.
     max_new_tokens: N, the token buffer (the cache holds P + N slots).
     fastv, pruned_len: FastV config and its static pruned prompt length
@@ -218,8 +220,8 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
   variables = {"params": params}
   b, p = batch["tokens"].shape
   cache_len = p + max_new_tokens
-  visual = None
-  if batch["images"] is not None:
+  visual = batch.get("visual")  # precomputed, e.g. tiled images
+  if visual is None and batch["images"] is not None:
     visual = model.apply(variables, batch["images"],
                          method=MLLM.encode_images)
   if batch.get("native") is not None:

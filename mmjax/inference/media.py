@@ -57,6 +57,14 @@ def media_arrays(cfg, stills: Sequence[np.ndarray],
   cfg.frames; a still image is repeated F times), None without media."""
   if native_lib.takes_native(cfg):
     return native_media(stills, video, max_frames)
+  tiling = getattr(cfg, "tiling", "none")
+  if tiling != "none" and (stills or video):
+    # A square resize would silently skip the model's tiles (and newline).
+    raise InputError(
+        f"this model tiles its images (tiling={tiling!r}), which generation "
+        f"from image files does not do yet; encode tiles with "
+        f"mmjax.models.tiling.encode_tiled and pass batch['visual'] to "
+        f"mmjax.inference.decode.prefill (docs/models.md, Tiling).")
   kind = images_lib.normalization_kind(cfg)
   prep = lambda im: images_lib.preprocess(im, cfg.side, resize=resize,
                                           kind=kind)

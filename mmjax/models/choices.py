@@ -14,3 +14,6 @@ POSITIONS = ("rope", "mrope", "v2pe")
 PROJECTORS = ("linear", "mlp", "pixel_shuffle", "patch_merger")
 # Attention among the tokens of one image.
 IMAGE_ATTENTION = ("causal", "bidirectional")
+# How one image becomes tiles of the tower's side (models/tiling.py,
+# data/tiling.py): none (one resized image), LLaVA-NeXT AnyRes, InternVL.
+TILINGS = ("none", "anyres", "internvl")

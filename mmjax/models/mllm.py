@@ -41,7 +41,7 @@ from mmjax.models import resampler as resampler_lib
 from mmjax.models import vision as vision_lib
 # The allowed switch values live in choices.py (jax-free); re-exported here.
 from mmjax.models.choices import FUSIONS, IMAGE_ATTENTION, POSITIONS
-from mmjax.models.choices import PROJECTORS
+from mmjax.models.choices import PROJECTORS, TILINGS
 from mmjax.models.decoder import DecoderConfig, DecoderLM, KVCache
 
 
@@ -66,6 +66,12 @@ class MLLMConfig:
     image_size: default image side (one_backbone; else vision.image_size).
     channels: image channels.
     frames: frames per media item (video when > 1).
+    tiling: one of TILINGS (fusion 'projection'; models/tiling.py): 'anyres'
+      adds the learned top-level `image_newline` [D].
+    grid_pinpoints: AnyRes canvas sizes ((height, width), ...), multiples of
+      the tower's image_size.
+    min_tiles, max_tiles, thumbnail: InternVL tiling's tile-count range and
+      whether a multi-tile image also gets a whole-image thumbnail.
   """
   fusion: str
   lm: DecoderConfig
@@ -81,6 +87,11 @@ class MLLMConfig:
   image_size: int = 64
   channels: int = 3
   frames: int = 1
+  tiling: str = "none"
+  grid_pinpoints: tuple[tuple[int, int], ...] = ()
+  min_tiles: int = 1
+  max_tiles: int = 12
+  thumbnail: bool = True
 
   def __post_init__(self):
     def bad(key, value, allowed):
@@ -111,6 +122,7 @@ class MLLMConfig:
           f"mrope_sections={self.lm.mrope_sections})")
     if self.frames < 1:
       raise ValueError(f"frames={self.frames} must be >= 1")
+    self._check_tiling(bad)
     if isinstance(self.vision, qwen2vl_vision.Qwen2VLVisionConfig) and (
         self.fusion != "projection" or self.feature_layer is not None or
         self.frames != 1):
@@ -122,6 +134,25 @@ class MLLMConfig:
     if isinstance(self.vision, naflex_lib.NaFlexConfig):
       naflex_lib.check_mllm(self.fusion, self.projector, self.feature_layer,
                             self.frames)
+
+  def _check_tiling(self, bad) -> None:
+    # JSON / ConfigDict give lists; the frozen config keeps tuples.
+    object.__setattr__(self, "grid_pinpoints", tuple(
+        (int(h), int(w)) for h, w in self.grid_pinpoints))
+    if self.tiling not in TILINGS:
+      bad("tiling", self.tiling, TILINGS)
+    if self.tiling == "none":
+      return
+    if self.fusion != "projection" or not isinstance(
+        self.vision, vision_lib.VisionConfig):
+      raise ValueError(f"tiling={self.tiling!r} needs fusion='projection' "
+                       f"with a ViT tower (got fusion={self.fusion!r}).")
+    if self.tiling == "anyres" and not self.grid_pinpoints:
+      raise ValueError("tiling='anyres' needs grid_pinpoints, e.g. "
+                       "((336, 672), (672, 336), (672, 672)).")
+    if not 1 <= self.min_tiles <= self.max_tiles:
+      raise ValueError(f"min_tiles={self.min_tiles}, max_tiles="
+                       f"{self.max_tiles}: need 1 <= min_tiles <= max_tiles.")
 
   @property
   def side(self) -> int:
@@ -212,6 +243,10 @@ class MLLM(nn.Module):
       self.connector = OneBackbonePatches(d, cfg.patch_size, dtype=dtype,
                                           param_dtype=pdtype)
     self.llm = DecoderLM(cfg.lm)
+    if cfg.tiling == "anyres":  # LLaVA-NeXT's newline after each tile row
+      self.image_newline = self.param(
+          "image_newline", nn.with_logical_partitioning(
+              nn.initializers.normal(d ** -0.5), ("embed",)), (d,), pdtype)
 
   def encode_images(self, images: jax.Array) -> jax.Array:
     """Visual tokens per media item.

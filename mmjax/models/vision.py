@@ -46,6 +46,9 @@ STEMS = ("patch", "conv")
 _KIND_DEFAULTS = {
     "siglip": {"norm_eps": 1e-6, "activation": "gelu_tanh", "pool": "map"},
     "clip": {"norm_eps": 1e-5, "activation": "quick_gelu", "pool": "none"},
+    # InternVL's InternViT: CLS + biased patch embedding, no pre-layernorm,
+    # layer scale (lambda_1, lambda_2) in every block.
+    "internvit": {"norm_eps": 1e-6, "activation": "gelu", "pool": "none"},
 }
 _ACT = ("batch", "length", "embed")
 _logical = layers._logical  # pylint: disable=protected-access
@@ -266,6 +269,7 @@ class _BlockSizes(nn.Module):
   activation: str = "gelu_tanh"
   norm_eps: float = 1e-6
   attention: str = "einsum"  # layers.ATTENTION_IMPLS
+  layer_scale: bool = False  # EncoderBlock: InternViT's lambda_1, lambda_2
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -284,11 +288,20 @@ class EncoderBlock(_BlockSizes):
     h = layer_norm(self.norm_eps, name="layer_norm1", **kw)(x)
     h = layers.MultiHeadAttention(n_heads=self.n_heads, name="self_attn",
                                   attention=self.attention, **kw)(h, mask=mask)
-    x = nn.with_logical_constraint(x + h, _ACT)
+    x = nn.with_logical_constraint(x + self._scale("lambda_1", h), _ACT)
     h = layer_norm(self.norm_eps, name="layer_norm2", **kw)(x)
     h = layers.MLP(hidden=self.mlp_dim, activation=self.activation,
                    name="mlp", **kw)(h)
-    return nn.with_logical_constraint(x + h, _ACT)
+    return nn.with_logical_constraint(x + self._scale("lambda_2", h), _ACT)
+
+  def _scale(self, name: str, h: jax.Array) -> jax.Array:
+    """Layer scale (InternViT): h * a learned per-channel vector (init 0.1,
+    transformers' layer_scale_init_value); identity without it."""
+    if not self.layer_scale:
+      return h
+    g = self.param(name, _logical(nn.initializers.constant(0.1), ("embed",)),
+                   (h.shape[-1],), self.param_dtype)
+    return h * g.astype(h.dtype)
 
 
 class MAPHead(_BlockSizes):
@@ -416,6 +429,7 @@ class VisionEncoder(nn.Module):
     grid = (images.shape[1] // p, images.shape[2] // p)
 
     is_clip = cfg.kind == "clip"
+    has_cls = cfg.kind in ("clip", "internvit")  # a CLS token first
     if cfg.stem == "conv":
       x = ConvStem(cfg.width, p, name="conv_stem", **kw)(images.astype(dtype))
     else:
@@ -426,20 +440,21 @@ class VisionEncoder(nn.Module):
                                (None, "embed")),
           bias_init=_logical(nn.initializers.zeros, ("embed",)),
           **kw)(patches.astype(dtype))
-    n_pos = cfg.num_patches + (1 if is_clip else 0)
+    n_pos = cfg.num_patches + (1 if has_cls else 0)
     pos_std = 0.02 if is_clip else 1.0 / math.sqrt(cfg.width)
     pos = self.param(
         "position_embedding", _logical(nn.initializers.normal(pos_std),
                                        (None, "embed")),
         (n_pos, cfg.width), param_dtype).astype(dtype)
-    if is_clip:
+    if has_cls:
       cls = self.param(
           "class_embedding", _logical(nn.initializers.normal(
               cfg.width ** -0.5), ("embed",)),
           (cfg.width,), param_dtype).astype(dtype)
       cls = jnp.broadcast_to(cls + pos[0], (x.shape[0], 1, cfg.width))
       x = jnp.concatenate([cls, x + resize_posemb(pos[1:], grid)], axis=1)
-      x = layer_norm(cfg.norm_eps, name="pre_layernorm", **kw)(x)
+      if is_clip:
+        x = layer_norm(cfg.norm_eps, name="pre_layernorm", **kw)(x)
     else:
       x = x + resize_posemb(pos, grid)
     x = nn.with_logical_constraint(x, _ACT)
@@ -447,15 +462,16 @@ class VisionEncoder(nn.Module):
     block_kw = dict(n_heads=cfg.n_heads, mlp_dim=cfg.mlp_dim,
                     activation=cfg.activation, norm_eps=cfg.norm_eps,
                     attention=cfg.attention, **kw)
+    block_kw_enc = dict(block_kw, layer_scale=cfg.kind == "internvit")
     block = remat_lib.remat_block(EncoderBlock, cfg.remat)
     for i in range(n_run):
-      x = block(name=f"layers_{i}", **block_kw)(x)
+      x = block(name=f"layers_{i}", **block_kw_enc)(x)
 
     if feature_layer is not None:
-      return VisionOutput(tokens=x[:, int(is_clip):], pooled=None, grid=grid)
+      return VisionOutput(tokens=x[:, int(has_cls):], pooled=None, grid=grid)
     post_ln = layer_norm(cfg.norm_eps, name="post_layernorm", **kw)
     if is_clip:
       return VisionOutput(tokens=x[:, 1:], pooled=post_ln(x[:, 0]), grid=grid)
-    x = nn.with_logical_constraint(post_ln(x), _ACT)
+    x = nn.with_logical_constraint(post_ln(x)[:, int(has_cls):], _ACT)
     pooled = MAPHead(name="head", **block_kw)(x) if cfg.pool == "map" else None
     return VisionOutput(tokens=x, pooled=pooled, grid=grid)

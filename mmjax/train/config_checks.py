@@ -306,9 +306,22 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
   C.validate(config, _model_checks(config))
 
 
+def _check_tiling_trains(config):
+  """The grain pipeline resizes each image to one square: a tiled model
+  (models/tiling.py) would train without its tiles."""
+  tiling = config.model.get("tiling", "none")
+  if tiling != "none":
+    raise C.ConfigError(
+        f"config.model.tiling={tiling!r}: the training data pipeline does "
+        "not tile images yet (docs/models.md, Tiling); train with "
+        "config.model.tiling='none'")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError at the first bad or inconsistent value."""
   validate_model(config)
+  if config.get("family") == "mllm":
+    _check_tiling_trains(config)
   data = (_mllm_data_checks(config) if config.get("family") == "mllm"
           else _data_checks(config))
   C.validate(config, data + stages.stage_checks(config) +

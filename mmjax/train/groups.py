@@ -4,7 +4,7 @@ stages whose models differ.
 Paths are '/'-joined parameter names (`llm/layers_0/attn/q/kernel`). A stage's
 `trainable` lists group names or glob patterns over those paths:
 
-  vision     vision/*                  connector  connector/*
+  vision     vision/*                  connector  connector/*, image_newline
   llm        llm/* except llm/xattn_*  xattn      llm/xattn_*
   text       text/*                    all        everything
   siglip     siglip/* (the SigLIP head) region_head  region_head/* (stage
@@ -30,7 +30,7 @@ from mmjax.config import ConfigError
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "vision": ("vision/*",),
-    "connector": ("connector/*",),
+    "connector": ("connector/*", "image_newline"),
     "llm": ("llm/*",),
     "xattn": ("llm/xattn_*",),
     "text": ("text/*",),

@@ -77,7 +77,7 @@ def test_config_family_defaults():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(kind="vit"), "allowed: \\['siglip', 'clip'\\]"),
+    (dict(kind="vit"), "allowed: \\['siglip', 'clip', 'internvit'\\]"),
     (dict(width=64, n_heads=3), "not divisible by n_heads"),
     (dict(image_size=4, patch_size=8), "smaller than patch_size"),
     (dict(activation="swish"), "allowed: gelu"),
