@@ -5,11 +5,16 @@ tokens: `Run`'s prompt ids for a non-square image equal Qwen2VLProcessor's
 (chat template + `<|image_pad|>` expanded to the merged-grid tokens), and
 greedy answers through `inference.load` equal HF `generate`.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tokenizers
 import torch
 import transformers
+from PIL import Image
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import hf_testing
@@ -18,6 +23,8 @@ from mmjax.data import native_resolution as nr
 from mmjax.inference import image_markers
 from mmjax.models import layout
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>",
             "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
             "<|video_pad|>"]
@@ -158,3 +165,46 @@ def test_greedy_answer_equals_hf_generate(qwen2vl):
                      max_new_tokens=n_new, stop_ids=[])
   assert out.tokens[0] == ref
   assert len(set(ref)) > 2  # not degenerate
+
+
+def test_prompt_places_images_with_image_markers(qwen2vl):
+  """`<image>` inside the prompt places the image mid-text, as a content
+  list [text, image, text] does in HF's chat template."""
+  _, run, processor = qwen2vl
+  image = _image(50, 120, 3)
+  messages = [{"role": "user", "content": [
+      {"type": "text", "text": "look: "}, {"type": "image"},
+      {"type": "text", "text": " what colour?"}]}]
+  rendered = processor.apply_chat_template(messages, tokenize=False,
+                                           add_generation_prompt=True)
+  ref = processor(text=[rendered], images=[image], return_tensors="pt")
+  ours = _our_ids(run, "look: <image> what colour?", run.prepare_media(image))
+  assert ours == ref["input_ids"][0].tolist()
+
+
+@pytest.mark.slow
+def test_cli_answers_as_hf_generate(qwen2vl, tmp_path):
+  """`python -m mmjax.generate --workdir=CONVERTED --tokenizer=HF_DIR
+  --image=PNG --prompt=...` prints HF generate's greedy answer (cut at the
+  first <|im_end|> / <|endoftext|>, as the CLI stops)."""
+  model, run, processor = qwen2vl
+  png = tmp_path / "wide.png"
+  image = _image(40, 90, 4)
+  Image.fromarray(image).save(png)
+  prompt = "what colour is the circle?"
+  n_new = 6
+  ref_in = _hf_inputs(processor, image, prompt)
+  ref = model.generate(**ref_in, max_new_tokens=n_new,
+                       min_new_tokens=n_new, do_sample=False,
+                       eos_token_id=None, pad_token_id=EOS
+                       )[0, ref_in["input_ids"].shape[1]:].tolist()
+  stops = [i for i, t in enumerate(ref) if t in (EOS, 2)]
+  want = run.tokenizer.decode(ref[:stops[0]] if stops else ref).strip()
+  assert want
+  proc = subprocess.run(
+      [sys.executable, "-m", "mmjax.generate", f"--workdir={run.workdir}",
+       f"--tokenizer={run.tokenizer.name}", f"--image={png}",
+       f"--prompt={prompt}", f"--max_new_tokens={n_new}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == want
