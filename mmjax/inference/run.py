@@ -207,7 +207,14 @@ class Run:
       if ids:
         return ids[0]
       return IMAGE_ID
-    return self.image_marker.image_id(self.tokenizer)
+    image_id = self.image_marker.image_id(self.tokenizer)
+    recorded = _hf_ids(self.config.get("hf"), "image_token_id")
+    if recorded and image_id != recorded[0]:
+      raise InputError(
+          f"the tokenizer's {self.image_marker.token!r} is id {image_id}, "
+          f"the model's image token is {recorded[0]}: pass the model's own "
+          "tokenizer")
+    return image_id
 
   @property
   def image_marker(self) -> image_markers.ImageMarker:

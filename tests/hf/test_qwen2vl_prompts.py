@@ -60,12 +60,12 @@ class _ImageProcessorOnly(transformers.Qwen2VLProcessor):
     return super().check_argument_for_proper_class(argument_name, argument)
 
 
-def _tokenizer_dir(path) -> str:
+def _tokenizer_dir(path, specials=tuple(SPECIALS)) -> str:
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(
-      vocab_size=VOCAB, show_progress=False, special_tokens=SPECIALS,
+      vocab_size=VOCAB, show_progress=False, special_tokens=list(specials),
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
   fast = transformers.Qwen2TokenizerFast(
       tokenizer_object=tok, eos_token="<|endoftext|>",
@@ -208,3 +208,16 @@ def test_cli_answers_as_hf_generate(qwen2vl, tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == want
+
+
+def test_another_tokenizer_is_refused(qwen2vl, tmp_path):
+  """A tokenizer whose `<|image_pad|>` is not the model's image token (here
+  swapped with `<|video_pad|>`) is refused, not silently misused."""
+  _, run, _ = qwen2vl
+  swapped = SPECIALS[:5] + [SPECIALS[6], SPECIALS[5]]
+  other = inference.load(run.workdir,
+                         tokenizer=_tokenizer_dir(tmp_path / "tok", swapped))
+  with pytest.raises(inference.InputError,
+                     match=r"'<\|image_pad\|>' is id 6, the model's image "
+                           r"token is 5: pass the model's own tokenizer"):
+    other.generate(["hi"], [_image(40, 60, 0)], max_new_tokens=1)
