@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from mmjax.data.tokenizer import IMAGE_TOKEN
+from mmjax.data.tokenizer import IMAGE_ID, IMAGE_TOKEN
 from mmjax.inference import prompts
 
 
@@ -51,8 +51,8 @@ class ImageMarker:
 
   def image_id(self, tokenizer: Any) -> int:
     """The id of `token` in `tokenizer`."""
-    if self.token == IMAGE_TOKEN:
-      return tokenizer.image_id
+    if self.token == IMAGE_TOKEN:  # a text LM's tokenizer may have none
+      return getattr(tokenizer, "image_id", IMAGE_ID)
     return self._id(tokenizer, self.token)
 
   def prompt_ids(self, tokenizer: Any, turns: Sequence[Mapping[str, str]]
@@ -63,9 +63,9 @@ class ImageMarker:
     image = ([self._id(tokenizer, t) for t in self.before] +
              [self.image_id(tokenizer)] +
              [self._id(tokenizer, t) for t in self.after])
-    out = []
+    out, placeholder = [], DEFAULT.image_id(tokenizer)  # the turn's <image>
     for t in ids:
-      out += image if t == tokenizer.image_id else [t]
+      out += image if t == placeholder else [t]
     return out
 
   @staticmethod
