@@ -17,8 +17,10 @@ order): one media item of `model.frames` evenly spaced frames when the model
 takes video (frames > 1), else up to --max_frames evenly spaced frames, each
 an image. A text LM run (configs/lm.py), or a converted decoder LM (`python
 -m mmjax.convert` output, with --tokenizer), takes no images: it continues
-the prompt (plain text after BOS) until EOS. Tokens are printed as they
-come: the compiled decode loop runs --stream_chunk tokens per call.
+the prompt (plain text after BOS) until EOS. A converted Qwen2-VL (with
+--tokenizer=its HF tokenizer dir) takes images of any size, each written
+as its processor writes it (`inference.image_markers`). Tokens are printed
+as they come: the compiled decode loop runs --stream_chunk tokens per call.
 
 An empty --prompt with an --image (or --video) asks about the image as it
 is; without one there is nothing to answer and it is refused. Bad input

@@ -13,7 +13,8 @@
                            max_new_tokens=8)       # batched, low level
 
 Modules: decode (prefill + compiled decode loop), sampling, fastv, prompts
-(chat turns -> token pieces), media (image files and video frames), run
+(chat turns -> token pieces), image_markers (how a family writes an image
+in a prompt), media (image files and video frames), run
 (`Run`: ask / generate), workdir (reading a run or a conversion).
 """
 from mmjax.inference.decode import (Generation, PromptTooLongError, generate,

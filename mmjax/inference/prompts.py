@@ -36,11 +36,13 @@ def split_at_images(cfg: MLLMConfig, ids: Sequence[int], image_id: int
   return pieces + [ids[start:]]
 
 
-def user_turn(prompt: str, n_media: int, image_text: str = "<image>") -> str:
-  """The prompt with one `<image>` marker per media item."""
+def user_turn(prompt: str, n_media: int, image_text: str = "<image>",
+              separator: str = "\n") -> str:
+  """The prompt with one `<image>` marker per media item (each followed by
+  `separator` when the prompt has none and they go first)."""
   markers = prompt.count(image_text)
   if markers == 0:
-    return (image_text + "\n") * n_media + prompt
+    return (image_text + separator) * n_media + prompt
   if markers != n_media:
     raise InputError(f"the prompt has {markers} {image_text} marker(s) for "
                      f"{n_media} image(s)/frame(s); use one per image, or "

@@ -34,7 +34,7 @@ import numpy as np
 
 from mmjax.data import native_resolution as native_lib
 from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
-from mmjax.inference import decode, prompts
+from mmjax.inference import decode, image_markers, prompts
 from mmjax.inference import media as media_lib
 from mmjax.inference.fastv import FastVConfig
 from mmjax.inference.prompts import InputError
@@ -206,7 +206,20 @@ class Run:
       ids = _hf_ids(self.config.get("hf"), "image_token_id")
       if ids:
         return ids[0]
-    return getattr(self.tokenizer, "image_id", IMAGE_ID)
+      return IMAGE_ID
+    image_id = self.image_marker.image_id(self.tokenizer)
+    recorded = _hf_ids(self.config.get("hf"), "image_token_id")
+    if recorded and image_id != recorded[0]:
+      raise InputError(
+          f"the tokenizer's {self.image_marker.token!r} is id {image_id}, "
+          f"the model's image token is {recorded[0]}: pass the model's own "
+          "tokenizer")
+    return image_id
+
+  @property
+  def image_marker(self) -> image_markers.ImageMarker:
+    """How a string prompt writes its images (the model family's way)."""
+    return image_markers.for_config(self.config)
 
   def _need_tokenizer(self, why: str) -> Tokenizer:
     if self.tokenizer is None:
@@ -249,9 +262,11 @@ class Run:
       tok = self._need_tokenizer("for string prompts")
       if self.text_only:
         return [tok.encode(prompt, add_bos=True)]
+      marker = self.image_marker
       turns = [{"role": "user",
-                "content": prompts.user_turn(prompt, n_media)}]
-      return prompts.prompt_pieces(self.cfg, tok, turns)
+                "content": marker.user_turn(prompt, n_media)}]
+      return prompts.split_at_images(self.cfg, marker.prompt_ids(tok, turns),
+                                     self._image_id)
     ids = [int(t) for t in np.asarray(prompt, np.int64).reshape(-1)]
     vocab = self.cfg.lm.vocab_size
     if not ids or not all(0 <= t < vocab for t in ids):
