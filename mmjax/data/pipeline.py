@@ -219,7 +219,11 @@ class BatchIterator:
   """
 
   def __init__(self, batches: grain.MapDataset, *, num_workers: int,
-               read_options: grain.ReadOptions, fingerprint: dict[str, Any]):
+               read_options: grain.ReadOptions, fingerprint: dict[str, Any],
+               packer: packing_lib.Packer | None = None,
+               make_row: Any = None):
+    # With a packer, `batches` is the dataset of prepared stream rows.
+    self._packer, self._make_row = packer, make_row
     self._batches, self._num_workers = batches, num_workers
     self._read_options, self.fingerprint = read_options, fingerprint
     self._next, self._it = 0, None
@@ -229,7 +233,8 @@ class BatchIterator:
     return self
 
   def _start(self) -> None:
-    ds = self._batches[self._next:] if self._next else self._batches
+    start = self._packer.next_row if self._packer else self._next
+    ds = self._batches[start:] if start else self._batches
     ds = ds.to_iter_dataset(self._read_options)
     if self._num_workers > 0:
       if not flags.FLAGS.is_parsed():
@@ -241,12 +246,22 @@ class BatchIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     if self._it is None:
       self._start()
-    batch = next(self._it)
+    batch = (self._packer.next_batch(self._pull) if self._packer
+             else next(self._it))
     for key, n in batch.pop("_stats").items():
       self._stats[key] += int(n)
     self._next += 1
     # Copies out of worker shared memory, which is freed with grain's array.
     return {k: np.array(v) for k, v in batch.items()}
+
+  def _pull(self, n: int) -> list[dict[str, Any]]:
+    """The next n prepared stream rows (fewer at the end of the stream)."""
+    out = []
+    for row in self._it:
+      out.append(row)
+      if len(out) == n:
+        break
+    return out
 
   def stats(self) -> dict[str, int]:
     """Counts since the start of training: truncated, skipped_<kind>,
@@ -259,6 +274,7 @@ class BatchIterator:
 
   def get_state(self) -> dict[str, Any]:
     return {"next_batch": self._next, "stats": self.stats(),
+            **(self._packer.state() if self._packer else {}),
             **self.fingerprint}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
@@ -283,6 +299,12 @@ class BatchIterator:
       if not (isinstance(stats, Mapping) and
               all(is_count(v) for v in stats.values())):
         damaged.append(f"stats={stats!r} is not a dict of ints >= 0")
+      if self._packer is not None and not (
+          is_count(state.get("pack_next_row")) and
+          isinstance(state.get("pack_pending"), list) and
+          all(is_count(i) for i in state["pack_pending"])):
+        damaged.append("pack_next_row / pack_pending are not an int >= 0 / "
+                       "a list of them")
       damaged += [f"{k}={state.get(k)!r} is not a {type(v).__name__}"
                   for k, v in self.fingerprint.items()
                   if k in state and not same_type(state[k], v)]
@@ -299,6 +321,8 @@ class BatchIterator:
     self.close()
     self._next = int(state["next_batch"])
     self._stats = {k: int(state["stats"].get(k, 0)) for k in batching.STAT_KEYS}
+    if self._packer is not None:
+      self._packer.restore(state, self._make_row)
 
   def close(self) -> None:
     """Stops worker processes (also done at garbage collection)."""
@@ -405,8 +429,12 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
         lo=process_index * local, local=local, resize=resize)
   n_rows = (_ENDLESS_ROWS if train
             else math.ceil(len(index) / per_batch) * per_batch)
-  batches = (grain.MapDataset.range(n_rows).map(rows)
-             .batch(per_batch, drop_remainder=True, batch_fn=collate))
+  if packing:  # Rows, packed one batch after another (`packing.Packer`).
+    batches = grain.MapDataset.range(_ENDLESS_ROWS if train
+                                     else len(index)).map(rows)
+  else:
+    batches = (grain.MapDataset.range(n_rows).map(rows)
+               .batch(per_batch, drop_remainder=True, batch_fn=collate))
   fingerprint = {"format": fmt, "batch_size": batch_size, "seed": seed,
                  "max_len": max_len, "train": train,
                  "num_examples": len(index)}
@@ -416,5 +444,6 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     fingerprint.update(pack_window=per_batch, pack_images=pack_images)
   read = grain.ReadOptions(num_threads=read_threads,
                            prefetch_buffer_size=max(2, read_threads))
+  packer = packing_lib.Packer(collate, per_batch) if packing else None
   return BatchIterator(batches, num_workers=num_workers, read_options=read,
-                       fingerprint=fingerprint)
+                       fingerprint=fingerprint, packer=packer, make_row=rows)
