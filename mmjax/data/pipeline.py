@@ -210,6 +210,17 @@ class _RowMaker:
     return out
 
 
+def _copy_arrays(tree: Any) -> Any:
+  """The tree with its numpy arrays copied (out of grain's shared memory)."""
+  if isinstance(tree, np.ndarray):
+    return np.array(tree)
+  if isinstance(tree, dict):
+    return {k: _copy_arrays(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_copy_arrays(v) for v in tree)
+  return tree
+
+
 class BatchIterator:
   """Process-local batches with JSON state (`get_state` / `set_state`).
 
@@ -258,7 +269,8 @@ class BatchIterator:
     """The next n prepared stream rows (fewer at the end of the stream)."""
     out = []
     for row in self._it:
-      out.append(row)
+      # Pending rows outlive the iterator: copies out of worker memory.
+      out.append(_copy_arrays(row) if self._num_workers else row)
       if len(out) == n:
         break
     return out

@@ -79,7 +79,8 @@ def test_packed_batch_layout(shapes, positions):
   assert eff < stats["packing_efficiency"]
 
 
-def test_packed_state_restores_the_following_batches(shapes):
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_packed_state_restores_the_following_batches(shapes, num_workers):
   source, tok = shapes
   cfg = testing.tiny_mllm_config("projection", "v2pe")
   it = _iterator(source, tok, cfg, batch_size=2)  # 2 rows: leftovers
@@ -89,13 +90,15 @@ def test_packed_state_restores_the_following_batches(shapes):
   after = [next(it) for _ in range(2)]
   # Leftovers are pending at the save: the restore prepares them again.
   assert state["pack_pending"] and state["stats"]["pack_overflow"]
-  restored = _iterator(source, tok, cfg, batch_size=2)
-  restored.set_state(state)
-  for a, b in zip(after, [next(restored) for _ in range(2)]):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-  assert restored.get_state() == it.get_state()
+  # The same batches when a worker process prepares the rows.
+  with _iterator(source, tok, cfg, batch_size=2,
+                 num_workers=num_workers) as restored:
+    restored.set_state(state)
+    for a, b in zip(after, [next(restored) for _ in range(2)]):
+      assert a.keys() == b.keys()
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert restored.get_state() == it.get_state()
   with pytest.raises(ValueError, match="pack_window"):
     _iterator(source, tok, cfg, batch_size=2,
               pack_window=16).set_state(state)
