@@ -164,6 +164,11 @@ class Packer:
     self.next_row += len(new)
     candidates = self.pending + [(i, r) for i, r in zip(rows, new)
                                  if r["valid"]]
+    c = self.collate
+    for i, r in candidates[len(self.pending):]:
+      if (len(r["seq"]["tokens"]) > c.max_len
+          or len(r["images"]) > c.pack_images):  # the row maker skips these
+        raise ValueError(f"stream row {i} fits no empty packed row")
     if not candidates and len(new) < take:
       raise StopIteration
     bins, left = first_fit(

@@ -28,9 +28,12 @@ becomes a pad row (eval); `stats()` counts `skipped_<kind>` and `truncated`.
 
 A batch is a pure function of its index k, so the iterator state is
 {"next_batch": k, "stats": ..., and fields that must match on restore}: JSON,
-independent of num_workers and process count. Workers (`mp_prefetch`, grain
-slices whole batches among them) need a `__main__` guard in scripts; absl
-flags are marked parsed if no app.run did it (grain's workers read them).
+independent of num_workers and process count. Packed batches
+(`packing=True`) depend on the ones before: the state adds the stream rows
+of the examples carried over (`packing` module doc). Workers
+(`mp_prefetch`, grain slices whole batches among them) need a `__main__`
+guard in scripts; absl flags are marked parsed if no app.run did it
+(grain's workers read them).
 
 Batch (numpy, process-local rows b = batch_size / process_count, L a bucket,
 M = max_images, S = cfg.side):
