@@ -188,7 +188,10 @@ class Packer:
   def restore(self, state: Mapping[str, Any],
               make_row: Callable[[int], dict[str, Any]]) -> None:
     """Continues from `state()`; make_row(stream row) prepares a pending
-    example again (the row maker is a pure function of the row)."""
-    self.next_row = int(state["pack_next_row"])
+    example again (the row maker is a pure function of the row). A state
+    of the first packing pipeline (fixed windows, leftovers dropped) has
+    neither key: its batch k had read rows [0, k W), nothing pending."""
+    self.next_row = int(state.get("pack_next_row",
+                                  state["next_batch"] * self.window))
     self.pending = [(int(i), make_row(int(i)))
-                    for i in state["pack_pending"]]
+                    for i in state.get("pack_pending", [])]

@@ -314,7 +314,8 @@ class BatchIterator:
       if not (isinstance(stats, Mapping) and
               all(is_count(v) for v in stats.values())):
         damaged.append(f"stats={stats!r} is not a dict of ints >= 0")
-      if self._packer is not None and not (
+      if self._packer is not None and (
+          "pack_next_row" in state or "pack_pending" in state) and not (
           is_count(state.get("pack_next_row")) and
           isinstance(state.get("pack_pending"), list) and
           all(is_count(i) for i in state["pack_pending"])):

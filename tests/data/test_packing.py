@@ -104,7 +104,7 @@ def test_packed_state_restores_the_following_batches(shapes, num_workers):
               pack_window=16).set_state(state)
 
 
-def test_damaged_packed_state_is_refused(shapes):
+def test_damaged_or_old_packed_state(shapes):
   source, tok = shapes
   cfg = testing.tiny_mllm_config("projection")
   it = _iterator(source, tok, cfg)
@@ -113,6 +113,13 @@ def test_damaged_packed_state_is_refused(shapes):
   for key, value in (("pack_pending", [-1]), ("pack_next_row", None)):
     with pytest.raises(DataStateError, match="pack_next_row / pack_pending"):
       _iterator(source, tok, cfg).set_state({**state, key: value})
+  # A state of the fixed-window packing (no carry-over) goes on at its
+  # next window.
+  old = {k: v for k, v in state.items()
+         if k not in ("pack_next_row", "pack_pending")}
+  it = _iterator(source, tok, cfg)
+  it.set_state({**old, "next_batch": 3})
+  assert it.get_state()["pack_next_row"] == 36
 
 
 def _sequences(batch, pad_id, segments):
