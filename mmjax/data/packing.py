@@ -8,8 +8,8 @@ for its tokens (<= max_len) and its images (<= `pack_images` per row).
 Candidates that fit no row are carried over to the next batch, never
 dropped (counted each time in `pack_overflow`). The first B candidates
 always fit (an example the pipeline keeps fits an empty row), so at most
-W - B examples are pending and every example is packed within a few
-batches. Batch k therefore depends on the batches before it: `Packer`
+W - B examples are pending, each for at most W / B - 1 batches (the
+oldest come first, and B of those ahead of it leave each batch). Batch k therefore depends on the batches before it: `Packer`
 runs in the iterator's process on the prepared examples, and its state is
 the next stream row and the pending examples' stream rows (not their
 contents): a restore prepares those rows again, so a resumed run yields

@@ -145,7 +145,16 @@ def test_carry_over_packs_every_example_once(shapes):
                                   train=False)
   want = [s for b in padded for s in _sequences(b, tok.pad_id, False)]
   it = _iterator(source, tok, cfg, batch_size=2, train=False)
-  batches = list(it)
+  batches, waits = [], {}
+  for batch in it:
+    batches.append(batch)
+    pending = it.get_state()["pack_pending"]
+    assert len(pending) <= 12 - 2  # W - B: the first B always fit
+    for row in pending:
+      waits[row] = waits.get(row, 0) + 1
+  # Oldest first: an example waits at most W / B - 1 = 5 batches.
+  print("longest wait", max(waits.values()), "batches")
+  assert waits and max(waits.values()) <= 5
   got = [s for b in batches for s in _sequences(b, tok.pad_id, True)]
   assert sorted(got) == sorted(want) and len(want) >= 32
   assert it.stats()["pack_overflow"] > len(want) // 2  # carries counted
