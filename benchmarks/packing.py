@@ -22,9 +22,11 @@ padded to the smallest default bucket (`batching.default_buckets`: powers of
 two from 64, then max_len) holding its longest example -- what mmjax does
 without packing. Packing: `packing.first_fit` of a window of W = 4 B stream
 examples into B rows of max_len (the pipeline's default window), padded to
-the bucket of the longest row; examples a window cannot place are dropped
-and counted (overflow). The last column carries a window's overflow into
-the next window instead (a simulation of what the pipeline does not do yet).
+the bucket of the longest row. The "packed" and "overflow" columns use a
+fixed window whose leftovers are dropped (the first packing pipeline, kept
+for comparison: overflow is the share that would be lost). The last column
+is what the pipeline does (`packing.Packer`): a window's leftovers come
+first in the next window, which reads only W - (leftovers) new examples.
 
 --time also times a training step (forward + backward) of the tiny decoder
 on padded and on packed batches of the same examples and reports real
@@ -101,7 +103,7 @@ def packed_batches(lengths, images, batch: int, max_len: int, window: int):
 def carried_efficiency(lengths, images, batch: int, max_len: int,
                        window: int) -> float:
   """Real / all tokens when a window's overflow is carried into the next
-  window instead of dropped (not what the pipeline does yet: docs/data.md)."""
+  window instead of dropped: `packing.Packer`'s policy on lengths alone."""
   buckets = batching.default_buckets(max_len)
   real = slots = 0
   pending: list[int] = []

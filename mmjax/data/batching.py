@@ -20,7 +20,7 @@ from mmjax.models.mllm import MLLMConfig
 # Counters the pipeline keeps: examples cut to max_len, skips per kind.
 STAT_KEYS = ("truncated",) + tuple(f"skipped_{k}" for k in formats.BAD_KINDS)
 # Token counts of the sequence batches (packing efficiency = real / batch,
-# `packing.efficiency`) and examples a packed window could not place.
+# `packing.efficiency`) and packing candidates carried to a later batch.
 STAT_KEYS += ("real_tokens", "batch_tokens", "pack_overflow")
 # Per-sequence batch keys (preference batches prefix them chosen_/rejected_).
 SEQUENCE_KEYS = ("tokens", "targets", "loss_mask", "positions",

@@ -1,13 +1,19 @@
 """Packing: several examples per row of a batch (opt-in, `config.data.packing`).
 
-Global batch k reads a fixed window of W stream examples (rows
-[k*W, (k+1)*W) of the pipeline's example stream, W = `pack_window`) and
-places them, in stream order, first-fit into the B rows of the batch: each
-example goes to the first row with room for its tokens (<= max_len) and its
-images (<= `pack_images` per row). So a batch stays a pure function of k:
-the iterator state, resume and workers are the padded pipeline's. Examples
-of the window that fit no row are dropped and counted (`pack_overflow`);
-a larger W lowers that count and fills rows better (docs/data.md).
+Global batch k packs a window of W candidates (W = `pack_window`): the
+examples earlier batches could not place (oldest first), then the next
+W - (those) examples of the pipeline's example stream. They are placed, in
+that order, first-fit into the B rows: each goes to the first row with room
+for its tokens (<= max_len) and its images (<= `pack_images` per row).
+Candidates that fit no row are carried over to the next batch, never
+dropped (counted each time in `pack_overflow`). The first B candidates
+always fit (an example the pipeline keeps fits an empty row), so at most
+W - B examples are pending, each for at most W / B - 1 batches (the
+oldest come first, and B of those ahead of it leave each batch). Batch k therefore depends on the batches before it: `Packer`
+runs in the iterator's process on the prepared examples, and its state is
+the next stream row and the pending examples' stream rows (not their
+contents): a restore prepares those rows again, so a resumed run yields
+exactly the batches of an uninterrupted one.
 
 A packed row holds its examples back to back, then padding:
   segment_ids int32[b, L]: 1, 2, ... per example, 0 on padding; the model
@@ -24,7 +30,7 @@ Every other key is the padded pipeline's (`pipeline` module doc).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -87,30 +93,21 @@ def efficiency(stats: Mapping[str, int]) -> dict[str, float]:
 
 
 class PackedCollate(batching.Collate):
-  """W global stream rows -> this process's packed batch (grain batch_fn).
+  """Packed rows of prepared examples -> this process's batch.
 
-  Every process packs all W rows the same way (first-fit is deterministic)
-  and builds only its own batch rows.
+  Every process packs the same candidates the same way (first-fit is
+  deterministic) and builds only its own batch rows.
   """
 
   def __init__(self, *, batch_size: int, pack_images: int, **kwargs):
     super().__init__(**kwargs)
     self.batch_size, self.pack_images = batch_size, pack_images
 
-  def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    counts = dict.fromkeys(batching.STAT_KEYS, 0)
-    for row in rows:
-      for key, n in row["counts"].items():
-        counts[key] += n
-    usable = [r for r in rows if r["valid"]]
-    bins, overflow = first_fit(
-        [len(r["seq"]["tokens"]) for r in usable],
-        [len(r["images"]) for r in usable], rows=self.batch_size,
-        capacity=self.max_len, max_images=self.pack_images)
-    counts["pack_overflow"] += len(overflow)
-    packed = [concat_sequences([usable[i]["seq"] for i in b],
-                               self.cfg.positions) if b else None
-              for b in bins]
+  def build(self, bins: Sequence[Sequence[dict[str, Any]]],
+            counts: dict[str, int]) -> dict[str, Any]:
+    """bins: per global row, its prepared examples in order (B lists)."""
+    packed = [concat_sequences([e["seq"] for e in b], self.cfg.positions)
+              if b else None for b in bins]
     longest = max([len(p["tokens"]) for p in packed if p is not None],
                   default=1)
     length = batching.bucket_length(longest, self.buckets)
@@ -129,10 +126,72 @@ class PackedCollate(batching.Collate):
       if packed[r] is None:
         continue
       segments[i, :len(packed[r]["segment_ids"])] = packed[r]["segment_ids"]
-      row_images = [im for j in bins[r] for im in usable[j]["images"]]
+      row_images = [im for e in bins[r] for im in e["images"]]
       for j, image in enumerate(row_images):
         images[i, j] = self._pixels(image)
         image_mask[i, j] = True
     valid = np.asarray([packed[r] is not None for r in mine], bool)
     return {**batch, "segment_ids": segments, "images": images,
             "image_mask": image_mask, "valid": valid, "_stats": counts}
+
+
+class Packer:
+  """Packs the example stream into batches, carrying leftovers over.
+
+  Attributes:
+    next_row: the stream row the next batch reads first.
+    pending: (stream row, prepared example) of the carried examples,
+      oldest first.
+  """
+
+  def __init__(self, collate: PackedCollate, window: int):
+    self.collate, self.window = collate, window
+    self.next_row = 0
+    self.pending: list[tuple[int, dict[str, Any]]] = []
+
+  def next_batch(self, pull: Callable[[int], list[dict[str, Any]]]
+                 ) -> dict[str, Any]:
+    """The next packed batch (PackedCollate.build) from the pending examples
+    and `pull(n)`: the next n prepared stream rows (fewer at the end of an
+    eval pass). Raises StopIteration when nothing is left."""
+    take = self.window - len(self.pending)
+    new = pull(take)
+    counts = dict.fromkeys(batching.STAT_KEYS, 0)
+    for row in new:  # Counted once, when read (not when restored).
+      for key, n in row["counts"].items():
+        counts[key] += n
+    rows = range(self.next_row, self.next_row + len(new))
+    self.next_row += len(new)
+    candidates = self.pending + [(i, r) for i, r in zip(rows, new)
+                                 if r["valid"]]
+    c = self.collate
+    for i, r in candidates[len(self.pending):]:
+      if (len(r["seq"]["tokens"]) > c.max_len
+          or len(r["images"]) > c.pack_images):  # the row maker skips these
+        raise ValueError(f"stream row {i} fits no empty packed row")
+    if not candidates and len(new) < take:
+      raise StopIteration
+    bins, left = first_fit(
+        [len(r["seq"]["tokens"]) for _, r in candidates],
+        [len(r["images"]) for _, r in candidates],
+        rows=self.collate.batch_size, capacity=self.collate.max_len,
+        max_images=self.collate.pack_images)
+    self.pending = [candidates[i] for i in left]
+    counts["pack_overflow"] += len(left)
+    return self.collate.build([[candidates[i][1] for i in b] for b in bins],
+                              counts)
+
+  def state(self) -> dict[str, Any]:
+    return {"pack_next_row": self.next_row,
+            "pack_pending": [i for i, _ in self.pending]}
+
+  def restore(self, state: Mapping[str, Any],
+              make_row: Callable[[int], dict[str, Any]]) -> None:
+    """Continues from `state()`; make_row(stream row) prepares a pending
+    example again (the row maker is a pure function of the row). A state
+    of the first packing pipeline (fixed windows, leftovers dropped) has
+    neither key: its batch k had read rows [0, k W), nothing pending."""
+    self.next_row = int(state.get("pack_next_row",
+                                  state["next_batch"] * self.window))
+    self.pending = [(int(i), make_row(int(i)))
+                    for i in state.get("pack_pending", [])]

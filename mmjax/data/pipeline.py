@@ -28,9 +28,12 @@ becomes a pad row (eval); `stats()` counts `skipped_<kind>` and `truncated`.
 
 A batch is a pure function of its index k, so the iterator state is
 {"next_batch": k, "stats": ..., and fields that must match on restore}: JSON,
-independent of num_workers and process count. Workers (`mp_prefetch`, grain
-slices whole batches among them) need a `__main__` guard in scripts; absl
-flags are marked parsed if no app.run did it (grain's workers read them).
+independent of num_workers and process count. Packed batches
+(`packing=True`) depend on the ones before: the state adds the stream rows
+of the examples carried over (`packing` module doc). Workers
+(`mp_prefetch`, grain slices whole batches among them) need a `__main__`
+guard in scripts; absl flags are marked parsed if no app.run did it
+(grain's workers read them).
 
 Batch (numpy, process-local rows b = batch_size / process_count, L a bucket,
 M = max_images, S = cfg.side):
@@ -210,6 +213,17 @@ class _RowMaker:
     return out
 
 
+def _copy_arrays(tree: Any) -> Any:
+  """The tree with its numpy arrays copied (out of grain's shared memory)."""
+  if isinstance(tree, np.ndarray):
+    return np.array(tree)
+  if isinstance(tree, dict):
+    return {k: _copy_arrays(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_copy_arrays(v) for v in tree)
+  return tree
+
+
 class BatchIterator:
   """Process-local batches with JSON state (`get_state` / `set_state`).
 
@@ -219,7 +233,11 @@ class BatchIterator:
   """
 
   def __init__(self, batches: grain.MapDataset, *, num_workers: int,
-               read_options: grain.ReadOptions, fingerprint: dict[str, Any]):
+               read_options: grain.ReadOptions, fingerprint: dict[str, Any],
+               packer: packing_lib.Packer | None = None,
+               make_row: Any = None):
+    # With a packer, `batches` is the dataset of prepared stream rows.
+    self._packer, self._make_row = packer, make_row
     self._batches, self._num_workers = batches, num_workers
     self._read_options, self.fingerprint = read_options, fingerprint
     self._next, self._it = 0, None
@@ -229,7 +247,8 @@ class BatchIterator:
     return self
 
   def _start(self) -> None:
-    ds = self._batches[self._next:] if self._next else self._batches
+    start = self._packer.next_row if self._packer else self._next
+    ds = self._batches[start:] if start else self._batches
     ds = ds.to_iter_dataset(self._read_options)
     if self._num_workers > 0:
       if not flags.FLAGS.is_parsed():
@@ -241,12 +260,23 @@ class BatchIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     if self._it is None:
       self._start()
-    batch = next(self._it)
+    batch = (self._packer.next_batch(self._pull) if self._packer
+             else next(self._it))
     for key, n in batch.pop("_stats").items():
       self._stats[key] += int(n)
     self._next += 1
     # Copies out of worker shared memory, which is freed with grain's array.
     return {k: np.array(v) for k, v in batch.items()}
+
+  def _pull(self, n: int) -> list[dict[str, Any]]:
+    """The next n prepared stream rows (fewer at the end of the stream)."""
+    out = []
+    for row in self._it:
+      # Pending rows outlive the iterator: copies out of worker memory.
+      out.append(_copy_arrays(row) if self._num_workers else row)
+      if len(out) == n:
+        break
+    return out
 
   def stats(self) -> dict[str, int]:
     """Counts since the start of training: truncated, skipped_<kind>,
@@ -259,6 +289,7 @@ class BatchIterator:
 
   def get_state(self) -> dict[str, Any]:
     return {"next_batch": self._next, "stats": self.stats(),
+            **(self._packer.state() if self._packer else {}),
             **self.fingerprint}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
@@ -283,6 +314,13 @@ class BatchIterator:
       if not (isinstance(stats, Mapping) and
               all(is_count(v) for v in stats.values())):
         damaged.append(f"stats={stats!r} is not a dict of ints >= 0")
+      if self._packer is not None and (
+          "pack_next_row" in state or "pack_pending" in state) and not (
+          is_count(state.get("pack_next_row")) and
+          isinstance(state.get("pack_pending"), list) and
+          all(is_count(i) for i in state["pack_pending"])):
+        damaged.append("pack_next_row / pack_pending are not an int >= 0 / "
+                       "a list of them")
       damaged += [f"{k}={state.get(k)!r} is not a {type(v).__name__}"
                   for k, v in self.fingerprint.items()
                   if k in state and not same_type(state[k], v)]
@@ -299,6 +337,8 @@ class BatchIterator:
     self.close()
     self._next = int(state["next_batch"])
     self._stats = {k: int(state["stats"].get(k, 0)) for k in batching.STAT_KEYS}
+    if self._packer is not None:
+      self._packer.restore(state, self._make_row)
 
   def close(self) -> None:
     """Stops worker processes (also done at garbage collection)."""
@@ -405,8 +445,12 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
         lo=process_index * local, local=local, resize=resize)
   n_rows = (_ENDLESS_ROWS if train
             else math.ceil(len(index) / per_batch) * per_batch)
-  batches = (grain.MapDataset.range(n_rows).map(rows)
-             .batch(per_batch, drop_remainder=True, batch_fn=collate))
+  if packing:  # Rows, packed one batch after another (`packing.Packer`).
+    batches = grain.MapDataset.range(_ENDLESS_ROWS if train
+                                     else len(index)).map(rows)
+  else:
+    batches = (grain.MapDataset.range(n_rows).map(rows)
+               .batch(per_batch, drop_remainder=True, batch_fn=collate))
   fingerprint = {"format": fmt, "batch_size": batch_size, "seed": seed,
                  "max_len": max_len, "train": train,
                  "num_examples": len(index)}
@@ -416,5 +460,6 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     fingerprint.update(pack_window=per_batch, pack_images=pack_images)
   read = grain.ReadOptions(num_threads=read_threads,
                            prefetch_buffer_size=max(2, read_threads))
+  packer = packing_lib.Packer(collate, per_batch) if packing else None
   return BatchIterator(batches, num_workers=num_workers, read_options=read,
-                       fingerprint=fingerprint)
+                       fingerprint=fingerprint, packer=packer, make_row=rows)
