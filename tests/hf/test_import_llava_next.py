@@ -121,6 +121,9 @@ def test_llava_next_greedy_tokens(llava_next):
                             np.int32(steps), sampling=greedy)
   ours = np.asarray(state.tokens)
   print("[greedy] mmjax decode loop:", ours.tolist())
+  # The decode loop here runs all `steps` (no stop token); so must HF's,
+  # which otherwise stops at the config's eos when a row samples it.
+  model.generation_config.eos_token_id = None
   for b, e in enumerate(examples):
     ref = model.generate(
         input_ids=torch.tensor(e["ids"][None]),
