@@ -131,7 +131,7 @@ def build_step(size: str, fusion: str, *, batch: int = common.BATCH,
       mesh_sizes or {"data": -1, "fsdp": 1, "tensor": 1}, devices)
   rules = parallel.logical_rules()
   batch_np = common.synthetic_batch(cfg, batch, text_len, seed)
-  batch_sharding = parallel.batch_sharding(mesh, rules)
+  batch_shardings = parallel.batch_shardings(batch_np, mesh, rules)
   boxed = jax.eval_shape(init_state, jax.random.key(seed))
   shardings = parallel.logical_shardings(boxed, mesh, rules)
   shapes = nn.unbox(boxed)
@@ -140,14 +140,14 @@ def build_step(size: str, fusion: str, *, batch: int = common.BATCH,
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         shapes, shardings)
     device_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                            sharding=batch_sharding)
+                                            sharding=batch_shardings[k])
                     for k, v in batch_np.items()}
   else:
     state = jax.device_put(random_state(shapes, seed), shardings)
     device_batch = parallel.shard_batch(batch_np, mesh, rules)
   train = list(groups.flatten(state["params"]))
   step = trainer._make_train_step(  # pylint: disable=protected-access
-      task, train, tx, schedule, seed, shardings, batch_sharding)
+      task, train, tx, schedule, seed, shardings, batch_shardings)
   return StepSetup(step, state, device_batch, cfg, mesh, rules)
 
 

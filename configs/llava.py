@@ -35,6 +35,11 @@ tests/configs/test_llava_configs.py):
                      block and post-layernorm, which layer -2 never uses).
   siglip_qwen2_1_5b  SigLIP So400m/14-384 (layer -2, as LLaVA-OneVision's
                      26-block tower) + mlp2x_gelu + Qwen2-1.5B (chatml).
+  qwen2vl_2b         Qwen2-VL-2B: its ViT (2-D RoPE, 32 x 1280) reading each
+                     image at its own size (aspect kept, 56^2..1280 x 28^2
+                     px) + 2x2 PatchMerger + Qwen2-1.5B with M-RoPE
+                     [16, 24, 24] (chatml): 2,208,985,600, as published.
+                     Its tiny twin: patch 8, 16^2 x 4..64 px per image.
   paligemma_3b       SigLIP So400m/14-224 (final post-LN output, no MAP head)
                      + linear + Gemma-2B with vocab 257,152, prefix-LM:
                      2,923,335,408.
@@ -79,6 +84,15 @@ from mmjax.models import sizes
 # (HF hidden_states index, -2 = second-to-last; None = final post-LN output).
 _CLIP_L14 = dict(kind="clip", width=1024, depth=24, mlp_dim=4096, n_heads=16,
                  patch_size=14)
+# Qwen2-VL's ViT (2-D RoPE, Conv3d patches over 2 frames; its 2x2 PatchMerger
+# is the connector, projector 'patch_merger'); image_size is only the side of
+# dummy inputs: images train and generate at their own sizes within
+# min_pixels..max_pixels (data/native_resolution.py).
+_QWEN2VL_VIT = dict(kind="qwen2vl", width=1280, depth=32, mlp_dim=5120,
+                    n_heads=16, patch_size=14, temporal_patch_size=2,
+                    spatial_merge=2, activation="quick_gelu", norm_eps=1e-6,
+                    rope_theta=10000.0, min_pixels=56 * 56,
+                    max_pixels=28 * 28 * 1280)
 _SO400M = dict(kind="siglip", width=1152, depth=27, mlp_dim=4304, n_heads=16,
                patch_size=14)
 # Decoder LMs: LLaMA-2-7B / Vicuna-7B, Qwen2-1.5B, Gemma-2B.
@@ -92,6 +106,8 @@ _QWEN2_1_5B = dict(
     mlp_dim=8960, vocab_size=151936, rope_theta=1e6, norm_eps=1e-6,
     qkv_bias=True, tie_embeddings=True, embed_scale=False,
     norm_offset_one=False, mlp_activation="silu")
+# Qwen2-VL-2B's LM: Qwen2-1.5B with M-RoPE over (t, h, w) in the rotary pairs.
+_QWEN2VL_LM = dict(_QWEN2_1_5B, mrope_sections=(16, 24, 24))
 _GEMMA_2B = dict(
     d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, head_dim=256,
     mlp_dim=16384, vocab_size=257152, rope_theta=10000.0, norm_eps=1e-6,
@@ -120,6 +136,10 @@ _VARIANTS = {
         vision=dict(_SO400M, image_size=384), feature_layer=-2,
         fusion="projection", projector="mlp", lm=_QWEN2_1_5B,
         chat_template="chatml"),
+    "qwen2vl_2b": dict(
+        vision=dict(_QWEN2VL_VIT, image_size=448), feature_layer=None,
+        fusion="projection", projector="patch_merger", lm=_QWEN2VL_LM,
+        positions="mrope", chat_template="chatml"),
     "paligemma_3b": dict(
         vision=dict(_SO400M, image_size=224), feature_layer=None,
         fusion="projection", projector="linear", lm=_GEMMA_2B,
@@ -166,6 +186,12 @@ def _tiny_twin(spec):
       1 if real["n_kv_heads"] == 1 else 2)
   lm_block.update(n_heads=heads, n_kv_heads=kv,
                   head_dim=None if real["head_dim"] is None else 32)
+  if spec["vision"]["kind"] == "qwen2vl":
+    # Patch 8 x merge 2: sides are multiples of 16; 4..64 merged tokens an
+    # image (a 64x64 shapes picture: 16).
+    vision.update(min_pixels=16 * 16 * 4, max_pixels=16 * 16 * 64)
+  if real.get("mrope_sections"):  # 16 rotary pairs at head_dim 32
+    lm_block["mrope_sections"] = (4, 6, 6)
   out = dict(spec, vision=vision, lm=lm_block)
   if "resampler" in spec:
     out["resampler"] = dict(spec["resampler"], n_latents=8, depth=1,
@@ -181,12 +207,17 @@ def model_config(spec, dtype: str, remat: str) -> ml_collections.ConfigDict:
   """The `config.model` block (an MLLMConfig as nested dicts) of a variant."""
   common = dict(dtype=dtype, param_dtype="float32", remat=remat,
                 attention="einsum")
-  vision = dict(spec["vision"], channels=3, pool="none", **common)
-  lm = dict(spec["lm"], logit_softcap=0.0, mrope_sections=None,
+  if spec["vision"]["kind"] == "qwen2vl":  # its config has no pool / remat
+    vision = dict(spec["vision"], channels=3, dtype=dtype,
+                  param_dtype="float32")
+  else:
+    vision = dict(spec["vision"], channels=3, pool="none", **common)
+  lm = dict(spec["lm"], logit_softcap=0.0,
+            mrope_sections=spec["lm"].get("mrope_sections"),
             xattn_every=spec.get("xattn_every", 0), xattn_media="last",
             scan_layers=False, **common)
   model = dict(
-      fusion=spec["fusion"], positions="rope",
+      fusion=spec["fusion"], positions=spec.get("positions", "rope"),
       projector=spec.get("projector", "mlp"),
       feature_layer=spec["feature_layer"], image_attention="causal",
       patch_size=vision["patch_size"], image_size=vision["image_size"],

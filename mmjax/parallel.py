@@ -89,17 +89,31 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
   return NamedSharding(mesh, spec)
 
 
+def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules
+                    ) -> dict[str, NamedSharding]:
+  """{key: sharding} of a batch: the batch axis first (`batch_sharding`),
+  except M-RoPE positions ([3, B, L], keys ending in 'positions' with three
+  axes), whose batch axis is the second."""
+  spec = nn.logical_to_mesh_axes(("batch",), rules)
+  second = NamedSharding(mesh, P(None, *spec))
+  first = NamedSharding(mesh, spec)
+  return {k: second if k.endswith("positions") and len(v.shape) == 3
+          else first for k, v in batch.items()}
+
+
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules
                 ) -> dict[str, jax.Array]:
-  """Places a process-local numpy batch as global arrays sharded on batch.
+  """Places a process-local numpy batch as global arrays sharded on batch
+  (`batch_shardings`).
 
   Each process passes only its own slice; `make_array_from_process_local_data`
   assembles the global array (single-process: the whole batch).
   """
-  sharding = batch_sharding(mesh, rules)
+  shardings = batch_shardings(batch, mesh, rules)
   if jax.process_count() == 1:  # one transfer, no per-shard bookkeeping
-    return jax.device_put(dict(batch), sharding)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    return jax.device_put(dict(batch), shardings)
+  return {k: jax.make_array_from_process_local_data(shardings[k],
+                                                    np.asarray(v))
           for k, v in batch.items()}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from mmjax.data import formats
 from mmjax.data import images as images_lib
+from mmjax.data import native_resolution as native_lib
 from mmjax.models.mllm import MLLMConfig
 
 # Counters the pipeline keeps: examples cut to max_len, skips per kind.
@@ -116,6 +117,36 @@ class Collate:
     square = images_lib.resize_square(image, side, self.resize, self.fill)
     return images_lib.normalize(square, self.kind)
 
+  def _images(self, mine: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """images f32[b, M, S, S, 3] (resized to the side) and image_mask."""
+    side, b = self.cfg.side, len(mine)
+    batch = {"images": np.zeros((b, self.max_images, side, side, 3),
+                                np.float32),
+             "image_mask": np.zeros((b, self.max_images), bool)}
+    for i, row in enumerate(mine):
+      for j, image in enumerate(row.get("images", [])):
+        batch["images"][i, j] = self._pixels(image)
+        batch["image_mask"][i, j] = True
+    return batch
+
+  def _native(self, rows: Sequence[dict[str, Any]],
+              mine: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Native resolution: each row's images packed at their own sizes
+    (`native_resolution.pack_rows`) and image_mask. The row length comes
+    from all global rows, so every process agrees on it."""
+    vision = self.cfg.vision
+    longest = max([native_lib.still_patches(vision, row["media_sizes"])
+                   for row in rows if row["valid"]], default=0)
+    n = native_lib.row_length(longest, vision.spatial_merge)
+    items = [[native_lib.preprocess_for(vision, im)
+              for im in row.get("images", [])] if row["valid"] else []
+             for row in mine]
+    batch = native_lib.pack_rows(vision, items, n)
+    batch["image_mask"] = np.zeros((len(mine), self.max_images), bool)
+    for i, row in enumerate(items):
+      batch["image_mask"][i, :len(row)] = True
+    return batch
+
   def _regions(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """region_weights / region_labels / region_valid of a regions batch."""
     vision = self.cfg.vision
@@ -141,14 +172,9 @@ class Collate:
         counts[key] += n
     mine = rows[self.lo:self.lo + self.local]
     valid = np.asarray([row["valid"] for row in mine], bool)
-    side, b = self.cfg.side, len(mine)
-    batch = {"images": np.zeros((b, self.max_images, side, side, 3),
-                                np.float32),
-             "image_mask": np.zeros((b, self.max_images), bool)}
-    for i, row in enumerate(mine):
-      for j, image in enumerate(row.get("images", [])):
-        batch["images"][i, j] = self._pixels(image)
-        batch["image_mask"][i, j] = True
+    b = len(mine)
+    batch = (self._native(rows, mine) if native_lib.takes_native(self.cfg)
+             else self._images(mine))
     if self.fmt == "contrastive":
       batch["text_tokens"] = np.full((b, self.max_len), self.pad_id, np.int32)
       batch["text_pad_mask"] = np.zeros((b, self.max_len), bool)

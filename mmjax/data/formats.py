@@ -309,10 +309,11 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
   raise AssertionError(fmt)
 
 
-def _expand_mask(mask: list[int], markers: list[int], n: int) -> list[int]:
-  """The loss mask with each `<image>` marker replaced by n zeros."""
+def _expand_mask(mask: list[int], markers: list[int], counts: list[int]
+                 ) -> list[int]:
+  """The loss mask with `<image>` marker i replaced by counts[i] zeros."""
   out, start = [], 0
-  for m in markers:
+  for m, n in zip(markers, counts):
     out += mask[start:m] + [0] * n
     start = m + 1
   return out + mask[start:]
@@ -321,10 +322,13 @@ def _expand_mask(mask: list[int], markers: list[int], n: int) -> list[int]:
 def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
                   turns: Sequence[Mapping[str, str]], num_images: int, *,
                   max_len: int, rng: np.random.Generator | None = None,
-                  v2pe_stride: int | None = None) -> dict[str, Any]:
+                  v2pe_stride: int | None = None,
+                  media_sizes: Sequence[tuple[int, int]] | None = None
+                  ) -> dict[str, Any]:
   """Tokenises and lays out a conversation; next-token inputs and targets.
 
-  Every image is at the model's side (the pipeline resizes to it). A
+  Every image is at the model's side (the pipeline resizes to it), or at
+  its own size from `media_sizes` (a native-resolution model). A
   sequence longer than max_len is cut after its last image block; when an
   image block itself would be cut it is a BadExample('too_long'). A blank
   (whitespace-only) answer is a BadExample('empty').
@@ -337,6 +341,8 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
     max_len: the longest input allowed (tokens, not counting the shift).
     rng: V2PE stride generator (training), or None.
     v2pe_stride: fixed V2PE stride (eval), or None for the default.
+    media_sizes: (height, width) of each image as the model reads it
+      (`native_resolution.size_for`), or None: every image at cfg.side.
 
   Returns:
     tokens, targets int32[L]; loss_mask f32[L] (1 on answer tokens and the
@@ -366,17 +372,21 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
         f"the text has {len(markers)} {IMAGE_TOKEN} marker(s) but "
         f"{num_images} image(s) were given; put exactly one {IMAGE_TOKEN} "
         "per image in the text")
-  side = cfg.side
+  sizes = (list(media_sizes) if media_sizes is not None
+           else [(cfg.side, cfg.side)] * len(markers))
+  if len(sizes) != len(markers):
+    raise ValueError(f"{len(sizes)} media sizes for {len(markers)} images")
   pieces: list[Any] = []
   start = 0
-  for m in markers:
-    pieces += [ids[start:m], layout.Media(side, side, cfg.frames)]
+  for m, (height, width) in zip(markers, sizes):
+    pieces += [ids[start:m], layout.Media(height, width, cfg.frames)]
     start = m + 1
   pieces.append(ids[start:])
   out = layout.assemble(cfg, pieces, tok.image_id, v2pe_stride=v2pe_stride,
                         rng=rng)
-  n = layout.placeholder_tokens(cfg, side, side, cfg.frames) if markers else 0
-  full_mask = np.asarray(_expand_mask(mask, markers, n), np.float32)
+  counts = [layout.placeholder_tokens(cfg, h, w, cfg.frames)
+            for h, w in sizes]
+  full_mask = np.asarray(_expand_mask(mask, markers, counts), np.float32)
   tokens = out["tokens"]
   visual = out["image_token_mask"] | out["media_locations"]
   length = len(tokens) - 1

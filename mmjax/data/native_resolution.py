@@ -41,8 +41,8 @@ from mmjax.models import qwen2vl_vision
 from mmjax.models import layout
 from mmjax.models.layout import ImageSizeError
 
-MIN_PIXELS = 56 * 56
-MAX_PIXELS = 28 * 28 * 1280
+MIN_PIXELS = qwen2vl_vision.MIN_PIXELS
+MAX_PIXELS = qwen2vl_vision.MAX_PIXELS
 MAX_ASPECT = 200
 
 
@@ -252,3 +252,82 @@ def sized_pieces(pieces: Sequence, media) -> list:
                else layout.Media(item.shape[1], item.shape[2], item.shape[0]))
     out.append(piece)
   return out
+
+
+# ------------------------------------------------------------- training --
+# A training batch of a native-resolution model carries, instead of
+# `images`, one packed sequence per row under these keys ("native_" + the
+# arguments of `MLLM.encode_native`): every array has the batch axis first,
+# so it shards over the mesh like the rest of the batch.
+BATCH_KEYS = ("native_patches", "native_rope_ids", "native_segment_ids",
+              "native_row_index")
+_SMALLEST_ROW = 64  # patches; rows are padded to a power of two above it
+
+
+def size_for(vision, height: int, width: int) -> tuple[int, int]:
+  """`smart_resize` with a Qwen2VLVisionConfig's unit and pixel budget."""
+  return smart_resize(height, width, vision.unit, vision.min_pixels,
+                      vision.max_pixels)
+
+
+def preprocess_for(vision, image: np.ndarray) -> np.ndarray:
+  """`preprocess` with a Qwen2VLVisionConfig's unit and pixel budget."""
+  return preprocess(image, vision.unit, vision.min_pixels, vision.max_pixels)
+
+
+def still_patches(vision, sizes: Sequence[tuple[int, int]]) -> int:
+  """Patches of still images of these (resized) sizes (t = 1 each)."""
+  p = vision.patch_size
+  return sum((h // p) * (w // p) for h, w in sizes)
+
+
+def row_length(n_patches: int, merge: int) -> int:
+  """Patches per row of a batch whose longest row holds n_patches: the
+  next power of two from 64 (a multiple of merge^2), so that few distinct
+  shapes get compiled."""
+  n = max(_SMALLEST_ROW, math.lcm(_SMALLEST_ROW, merge * merge))
+  while n < n_patches:
+    n *= 2
+  return n
+
+
+def pack_rows(vision, rows: Sequence[Sequence[np.ndarray]], n_patches: int
+              ) -> dict[str, np.ndarray]:
+  """One packed sequence per row (training batches): BATCH_KEYS ->
+  native_patches f32[b, N, C*T*p*p], native_rope_ids int32[b, N, 2],
+  native_segment_ids int32[b, N], native_row_index int32[b, N / m^2].
+
+  Args:
+    vision: the Qwen2VLVisionConfig.
+    rows: per row its preprocessed images (`preprocess_for`); [] for a pad
+      row (all padding).
+    n_patches: N, at least every row's patches (`row_length`).
+  """
+  p, t, m = vision.patch_size, vision.temporal_patch_size, vision.spatial_merge
+  width = vision.channels * t * p * p
+  b = len(rows)
+  out = {"native_patches": np.zeros((b, n_patches, width), np.float32),
+         "native_rope_ids": np.zeros((b, n_patches, 2), np.int32),
+         "native_segment_ids": np.zeros((b, n_patches), np.int32),
+         "native_row_index": np.zeros((b, n_patches // (m * m)), np.int32)}
+  for i, items in enumerate(rows):
+    if not items:
+      continue
+    packed = pack([items], p, t, m, bucket=n_patches)
+    if len(packed.patches) != n_patches:
+      raise ValueError(f"row {i} holds {len(packed.patches)} patches, more "
+                       f"than the batch's {n_patches}")
+    out["native_patches"][i] = packed.patches
+    out["native_rope_ids"][i] = packed.rope_ids
+    out["native_segment_ids"][i] = packed.segment_ids
+    index = packed.row_index[0]
+    out["native_row_index"][i, :len(index)] = index
+  return out
+
+
+def model_inputs(batch) -> dict | None:
+  """The `native` argument of `MLLM.__call__` from a batch with BATCH_KEYS
+  (None without them)."""
+  if batch.get(BATCH_KEYS[0]) is None:
+    return None
+  return {key[len("native_"):]: batch[key] for key in BATCH_KEYS}

@@ -40,7 +40,12 @@ M = max_images, S = cfg.side):
   tokens, targets int32[b, L]; loss_mask f32[b, L]; positions int32[b, L]
   (rope) | int32[3, b, L] (mrope) | f32[b, L] (v2pe); image_token_mask,
   media_locations bool[b, L]; images f32[b, M, S, S, 3]; image_mask
-  bool[b, M]; valid bool[b]. Padding: pad_id tokens/targets, loss 0, masks
+  bool[b, M]; valid bool[b]. A native-resolution (Qwen2-VL) model gets
+  instead of images one packed sequence of patches per row, each image at
+  its own `smart_resize` size (`native_resolution.BATCH_KEYS`:
+  native_patches f32[b, N, C*T*p*p], native_rope_ids int32[b, N, 2],
+  native_segment_ids int32[b, N], native_row_index int32[b, N/4]; N a
+  power of two from 64 holding the longest row). Padding: pad_id tokens/targets, loss 0, masks
   False, positions last+1, last+2... (rope, v2pe) or 1 (mrope, as HF).
   preference: chosen_* and rejected_* for each sequence key (one L for both),
   shared images, image_mask, valid. contrastive: images, image_mask, valid,
@@ -64,6 +69,7 @@ from absl import flags, logging
 from mmjax.data import batching
 from mmjax.data import formats
 from mmjax.data import images as images_lib
+from mmjax.data import native_resolution as native_lib
 from mmjax.data import packing as packing_lib
 from mmjax.data.builders import ON_BAD_RECORD, BadRecordError
 from mmjax.data.text_pipeline import DataStateError
@@ -183,6 +189,11 @@ class _RowMaker:
                                f"max_images={self.max_images}")
     rgb = [images_lib.to_rgb(im) for im in raw]
     out: dict[str, Any] = {"valid": True, "images": rgb}
+    sizes = None
+    if native_lib.takes_native(self.cfg):  # each image at its own size
+      sizes = [native_lib.size_for(self.cfg.vision, *im.shape[:2])
+               for im in rgb]
+      out["media_sizes"] = sizes
     if isinstance(example, formats.RegionTargets):
       out["boxes"], out["labels"] = example.boxes, example.labels
       return out
@@ -198,7 +209,8 @@ class _RowMaker:
         rng = np.random.default_rng([self.seed, row, attempt])
       return formats.chat_sequence(
           self.cfg, self.tok, turns, len(rgb), max_len=self.max_len, rng=rng,
-          v2pe_stride=None if self.train else self.v2pe_eval_stride)
+          v2pe_stride=None if self.train else self.v2pe_eval_stride,
+          media_sizes=sizes)
 
     if isinstance(example, formats.PreferencePair):
       for name, answer in (("chosen", example.chosen),
@@ -428,6 +440,12 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
       max_images=max_images, lo=process_index * local, local=local,
       resize=resize)
   per_batch = batch_size
+  if native_lib.takes_native(cfg) and (packing or fmt in ("contrastive",
+                                                          "regions")):
+    raise ValueError(
+        f"a native-resolution (Qwen2-VL) tower reads each image at its own "
+        f"size; {'packing' if packing else f'fmt={fmt!r}'} needs square "
+        "images: use packing=False and a chat, caption or preference format")
   if packing:
     if fmt in ("preference", "contrastive", "regions"):
       raise ValueError(f"packing=True packs chat sequences; fmt={fmt!r} "

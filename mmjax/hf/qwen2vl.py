@@ -134,8 +134,7 @@ def qwen2vl_import(ckpt: Checkpoint, config: Mapping[str, Any],
     ignore.append("lm_head.weight")
   notes.append("Qwen2-VL: images at native resolution (smart_resize to "
                f"multiples of {vcfg.unit} px) and videos as frame stacks "
-               "generate through data/native_resolution.py; training still "
-               "squares images.")
+               "generate and train through data/native_resolution.py.")
   cfg = families.mllm_model_dict("projection", vcfg, lm, positions="mrope",
                                 projector="patch_merger")
   return cfg, plan, ignore

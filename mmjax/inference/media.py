@@ -56,7 +56,7 @@ def media_arrays(cfg, stills: Sequence[np.ndarray],
   """Preprocessed media items f32[M, S, S, 3] or [M, F, S, S, 3] (F =
   cfg.frames; a still image is repeated F times), None without media."""
   if native_lib.takes_native(cfg):
-    return native_media(stills, video, max_frames)
+    return native_media(cfg.vision, stills, video, max_frames)
   tiling = getattr(cfg, "tiling", "none")
   if tiling != "none" and (stills or video):
     # A square resize would silently skip the model's tiles (and newline).
@@ -78,16 +78,19 @@ def media_arrays(cfg, stills: Sequence[np.ndarray],
   return np.stack(items) if items else None
 
 
-def native_media(stills: Sequence[np.ndarray],
+def native_media(vision, stills: Sequence[np.ndarray],
                  video: Sequence[np.ndarray] | None,
                  max_frames: int) -> list[np.ndarray] | None:
   """Native resolution (Qwen2-VL): each still f32[h, w, 3] at its own
-  `smart_resize` size, the video one item f32[F, h, w, 3] of up to
-  max_frames frames (F padded to the temporal patch by the tower's
-  packing); None without media. No square resize, no crop."""
-  items = [native_lib.preprocess(im) for im in stills]
+  `smart_resize` size within the tower's pixel budget (`vision.min_pixels`
+  / `max_pixels`, as training resized), the video one item f32[F, h, w, 3]
+  of up to max_frames frames (F padded to the temporal patch by the
+  tower's packing); None without media. No square resize, no crop."""
+  items = [native_lib.preprocess_for(vision, im) for im in stills]
   if video:
-    items.append(native_lib.preprocess_video(evenly(video, max_frames)))
+    items.append(native_lib.preprocess_video(
+        evenly(video, max_frames), vision.unit, vision.min_pixels,
+        vision.max_pixels))
   return items or None
 
 

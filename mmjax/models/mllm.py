@@ -287,10 +287,13 @@ class MLLM(nn.Module):
                     ) -> jax.Array:
     """Qwen2-VL native resolution: packed media -> each prompt's tokens.
 
-    Args:
-      patches, rope_ids, segment_ids: `native_resolution.pack` of the
-        batch's media ([N, C*T*p*p], [N, 2], [N]).
-      row_index: int32[B, K], prompt b's merged tokens in the flat output.
+    Two layouts (`data/native_resolution.py`):
+      flat (generation): patches [N, C*T*p*p], rope_ids [N, 2],
+        segment_ids [N] hold the whole batch's media (`pack`); row_index
+        int32[B, K] picks prompt b's merged tokens from the flat output.
+      per row (training): patches [B, N, C*T*p*p], rope_ids [B, N, 2],
+        segment_ids [B, N], one packed sequence per row (`pack_rows`);
+        row_index int32[B, K] indexes row b's own merged tokens.
 
     Returns:
       visual [B, 1, K, D] (the `visual` argument of __call__).
@@ -298,16 +301,22 @@ class MLLM(nn.Module):
     if not isinstance(self.cfg.vision, qwen2vl_vision.Qwen2VLVisionConfig):
       raise ValueError("encode_native needs a Qwen2-VL vision tower "
                        "(vision.kind='qwen2vl').")
-    tokens = self.vision.packed(patches, rope_ids, segment_ids)  # [N, Dv]
+    flat = patches.ndim == 2
+    tokens = self.vision.packed(patches, rope_ids, segment_ids)
+    if flat:
+      tokens = tokens[None]  # [1, N, Dv]
     m = self.cfg.vision.spatial_merge
-    n, dv = tokens.shape
+    b, n, dv = tokens.shape
     k = n // (m * m)
     # Each merge window's m*m tokens are contiguous; laid out as an
     # (m, k*m) row-major grid, the connector's window gather takes window j
     # from columns j*m..j*m+m-1 and emits the windows in order.
-    grid_tokens = tokens.reshape(k, m, m, dv).transpose(1, 0, 2, 3)
-    merged = self.connector(grid_tokens.reshape(1, n, dv), (m, k * m))[0]
-    return merged[row_index][:, None]
+    grid_tokens = tokens.reshape(b, k, m, m, dv).transpose(0, 2, 1, 3, 4)
+    merged = self.connector(grid_tokens.reshape(b, n, dv), (m, k * m))
+    if flat:
+      return merged[0][row_index][:, None]
+    picked = jnp.take_along_axis(merged, row_index[..., None], axis=1)
+    return picked[:, None]
 
   def encode_naflex(self, patches: jax.Array, mask: jax.Array,
                     spatial_shapes: jax.Array) -> jax.Array:
@@ -348,6 +357,7 @@ class MLLM(nn.Module):
       media_times: jax.Array | None = None,
       prefix_len: jax.Array | None = None,
       logits: bool = True,
+      native: Mapping[str, jax.Array] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits f32[B, L, V] (and the updated KV cache when one is given).
 
@@ -357,8 +367,13 @@ class MLLM(nn.Module):
     logits=False returns the LM's final-normed hidden state [B, L, D] instead
     (`head` maps it to logits). prefix_len int32[B] (lm.prefix_lm): slots
     before it attend bidirectionally (PaliGemma's image + prompt).
+    native: the arguments of `encode_native` (a Qwen2-VL tower's packed
+    media, `native_resolution.model_inputs` of a training batch) instead of
+    `images`.
     """
     cfg = self.cfg
+    if visual is None and native is not None:
+      visual = self.encode_native(**native)
     if visual is None and images is not None:
       visual = self.encode_images(images)
     kwargs = dict(segment_ids=segment_ids, attention_mask=attention_mask,

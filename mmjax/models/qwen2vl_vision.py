@@ -50,6 +50,10 @@ from mmjax.models import positions as positions_lib
 from mmjax.models.vision import VisionOutput
 
 KIND = "qwen2vl"
+# Qwen2-VL's image processor budget (HF `Qwen2VLImageProcessor` defaults):
+# an image is resized to at least MIN_PIXELS and at most MAX_PIXELS pixels.
+MIN_PIXELS = 56 * 56
+MAX_PIXELS = 28 * 28 * 1280
 _ACT = ("batch", "length", "embed")
 _logical = layers._logical  # pylint: disable=protected-access
 
@@ -74,6 +78,9 @@ class Qwen2VLVisionConfig:
     activation: MLP activation (HF hidden_act; 'quick_gelu' by default).
     norm_eps: LayerNorm epsilon (1e-6).
     rope_theta: base of the 2-D rotary frequencies.
+    min_pixels, max_pixels: the pixel budget every image is resized into,
+      aspect ratio kept (`data/native_resolution.smart_resize`); part of
+      the model because training and generation must resize alike.
   """
   kind: str = KIND
   image_size: int = 56
@@ -88,6 +95,8 @@ class Qwen2VLVisionConfig:
   activation: str = "quick_gelu"
   norm_eps: float = 1e-6
   rope_theta: float = 10_000.0
+  min_pixels: int = MIN_PIXELS
+  max_pixels: int = MAX_PIXELS
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -107,6 +116,11 @@ class Qwen2VLVisionConfig:
     if self.image_size % self.unit:
       raise ValueError(f"image_size={self.image_size} must be a multiple of "
                        f"patch_size * spatial_merge = {self.unit}.")
+    if not self.unit ** 2 <= self.min_pixels <= self.max_pixels:
+      raise ValueError(
+          f"min_pixels={self.min_pixels}, max_pixels={self.max_pixels}: need "
+          f"(patch_size * spatial_merge)^2 = {self.unit ** 2} <= min_pixels "
+          "<= max_pixels.")
     layers.activation_fn(self.activation)  # ValueError listing the names.
     config_util.check_dtypes(self)
 
@@ -179,13 +193,16 @@ def rope_2d(grid: tuple[int, int], head_dim: int, theta: float
 
 def rope_from_ids(ids: jax.Array, head_dim: int, theta: float
                   ) -> tuple[jax.Array, jax.Array]:
-  """Cos/sin tables f32[1, N, head_dim] of patches with (row, col) ids
-  int32[N, 2] (any order; `rope_2d` is the row-major special case)."""
+  """Cos/sin tables of patches with (row, col) ids (any order; `rope_2d` is
+  the row-major special case): ids int32[N, 2] -> f32[1, N, head_dim],
+  int32[B, N, 2] -> f32[B, N, head_dim]."""
   inv_freq = positions_lib.rope_inv_freq(head_dim // 2, theta)  # [Dh/4]
   ids = ids.astype(jnp.float32)
-  angles = jnp.concatenate([ids[:, :1] * inv_freq, ids[:, 1:] * inv_freq],
-                           axis=-1)  # [N, Dh/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[None]
+  if ids.ndim == 2:
+    ids = ids[None]
+  angles = jnp.concatenate([ids[..., :1] * inv_freq, ids[..., 1:] * inv_freq],
+                           axis=-1)  # [B, N, Dh/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)
   return jnp.cos(angles), jnp.sin(angles)
 
 
@@ -298,22 +315,30 @@ class Qwen2VLVisionTower(nn.Module):
 
     Args:
       patches: f32[N, C*T*p*p], Hugging Face's pixel_values layout (each
-        vector ordered (C, T, p, p); `native_resolution.pack`).
-      rope_ids: int32[N, 2], each patch's (row, col) in its own item.
-      segment_ids: int32[N]: item of each patch (0 = padding).
+        vector ordered (C, T, p, p); `native_resolution.pack`), or
+        f32[B, N, C*T*p*p]: one packed sequence per batch row (training:
+        the rows shard over the mesh like any batch array).
+      rope_ids: int32[(B,) N, 2], each patch's (row, col) in its own item.
+      segment_ids: int32[(B,) N]: item of each patch (0 = padding).
 
     Returns:
-      [N, D] tokens in the input order; a token saw only its own item.
+      [(B,) N, D] tokens in the input order; a token saw only its own item.
     """
     cfg = self.cfg
-    chex.assert_rank(patches, 2)
+    flat = patches.ndim == 2
+    if flat:
+      patches, rope_ids, segment_ids = (patches[None], rope_ids[None],
+                                        segment_ids[None])
+    chex.assert_rank(patches, 3)
     c, t, p = cfg.channels, cfg.temporal_patch_size, cfg.patch_size
-    if patches.shape[1] != c * t * p * p:
-      raise ValueError(f"patch vectors of {patches.shape[1]} values; this "
+    if patches.shape[-1] != c * t * p * p:
+      raise ValueError(f"patch vectors of {patches.shape[-1]} values; this "
                        f"tower takes C*T*p*p = {c * t * p * p}.")
+    b, n = patches.shape[:2]
     # (C, T, p, p) -> (T, p, p, C), the kernel's row order (frame_patches).
-    x = patches.reshape(-1, c, t, p, p).transpose(0, 2, 3, 4, 1)
-    x = x.reshape(1, -1, t * p * p * c)
+    x = patches.reshape(b, n, c, t, p, p).transpose(0, 1, 3, 4, 5, 2)
+    x = x.reshape(b, n, t * p * p * c)
     cos, sin = rope_from_ids(rope_ids, cfg.head_dim, cfg.rope_theta)
-    mask = (segment_ids[:, None] == segment_ids[None, :])[None]
-    return self._blocks(x, cos, sin, mask)[0]
+    mask = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, N, N]
+    out = self._blocks(x, cos, sin, mask)
+    return out[0] if flat else out

@@ -10,7 +10,8 @@ import ml_collections
 from mmjax import config as C
 from mmjax import parallel
 from mmjax.data import datasets
-from mmjax.models import build, decoder, layout
+from mmjax.data import native_resolution as native_lib
+from mmjax.models import build, decoder, layout, qwen2vl_vision
 from mmjax.models.decoder import DecoderConfig
 from mmjax.train import groups, optim, stages
 
@@ -83,7 +84,7 @@ def _mllm_data_checks(config):
           C.check_int("data.text_seq_len", 2),
           C.check_int("data.num_workers", 0),
           C.check_int("batch_size", 1), _check_grounding_questions,
-          _check_packing,
+          _check_packing, _check_native_formats,
           _check_vocab_fits_model, _check_max_len_fits_an_image,
           _check_dataset]
 
@@ -105,6 +106,24 @@ def _check_dataset(config):
         "drop the stage (configs/shapes_detail.py does)")
 
 
+# Stage data formats that need every image at one square side.
+_SQUARE_FORMATS = ("contrastive", "regions")
+
+
+def _check_native_formats(config):
+  """A native-resolution tower reads each image at its own size: stages
+  whose losses need square images (contrastive, regions) cannot use it."""
+  if (config.model.get("vision") or {}).get("kind") != qwen2vl_vision.KIND:
+    return
+  for name in C.stage_names(config):
+    fmt = config.stages[name].get("data")
+    if fmt in _SQUARE_FORMATS:
+      raise C.ConfigError(
+          f"config.stages.{name}.data={fmt!r} needs square images, but "
+          f"config.model.vision.kind={qwen2vl_vision.KIND!r} reads each image "
+          "at its own size; drop the stage or use a ViT tower")
+
+
 def _check_grounding_questions(config):
   """data.grounding_questions (optional): grounding turns per shapes_chat
   chat, an int >= 0."""
@@ -122,7 +141,10 @@ _UNPACKABLE = {
                        "the whole row, so a packed example would read the "
                        "images of the examples before it",
     "prefix_lm": "a prefix-LM has one bidirectional prefix per row, not "
-                 "one per packed example"}
+                 "one per packed example",
+    "native": "a native-resolution (Qwen2-VL) tower already packs each "
+              "row's images at their own sizes; packing its rows of text "
+              "too is not built"}
 
 
 def _check_packing(config):
@@ -136,7 +158,8 @@ def _check_packing(config):
     return
   cfg = build.mllm_config(config)
   reason = ("cross_attention" if cfg.fusion == "cross_attention" else
-            "prefix_lm" if cfg.lm.prefix_lm else None)
+            "prefix_lm" if cfg.lm.prefix_lm else
+            "native" if native_lib.takes_native(cfg) else None)
   if reason:
     raise C.ConfigError(
         f"config.data.packing=True cannot pack this model: "

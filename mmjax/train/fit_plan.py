@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from mmjax import config as C
 from mmjax import parallel
 from mmjax.data import batching
+from mmjax.data import native_resolution as native_lib
 from mmjax.models import build, flops
 from mmjax.train import groups, lora, stages, trainer
 from mmjax.train.stages import base
@@ -173,6 +174,17 @@ def abstract_batch(config: ml_collections.ConfigDict, stage_name: str,
   s = lambda shape, dtype: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
   out = {"images": s((batch, 1, cfg.side, cfg.side, cfg.channels), "float32"),
          "image_mask": s((batch, 1), bool), "valid": s((batch,), bool)}
+  if native_lib.takes_native(cfg):  # one side x side image packed per row
+    v = cfg.vision
+    n = native_lib.row_length(native_lib.still_patches(
+        v, [(cfg.side, cfg.side)]), v.spatial_merge)
+    width = v.channels * v.temporal_patch_size * v.patch_size ** 2
+    del out["images"]
+    out.update(native_patches=s((batch, n, width), "float32"),
+               native_rope_ids=s((batch, n, 2), "int32"),
+               native_segment_ids=s((batch, n), "int32"),
+               native_row_index=s((batch, n // v.spatial_merge ** 2),
+                                  "int32"))
   pos = {"mrope": s((3, batch, seq_len), "int32"),
          "v2pe": s((batch, seq_len), "float32")}.get(
              cfg.positions, s((batch, seq_len), "int32"))
@@ -255,9 +267,12 @@ def activation_bytes(cfg: Any, train_paths: Sequence[str], batch: int,
   if cfg.vision is not None:
     v = cfg.vision
     n, wv = v.num_patches, jnp.dtype(v.dtype).itemsize
+    # Qwen2-VL's tower has no attention / remat switches: einsum, no remat.
     per_tok_v = (wv * (6 * v.width + (4 * v.width + 2 * v.mlp_dim) / t)
-                 + _score_bytes(v.attention, wv) * v.n_heads * n / t)
-    total += stack(per_tok_v, flops.vit_blocks_run(cfg), v.remat, b * n,
+                 + _score_bytes(getattr(v, "attention", "einsum"), wv)
+                 * v.n_heads * n / t)
+    total += stack(per_tok_v, flops.vit_blocks_run(cfg),
+                   getattr(v, "remat", "none"), b * n,
                    wv * v.width, _group_trains(train_paths, "vision/"))
   return float(total)
 
@@ -323,7 +338,8 @@ def _compile_step(config, stage_name, mesh, rules, step, batch_in
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       step.abstract, step.shardings)
   with parallel.sharding_context(mesh, rules):
-    lowered = step.jitted_step.lower(state, batch_in)
+    shardings = {k: v.sharding for k, v in batch_in.items()}
+    lowered = step.make_step(shardings).lower(state, batch_in)
   return _compiled_memory(lowered)
 
 
@@ -363,8 +379,9 @@ def plan_stage(config: ml_collections.ConfigDict, stage_name: str,
   built, same = _buildable_here(config)
   task = stage_task(built, stage_name)
   step = trainer.build_train_step(built, stage_name, task, mesh, rules)
+  batch_shardings = parallel.batch_shardings(inputs, mesh, rules)
   batch_in = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                      sharding=step.batch_sharding)
+                                      sharding=batch_shardings[k])
               for k, v in inputs.items()}
 
   params = step.abstract["params"]
@@ -385,8 +402,8 @@ def plan_stage(config: ml_collections.ConfigDict, stage_name: str,
       # Preference stages run chosen and rejected: two sequences a row.
       "activations": activation_bytes(cfg, step.train, batch * sequences,
                                        seq_len, sizes),
-      "batch": sum(shard_bytes(v, step.batch_sharding)
-                   for v in batch_in.values()),
+      "batch": sum(shard_bytes(v, batch_shardings[k])
+                   for k, v in batch_in.items()),
   }
   # Small leftovers (step counters, carried leaves, DPO's reference copy).
   analytic["params"] += sum(state_bytes.values())

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.data import native_resolution as native_lib
+
 
 def _token_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array
                 ) -> tuple[jax.Array, jax.Array]:
@@ -337,7 +339,8 @@ def concat_preference_pair(batch: dict[str, jax.Array]
   sides may differ in length: the shorter is right-padded with zeros (pad
   token, mask 0), which a causal LM never reads from earlier positions.
   Positions concatenate on axis 0 ([B, L], int or V2PE float) or axis 1
-  ([3, B, L], M-RoPE). `images`/`image_mask` are shared and repeated.
+  ([3, B, L], M-RoPE). `images`/`image_mask` (or a native-resolution
+  batch's `native_*` packed patches) are shared and repeated.
 
   Returns:
     {'tokens', 'targets', 'loss_mask', 'positions', 'image_token_mask',
@@ -359,7 +362,7 @@ def concat_preference_pair(batch: dict[str, jax.Array]
     out[key] = jnp.concatenate([_pad_to(chosen, length, chosen.ndim - 1),
                                 _pad_to(rejected, length, rejected.ndim - 1)],
                                axis=axis)
-  for key in ("images", "image_mask"):
+  for key in ("images", "image_mask") + native_lib.BATCH_KEYS:
     value = batch.get(key)
     out[key] = None if value is None else jnp.concatenate([value, value], 0)
   return out
@@ -419,6 +422,9 @@ def preference_loss(model_apply: Callable[..., jax.Array], params: Any,
 
   def logps_of(p):
     kw = {"logits": False} if loss_chunk else {}
+    native = native_lib.model_inputs(pair)
+    if native is not None:  # a Qwen2-VL tower's packed patches per row
+      kw["native"] = native
     out = model_apply(p, pair["tokens"], pair["positions"],
                       images=pair["images"], image_mask=pair["image_mask"],
                       image_token_mask=pair["image_token_mask"],

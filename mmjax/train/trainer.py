@@ -179,8 +179,9 @@ class TrainStep:
     given / carry: store leaves the model takes / carries through.
     abstract: the unboxed abstract train state (ShapeDtypeStructs).
     shardings: its NamedShardings on the mesh.
-    batch_sharding: the sharding of every batch array.
-    jitted_step: jit((state, batch) -> (state, metrics)), state donated.
+    batch_sharding: the sharding of a batch-major array.
+    make_step: {batch key: sharding} (`parallel.batch_shardings` of a
+      batch) -> jit((state, batch) -> (state, metrics)), state donated.
     tx, schedule: the stage's optimizer and learning-rate schedule.
   """
   model_flat: dict[str, Any]
@@ -192,7 +193,7 @@ class TrainStep:
   abstract: Any
   shardings: Any
   batch_sharding: Any
-  jitted_step: Any
+  make_step: Callable[[Any], Any]
   tx: optax.GradientTransformation
   schedule: optax.Schedule
 
@@ -247,8 +248,8 @@ def build_train_step(config: ml_collections.ConfigDict, stage_name: str,
       model_flat=model_flat, train=train, rng=rng, init_state=init_state,
       given=given, carry=carry, abstract=abstract, shardings=shardings,
       batch_sharding=batch_sharding,
-      jitted_step=_make_train_step(task, train, tx, schedule, config.seed,
-                                   shardings, batch_sharding),
+      make_step=lambda batch_shardings: _make_train_step(
+          task, train, tx, schedule, config.seed, shardings, batch_shardings),
       tx=tx, schedule=schedule)
 
 
@@ -308,8 +309,7 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
           f"({n_train / 1e6:.2f}M trained); mesh {mesh_text} "
           f"over {jax.device_count()} {jax.devices()[0].platform} device(s); "
           f"{total} steps of batch {batch_size}", flush=True)
-  batch_sharding, jitted_step = built.batch_sharding, built.jitted_step
-  compiled_steps = {}
+  compiled_steps, eval_steps = {}, {}
 
   def train_step(state, batch):
     """Compiles once per batch signature (bucketed lengths) and logs the
@@ -317,12 +317,20 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
     key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
     if key not in compiled_steps:
       t0 = time.perf_counter()
+      jitted = built.make_step(parallel.batch_shardings(batch, mesh, rules))
       with parallel.sharding_context(mesh, rules):  # activation constraints
-        compiled = jitted_step.lower(state, batch).compile()
+        compiled = jitted.lower(state, batch).compile()
       compiled_steps[key] = compiled
       writer.write(step, _compiled_stats(compiled, time.perf_counter() - t0))
     return compiled_steps[key](state, batch)
-  eval_step = _make_eval_step(task, shardings, batch_sharding)
+
+  def eval_step(state, batch):
+    """The eval step for the batch's keys (their shardings)."""
+    keys = tuple(sorted((k, len(v.shape)) for k, v in batch.items()))
+    if keys not in eval_steps:
+      eval_steps[keys] = _make_eval_step(
+          task, shardings, parallel.batch_shardings(batch, mesh, rules))
+    return eval_steps[keys](state, batch)
 
   writer = metrics_lib.MetricWriter(workdir, stage_name)
   meta = {"stage": stage_name, "total_steps": total, "param_shapes": shapes,

@@ -22,8 +22,8 @@ from tests.conftest import REPO
 from tests.data import hf_tokenizers
 
 RECIPE = os.path.join(REPO, "configs", "llava.py")
-VARIANTS = ("llava15_7b", "siglip_qwen2_1_5b", "paligemma_3b", "resampler_7b",
-            "xattn_7b")
+VARIANTS = ("llava15_7b", "siglip_qwen2_1_5b", "qwen2vl_2b", "paligemma_3b",
+            "resampler_7b", "xattn_7b")
 
 # Published (DESIGN.md section 5).
 LLAVA15_7B_HF = 7_063_427_072         # llava-hf, with CLIP's unused last block
@@ -31,6 +31,7 @@ CLIP_L14_LAST_BLOCK = 12_596_224      # ... and post-layernorm (2 x 1024)
 SIGLIP_SO400M_384 = 428_225_600       # SiglipVisionModel, MAP head included
 QWEN2_1_5B = 1_543_714_304
 PALIGEMMA_3B_224 = 2_923_335_408
+QWEN2VL_2B = 2_208_985_600
 LLAMA2_7B_VOCAB_32064 = 6_738_939_904  # LLaMA-2-7B (6,738,415,616) + 64 rows
 
 
@@ -88,6 +89,16 @@ def test_siglip_qwen2_parts_equal_the_published_towers():
   # mlp2x_gelu 1152 -> 1536 -> 1536.
   assert by_group["connector"] == 1152 * 1536 + 1536 + 1536 * 1536 + 1536
   assert total == sum(by_group.values()) == 1_945_591_584
+
+
+def test_qwen2vl_2b_equals_the_published_count():
+  # Qwen2-VL-2B: ViT 32 x 1280 + 2x2 PatchMerger + Qwen2-1.5B (M-RoPE).
+  by_group, total = _counts(_load("qwen2vl_2b"))
+  assert total == QWEN2VL_2B
+  assert by_group["llm"] == QWEN2_1_5B
+  wide = 1280 * 4  # merger: LN(1280) -> 2x2 -> MLP 5120 -> 5120 -> 1536
+  assert by_group["connector"] == (2 * 1280 + wide * wide + wide +
+                                   wide * 1536 + 1536)
 
 
 @pytest.mark.parametrize("variant,expected", [
@@ -187,7 +198,8 @@ def llava_folder(tmp_path_factory):
     ("llava15_7b", ("pretrain", "sft")),
     # The other twins run the stage that trains everything their step
     # touches (connector, LLM, gated blocks): half the compiles.
-    ("siglip_qwen2_1_5b", ("sft",)), ("paligemma_3b", ("sft",)),
+    ("siglip_qwen2_1_5b", ("sft",)), ("qwen2vl_2b", ("sft",)),
+    ("paligemma_3b", ("sft",)),
     ("resampler_7b", ("sft",)), ("xattn_7b", ("sft",))])
 def test_tiny_twin_trains(variant, order, llava_folder, tmp_path):
   config = _load(f"{variant}_tiny,steps=2")

@@ -51,6 +51,10 @@ BATCH = 8
 # job -> (fusion, stage, meshes); the first mesh is the one-device reference.
 JOBS = {f: (f, "sft", MESHES) for f in FUSIONS}
 JOBS["siglip_chunked"] = ("projection", "siglip", ((1, 1, 1), (2, 2, 2)))
+# M-RoPE positions are [3, B, L]: their batch axis is the second
+# (parallel.batch_shardings).
+JOBS["mrope"] = ("projection", "sft", ((1, 1, 1), (8, 1, 1)))
+POSITIONS = {"mrope": "mrope"}  # job -> positions (default 'rope')
 
 
 def env() -> dict[str, str]:
@@ -64,9 +68,9 @@ def env() -> dict[str, str]:
   return out
 
 
-def _config(fusion: str, data_dir: str):
+def _config(fusion: str, data_dir: str, positions: str = "rope"):
   from mmjax import testing  # pylint: disable=g-import-not-at-top
-  config = testing.tiny_recipe(fusion, steps=STEPS)
+  config = testing.tiny_recipe(fusion, positions, steps=STEPS)
   config.data.update(dict(data_dir=data_dir, num_train=48, num_validation=8,
                           num_test=8, num_heldout=8))
   config.batch_size = BATCH
@@ -113,7 +117,7 @@ def _run_job(job: str, data_dir: str, workdir: str) -> dict:
   from mmjax.train import stages
 
   fusion, stage, meshes = JOBS[job]
-  config = _config(fusion, data_dir)
+  config = _config(fusion, data_dir, POSITIONS.get(job, "rope"))
   jax.config.update("jax_default_matmul_precision", config.matmul_precision)
   rules = parallel.logical_rules(config.mesh.get("rules", None))
 

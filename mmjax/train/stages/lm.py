@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax import config as C
+from mmjax.data import native_resolution as native_lib
 from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.models import build
 from mmjax.models.mllm import MLLM
@@ -43,7 +44,8 @@ def mllm_apply(model: MLLM, params, batch, prefix: str = "",
   """Logits f32[B, L, V] of the MLLM on a pipeline batch (keys optionally
   prefixed); logits=False: the LM's final-normed hidden states [B, L, D].
   A prefix-LM (model.cfg.lm.prefix_lm) gets `prefix_len` from loss_mask;
-  packed batches pass their `segment_ids` (attention within each example)."""
+  packed batches pass their `segment_ids` (attention within each example);
+  native-resolution batches their packed patches (`native_*` keys)."""
   get = lambda k: batch.get(prefix + k, batch.get(k))
   kwargs = {}
   lm_cfg = getattr(model.cfg, "lm", model.cfg)
@@ -51,6 +53,9 @@ def mllm_apply(model: MLLM, params, batch, prefix: str = "",
     kwargs["prefix_len"] = prefix_len_from_loss_mask(get("loss_mask"))
   if get("segment_ids") is not None:  # packed rows (data.packing)
     kwargs["segment_ids"] = get("segment_ids")
+  native = native_lib.model_inputs(batch)  # a Qwen2-VL tower's own sizes
+  if native is not None:
+    kwargs["native"] = native
   return model.apply(
       {"params": params}, get("tokens"), get("positions"),
       images=batch.get("images"), image_mask=batch.get("image_mask"),
