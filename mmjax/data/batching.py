@@ -23,6 +23,9 @@ STAT_KEYS = ("truncated",) + tuple(f"skipped_{k}" for k in formats.BAD_KINDS)
 # Token counts of the sequence batches (packing efficiency = real / batch,
 # `packing.efficiency`) and packing candidates carried to a later batch.
 STAT_KEYS += ("real_tokens", "batch_tokens", "pack_overflow")
+# Images a native-resolution model read smaller than they are (over its
+# max_pixels budget: resized down, never cropped).
+STAT_KEYS += ("downscaled",)
 # Per-sequence batch keys (preference batches prefix them chosen_/rejected_).
 SEQUENCE_KEYS = ("tokens", "targets", "loss_mask", "positions",
                  "image_token_mask", "media_locations")

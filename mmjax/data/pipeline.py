@@ -171,6 +171,9 @@ class _RowMaker:
         continue
       if prepared.pop("truncated", False):
         counts["truncated"] = counts.get("truncated", 0) + 1
+      downscaled = prepared.pop("downscaled", 0)
+      if downscaled:
+        counts["downscaled"] = downscaled
       prepared["counts"] = counts
       return prepared
     raise BadRecordError(
@@ -194,6 +197,8 @@ class _RowMaker:
       sizes = [native_lib.size_for(self.cfg.vision, *im.shape[:2])
                for im in rgb]
       out["media_sizes"] = sizes
+      out["downscaled"] = sum(im.shape[0] * im.shape[1] >
+                              self.cfg.vision.max_pixels for im in rgb)
     if isinstance(example, formats.RegionTargets):
       out["boxes"], out["labels"] = example.boxes, example.labels
       return out

@@ -112,6 +112,7 @@ def test_pipeline_batch_places_each_image_at_its_own_size(model, tokenizer):
   assert "images" not in batch
   assert set(native_lib.BATCH_KEYS) <= set(batch)
   assert it.stats()["skipped_image_size"] == 1
+  assert it.stats()["downscaled"] == 1  # 300x260: over the budget
   vision = cfg.vision
   for b in range(5):
     h, w = native_lib.size_for(vision, *SIZES[b])
