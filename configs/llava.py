@@ -65,6 +65,8 @@ Keys a user sets:
   config.stages.sft.folder_json / .folder_images
         each stage's LLaVA-format JSON and its image folder; a stage that
         leaves them '' reads config.data.folder_json / folder_images.
+  config.model.tiling   'internvl': InternVL dynamic tiling of every image
+        (config.model.min_tiles / max_tiles / thumbnail); 'none' (default)
   config.tokenizer      a Hugging Face tokenizer directory (the LLM's)
   config.chat_template  vicuna_v1 | chatml | gemma (set per variant)
   config.init_from.vision / .llm / .connector
@@ -221,7 +223,11 @@ def model_config(spec, dtype: str, remat: str) -> ml_collections.ConfigDict:
       projector=spec.get("projector", "mlp"),
       feature_layer=spec["feature_layer"], image_attention="causal",
       patch_size=vision["patch_size"], image_size=vision["image_size"],
-      channels=3, frames=1, lm=lm, vision=vision)
+      channels=3, frames=1, lm=lm, vision=vision,
+      # InternVL dynamic tiling (--config.model.tiling=internvl): each
+      # image -> min_tiles..max_tiles tiles of the tower's side (+ a
+      # thumbnail), every tile its own placeholders (data/tiling.py).
+      tiling="none", min_tiles=1, max_tiles=12, thumbnail=True)
   if "resampler" in spec:
     r = dict(spec["resampler"], dtype=dtype, param_dtype="float32")
     if r["style"] == "idefics2":

@@ -16,6 +16,7 @@ import numpy as np
 from mmjax.data import formats
 from mmjax.data import images as images_lib
 from mmjax.data import native_resolution as native_lib
+from mmjax.data import tiling as tiling_lib
 from mmjax.models.mllm import MLLMConfig
 
 # Counters the pipeline keeps: examples cut to max_len, skips per kind.
@@ -121,13 +122,19 @@ class Collate:
     return images_lib.normalize(square, self.kind)
 
   def _images(self, mine: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """images f32[b, M, S, S, 3] (resized to the side) and image_mask."""
+    """images f32[b, M, S, S, 3] (resized to the side) and image_mask.
+    InternVL tiling: every image's tiles in order, M = max_images x the
+    most tiles an image can take (`tiling.tile_slots`)."""
     side, b = self.cfg.side, len(mine)
-    batch = {"images": np.zeros((b, self.max_images, side, side, 3),
-                                np.float32),
-             "image_mask": np.zeros((b, self.max_images), bool)}
+    tiled = tiling_lib.takes_tiles(self.cfg)
+    slots = self.max_images * (tiling_lib.tile_slots(self.cfg) if tiled
+                               else 1)
+    batch = {"images": np.zeros((b, slots, side, side, 3), np.float32),
+             "image_mask": np.zeros((b, slots), bool)}
     for i, row in enumerate(mine):
-      for j, image in enumerate(row.get("images", [])):
+      items = [tile for image in row.get("images", []) for tile in (
+          tiling_lib.image_tiles(self.cfg, image) if tiled else [image])]
+      for j, image in enumerate(items):
         batch["images"][i, j] = self._pixels(image)
         batch["image_mask"][i, j] = True
     return batch

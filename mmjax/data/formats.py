@@ -323,12 +323,13 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
                   turns: Sequence[Mapping[str, str]], num_images: int, *,
                   max_len: int, rng: np.random.Generator | None = None,
                   v2pe_stride: int | None = None,
-                  media_sizes: Sequence[tuple[int, int]] | None = None
-                  ) -> dict[str, Any]:
+                  media_items: Sequence[Sequence[tuple[int, int]]] | None
+                  = None) -> dict[str, Any]:
   """Tokenises and lays out a conversation; next-token inputs and targets.
 
-  Every image is at the model's side (the pipeline resizes to it), or at
-  its own size from `media_sizes` (a native-resolution model). A
+  Every image is one item at the model's side (the pipeline resizes to
+  it), or what `media_items` says: an image at its own size (a
+  native-resolution model), or its tiles (InternVL tiling). A
   sequence longer than max_len is cut after its last image block; when an
   image block itself would be cut it is a BadExample('too_long'). A blank
   (whitespace-only) answer is a BadExample('empty').
@@ -341,8 +342,10 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
     max_len: the longest input allowed (tokens, not counting the shift).
     rng: V2PE stride generator (training), or None.
     v2pe_stride: fixed V2PE stride (eval), or None for the default.
-    media_sizes: (height, width) of each image as the model reads it
-      (`native_resolution.size_for`), or None: every image at cfg.side.
+    media_items: per `<image>` marker, the (height, width) of each media
+      item the model reads for it, in order: [(h, w)] for an image at its
+      own size (`native_resolution.size_for`), n x [(side, side)] for n
+      InternVL tiles; None: one item at cfg.side per image.
 
   Returns:
     tokens, targets int32[L]; loss_mask f32[L] (1 on answer tokens and the
@@ -372,20 +375,22 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
         f"the text has {len(markers)} {IMAGE_TOKEN} marker(s) but "
         f"{num_images} image(s) were given; put exactly one {IMAGE_TOKEN} "
         "per image in the text")
-  sizes = (list(media_sizes) if media_sizes is not None
-           else [(cfg.side, cfg.side)] * len(markers))
-  if len(sizes) != len(markers):
-    raise ValueError(f"{len(sizes)} media sizes for {len(markers)} images")
+  items = (list(media_items) if media_items is not None
+           else [[(cfg.side, cfg.side)]] * len(markers))
+  if len(items) != len(markers):
+    raise ValueError(f"media items of {len(items)} images for "
+                     f"{len(markers)} <image> markers")
   pieces: list[Any] = []
   start = 0
-  for m, (height, width) in zip(markers, sizes):
-    pieces += [ids[start:m], layout.Media(height, width, cfg.frames)]
+  for m, sizes in zip(markers, items):
+    pieces += [ids[start:m]] + [layout.Media(h, w, cfg.frames)
+                                for h, w in sizes]
     start = m + 1
   pieces.append(ids[start:])
   out = layout.assemble(cfg, pieces, tok.image_id, v2pe_stride=v2pe_stride,
                         rng=rng)
-  counts = [layout.placeholder_tokens(cfg, h, w, cfg.frames)
-            for h, w in sizes]
+  counts = [sum(layout.placeholder_tokens(cfg, h, w, cfg.frames)
+                for h, w in sizes) for sizes in items]
   full_mask = np.asarray(_expand_mask(mask, markers, counts), np.float32)
   tokens = out["tokens"]
   visual = out["image_token_mask"] | out["media_locations"]

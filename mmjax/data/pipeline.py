@@ -71,6 +71,7 @@ from mmjax.data import formats
 from mmjax.data import images as images_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data import packing as packing_lib
+from mmjax.data import tiling as tiling_lib
 from mmjax.data.builders import ON_BAD_RECORD, BadRecordError
 from mmjax.data.text_pipeline import DataStateError
 from mmjax.data.tokenizer import Tokenizer
@@ -192,13 +193,19 @@ class _RowMaker:
                                f"max_images={self.max_images}")
     rgb = [images_lib.to_rgb(im) for im in raw]
     out: dict[str, Any] = {"valid": True, "images": rgb}
-    sizes = None
+    items = None  # per image the (h, w) of the items the model reads
     if native_lib.takes_native(self.cfg):  # each image at its own size
       sizes = [native_lib.size_for(self.cfg.vision, *im.shape[:2])
                for im in rgb]
       out["media_sizes"] = sizes
       out["downscaled"] = sum(im.shape[0] * im.shape[1] >
                               self.cfg.vision.max_pixels for im in rgb)
+      items = [[size] for size in sizes]
+    elif tiling_lib.takes_tiles(self.cfg):  # InternVL: tiles of the side
+      side = self.cfg.side
+      items = [[(side, side)] * tiling_lib.tile_count(self.cfg,
+                                                      *im.shape[:2])
+               for im in rgb]
     if isinstance(example, formats.RegionTargets):
       out["boxes"], out["labels"] = example.boxes, example.labels
       return out
@@ -215,7 +222,7 @@ class _RowMaker:
       return formats.chat_sequence(
           self.cfg, self.tok, turns, len(rgb), max_len=self.max_len, rng=rng,
           v2pe_stride=None if self.train else self.v2pe_eval_stride,
-          media_sizes=sizes)
+          media_items=items)
 
     if isinstance(example, formats.PreferencePair):
       for name, answer in (("chosen", example.chosen),

@@ -210,13 +210,52 @@ def internvl_tiles(image: np.ndarray, tile: int, min_tiles: int = 1,
   return Tiles(tiles, (rows, cols), (int(size[0]), int(size[1])))
 
 
+def internvl_tile_count(image_size: tuple[int, int], tile: int,
+                        min_tiles: int = 1, max_tiles: int = 12,
+                        thumbnail: bool = True) -> int:
+  """Tiles of one InternVL image, the thumbnail included."""
+  rows, cols = internvl_grid(image_size, tile, min_tiles, max_tiles)
+  n = rows * cols
+  return n + (1 if thumbnail and n > 1 else 0)
+
+
 def internvl_token_count(image_size: tuple[int, int], tile: int,
                          tokens_per_tile: int, min_tiles: int = 1,
                          max_tiles: int = 12, thumbnail: bool = True) -> int:
   """Visual tokens of one InternVL image (tokens_per_tile per tile)."""
-  rows, cols = internvl_grid(image_size, tile, min_tiles, max_tiles)
-  n = rows * cols
-  return tokens_per_tile * (n + (1 if thumbnail and n > 1 else 0))
+  return tokens_per_tile * internvl_tile_count(image_size, tile, min_tiles,
+                                               max_tiles, thumbnail)
+
+
+# ------------------------------------------- an MLLMConfig's tiles (train) --
+# Training and generation with `MLLMConfig.tiling == 'internvl'`: every
+# tile is one media item of the tower's side (its own placeholders, in
+# order: tiles row-major, then the thumbnail), so the model encodes tiles
+# exactly like images. AnyRes (its unpadding and newlines depend on each
+# image's grid) stays import-and-encode only (models/tiling.py).
+TRAINED_TILINGS = ("none", "internvl")
+
+
+def takes_tiles(cfg) -> bool:
+  """Whether an MLLMConfig cuts each image into InternVL tiles."""
+  return getattr(cfg, "tiling", "none") == "internvl"
+
+
+def tile_slots(cfg) -> int:
+  """Most tiles one image can take under the config (thumbnail included)."""
+  return cfg.max_tiles + (1 if cfg.thumbnail and cfg.max_tiles > 1 else 0)
+
+
+def tile_count(cfg, height: int, width: int) -> int:
+  """Tiles of an image of (height, width) under the config."""
+  return internvl_tile_count((height, width), cfg.side, cfg.min_tiles,
+                             cfg.max_tiles, cfg.thumbnail)
+
+
+def image_tiles(cfg, image: np.ndarray) -> np.ndarray:
+  """uint8[n, side, side, C]: an image's tiles under the config."""
+  return internvl_tiles(image, cfg.side, cfg.min_tiles, cfg.max_tiles,
+                        cfg.thumbnail).pixels
 
 
 def pad_tiles(tiles: Tiles, max_tiles: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,9 +14,11 @@ import numpy as np
 
 from mmjax.data import builders, formats
 from mmjax.data import images as images_lib
+from mmjax.data import tiling as tiling_lib
 from mmjax.data.shapes import QTYPES
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.inference import decode
+from mmjax.inference import media as media_lib
 from mmjax.inference import prompts as prompts_lib
 from mmjax.evals import registry
 from mmjax.inference.fastv import FastVConfig
@@ -113,7 +115,10 @@ def yes_no_metrics(predictions: Sequence[str], answers: Sequence[str]
 
 def record_pixels(cfg: MLLMConfig, record: Mapping[str, Any], resize: str,
                   kind: str | None = None) -> np.ndarray:
-  """f32[1, S, S, 3]: a record's image as the model takes it."""
+  """f32[1, S, S, 3]: a record's image as the model takes it (InternVL
+  tiling: its tiles f32[n, S, S, 3], as the training pipeline cuts them)."""
+  if tiling_lib.takes_tiles(cfg):
+    return media_lib.tiled_media(cfg, [record["image"]]).tiles
   kind = kind or images_lib.normalization_kind(cfg)
   return images_lib.preprocess(record["image"], cfg.side, resize=resize,
                                kind=kind)[None]
@@ -153,6 +158,9 @@ def shapes_examples(cfg: MLLMConfig, tokenizer: Tokenizer,
   examples, pixels = examples[:max_examples], pixels[:max_examples]
   prompts = [prompts_lib.prompt_pieces(cfg, tokenizer, formats.record_example(
       r, i, fmt).turns[:-1]) for r, i in examples]
+  if tiling_lib.takes_tiles(cfg):  # one Media per tile, as in training
+    prompts = [media_lib.expand_tiles(p, media_lib.TiledMedia(
+        px, (len(px),))) for p, px in zip(prompts, pixels)]
   return examples, prompts, pixels
 
 

@@ -6,6 +6,7 @@ preprocessing into the arrays a model takes.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Sequence
 
@@ -13,6 +14,8 @@ import numpy as np
 
 from mmjax.data import images as images_lib
 from mmjax.data import native_resolution as native_lib
+from mmjax.data import tiling as tiling_lib
+from mmjax.models import layout
 from mmjax.inference.prompts import InputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -57,6 +60,11 @@ def media_arrays(cfg, stills: Sequence[np.ndarray],
   cfg.frames; a still image is repeated F times), None without media."""
   if native_lib.takes_native(cfg):
     return native_media(cfg.vision, stills, video, max_frames)
+  if tiling_lib.takes_tiles(cfg) and (stills or video):
+    if video:
+      raise InputError("an InternVL-tiled model takes images, not video; "
+                       "pass the frames as images")
+    return tiled_media(cfg, stills)
   tiling = getattr(cfg, "tiling", "none")
   if tiling != "none" and (stills or video):
     # A square resize would silently skip the model's tiles (and newline).
@@ -92,6 +100,50 @@ def native_media(vision, stills: Sequence[np.ndarray],
         evenly(video, max_frames), vision.unit, vision.min_pixels,
         vision.max_pixels))
   return items or None
+
+
+@dataclasses.dataclass(frozen=True)
+class TiledMedia:
+  """InternVL-tiled images of one prompt.
+
+  Attributes:
+    tiles: f32[N, S, S, 3], every image's tiles in order (tiles row-major,
+      then the thumbnail), normalised; the model encodes each as an image.
+    counts: tiles per image (sum = N).
+  """
+  tiles: np.ndarray
+  counts: tuple[int, ...]
+
+  def __len__(self) -> int:  # images, as a prompt's <image> markers count
+    return len(self.counts)
+
+
+def tiled_media(cfg, stills: Sequence[np.ndarray]) -> TiledMedia:
+  """InternVL tiling (`data/tiling.py`, as the training pipeline cuts)."""
+  kind = images_lib.normalization_kind(cfg)
+  per_image = [tiling_lib.image_tiles(cfg, images_lib.to_rgb(im))
+               for im in stills]
+  tiles = [images_lib.normalize(t, kind) for image in per_image
+           for t in image]
+  return TiledMedia(np.stack(tiles), tuple(len(t) for t in per_image))
+
+
+def expand_tiles(pieces: Sequence, media: Any) -> list:
+  """Prompt pieces with each image's `layout.Media` repeated once per tile
+  when `media` is TiledMedia (else the pieces as they are)."""
+  if not isinstance(media, TiledMedia):
+    return list(pieces)
+  counts = iter(media.counts)
+  out = []
+  for piece in pieces:
+    out += [piece] * next(counts) if isinstance(piece, layout.Media) else [
+        piece]
+  return out
+
+
+def model_media(media: Any) -> Any:
+  """What the decode loop takes: TiledMedia's tile stack, else `media`."""
+  return media.tiles if isinstance(media, TiledMedia) else media
 
 
 def image_list(images: Any) -> list[Any]:

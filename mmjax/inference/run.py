@@ -121,10 +121,13 @@ class Run:
              on_text: Callable[[str], None] | None = None) -> str:
     """`ask` with media already preprocessed: f32[M, S, S, 3] (or
     [M, F, S, S, 3] for video; `media.media_arrays`), a list of any-size
-    items for a native-resolution model (`media.native_media`), or None."""
+    items for a native-resolution model (`media.native_media`), the tiles of
+    an InternVL-tiled one (`media.TiledMedia`), or None."""
     tok = self._need_tokenizer("to answer in text")
     n_media = 0 if media is None else len(media)
-    pieces = native_lib.sized_pieces(self._pieces(prompt, n_media), media)
+    pieces = media_lib.expand_tiles(native_lib.sized_pieces(
+        self._pieces(prompt, n_media), media), media)
+    media = media_lib.model_media(media)
     shown = [""]
 
     def stream(tokens: list[list[int]]) -> None:
@@ -177,9 +180,10 @@ class Run:
                        "prompts: give one entry (None, an image or a list) "
                        "per prompt")
     media = [self.prepare_media(ims, resize=resize) for ims in per_prompt]
-    pieces = [native_lib.sized_pieces(self._pieces(p, 0 if m is None
-                                                   else len(m)), m)
+    pieces = [media_lib.expand_tiles(native_lib.sized_pieces(
+        self._pieces(p, 0 if m is None else len(m)), m), m)
               for p, m in zip(prompts, media)]
+    media = [None if m is None else media_lib.model_media(m) for m in media]
     if all(m is None for m in media):
       media = None
     elif native_lib.takes_native(self.cfg):  # lists of any-size items

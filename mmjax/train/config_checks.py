@@ -11,6 +11,7 @@ from mmjax import config as C
 from mmjax import parallel
 from mmjax.data import datasets
 from mmjax.data import native_resolution as native_lib
+from mmjax.data import tiling as tiling_lib
 from mmjax.models import build, decoder, layout, qwen2vl_vision
 from mmjax.models.decoder import DecoderConfig
 from mmjax.train import groups, optim, stages
@@ -111,17 +112,22 @@ _SQUARE_FORMATS = ("contrastive", "regions")
 
 
 def _check_native_formats(config):
-  """A native-resolution tower reads each image at its own size: stages
-  whose losses need square images (contrastive, regions) cannot use it."""
-  if (config.model.get("vision") or {}).get("kind") != qwen2vl_vision.KIND:
+  """A native-resolution tower reads each image at its own size, InternVL
+  tiling as several tiles: stages whose losses need one square image
+  (contrastive, regions) can use neither."""
+  if (config.model.get("vision") or {}).get("kind") == qwen2vl_vision.KIND:
+    what = (f"config.model.vision.kind={qwen2vl_vision.KIND!r} reads each "
+            "image at its own size; drop the stage or use a ViT tower")
+  elif config.model.get("tiling", "none") == "internvl":
+    what = ("config.model.tiling='internvl' cuts each image into tiles; "
+            "drop the stage or set config.model.tiling='none'")
+  else:
     return
   for name in C.stage_names(config):
     fmt = config.stages[name].get("data")
     if fmt in _SQUARE_FORMATS:
-      raise C.ConfigError(
-          f"config.stages.{name}.data={fmt!r} needs square images, but "
-          f"config.model.vision.kind={qwen2vl_vision.KIND!r} reads each image "
-          "at its own size; drop the stage or use a ViT tower")
+      raise C.ConfigError(f"config.stages.{name}.data={fmt!r} needs one "
+                          f"square image, but {what}")
 
 
 def _check_grounding_questions(config):
@@ -144,7 +150,10 @@ _UNPACKABLE = {
                  "one per packed example",
     "native": "a native-resolution (Qwen2-VL) tower already packs each "
               "row's images at their own sizes; packing its rows of text "
-              "too is not built"}
+              "too is not built",
+    "tiles": "InternVL tiling turns an image into a varying number of "
+             "tiles, which the packer's per-row image budget does not "
+             "count"}
 
 
 def _check_packing(config):
@@ -159,7 +168,8 @@ def _check_packing(config):
   cfg = build.mllm_config(config)
   reason = ("cross_attention" if cfg.fusion == "cross_attention" else
             "prefix_lm" if cfg.lm.prefix_lm else
-            "native" if native_lib.takes_native(cfg) else None)
+            "native" if native_lib.takes_native(cfg) else
+            "tiles" if tiling_lib.takes_tiles(cfg) else None)
   if reason:
     raise C.ConfigError(
         f"config.data.packing=True cannot pack this model: "
@@ -330,14 +340,15 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_tiling_trains(config):
-  """The grain pipeline resizes each image to one square: a tiled model
-  (models/tiling.py) would train without its tiles."""
+  """The grain pipeline cuts InternVL tiles (data/tiling.py); AnyRes's
+  per-image unpadding and newlines are import-and-generate only, so an
+  AnyRes model would train without its tiles."""
   tiling = config.model.get("tiling", "none")
-  if tiling != "none":
+  if tiling not in tiling_lib.TRAINED_TILINGS:
     raise C.ConfigError(
         f"config.model.tiling={tiling!r}: the training data pipeline does "
-        "not tile images yet (docs/models.md, Tiling); train with "
-        "config.model.tiling='none'")
+        f"not cut {tiling} tiles (docs/models.md, Tiling); train with "
+        f"config.model.tiling in {tiling_lib.TRAINED_TILINGS}")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

@@ -144,7 +144,7 @@ def test_native_tower_refuses_square_only_stages_and_packing():
     _data_checks(config)
   config = load_config(SPEC)
   config.stages.pretrain.data = "contrastive"
-  with pytest.raises(ConfigError, match="needs square images"):
+  with pytest.raises(ConfigError, match="needs one square image"):
     _data_checks(config)
 
 
@@ -170,10 +170,13 @@ def test_trains_on_mixed_size_pngs_and_answers_about_a_37x91_image(
         {"from": "gpt", "value": f"{w} pixels."}]})
   (tmp_path / "data.json").write_text(json.dumps(records))
   tok = hf_tokenizers.qwen_dir(tmp_path / "qwen")
+  from mmjax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  # The LM's vocabulary is the tokenizer's: every id it samples decodes.
+  vocab = hf_tokenizer.HFTokenizer.load(tok, "chatml").vocab_size
   workdir = tmp_path / "run"
   proc = helpers.run_cli(
       "mmjax.main", f"--config={SPEC},steps=2", f"--workdir={workdir}",
-      f"--config.tokenizer={tok}",
+      f"--config.tokenizer={tok}", f"--config.model.lm.vocab_size={vocab}",
       f"--config.data.folder_json={tmp_path / 'data.json'}",
       f"--config.data.folder_images={images}",
       f"--config.data.data_dir={tmp_path / 'tfds'}")
