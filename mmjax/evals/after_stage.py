@@ -78,7 +78,7 @@ class StageEvaluator:
         config=self.config, stage=name,
         model=stages.stage_model(self.config, name).model,
         params=result.params, tokenizer=built.tokenizer,
-        dataset=datasets.shapes_dataset(self.config))
+        dataset=datasets.shapes_dataset(self.config), workdir=self.workdir)
     out: dict[str, Any] = {}
     for entry in evals:
       out.update(registry.EVALUATORS[entry](ctx))
