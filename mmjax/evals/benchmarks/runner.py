@@ -107,12 +107,28 @@ def answer_questions(run: Any, questions: Sequence[Question], log: AnswerLog,
       progress(len(batch))
 
 
+def select_questions(benchmark: Benchmark, data_dir: str, split: str,
+                     limit: int = 0) -> list[Question]:
+  """The questions to ask: read, limited (first_questions), every image
+  present; BenchmarkDataError otherwise (before any model loads)."""
+  if not os.path.isdir(data_dir):
+    raise BenchmarkDataError(f"--data={data_dir} is not a directory; "
+                             f"{benchmark.name} expects {benchmark.layout}")
+  questions = first_questions(benchmark.read(data_dir, split), limit)
+  if not questions:
+    raise BenchmarkDataError(f"{data_dir} holds no {benchmark.name} "
+                             f"questions; expected {benchmark.layout}")
+  require_images(questions, benchmark.layout)
+  return questions
+
+
 def run_benchmark(run: Any, benchmark: Benchmark, data_dir: str,
                   split: str | None, *, out_dir: str, name: str,
                   limit: int = 0, batch_size: int = 16,
                   max_new_tokens: int | None = None,
-                  fastv: FastVConfig | None = None,
-                  write: bool = True) -> tuple[dict[str, Any], str]:
+                  fastv: FastVConfig | None = None, write: bool = True,
+                  questions: Sequence[Question] | None = None
+                  ) -> tuple[dict[str, Any], str]:
   """Reads, answers (what is not answered yet) and scores a benchmark.
 
   Args:
@@ -124,6 +140,8 @@ def run_benchmark(run: Any, benchmark: Benchmark, data_dir: str,
     limit: the first N questions (first_questions); 0 = all.
     batch_size: rows per compiled program.
     max_new_tokens: None: the benchmark's budget.
+    write: write <name>.json and .md (a stage's evaluation writes its own).
+    questions: `select_questions` already read (None: read them here).
 
   Raises:
     BenchmarkDataError: the layout is not there, a field or an image is
@@ -135,14 +153,8 @@ def run_benchmark(run: Any, benchmark: Benchmark, data_dir: str,
     than 0, ({}, "").
   """
   split = benchmark.check_split(split)
-  if not os.path.isdir(data_dir):
-    raise BenchmarkDataError(f"--data={data_dir} is not a directory; "
-                             f"{benchmark.name} expects {benchmark.layout}")
-  questions = first_questions(benchmark.read(data_dir, split), limit)
-  if not questions:
-    raise BenchmarkDataError(f"{data_dir} holds no {benchmark.name} "
-                             f"questions; expected {benchmark.layout}")
-  require_images(questions, benchmark.layout)
+  if questions is None:
+    questions = select_questions(benchmark, data_dir, split, limit)
   index, count = jax.process_index(), jax.process_count()
   mine = questions[index::count]
   log = AnswerLog(out_dir, name, index, count)

@@ -15,7 +15,7 @@ from typing import Any
 
 from mmjax.evals.benchmarks import registry
 from mmjax.evals.benchmarks.question import BenchmarkDataError
-from mmjax.evals.benchmarks.runner import run_benchmark
+from mmjax.evals.benchmarks.runner import run_benchmark, select_questions
 from mmjax.inference import run as run_lib
 from mmjax.inference.fastv import FastVConfig
 
@@ -62,9 +62,7 @@ def evaluate_benchmark(workdir: str | None, benchmark: str, data: str, *,
                       ("max_new_tokens", max_new_tokens)):
     if (value or 0) < 0:
       raise BenchmarkDataError(f"--{flag}={value} must be >= 0")
-  if not os.path.isdir(data):
-    raise BenchmarkDataError(f"--data={data} is not a directory; {benchmark} "
-                             f"expects {bench.layout}")
+  questions = select_questions(bench, data, split, limit)
   run = run_lib.load_run(workdir, checkpoint=checkpoint, tokenizer=tokenizer)
   if run.text_only:
     raise run_lib.WorkdirError(f"{run.workdir} holds a text-only LM; "
@@ -75,4 +73,4 @@ def evaluate_benchmark(workdir: str | None, benchmark: str, data: str, *,
       run, bench, data, split, out_dir=os.path.join(run.workdir, "eval"),
       name=result_name(benchmark, split, checkpoint), limit=limit,
       batch_size=batch_size or int(run.config.eval.batch_size),
-      max_new_tokens=max_new_tokens, fastv=fastv)
+      max_new_tokens=max_new_tokens, fastv=fastv, questions=questions)
