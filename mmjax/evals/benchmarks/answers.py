@@ -57,11 +57,18 @@ class AnswerLog:
       out.update(self._read(path, checkpoint))
     return out
 
+  def _ends_with_newline(self) -> bool:
+    with open(self.path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      return f.read(1) == b"\n"
+
   def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
     """Appends rows and flushes them to disk (a crash loses at most the
     batch being answered)."""
     os.makedirs(self.directory, exist_ok=True)
     with open(self.path, "a", encoding="utf-8") as f:
+      if f.tell() and not self._ends_with_newline():
+        f.write("\n")  # end a line a crash cut short, so ours stay whole
       for row in rows:
         f.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
       f.flush()
