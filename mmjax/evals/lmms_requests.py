@@ -139,8 +139,16 @@ class LmmsRequests:
             ) -> tuple[float, bool]:
     """(log-probability, is greedy) of `continuation` after the templated
     `context` about `visuals`."""
-    seq, images, n_cont = layout_for_scoring(self.run, context, continuation,
-                                             visuals)
+    cont = self.run.tokenizer.encode(continuation)
+    if not cont:
+      raise ValueError(f"the continuation {continuation!r} has no tokens")
+    return self.score_ids(context, cont, visuals)
+
+  def score_ids(self, context: str, cont: Sequence[int], visuals: list[Any]
+                ) -> tuple[float, bool]:
+    """`score` of continuation token ids `cont`."""
+    n_cont = len(cont)
+    seq, images = layout_for_scoring(self.run, context, cont, visuals)
     logits = np.asarray(_logits(self.run.model, self.run.params, seq, images))
     targets = seq["tokens"][-n_cont:]
     rows = logits[-n_cont - 1:-1]           # position t-1 predicts token t
@@ -149,25 +157,22 @@ class LmmsRequests:
     return total, bool(np.all(rows.argmax(-1) == targets))
 
 
-def layout_for_scoring(run: Any, context: str, continuation: str,
+def layout_for_scoring(run: Any, context: str, cont: Sequence[int],
                        visuals: list[Any]
-                       ) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
+                       ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
   """(one sequence as `layout.assemble` lays it out, its images
-  f32[M, S, S, 3] or None, the continuation's token count): the templated
-  context, then the continuation's tokens as the answer's start."""
+  f32[M, S, S, 3] or None): the templated context, then the continuation's
+  token ids `cont` as the answer's start."""
   media = run.prepare_media(visuals or None)
   n_media = 0 if media is None else len(media)
   pieces = list(run.prompt_pieces(context, n_media))
-  cont = run.tokenizer.encode(continuation)
-  if not cont:
-    raise ValueError(f"the continuation {continuation!r} has no tokens")
   last = pieces[-1]
   if isinstance(last, layout.Media):
     pieces.append(list(cont))
   else:
     pieces[-1] = list(last) + list(cont)
   seq = layout.assemble(run.cfg, pieces, run.image_token_id)
-  return seq, media, len(cont)
+  return seq, media
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
