@@ -134,16 +134,10 @@ def _write_task(root, docs):
           aggregation: mean
           higher_is_better: true
       """))
-  (tasks / "mmjax_tiny_choice.yaml").write_text(
-      "task: mmjax_tiny_choice\n" + common + textwrap.dedent("""
-      output_type: multiple_choice
-      doc_to_choice: ["yes", "blue", "square"]
-      doc_to_target: answer
-      metric_list:
-        - metric: acc
-          aggregation: mean
-          higher_is_better: true
-      """))
+  # No multiple_choice task: lmms-eval 0.7.3's evaluator turns every
+  # model output that is not a string into str(output) (evaluator.py,
+  # unwrap_generation_output), so (logprob, is_greedy) pairs reach the
+  # metric as text whatever the model; loglikelihood is tested above.
   return str(tasks)
 
 
@@ -153,10 +147,15 @@ def test_a_local_lmms_eval_task_runs_through_the_adapter(tiny):
   from lmms_eval import evaluator  # pylint: disable=g-import-not-at-top
   from lmms_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
   from mmjax.evals import lmms_model  # pylint: disable=g-import-not-at-top
+  from lmms_eval import models  # pylint: disable=g-import-not-at-top
+  # What the `lmms_eval.models` entry point of setup.py hands lmms-eval.
+  models.MODEL_REGISTRY_V2.register_manifest(lmms_model.manifest(),
+                                             overwrite=True)
+  assert models.get_model("mmjax") is lmms_model.MMJax
   run, docs, root = tiny
   model = lmms_model.MMJax(workdir=run.workdir, batch_size="4")
   out = evaluator.simple_evaluate(
-      model=model, tasks=["mmjax_tiny_qa", "mmjax_tiny_choice"],
+      model=model, tasks=["mmjax_tiny_qa"],
       task_manager=TaskManager(include_path=_write_task(root, docs)),
       bootstrap_iters=0, log_samples=True)
   qa = out["results"]["mmjax_tiny_qa"]
@@ -166,5 +165,3 @@ def test_a_local_lmms_eval_task_runs_through_the_adapter(tiny):
                       [d["image"] for d in docs], max_new_tokens=3,
                       batch_size=4).texts
   assert sorted(answers) == sorted(w.split("\n")[0] for w in want)
-  assert 0.0 <= out["results"]["mmjax_tiny_choice"]["acc,none"] <= 1.0
-  assert len(out["samples"]["mmjax_tiny_choice"]) == len(docs)
