@@ -145,7 +145,7 @@ def write_mme(root):
     ext = ".png" if fmt == "PNG" else ".jpg"
     _image(os.path.join(image_dir, name + ext), fmt=fmt)
     lines = [f"Is there a {obj} in this image? Please answer yes or no.\tYes",
-             f"Is there a zebra in this image? Please answer yes or no.\tNo"]
+             "Is there a zebra in this image? Please answer yes or no.\tNo"]
     with open(os.path.join(qa_dir, name + ".txt"), "w") as f:
       f.write("\n".join(lines if yes_first else lines[::-1]) + "\n")
   flat = os.path.join(root, "existence")

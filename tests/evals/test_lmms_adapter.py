@@ -2,7 +2,6 @@
 (always), and a local lmms-eval task run through it in-process (when
 lmms-eval is installed: pip install -e '.[lmms]')."""
 import json
-import os
 import textwrap
 
 import numpy as np
