@@ -127,8 +127,8 @@ def run_benchmark(run: Any, benchmark: Benchmark, data_dir: str,
                   limit: int = 0, batch_size: int = 16,
                   max_new_tokens: int | None = None,
                   fastv: FastVConfig | None = None, write: bool = True,
-                  questions: Sequence[Question] | None = None
-                  ) -> tuple[dict[str, Any], str]:
+                  questions: Sequence[Question] | None = None,
+                  shard: bool = True) -> tuple[dict[str, Any], str]:
   """Reads, answers (what is not answered yet) and scores a benchmark.
 
   Args:
@@ -142,6 +142,9 @@ def run_benchmark(run: Any, benchmark: Benchmark, data_dir: str,
     max_new_tokens: None: the benchmark's budget.
     write: write <name>.json and .md (a stage's evaluation writes its own).
     questions: `select_questions` already read (None: read them here).
+    shard: each process answers its slice; False: every process answers
+      every question (parameters sharded over all processes, as after a
+      stage, need every process in each program).
 
   Raises:
     BenchmarkDataError: the layout is not there, a field or an image is
@@ -156,7 +159,7 @@ def run_benchmark(run: Any, benchmark: Benchmark, data_dir: str,
   if questions is None:
     questions = select_questions(benchmark, data_dir, split, limit)
   index, count = jax.process_index(), jax.process_count()
-  mine = questions[index::count]
+  mine = questions[index::count] if shard else list(questions)
   log = AnswerLog(out_dir, name, index, count)
   checkpoint = str(run.checkpoint)
   progress = Progress(f"{name}", len(mine),

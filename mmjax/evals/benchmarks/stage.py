@@ -6,7 +6,7 @@
   config.eval.benchmarks.pope.limit = 500             # 0 = every question
 
 After the stage, the benchmark is answered with the stage's final
-parameters; its metrics join the stage's (`<benchmark>/<metric>`), its
+parameters (by every process: they may be sharded over all of them); its metrics join the stage's (`<benchmark>/<metric>`), its
 answers go to WORKDIR/eval/<stage>_<benchmark>_<split>.answers.jsonl (a
 resumed stage evaluation skips what is answered).
 """
@@ -71,7 +71,8 @@ def evaluate_after_stage(name: str, ctx: evals_registry.EvalContext
       stage_run(ctx), bench, slot.data, split,
       out_dir=os.path.join(ctx.workdir, "eval"),
       name=f"{ctx.stage}_{name}_{split}", limit=int(slot.get("limit", 0)),
-      batch_size=int(ctx.config.eval.batch_size), write=False)
+      batch_size=int(ctx.config.eval.batch_size), write=False,
+      shard=False)  # the stage's parameters may span every process
   return {f"{name}/{k}": v for k, v in metrics.items()}
 
 
