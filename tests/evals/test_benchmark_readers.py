@@ -47,6 +47,10 @@ def test_pope_splits(tmp_path):
   assert len(pope.read(root, "adversarial")) == 4
   assert {q.qid.split("/")[0] for q in pope.read(root, "all")} == {
       "random", "popular", "adversarial"}
+  os.makedirs(f"{root}/coco")  # LLaVA's layout: the question files in coco/
+  os.rename(f"{root}/coco_pope_popular.json",
+            f"{root}/coco/coco_pope_popular.json")
+  assert len(pope.read(root, "popular")) == 4
 
 
 def test_mme_both_folder_forms(tmp_path):

@@ -9,6 +9,9 @@ Layout (the files of AoiDragon/POPE output/coco/, JSON lines):
       one object a line: {"question_id", "image", "text", "label": yes|no}
   DIR/val2014/<image>     (COCO_val2014_*.jpg, as the lines name them)
 
+The question files may also sit in DIR/coco/ (LLaVA's eval layout:
+playground/data/eval/pope/{coco/,val2014/}).
+
 Split `all` (the default) reads the three files. Prompt: the question and
 "Please answer yes or no." Parsing (`parse_yes_no`, as POPE's evaluate.py):
 the first sentence is kept, commas dropped; a word "no", "No" or "not"
@@ -19,6 +22,7 @@ their mean over the splits present.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,8 +34,9 @@ from mmjax.evals.benchmarks.question import (BenchmarkDataError, Question,
 
 YES_OR_NO = "Please answer yes or no."
 SAMPLINGS = ("random", "popular", "adversarial")
-LAYOUT = ("DIR/coco_pope_{random,popular,adversarial}.json (JSON lines "
-          "{question_id, image, text, label: yes|no}) and DIR/val2014/<image>")
+LAYOUT = ("DIR/coco_pope_{random,popular,adversarial}.json (or in DIR/coco/; "
+          "JSON lines {question_id, image, text, label: yes|no}) and "
+          "DIR/val2014/<image>")
 
 
 def parse_yes_no(text: str) -> str:
@@ -66,7 +71,10 @@ def read_pope(data_dir: str, split: str) -> list[Question]:
   out = []
   for sampling in SAMPLINGS if split == "all" else (split,):
     name = f"coco_pope_{sampling}.json"
-    for r in read_json_lines(f"{data_dir}/{name}", LAYOUT):
+    path = f"{data_dir}/{name}"
+    if not os.path.exists(path) and os.path.exists(f"{data_dir}/coco/{name}"):
+      path = f"{data_dir}/coco/{name}"
+    for r in read_json_lines(path, LAYOUT):
       require_fields(r, ["question_id", "image", "text", "label"],
                      f"a line of {name}")
       label = str(r["label"]).strip().lower()
