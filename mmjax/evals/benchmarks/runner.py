@@ -162,8 +162,8 @@ def run_benchmark(run: Any, benchmark: Benchmark, data_dir: str,
   mine = questions[index::count] if shard else list(questions)
   log = AnswerLog(out_dir, name, index, count)
   checkpoint = str(run.checkpoint)
-  progress = Progress(f"{name}", len(mine),
-                      sum(q.qid in log.answered(checkpoint) for q in mine))
+  answered = log.answered(checkpoint)
+  progress = Progress(name, len(mine), sum(q.qid in answered for q in mine))
   answer_questions(run, mine, log, checkpoint=checkpoint,
                    batch_size=batch_size,
                    max_new_tokens=max_new_tokens or benchmark.max_new_tokens,
