@@ -29,5 +29,12 @@ setuptools.setup(
                  "transformers==4.57.1", "safetensors>=0.4",
                  # tests/test_notebooks.py runs the notebooks headless.
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        # The lmms-eval adapter (mmjax/evals/lmms_model.py): about 1 GB of
+        # dependencies besides torch, so not in `test`; torch pinned, as
+        # above.
+        "lmms": ["lmms-eval==0.7.*", "torch==2.13.0"],
     },
+    # `python -m lmms_eval --model mmjax` finds the model class here.
+    entry_points={"lmms_eval.models": [
+        "mmjax = mmjax.evals.lmms_model:manifest"]},
 )

@@ -57,6 +57,12 @@ if [[ -f benchmarks/generate_vs_hf.py ]]; then
       --out="$OUT/generate_vs_hf.json" ||
     echo "generate_vs_hf.py failed (exit $?)"
 fi
+if [[ -f benchmarks/eval_throughput.py ]]; then
+  echo "== evaluation throughput vs Hugging Face"
+  $PY benchmarks/eval_throughput.py --eval_sizes=tiny,small \
+      --eval_out="$OUT/eval_throughput.json" ||
+    echo "eval_throughput.py failed (exit $?)"
+fi
 if [[ -f benchmarks/sigmoid_memory.py ]]; then
   echo "== chunked vs plain sigmoid loss memory"
   $PY benchmarks/sigmoid_memory.py > "$OUT/sigmoid_memory.txt" ||

@@ -319,6 +319,9 @@ def get_config(arg=None):
   config.eval_batches = 1 if tiny else 4
   config.eval = ml_collections.ConfigDict(dict(
       max_examples=200, batch_size=8, max_new_tokens=16))
+  # Official benchmarks a stage's `evals` may name (docs/evaluation.md):
+  # --config.eval.benchmarks.pope.data=DIR (and .split, .limit).
+  config.eval.benchmarks = config_lib.benchmark_slots()
   config.progress_bar = not tiny
   config.checkpoint = ml_collections.ConfigDict(dict(
       every=500, keep=2, async_save=True))

@@ -129,6 +129,9 @@ def get_config(arg=None):
   config.eval = ml_collections.ConfigDict(dict(
       max_examples=1000, retrieval_examples=200, batch_size=32,
       max_new_tokens=4))
+  # Official benchmarks a stage's `evals` may name (docs/evaluation.md):
+  # --config.eval.benchmarks.pope.data=DIR (and .split, .limit).
+  config.eval.benchmarks = config_lib.benchmark_slots()
   config.progress_bar = True
   config.checkpoint = ml_collections.ConfigDict(dict(
       every=200, keep=2, async_save=True))

@@ -254,6 +254,20 @@ def init_from_groups(*group_names: str) -> ml_collections.ConfigDict:
       {INIT_FROM_ALL: "", **{name: "" for name in group_names}})
 
 
+# The official benchmarks a stage's `evals` may name (their readers are
+# mmjax/evals/benchmarks/; a test keeps the two lists equal).
+BENCHMARK_NAMES = ("vqav2", "textvqa", "gqa", "pope", "mmbench", "mme")
+
+
+def benchmark_slots() -> ml_collections.ConfigDict:
+  """A recipe's `config.eval.benchmarks`: per benchmark the directory of its
+  files (`data`, '' = not set), its `split` ('' = its default) and `limit`
+  (the first N questions, 0 = all)."""
+  return ml_collections.ConfigDict(
+      {name: {"data": "", "split": "", "limit": 0}
+       for name in BENCHMARK_NAMES})
+
+
 def init_from_dirs(config: ml_collections.ConfigDict) -> dict[str, str]:
   """{group or 'all': DIR} of the non-empty entries of config.init_from (a
   bare string, as configs wrote it before the groups, means 'all')."""

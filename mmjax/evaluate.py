@@ -1,8 +1,11 @@
-"""Evaluates a trained run on one split of the shapes benchmark.
+"""Evaluates a trained run on one split of the shapes benchmark, or on an
+official benchmark read from its local files.
 
   python -m mmjax.evaluate --workdir=DIR --split=test [--captions=64]
       [--grounding=200]
   python -m mmjax.evaluate --checkpoint=DIR/checkpoints/sft/600 --split=heldout
+  python -m mmjax.evaluate --workdir=DIR --benchmark=pope --data=/data/pope
+      [--split=adversarial] [--limit=500]
 
 VQA exact match by question type, POPE-style yes/no metrics and the
 absent-object yes-rate (and BLEU-4 / token F1 of --captions captions, and
@@ -10,7 +13,15 @@ box accuracy at IoU >= 0.5 / mean IoU of --grounding referring questions), with
 greedy answers from the KV-cache decode loop; optional FastV pruning.
 Writes WORKDIR/eval/final_<split>.json and .md (<stage>_<step>_<split> for a
 checkpoint) and prints the markdown. The library call is
-`mmjax.evals.evaluate_run`. Bad input exits with status 2 and one line.
+`mmjax.evals.evaluate_run`.
+
+With --benchmark (vqav2, textvqa, gqa, pope, mmbench, mme: docs/evaluation.md
+"Official benchmarks"), --data names the directory of the benchmark's
+published layout and --split one of its splits; answers are appended to
+WORKDIR/eval/<benchmark>_<split>.answers.jsonl as batches finish (a rerun
+answers only the rest) and results go to WORKDIR/eval/<benchmark>_<split>.json
+and .md. The library call is `mmjax.evals.evaluate_benchmark`.
+Bad input exits with status 2 and one line.
 """
 from __future__ import annotations
 
@@ -21,6 +32,8 @@ from absl import app, flags, logging
 from mmjax import config as config_lib
 
 SPLITS = ("test", "heldout", "validation")  # = mmjax.evals.standalone.SPLITS
+SHAPES_ONLY = ("max_examples", "captions", "grounding")
+BENCHMARK_ONLY = ("data", "limit", "max_new_tokens")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -32,9 +45,12 @@ def main(argv: Sequence[str]) -> None:
   for name, meaning in (("max_examples", "0 = the whole split"),
                         ("batch_size", "0 = config.eval.batch_size"),
                         ("captions", "0 = none"),
-                        ("grounding", "0 = none")):
+                        ("grounding", "0 = none"),
+                        ("limit", "0 = every question"),
+                        ("max_new_tokens", "0 = the benchmark's")):
     if (f[name].value or 0) < 0:
       config_lib.fail(f"--{name}={f[name].value} must be >= 0 ({meaning})")
+  _check_mode_flags(f)
   if not f["verbosity"].present:
     # orbax warns about each file of a checkpoint it cannot read; the one
     # line that matters is ours.
@@ -43,8 +59,16 @@ def main(argv: Sequence[str]) -> None:
   from mmjax import inference  # pylint: disable=g-import-not-at-top
   fastv = inference.FastVConfig(f.fastv_k, f.fastv_r) if f.fastv_k else None
   try:
+    if f.benchmark:
+      _, markdown = evals.evaluate_benchmark(
+          f.workdir, f.benchmark, f.data, split=f.split,
+          checkpoint=f.checkpoint, limit=f.limit, batch_size=f.batch_size,
+          max_new_tokens=f.max_new_tokens or None, tokenizer=f.tokenizer,
+          fastv=fastv)
+      print(markdown, flush=True)
+      return
     _, markdown = evals.evaluate_run(
-        f.workdir, f.split, checkpoint=f.checkpoint,
+        f.workdir, f.split or "test", checkpoint=f.checkpoint,
         max_examples=f.max_examples, batch_size=f.batch_size,
         captions=f.captions, grounding=f.grounding, fastv=fastv, tokenizer=f.tokenizer)
   except (inference.WorkdirError, config_lib.ConfigError, ValueError) as e:
@@ -52,11 +76,43 @@ def main(argv: Sequence[str]) -> None:
   print(markdown, flush=True)
 
 
+def _check_mode_flags(f: flags.FlagValues) -> None:
+  """The shapes flags without --benchmark, the benchmark flags with it."""
+  if not f.benchmark:
+    given = [n for n in BENCHMARK_ONLY if f[n].present]
+    if given:
+      config_lib.fail(f"--{given[0]} goes with --benchmark=NAME "
+                      "(vqav2, textvqa, gqa, pope, mmbench, mme)")
+    if f.split is not None and f.split not in SPLITS:
+      config_lib.fail(f"--split={f.split!r}: the shapes splits are "
+                      f"{', '.join(SPLITS)}; a benchmark's splits (e.g. POPE's "
+                      "random, popular, adversarial) go with --benchmark=NAME")
+    return
+  given = [n for n in SHAPES_ONLY if f[n].present]
+  if given:
+    config_lib.fail(f"--{given[0]} is for the shapes benchmark; with "
+                    f"--benchmark={f.benchmark} use --limit=N")
+  if not f.data:
+    config_lib.fail(f"--benchmark={f.benchmark} needs --data=DIR, the "
+                    "directory of its files (docs/evaluation.md, Official "
+                    "benchmarks)")
+
+
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The run (python -m mmjax.main).")
   flags.DEFINE_string("checkpoint", None, "A stage checkpoint step directory "
                       "instead of the workdir's final parameters.")
-  flags.DEFINE_enum("split", "test", SPLITS, "Shapes split to evaluate.")
+  flags.DEFINE_string("split", None, "Shapes split to evaluate: test "
+                      "(default), heldout, validation; with --benchmark one "
+                      "of its splits (default: its first).")
+  flags.DEFINE_string("benchmark", None, "An official benchmark: vqav2, "
+                      "textvqa, gqa, pope, mmbench, mme (needs --data).")
+  flags.DEFINE_string("data", None, "With --benchmark: the directory "
+                      "holding its published files.")
+  flags.DEFINE_integer("limit", 0, "With --benchmark: the first N "
+                       "questions (0 = all).")
+  flags.DEFINE_integer("max_new_tokens", 0, "With --benchmark: answer "
+                       "tokens (0 = the benchmark's budget).")
   flags.DEFINE_integer("max_examples", None, "VQA examples (default: "
                        "config.eval.max_examples; 0 = the whole split).")
   flags.DEFINE_integer("batch_size", None, "Rows per program (default: "

@@ -5,6 +5,8 @@ what runs after a stage, the report and plots, and standalone evaluation.
   evals.train_and_evaluate(config, workdir)   # what `python -m mmjax.main` runs
   evals.EVALUATORS                            # {'vqa': ..., 'captions': ..., 'grounding': ..., 'retrieval': ...}
   evals.evaluate_run(workdir, "test")         # what `python -m mmjax.evaluate` runs
+  evals.evaluate_benchmark(workdir, "pope", "/data/pope")   # ... --benchmark=pope
+  evals.BENCHMARKS                            # official benchmarks (evals/benchmarks/)
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from mmjax.evals.after_stage import StageEvaluator
 from mmjax.evals import registry
 from mmjax.evals.registry import EVALUATORS, EvalContext, register
 from mmjax.evals.standalone import evaluate_run
+# The official benchmarks; each is also an evaluator a stage's `evals` names.
+from mmjax.evals.benchmarks import BENCHMARKS, evaluate_benchmark
 from mmjax.train import recipe
 
 

@@ -11,6 +11,9 @@ the evaluator registry (evals/registry.py):
   grounding  greedy boxes for "where is the <colour> <shape>?" (one object
              per test / held-out image): accuracy at IoU >= 0.5, mean IoU,
              share of answers that parse as a box
+  vqav2, textvqa, gqa, pope, mmbench, mme
+             an official benchmark from config.eval.benchmarks.<name>.data
+             (evals/benchmarks/stage.py)
 Answers come from the KV-cache generation of `mmjax.inference.decode`.
 Results go to WORKDIR/eval/<stage>.json, to metrics.jsonl (with "stage" and
 "step"), and into WORKDIR/report.md with plots beside it.
@@ -27,8 +30,14 @@ import ml_collections
 
 from mmjax.data import datasets
 from mmjax.evals import plots, registry, results
+from mmjax.evals.benchmarks import BENCHMARKS
 from mmjax.train import metrics as metrics_lib
 from mmjax.train import stages
+
+
+# The one number of each official benchmark printed after a stage.
+_BENCHMARK_HEADLINES = frozenset(f"{b.name}/{b.headline}"
+                                 for b in BENCHMARKS.values())
 
 
 def _eval_path(workdir: str, stage: str) -> str:
@@ -69,7 +78,8 @@ class StageEvaluator:
           f"{k}={v:.3f}" for k, v in metrics.items()
           if isinstance(v, float) and ("acc/all" in k or "recall@1" in k
                                        or "absent_yes_rate" in k
-                                       or "acc@0.5" in k)),
+                                       or "acc@0.5" in k
+                                       or k in _BENCHMARK_HEADLINES)),
             flush=True)
 
   def measure(self, name: str, evals, built, result) -> dict[str, Any]:
@@ -78,7 +88,7 @@ class StageEvaluator:
         config=self.config, stage=name,
         model=stages.stage_model(self.config, name).model,
         params=result.params, tokenizer=built.tokenizer,
-        dataset=datasets.shapes_dataset(self.config))
+        dataset=datasets.shapes_dataset(self.config), workdir=self.workdir)
     out: dict[str, Any] = {}
     for entry in evals:
       out.update(registry.EVALUATORS[entry](ctx))

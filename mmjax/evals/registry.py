@@ -32,6 +32,7 @@ class EvalContext:
     tokenizer: the recipe's tokenizer.
     dataset: the recipe's shapes TFDS builder (splits train / validation /
       test / heldout).
+    workdir: the run's directory (benchmark answers are kept in its eval/).
   """
   config: ml_collections.ConfigDict
   stage: str
@@ -39,17 +40,25 @@ class EvalContext:
   params: Any
   tokenizer: Any
   dataset: Any
+  workdir: str = ""
 
 
 Evaluator = Callable[[EvalContext], dict[str, Any]]
 EVALUATORS: dict[str, Evaluator] = {}
+# Config checks of evaluators that need settings (a benchmark's data
+# directory): run before anything compiles when a stage lists them.
+CONFIG_CHECKS: dict[str, C.Check] = {}
 
 
-def register(name: str, fn: Evaluator) -> Evaluator:
-  """Adds an evaluator under a name a stage's `evals` can list."""
+def register(name: str, fn: Evaluator, check: C.Check | None = None
+             ) -> Evaluator:
+  """Adds an evaluator under a name a stage's `evals` can list; `check`
+  (config -> None, raises ConfigError) runs when a stage lists it."""
   if name in EVALUATORS:
     raise ValueError(f"evaluator {name!r} is registered twice")
   EVALUATORS[name] = fn
+  if check is not None:
+    CONFIG_CHECKS[name] = check
   return fn
 
 
@@ -62,7 +71,8 @@ def stage_evals(stage: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def checks(config: ml_collections.ConfigDict) -> list[C.Check]:
-  """Each stage's `evals` names registered evaluators."""
+  """Each stage's `evals` names registered evaluators, with the settings
+  they check (CONFIG_CHECKS)."""
   out = []
   for name in C.stage_names(config):
     for entry in stage_evals(config.stages[name]):
@@ -71,4 +81,6 @@ def checks(config: ml_collections.ConfigDict) -> list[C.Check]:
           lambda c, n=name, e=entry: f"config.stages.{n}.evals names {e!r}, "
           f"which is no evaluator; evaluators: "
           f"{', '.join(map(repr, EVALUATORS))}"))
+      if entry in CONFIG_CHECKS:
+        out.append(CONFIG_CHECKS[entry])
   return out

@@ -13,9 +13,12 @@ def _cell(value: Any) -> str:
   return text.replace("|", "\\|").replace("\n", " ")
 
 
-def results_markdown(stage: str, metrics: Mapping[str, Any]) -> str:
-  """A markdown section: scalar metrics, then the sample answers if any."""
-  lines = [f"### Evaluation of stage `{stage}`", "", "| metric | value |",
+def results_markdown(stage: str, metrics: Mapping[str, Any],
+                     title: str | None = None) -> str:
+  """A markdown section: scalar metrics, then the sample answers if any.
+  The heading names the stage, or says `title` when given."""
+  heading = f"### {title}" if title else f"### Evaluation of stage `{stage}`"
+  lines = [heading, "", "| metric | value |",
            "|---|---|"]
   lines += [f"| {k} | {_cell(v)} |" for k, v in metrics.items()
             if isinstance(v, (int, float, str))]
@@ -27,13 +30,17 @@ def results_markdown(stage: str, metrics: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_results(workdir: str, stage: str, metrics: Mapping[str, Any]) -> str:
-  """Writes WORKDIR/eval/<stage>.json (atomically); returns the markdown."""
-  directory = os.path.join(workdir, "eval")
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, f"{stage}.json")
+def write_json(path: str, metrics: Mapping[str, Any]) -> None:
+  """Writes metrics to `path` as JSON, atomically (a reader never sees half
+  a file)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write(json.dumps(dict(metrics), indent=2,
                        default=lambda v: np.asarray(v).tolist()))
   os.replace(path + ".tmp", path)
+
+
+def write_results(workdir: str, stage: str, metrics: Mapping[str, Any]) -> str:
+  """Writes WORKDIR/eval/<stage>.json (atomically); returns the markdown."""
+  write_json(os.path.join(workdir, "eval", f"{stage}.json"), metrics)
   return results_markdown(stage, metrics)

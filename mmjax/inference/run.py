@@ -204,6 +204,18 @@ class Run:
              if self.tokenizer is not None else out.texts)
     return decode.Generation(out.tokens, texts)
 
+  def prompt_pieces(self, prompt: Prompt, n_media: int
+                    ) -> list[prompts.Piece]:
+    """One prompt as `decode.generate` takes it: a string as the templated
+    user turn ending where the answer starts, or token ids as given; split
+    at its `n_media` images (scoring a continuation builds on it)."""
+    return self._pieces(prompt, n_media)
+
+  @property
+  def image_token_id(self) -> int:
+    """The id of an image placeholder in this run's prompts."""
+    return self._image_id
+
   @property
   def _image_id(self) -> int:
     if self.tokenizer is None:  # a conversion: its HF image token
