@@ -40,6 +40,9 @@ tests/configs/test_llava_configs.py):
                      px) + 2x2 PatchMerger + Qwen2-1.5B with M-RoPE
                      [16, 24, 24] (chatml): 2,208,985,600, as published.
                      Its tiny twin: patch 8, 16^2 x 4..64 px per image.
+  naflex_qwen2_1_5b  ours: SigLIP2 So400m/16 NaFlex (each image at its own
+                     aspect ratio, <= 256 patches; final tokens, no MAP
+                     head) + mlp2x_gelu + Qwen2-1.5B (chatml).
   paligemma_3b       SigLIP So400m/14-224 (final post-LN output, no MAP head)
                      + linear + Gemma-2B with vocab 257,152, prefix-LM:
                      2,923,335,408.
@@ -95,6 +98,13 @@ _QWEN2VL_VIT = dict(kind="qwen2vl", width=1280, depth=32, mlp_dim=5120,
                     spatial_merge=2, activation="quick_gelu", norm_eps=1e-6,
                     rope_theta=10000.0, min_pixels=56 * 56,
                     max_pixels=28 * 28 * 1280)
+# SigLIP2 So400m/16 NaFlex: each image resized, aspect kept, to at most
+# max_num_patches 16-px patches; the learned 16 x 16 position grid is
+# resized to every image's own patch grid (models/naflex.py).
+_SO400M_NAFLEX = dict(kind="naflex", width=1152, depth=27, mlp_dim=4304,
+                      n_heads=16, patch_size=16, posemb_grid=16,
+                      max_num_patches=256, norm_eps=1e-6,
+                      activation="gelu_tanh")
 _SO400M = dict(kind="siglip", width=1152, depth=27, mlp_dim=4304, n_heads=16,
                patch_size=14)
 # Decoder LMs: LLaMA-2-7B / Vicuna-7B, Qwen2-1.5B, Gemma-2B.
@@ -142,6 +152,9 @@ _VARIANTS = {
         vision=dict(_QWEN2VL_VIT, image_size=448), feature_layer=None,
         fusion="projection", projector="patch_merger", lm=_QWEN2VL_LM,
         positions="mrope", chat_template="chatml"),
+    "naflex_qwen2_1_5b": dict(
+        vision=_SO400M_NAFLEX, feature_layer=None, fusion="projection",
+        projector="mlp", lm=_QWEN2_1_5B, chat_template="chatml"),
     "paligemma_3b": dict(
         vision=dict(_SO400M, image_size=224), feature_layer=None,
         fusion="projection", projector="linear", lm=_GEMMA_2B,
@@ -188,6 +201,9 @@ def _tiny_twin(spec):
       1 if real["n_kv_heads"] == 1 else 2)
   lm_block.update(n_heads=heads, n_kv_heads=kv,
                   head_dim=None if real["head_dim"] is None else 32)
+  if spec["vision"]["kind"] == "naflex":  # 4x4 position grid, <= 64 patches
+    del vision["image_size"]
+    vision.update(posemb_grid=4, max_num_patches=64)
   if spec["vision"]["kind"] == "qwen2vl":
     # Patch 8 x merge 2: sides are multiples of 16; 4..64 merged tokens an
     # image (a 64x64 shapes picture: 16).
@@ -212,6 +228,8 @@ def model_config(spec, dtype: str, remat: str) -> ml_collections.ConfigDict:
   if spec["vision"]["kind"] == "qwen2vl":  # its config has no pool / remat
     vision = dict(spec["vision"], channels=3, dtype=dtype,
                   param_dtype="float32")
+  elif spec["vision"]["kind"] == "naflex":  # its tokens, no MAP head
+    vision = dict(spec["vision"], channels=3, pool="none", **common)
   else:
     vision = dict(spec["vision"], channels=3, pool="none", **common)
   lm = dict(spec["lm"], logit_softcap=0.0,
@@ -222,7 +240,9 @@ def model_config(spec, dtype: str, remat: str) -> ml_collections.ConfigDict:
       fusion=spec["fusion"], positions=spec.get("positions", "rope"),
       projector=spec.get("projector", "mlp"),
       feature_layer=spec["feature_layer"], image_attention="causal",
-      patch_size=vision["patch_size"], image_size=vision["image_size"],
+      patch_size=vision["patch_size"],
+      image_size=vision.get("image_size",
+                            vision.get("posemb_grid", 0) * vision["patch_size"]),
       channels=3, frames=1, lm=lm, vision=vision,
       # InternVL dynamic tiling (--config.model.tiling=internvl): each
       # image -> min_tiles..max_tiles tiles of the tower's side (+ a

@@ -15,6 +15,7 @@ import numpy as np
 
 from mmjax.data import formats
 from mmjax.data import images as images_lib
+from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data import tiling as tiling_lib
 from mmjax.models.mllm import MLLMConfig
@@ -157,6 +158,19 @@ class Collate:
       batch["image_mask"][i, :len(row)] = True
     return batch
 
+  def _naflex(self, mine: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """NaFlex: each image one padded patch row at its own aspect ratio
+    (`data.naflex.batch_rows`) and image_mask."""
+    vision = self.cfg.vision
+    items = [[naflex_lib.preprocess_for(vision, im)
+              for im in row.get("images", [])] if row["valid"] else []
+             for row in mine]
+    batch = naflex_lib.batch_rows(vision, items, self.max_images)
+    batch["image_mask"] = np.zeros((len(mine), self.max_images), bool)
+    for i, row in enumerate(items):
+      batch["image_mask"][i, :len(row)] = True
+    return batch
+
   def _regions(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """region_weights / region_labels / region_valid of a regions batch."""
     vision = self.cfg.vision
@@ -183,8 +197,12 @@ class Collate:
     mine = rows[self.lo:self.lo + self.local]
     valid = np.asarray([row["valid"] for row in mine], bool)
     b = len(mine)
-    batch = (self._native(rows, mine) if native_lib.takes_native(self.cfg)
-             else self._images(mine))
+    if native_lib.takes_native(self.cfg):
+      batch = self._native(rows, mine)
+    elif naflex_lib.takes_naflex(self.cfg):
+      batch = self._naflex(mine)
+    else:
+      batch = self._images(mine)
     if self.fmt == "contrastive":
       batch["text_tokens"] = np.full((b, self.max_len), self.pad_id, np.int32)
       batch["text_pad_mask"] = np.zeros((b, self.max_len), bool)

@@ -30,6 +30,8 @@ NORMALIZATION = {
 }
 # Qwen2-VL's image processor uses OpenAI CLIP's mean and std.
 NORMALIZATION["qwen2vl"] = NORMALIZATION["clip"]
+# SigLIP2 NaFlex keeps SigLIP's.
+NORMALIZATION["naflex"] = NORMALIZATION["siglip"]
 # InternVL's checkpoints (preprocessor_config.json) use ImageNet's.
 NORMALIZATION["internvit"] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

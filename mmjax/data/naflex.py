@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mmjax.data import images as images_lib
+from mmjax.models import naflex as naflex_model
 
 
 def naflex_size(height: int, width: int, patch: int, max_patches: int,
@@ -97,3 +98,55 @@ def batch(images: list[np.ndarray], **kw) -> dict[str, np.ndarray]:
           "mask": np.stack([o.mask for o in out]),
           "spatial_shapes": np.asarray([o.spatial_shape for o in out],
                                        np.int32)}
+
+
+# ------------------------------------------------ an MLLM's batches (train) --
+# A training batch of an MLLM with a NaFlex tower carries, instead of
+# `images`, each image as its padded patch row under these keys ("naflex_" +
+# the arguments of `MLLM.encode_naflex`), the batch axis first.
+BATCH_KEYS = ("naflex_patches", "naflex_mask", "naflex_spatial_shapes")
+
+
+def takes_naflex(cfg) -> bool:
+  """Whether an MLLMConfig's tower is a NaFlex one."""
+  return getattr(getattr(cfg, "vision", None), "kind",
+                 None) == naflex_model.KIND
+
+
+def size_for(vision, height: int, width: int) -> tuple[int, int]:
+  """(H', W') an image is resized to under a NaFlexConfig's budget."""
+  return naflex_size(height, width, vision.patch_size,
+                     vision.max_num_patches)
+
+
+def preprocess_for(vision, image: np.ndarray) -> NaFlexImage:
+  """`preprocess` with a NaFlexConfig's patch and budget (SigLIP's mean /
+  std)."""
+  return preprocess(image, patch=vision.patch_size,
+                    max_num_patches=vision.max_num_patches, kind="naflex")
+
+
+def batch_rows(vision, rows: list[list[NaFlexImage]], slots: int
+               ) -> dict[str, np.ndarray]:
+  """BATCH_KEYS of a batch: naflex_patches f32[b, M, N, p*p*C],
+  naflex_mask int32[b, M, N], naflex_spatial_shapes int32[b, M, 2]
+  (M = slots; an empty slot is a 1x1 grid with no valid patch)."""
+  n, b = vision.max_num_patches, len(rows)
+  out = {"naflex_patches": np.zeros((b, slots, n, vision.patch_dim),
+                                    np.float32),
+         "naflex_mask": np.zeros((b, slots, n), np.int32),
+         "naflex_spatial_shapes": np.ones((b, slots, 2), np.int32)}
+  for i, items in enumerate(rows):
+    for j, item in enumerate(items):
+      out["naflex_patches"][i, j] = item.patches
+      out["naflex_mask"][i, j] = item.mask
+      out["naflex_spatial_shapes"][i, j] = item.spatial_shape
+  return out
+
+
+def model_inputs(batch) -> dict | None:
+  """The `naflex` argument of `MLLM.__call__` from a batch with BATCH_KEYS
+  (None without them)."""
+  if batch.get(BATCH_KEYS[0]) is None:
+    return None
+  return {key[len("naflex_"):]: batch[key] for key in BATCH_KEYS}

@@ -69,6 +69,7 @@ from absl import flags, logging
 from mmjax.data import batching
 from mmjax.data import formats
 from mmjax.data import images as images_lib
+from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data import packing as packing_lib
 from mmjax.data import tiling as tiling_lib
@@ -201,6 +202,9 @@ class _RowMaker:
       out["downscaled"] = sum(im.shape[0] * im.shape[1] >
                               self.cfg.vision.max_pixels for im in rgb)
       items = [[size] for size in sizes]
+    elif naflex_lib.takes_naflex(self.cfg):  # aspect kept, patch budget
+      items = [[naflex_lib.size_for(self.cfg.vision, *im.shape[:2])]
+               for im in rgb]
     elif tiling_lib.takes_tiles(self.cfg):  # InternVL: tiles of the side
       side = self.cfg.side
       items = [[(side, side)] * tiling_lib.tile_count(self.cfg,
@@ -452,12 +456,13 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
       max_images=max_images, lo=process_index * local, local=local,
       resize=resize)
   per_batch = batch_size
-  if native_lib.takes_native(cfg) and (packing or fmt in ("contrastive",
-                                                          "regions")):
+  if (native_lib.takes_native(cfg) or naflex_lib.takes_naflex(cfg)) and (
+      packing or fmt in ("contrastive", "regions")):
     raise ValueError(
-        f"a native-resolution (Qwen2-VL) tower reads each image at its own "
-        f"size; {'packing' if packing else f'fmt={fmt!r}'} needs square "
-        "images: use packing=False and a chat, caption or preference format")
+        f"a native-resolution (Qwen2-VL, NaFlex) tower reads each image at "
+        f"its own size; {'packing' if packing else f'fmt={fmt!r}'} needs "
+        "square images: use packing=False and a chat, caption or preference "
+        "format")
   if packing:
     if fmt in ("preference", "contrastive", "regions"):
       raise ValueError(f"packing=True packs chat sequences; fmt={fmt!r} "

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.inference import fastv as fastv_lib
 from mmjax.models import layout
@@ -111,7 +112,9 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
       one per Media item, preprocessed; None for text-only prompts. A
       Qwen2-VL model (`native_resolution.takes_native`) takes per example a
       list of items of any sizes (f32[H, W, C] / [F, H, W, C], sides
-      multiples of 28), packed into batch["native"].
+      multiples of 28), packed into batch["native"]. A NaFlex model takes
+      per example its `data.naflex.NaFlexImage` items (an object with
+      `.items`, or a list), batched into batch["naflex"].
     rows: which prompts form this batch.
     image_token_id: the `<image>` id of placeholders and markers.
     pad_id: the id in padding slots.
@@ -172,6 +175,13 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
     out["native"] = native_lib.pack_for(
         cfg.vision, [list(images[r]) for r in fill]).arrays()
     return out
+  if max(counts) and naflex_lib.takes_naflex(cfg):
+    # NaFlex: one padded patch row per image, aspect ratio kept.
+    rows = naflex_lib.batch_rows(
+        cfg.vision, [list(getattr(images[r], "items", images[r]))
+                     for r in fill], max(counts))
+    out["naflex"] = naflex_lib.model_inputs(rows)
+    return out
   if max(counts):
     shape = next(images[r] for r in fill if len(images[r])).shape[1:]
     out["images"] = np.zeros((b, max(counts)) + shape, np.float32)
@@ -227,6 +237,9 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
   if batch.get("native") is not None:
     visual = model.apply(variables, **batch["native"],
                          method=MLLM.encode_native)
+  if batch.get("naflex") is not None:
+    visual = model.apply(variables, **batch["naflex"],
+                         method=MLLM.encode_naflex)
   if fastv is not None:
     logits, cache, kv_valid, slot0 = fastv_lib.pruned_prefill(
         model, params, batch, visual, fastv=fastv, pruned_len=pruned_len,

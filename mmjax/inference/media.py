@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmjax.data import images as images_lib
+from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data import tiling as tiling_lib
 from mmjax.models import layout
@@ -60,6 +61,12 @@ def media_arrays(cfg, stills: Sequence[np.ndarray],
   cfg.frames; a still image is repeated F times), None without media."""
   if native_lib.takes_native(cfg):
     return native_media(cfg.vision, stills, video, max_frames)
+  if naflex_lib.takes_naflex(cfg) and (stills or video):
+    if video:
+      raise InputError("a NaFlex model takes images, not video; pass the "
+                       "frames as images")
+    return NaFlexMedia(tuple(naflex_lib.preprocess_for(cfg.vision, im)
+                             for im in stills), cfg.vision.patch_size)
   if tiling_lib.takes_tiles(cfg) and (stills or video):
     if video:
       raise InputError("an InternVL-tiled model takes images, not video; "
@@ -128,9 +135,30 @@ def tiled_media(cfg, stills: Sequence[np.ndarray]) -> TiledMedia:
   return TiledMedia(np.stack(tiles), tuple(len(t) for t in per_image))
 
 
+@dataclasses.dataclass(frozen=True)
+class NaFlexMedia:
+  """NaFlex images of one prompt: each a padded patch row at its own aspect
+  ratio (`data.naflex.NaFlexImage`), and the tower's patch size."""
+  items: tuple[Any, ...]
+  patch: int
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+
 def expand_tiles(pieces: Sequence, media: Any) -> list:
-  """Prompt pieces with each image's `layout.Media` repeated once per tile
-  when `media` is TiledMedia (else the pieces as they are)."""
+  """Prompt pieces as the model reads `media`: each image's `layout.Media`
+  repeated once per tile (TiledMedia) or sized as its NaFlex patch grid
+  (NaFlexMedia); other media leave the pieces as they are."""
+  if isinstance(media, NaFlexMedia):
+    sizes = iter(media.items)
+    out = []
+    for piece in pieces:
+      if isinstance(piece, layout.Media):
+        h, w = next(sizes).spatial_shape
+        piece = layout.Media(h * media.patch, w * media.patch)
+      out.append(piece)
+    return out
   if not isinstance(media, TiledMedia):
     return list(pieces)
   counts = iter(media.counts)

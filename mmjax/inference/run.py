@@ -186,8 +186,9 @@ class Run:
     media = [None if m is None else media_lib.model_media(m) for m in media]
     if all(m is None for m in media):
       media = None
-    elif native_lib.takes_native(self.cfg):  # lists of any-size items
-      media = [[] if m is None else m for m in media]
+    elif native_lib.takes_native(self.cfg) or not isinstance(
+        next(m for m in media if m is not None), np.ndarray):
+      media = [[] if m is None else m for m in media]  # items of any size
     else:  # prompts without images get an empty [0, ...] array
       shape = next(m for m in media if m is not None).shape[1:]
       media = [np.zeros((0,) + shape, np.float32) if m is None else m

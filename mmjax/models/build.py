@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax.models import layout
+from mmjax.models import naflex as naflex_lib
 from mmjax.models.decoder import DecoderConfig, DecoderLM
 from mmjax.models.mllm import MLLM, MLLMConfig, mllm_config_from_dict
 from mmjax.models.text_tower import TextTowerConfig, TwoTower
@@ -51,7 +52,8 @@ def dummy_inputs(cfg: MLLMConfig, image_token_id: int
   """One tiny example with one image: enough to initialise the MLLM.
 
   Returns tokens int32[1, L], positions [1, L] (or [3, 1, L] for M-RoPE),
-  images f32[1, 1, S, S, C] (or [1, 1, F, S, S, C] for video), image_mask
+  images f32[1, 1, S, S, C] (or [1, 1, F, S, S, C] for video; a NaFlex
+  tower gets `naflex` patch rows instead, `MLLM.encode_naflex`), image_mask
   bool[1, 1], image_token_mask / media_locations bool[1, L].
   """
   side = cfg.side
@@ -59,12 +61,23 @@ def dummy_inputs(cfg: MLLMConfig, image_token_id: int
                              [7]], image_token_id, v2pe_stride=256)
   shape = (1, 1) + ((cfg.frames,) if cfg.frames > 1 else ()) + (
       side, side, cfg.channels)
-  return {"tokens": jnp.asarray(ex["tokens"])[None],
-          "positions": jnp.asarray(ex["positions"])[..., None, :],
-          "images": jnp.zeros(shape, jnp.float32),
-          "image_mask": jnp.ones((1, 1), bool),
-          "image_token_mask": jnp.asarray(ex["image_token_mask"])[None],
-          "media_locations": jnp.asarray(ex["media_locations"])[None]}
+  out = {"tokens": jnp.asarray(ex["tokens"])[None],
+         "positions": jnp.asarray(ex["positions"])[..., None, :],
+         "images": jnp.zeros(shape, jnp.float32),
+         "image_mask": jnp.ones((1, 1), bool),
+         "image_token_mask": jnp.asarray(ex["image_token_mask"])[None],
+         "media_locations": jnp.asarray(ex["media_locations"])[None]}
+  if isinstance(cfg.vision, naflex_lib.NaFlexConfig):
+    # A NaFlex tower reads patch rows (MLLM(naflex=...)): one image at the
+    # position grid's size, g x g real patches of max_num_patches.
+    v, g = cfg.vision, cfg.vision.posemb_grid
+    n = v.max_num_patches
+    out.pop("images")
+    out["naflex"] = {
+        "patches": jnp.zeros((1, 1, n, v.patch_dim), jnp.float32),
+        "mask": (jnp.arange(n) < g * g).astype(jnp.int32)[None, None],
+        "spatial_shapes": jnp.asarray([[[g, g]]], jnp.int32)}
+  return out
 
 
 def mllm_init(model: MLLM, image_token_id: int

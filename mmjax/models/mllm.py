@@ -358,6 +358,7 @@ class MLLM(nn.Module):
       prefix_len: jax.Array | None = None,
       logits: bool = True,
       native: Mapping[str, jax.Array] | None = None,
+      naflex: Mapping[str, jax.Array] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits f32[B, L, V] (and the updated KV cache when one is given).
 
@@ -369,11 +370,14 @@ class MLLM(nn.Module):
     before it attend bidirectionally (PaliGemma's image + prompt).
     native: the arguments of `encode_native` (a Qwen2-VL tower's packed
     media, `native_resolution.model_inputs` of a training batch) instead of
-    `images`.
+    `images`; naflex: the arguments of `encode_naflex` (a NaFlex tower's
+    patch rows, `data.naflex.model_inputs`).
     """
     cfg = self.cfg
     if visual is None and native is not None:
       visual = self.encode_native(**native)
+    if visual is None and naflex is not None:
+      visual = self.encode_naflex(**naflex)
     if visual is None and images is not None:
       visual = self.encode_images(images)
     kwargs = dict(segment_ids=segment_ids, attention_mask=attention_mask,

@@ -10,9 +10,11 @@ import ml_collections
 from mmjax import config as C
 from mmjax import parallel
 from mmjax.data import datasets
+from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data import tiling as tiling_lib
 from mmjax.models import build, decoder, layout, qwen2vl_vision
+from mmjax.models import naflex as naflex_model
 from mmjax.models.decoder import DecoderConfig
 from mmjax.train import groups, optim, stages
 
@@ -115,9 +117,10 @@ def _check_native_formats(config):
   """A native-resolution tower reads each image at its own size, InternVL
   tiling as several tiles: stages whose losses need one square image
   (contrastive, regions) can use neither."""
-  if (config.model.get("vision") or {}).get("kind") == qwen2vl_vision.KIND:
-    what = (f"config.model.vision.kind={qwen2vl_vision.KIND!r} reads each "
-            "image at its own size; drop the stage or use a ViT tower")
+  kind = (config.model.get("vision") or {}).get("kind")
+  if kind in (qwen2vl_vision.KIND, naflex_model.KIND):
+    what = (f"config.model.vision.kind={kind!r} reads each image at its "
+            "own size; drop the stage or use a ViT tower")
   elif config.model.get("tiling", "none") == "internvl":
     what = ("config.model.tiling='internvl' cuts each image into tiles; "
             "drop the stage or set config.model.tiling='none'")
@@ -151,6 +154,8 @@ _UNPACKABLE = {
     "native": "a native-resolution (Qwen2-VL) tower already packs each "
               "row's images at their own sizes; packing its rows of text "
               "too is not built",
+    "naflex": "a NaFlex tower reads one padded patch row per image; "
+              "packing rows of several examples is not built for it",
     "tiles": "InternVL tiling turns an image into a varying number of "
              "tiles, which the packer's per-row image budget does not "
              "count"}
@@ -169,6 +174,7 @@ def _check_packing(config):
   reason = ("cross_attention" if cfg.fusion == "cross_attention" else
             "prefix_lm" if cfg.lm.prefix_lm else
             "native" if native_lib.takes_native(cfg) else
+            "naflex" if naflex_lib.takes_naflex(cfg) else
             "tiles" if tiling_lib.takes_tiles(cfg) else None)
   if reason:
     raise C.ConfigError(

@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from mmjax import config as C
 from mmjax import parallel
 from mmjax.data import batching
+from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.models import build, flops
 from mmjax.train import groups, lora, stages, trainer
@@ -185,6 +186,13 @@ def abstract_batch(config: ml_collections.ConfigDict, stage_name: str,
                native_segment_ids=s((batch, n), "int32"),
                native_row_index=s((batch, n // v.spatial_merge ** 2),
                                   "int32"))
+  if naflex_lib.takes_naflex(cfg):  # one padded patch row per row
+    v = cfg.vision
+    n = v.max_num_patches
+    del out["images"]
+    out.update(naflex_patches=s((batch, 1, n, v.patch_dim), "float32"),
+               naflex_mask=s((batch, 1, n), "int32"),
+               naflex_spatial_shapes=s((batch, 1, 2), "int32"))
   pos = {"mrope": s((3, batch, seq_len), "int32"),
          "v2pe": s((batch, seq_len), "float32")}.get(
              cfg.positions, s((batch, seq_len), "int32"))

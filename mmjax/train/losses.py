@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 
 
@@ -362,7 +363,8 @@ def concat_preference_pair(batch: dict[str, jax.Array]
     out[key] = jnp.concatenate([_pad_to(chosen, length, chosen.ndim - 1),
                                 _pad_to(rejected, length, rejected.ndim - 1)],
                                axis=axis)
-  for key in ("images", "image_mask") + native_lib.BATCH_KEYS:
+  for key in (("images", "image_mask") + native_lib.BATCH_KEYS +
+              naflex_lib.BATCH_KEYS):
     value = batch.get(key)
     out[key] = None if value is None else jnp.concatenate([value, value], 0)
   return out
@@ -425,6 +427,9 @@ def preference_loss(model_apply: Callable[..., jax.Array], params: Any,
     native = native_lib.model_inputs(pair)
     if native is not None:  # a Qwen2-VL tower's packed patches per row
       kw["native"] = native
+    naflex = naflex_lib.model_inputs(pair)
+    if naflex is not None:  # a NaFlex tower's patch rows
+      kw["naflex"] = naflex
     out = model_apply(p, pair["tokens"], pair["positions"],
                       images=pair["images"], image_mask=pair["image_mask"],
                       image_token_mask=pair["image_token_mask"],

@@ -22,8 +22,8 @@ from tests.conftest import REPO
 from tests.data import hf_tokenizers
 
 RECIPE = os.path.join(REPO, "configs", "llava.py")
-VARIANTS = ("llava15_7b", "siglip_qwen2_1_5b", "qwen2vl_2b", "paligemma_3b",
-            "resampler_7b", "xattn_7b")
+VARIANTS = ("llava15_7b", "siglip_qwen2_1_5b", "qwen2vl_2b",
+            "naflex_qwen2_1_5b", "paligemma_3b", "resampler_7b", "xattn_7b")
 
 # Published (DESIGN.md section 5).
 LLAVA15_7B_HF = 7_063_427_072         # llava-hf, with CLIP's unused last block
@@ -107,12 +107,16 @@ def test_qwen2vl_2b_equals_the_published_count():
     ("resampler_7b", 7_873_847_152),
     # CLIP-L/14-224 to layer -2 + Flamingo resampler + Vicuna-7B with gated
     # cross-attention before every 4th layer.
-    ("xattn_7b", 8_510_280_720)])
+    ("xattn_7b", 8_510_280_720),
+    # SigLIP2 So400m/16 NaFlex (no MAP head) + mlp2x_gelu + Qwen2-1.5B.
+    ("naflex_qwen2_1_5b", 1_960_495_856)])
 def test_our_variants_counts(variant, expected):
   by_group, total = _counts(_load(variant))
   assert total == expected
   llm = sum(n for g, n in by_group.items() if g == "llm")
-  if variant == "resampler_7b":
+  if variant == "naflex_qwen2_1_5b":
+    assert llm == QWEN2_1_5B
+  elif variant == "resampler_7b":
     assert llm == LLAMA2_7B_VOCAB_32064
   else:  # the same LM plus 8 gated blocks
     assert llm > LLAMA2_7B_VOCAB_32064

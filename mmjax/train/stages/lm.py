@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax import config as C
+from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.models import build
@@ -45,7 +46,8 @@ def mllm_apply(model: MLLM, params, batch, prefix: str = "",
   prefixed); logits=False: the LM's final-normed hidden states [B, L, D].
   A prefix-LM (model.cfg.lm.prefix_lm) gets `prefix_len` from loss_mask;
   packed batches pass their `segment_ids` (attention within each example);
-  native-resolution batches their packed patches (`native_*` keys)."""
+  native-resolution batches their packed patches (`native_*` keys), NaFlex
+  ones their patch rows (`naflex_*`)."""
   get = lambda k: batch.get(prefix + k, batch.get(k))
   kwargs = {}
   lm_cfg = getattr(model.cfg, "lm", model.cfg)
@@ -56,6 +58,9 @@ def mllm_apply(model: MLLM, params, batch, prefix: str = "",
   native = native_lib.model_inputs(batch)  # a Qwen2-VL tower's own sizes
   if native is not None:
     kwargs["native"] = native
+  naflex = naflex_lib.model_inputs(batch)  # a NaFlex tower's patch rows
+  if naflex is not None:
+    kwargs["naflex"] = naflex
   return model.apply(
       {"params": params}, get("tokens"), get("positions"),
       images=batch.get("images"), image_mask=batch.get("image_mask"),

@@ -1,0 +1,136 @@
+"""Training with a SigLIP2 NaFlex tower (issue 23): each image keeps its
+aspect ratio as one padded patch row (`data/naflex.py`), placeholders =
+its real patches (`configs/llava.py:naflex_qwen2_1_5b_tiny`).
+
+  pipeline batches: patch rows, masks and placeholders per image
+  the training path equals the tower on `data.naflex.batch` (the path the
+  SigLIP2 parity test pins), valid tokens first
+  refusals: square-only stages and packing
+  end to end: train on mixed-size PNGs, answer about a 37x91 image through
+  `python -m mmjax.generate`
+"""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax import testing
+from mmjax.config import ConfigError, load_config
+from mmjax.data import naflex as naflex_lib
+from mmjax.data import pipeline
+from mmjax.models import build
+from mmjax.models import naflex as naflex_model
+from mmjax.models.mllm import MLLM
+from mmjax.train import config_checks
+from tests import helpers
+from tests.conftest import REPO
+from tests.data import hf_tokenizers
+
+SPEC = f"{REPO}/configs/llava.py:naflex_qwen2_1_5b_tiny"
+SIZES = [(37, 91), (120, 40), (20, 20), (64, 64), (300, 260)]
+
+
+def _image(h, w, seed):
+  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model():
+  module = build.build_model(load_config(SPEC))
+  return module, testing.random_params(module, seed=4)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  from mmjax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  path = hf_tokenizers.qwen_dir(tmp_path_factory.mktemp("qwen"))
+  return hf_tokenizer.HFTokenizer.load(path, "chatml")
+
+
+def test_pipeline_batch_keeps_each_aspect(model, tokenizer):
+  module, params = model
+  cfg = module.cfg
+  source = [{"id": f"r{i}", "image": _image(h, w, i), "conversations": [
+      {"from": "human", "value": "<image>\nWhat is it?"},
+      {"from": "gpt", "value": f"picture {i}."}]}
+            for i, (h, w) in enumerate(SIZES)]
+  it = pipeline.make_iterator(source, fmt="llava_conversations", cfg=cfg,
+                              tokenizer=tokenizer, batch_size=5, seed=0,
+                              max_len=320, train=False)
+  batch = next(it)
+  assert "images" not in batch and set(naflex_lib.BATCH_KEYS) <= set(batch)
+  vision = cfg.vision
+  for b, (h, w) in enumerate(SIZES):
+    th, tw = naflex_lib.size_for(vision, h, w)
+    n = (th // vision.patch_size) * (tw // vision.patch_size)
+    assert n <= vision.max_num_patches
+    assert batch["naflex_mask"][b, 0].sum() == n
+    assert tuple(batch["naflex_spatial_shapes"][b, 0]) == (
+        th // vision.patch_size, tw // vision.patch_size)
+    assert batch["image_token_mask"][b].sum() == n
+  # The training path's visual tokens equal the tower on `naflex.batch`
+  # (what tests/hf/test_siglip2_naflex.py compares with transformers).
+  got = module.apply({"params": params}, **naflex_lib.model_inputs(
+      {k: jnp.asarray(batch[k]) for k in naflex_lib.BATCH_KEYS}),
+                     method=MLLM.encode_naflex)
+  ref = naflex_lib.batch([_image(h, w, i) for i, (h, w) in enumerate(SIZES)],
+                         patch=vision.patch_size,
+                         max_num_patches=vision.max_num_patches,
+                         kind="naflex")
+  tower = naflex_model.NaFlexVisionTower(vision)
+  out = tower.apply({"params": params["vision"]}, jnp.asarray(ref["patches"]),
+                    jnp.asarray(ref["mask"]),
+                    jnp.asarray(ref["spatial_shapes"]))
+  want = module.apply({"params": params}, out.tokens, None,
+                      method=lambda m, t, g: m.connector(t, g))
+  for b in range(len(SIZES)):
+    n = int(ref["mask"][b].sum())
+    np.testing.assert_allclose(np.asarray(got[b, 0, :n]),
+                               np.asarray(want[b, :n]), atol=1e-5)
+
+
+def test_refusals():
+  config = load_config(SPEC)
+  config.data.packing = True
+  checks = config_checks._mllm_data_checks(config)  # pylint: disable=protected-access
+  with pytest.raises(ConfigError, match="NaFlex"):
+    config_checks.C.validate(config, checks)
+  config = load_config(SPEC)
+  config.stages.pretrain.data = "contrastive"
+  checks = config_checks._mllm_data_checks(config)  # pylint: disable=protected-access
+  with pytest.raises(ConfigError, match="naflex.*own size"):
+    config_checks.C.validate(config, checks)
+
+
+@pytest.mark.slow
+def test_trains_on_mixed_size_pngs_and_answers_about_a_37x91_image(
+    tmp_path):
+  images = tmp_path / "images"
+  images.mkdir()
+  records = []
+  for i, (h, w) in enumerate(SIZES + [(48, 160)]):
+    Image.fromarray(_image(h, w, i)).save(images / f"{i}.png")
+    records.append({"id": f"r{i}", "image": f"{i}.png", "conversations": [
+        {"from": "human", "value": "<image>\nHow wide is it?"},
+        {"from": "gpt", "value": f"{w} pixels."}]})
+  (tmp_path / "data.json").write_text(json.dumps(records))
+  tok = hf_tokenizers.qwen_dir(tmp_path / "qwen")
+  from mmjax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  vocab = hf_tokenizer.HFTokenizer.load(tok, "chatml").vocab_size
+  workdir = tmp_path / "run"
+  proc = helpers.run_cli(
+      "mmjax.main", f"--config={SPEC},steps=2", f"--workdir={workdir}",
+      f"--config.tokenizer={tok}", f"--config.model.lm.vocab_size={vocab}",
+      "--config.stage_order=('sft',)",
+      f"--config.data.folder_json={tmp_path / 'data.json'}",
+      f"--config.data.folder_images={images}",
+      f"--config.data.data_dir={tmp_path / 'tfds'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  Image.fromarray(_image(37, 91, 7)).save(tmp_path / "q.png")
+  proc = helpers.run_cli("mmjax.generate", f"--workdir={workdir}",
+                         f"--image={tmp_path / 'q.png'}",
+                         "--prompt=How wide is it?", "--max_new_tokens=4")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip()
