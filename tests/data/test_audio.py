@@ -115,3 +115,13 @@ def test_log_mel_bad_input():
     audio.log_mel(np.zeros(480_001, np.float32), truncate=False)
   with pytest.raises(ValueError, match="n_mels"):
     audio.log_mel(np.zeros(100, np.float32), n_mels=64)
+
+
+def test_flac_without_soundfile_says_what_to_install(tmp_path, monkeypatch):
+  from mmjax.data.audio import reading  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(reading, "_soundfile", lambda: None)
+  path = tmp_path / "clip.flac"
+  path.write_bytes(b"fLaC\x00\x00\x00\x22")
+  with pytest.raises(ValueError, match="needs the soundfile package") as e:
+    audio.load_audio(path)
+  assert "\n" not in str(e.value)
