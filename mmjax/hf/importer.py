@@ -59,6 +59,7 @@ _IMPORTERS: dict[str, tuple[str, Callable[..., Any]]] = {
     "fuyu": ("connector", mllm_lib.fuyu_import),
     "idefics": ("lm", mllm_lib.idefics_import),
     "whisper": ("audio", whisper_lib.whisper_import),
+    "qwen2_audio_encoder": ("audio", whisper_lib.whisper_import),
 }
 SUPPORTED_MODEL_TYPES = tuple(_IMPORTERS)
 _TOKEN_KEYS = ("image_token_index", "image_token_id", "video_token_id",

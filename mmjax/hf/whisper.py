@@ -1,4 +1,7 @@
-"""Whisper's encoder: WhisperModel or WhisperForConditionalGeneration.
+"""Whisper's encoder: WhisperModel or WhisperForConditionalGeneration; and
+Qwen2-Audio's audio tower (`Qwen2AudioEncoder`, model_type
+'qwen2_audio_encoder', tensors unprefixed): the same encoder with an average
+pool over pairs of outputs before its final LayerNorm (`pool=2`).
 
 Hugging Face names (E = `model.encoder.` in WhisperForConditionalGeneration,
 `encoder.` in WhisperModel) -> mmjax `WhisperEncoder` (family 'audio',
@@ -33,17 +36,26 @@ from mmjax.hf import vision as hf_vision
 from mmjax.hf.safetensors_io import Checkpoint, HFImportError
 from mmjax.models.whisper import WhisperEncoderConfig, sinusoids
 
-# transformers 4.57.1 WhisperConfig defaults for keys a config.json may omit.
-_DEFAULTS = dict(num_mel_bins=80, d_model=384, encoder_layers=4,
-                 encoder_attention_heads=6, encoder_ffn_dim=1536,
-                 max_source_positions=1500, activation_function="gelu")
-PREFIXES = ("model.encoder.", "encoder.")
+# transformers 4.57.1 defaults for keys a config.json may omit:
+# WhisperConfig, Qwen2AudioEncoderConfig (Whisper-large-v3's encoder).
+_DEFAULTS = {
+    "whisper": dict(num_mel_bins=80, d_model=384, encoder_layers=4,
+                    encoder_attention_heads=6, encoder_ffn_dim=1536,
+                    max_source_positions=1500, activation_function="gelu"),
+    "qwen2_audio_encoder": dict(
+        num_mel_bins=128, d_model=1280, encoder_layers=32,
+        encoder_attention_heads=20, encoder_ffn_dim=5120,
+        max_source_positions=1500, activation_function="gelu"),
+}
+PREFIXES = {"whisper": ("model.encoder.", "encoder."),
+            "qwen2_audio_encoder": ("audio_tower.", "")}
 POSITIONS_TOL = 1e-3
 
 
-def encoder_config(config: Mapping[str, Any]) -> WhisperEncoderConfig:
-  """WhisperEncoderConfig of a Whisper config.json dict."""
-  get = lambda k: config.get(k, _DEFAULTS[k])
+def encoder_config(config: Mapping[str, Any],
+                   model_type: str = "whisper") -> WhisperEncoderConfig:
+  """WhisperEncoderConfig of a Whisper (or Qwen2-Audio encoder) config."""
+  get = lambda k: config.get(k, _DEFAULTS[model_type][k])
   return WhisperEncoderConfig(
       n_mels=int(get("num_mel_bins")), width=int(get("d_model")),
       depth=int(get("encoder_layers")),
@@ -51,7 +63,7 @@ def encoder_config(config: Mapping[str, Any]) -> WhisperEncoderConfig:
       mlp_dim=int(get("encoder_ffn_dim")),
       max_positions=int(get("max_source_positions")),
       activation=hf_vision._act(get("activation_function")),  # pylint: disable=protected-access
-      norm_eps=1e-5)
+      norm_eps=1e-5, pool=2 if model_type == "qwen2_audio_encoder" else 1)
 
 
 def _conv(key: str, d_out: int, d_in: int) -> P.Src:
@@ -112,12 +124,16 @@ def check_positions(ckpt: Checkpoint, cfg: WhisperEncoderConfig,
 def whisper_import(ckpt: Checkpoint, config: Mapping[str, Any],
                    notes: list[str]
                    ) -> tuple[dict[str, Any], P.Plan, list[str]]:
-  """WhisperModel / WhisperForConditionalGeneration -> family 'audio'."""
-  cfg = encoder_config(config)
-  prefix = ckpt.resolve_prefix(PREFIXES, "conv1.weight", "Whisper encoder")
+  """WhisperModel / WhisperForConditionalGeneration / Qwen2AudioEncoder ->
+  family 'audio'."""
+  model_type = config["model_type"]
+  cfg = encoder_config(config, model_type)
+  prefix = ckpt.resolve_prefix(PREFIXES[model_type], "conv1.weight",
+                               f"{model_type} encoder")
   check_positions(ckpt, cfg, prefix, notes)
-  ignore = [prefix + "embed_positions.weight", "model.decoder.*",
-            "decoder.*", "proj_out.*"]
-  notes.append("Whisper: imported the encoder only (the decoder was "
-               "skipped).")
+  ignore = [prefix + "embed_positions.weight"]
+  if model_type == "whisper":
+    ignore += ["model.decoder.*", "decoder.*", "proj_out.*"]
+    notes.append("Whisper: imported the encoder only (the decoder was "
+                 "skipped).")
   return dataclasses.asdict(cfg), encoder_plan(cfg, prefix, "audio/"), ignore

@@ -22,6 +22,7 @@ Module tree (hf/whisper.py maps `encoder.*` onto it):
   layers_{i}  WhisperBlock, pre-LN:
     norm1, attn{q, k, v, o}  (q, v, o biased; k without), norm2,
     mlp{fc1, fc2}            (GELU, mlp_dim = 4 D)
+  (pool)    Qwen2-Audio only (`pool=2`): average over pairs of frames
   norm      final LayerNorm
 """
 
@@ -58,6 +59,9 @@ class WhisperEncoderConfig:
     activation: MLP activation (HF activation_function 'gelu' = erf).
     norm_eps: LayerNorm epsilon (1e-5, torch's default).
     attention: `layers.ATTENTION_IMPLS`.
+    pool: average-pool the outputs over windows of `pool` frames (stride
+      `pool`, a trailing partial window dropped) before the final
+      LayerNorm: Qwen2-Audio's encoder (2; 40 ms per output); 1 = Whisper.
   """
   n_mels: int = 80
   width: int = 384
@@ -68,12 +72,13 @@ class WhisperEncoderConfig:
   activation: str = "gelu"
   norm_eps: float = 1e-5
   attention: str = "einsum"
+  pool: int = 1
   dtype: str = "float32"
   param_dtype: str = "float32"
 
   def __post_init__(self):
     for name in ("n_mels", "width", "depth", "n_heads", "mlp_dim",
-                 "max_positions"):
+                 "max_positions", "pool"):
       if getattr(self, name) <= 0:
         raise ValueError(f"WhisperEncoderConfig.{name} must be positive, got "
                          f"{getattr(self, name)}.")
@@ -132,10 +137,32 @@ def sinusoids(length: int, channels: int,
   return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
 
 
-def output_mask(mask: jax.Array) -> jax.Array:
-  """Frame mask bool[B, T] -> the encoder outputs' bool[B, ceil(T / 2)]
-  (output j is centred on input frame 2 j)."""
-  return mask[:, ::2]
+def pool_frames(x: jax.Array, window: int) -> jax.Array:
+  """Mean over non-overlapping windows of frames (torch AvgPool1d(w, w)):
+  [B, N, D] -> [B, N // window, D]; a trailing partial window is dropped."""
+  if window == 1:
+    return x
+  b, n, d = x.shape
+  n = n // window * window
+  return x[:, :n].reshape(b, n // window, window, d).mean(axis=2)
+
+
+def pool_mask(mask: jax.Array, window: int) -> jax.Array:
+  """bool[B, N] -> bool[B, N // window] for `pool_frames`: a window is valid
+  when all of it is."""
+  if window == 1:
+    return mask
+  b, n = mask.shape
+  n = n // window * window
+  return mask[:, :n].reshape(b, n // window, window).all(axis=-1)
+
+
+def output_mask(mask: jax.Array, pool: int = 1) -> jax.Array:
+  """Frame mask bool[B, T] -> the encoder outputs' mask: bool[B, ceil(T/2)]
+  (output j is centred on input frame 2 j), then with `pool` > 1
+  bool[B, ceil(T/2) // pool], a pooled output valid when its whole window
+  is (Qwen2-Audio's lengths: (L - 2) // 2 + 1 of L conv outputs)."""
+  return pool_mask(mask[:, ::2], pool)
 
 
 class WhisperAttention(nn.Module):
@@ -188,9 +215,10 @@ class WhisperEncoder(nn.Module):
   def __call__(self, features: jax.Array,
                mask: jax.Array | None = None) -> jax.Array:
     """features: f32[B, T, n_mels], T <= 2 * max_positions; mask: bool[B, T]
-    (True = the clip) or None -> f32[B, ceil(T / 2), D].
+    (True = the clip) or None -> f32[B, ceil(T / 2) // pool, D].
 
-    Outputs where `output_mask(mask)` is False are padding: ignore them.
+    Outputs where `output_mask(mask, cfg.pool)` is False are padding:
+    ignore them.
     """
     cfg = self.cfg
     chex.assert_rank(features, 3)
@@ -222,8 +250,9 @@ class WhisperEncoder(nn.Module):
     n = x.shape[1]
     pos = jnp.asarray(sinusoids(cfg.max_positions, cfg.width)[:n], dtype)
     x = nn.with_logical_constraint(x + pos[None], _ACT)
-    attn_mask = None if mask is None else output_mask(mask)[:, None, :]
+    attn_mask = None if mask is None else mask[:, None, ::2]
     for i in range(cfg.depth):
       x = WhisperBlock(cfg, name=f"layers_{i}")(x, attn_mask)
+    x = pool_frames(x, cfg.pool)
     return layer_norm(cfg.norm_eps, dtype=dtype,
                       param_dtype=jnp.dtype(cfg.param_dtype), name="norm")(x)
