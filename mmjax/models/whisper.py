@@ -2,7 +2,7 @@
 
   cfg = whisper_variant("tiny")                 # 384 x 4 layers x 6 heads
   enc = WhisperEncoder(cfg)
-  hidden = enc.apply({"params": p}, features)   # f32[B, 3000, 80] -> [B, 1500, 384]
+  hidden = enc.apply({"params": p}, features)   # [B, 3000, 80] -> [B, 1500, 384]
   hidden = enc.apply({"params": p}, features, mask)   # variable length
 
 Input: log-mel features `f32[B, T, n_mels]` (frames first:

@@ -1,7 +1,7 @@
 """Whisper's log-mel front end in numpy (HF `WhisperFeatureExtractor`).
 
   features, mask = log_mel(audio)                  # f32[3000, 80], bool[3000]
-  features, mask = log_mel(audio, pad=False)       # f32[T, 80], T = ceil(L / 160)
+  features, mask = log_mel(audio, pad=False)       # f32[ceil(L / 160), 80]
   features, mask = log_mel_batch(clips, pad=False) # f32[B, T, 80], bool[B, T]
 
 audio: f32[L] mono at 16 kHz (`reading.load_audio` reads and resamples a
