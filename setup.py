@@ -33,6 +33,8 @@ setuptools.setup(
         # dependencies besides torch, so not in `test`; torch pinned, as
         # above.
         "lmms": ["lmms-eval==0.7.*", "torch==2.13.0"],
+        # FLAC / OGG for mmjax.data.audio (WAV is read without it).
+        "audio": ["soundfile>=0.12"],
     },
     # `python -m lmms_eval --model mmjax` finds the model class here.
     entry_points={"lmms_eval.models": [

@@ -1,4 +1,4 @@
-"""What an imported checkpoint becomes: five families of mmjax models.
+"""What an imported checkpoint becomes: the families of mmjax models.
 
   family      module                          param tree (top level)
   lm          DecoderLM(DecoderConfig)        DecoderLM's own (embed, layers_*,
@@ -11,9 +11,12 @@
   connector   QFormerConnector (kind          connector
               'qformer') / OneBackbonePatches
               (kind 'one_backbone')
+  audio       WhisperEncoder                  audio (Whisper's encoder)
+              (WhisperEncoderConfig)
 
 `vision` and `connector` trees are wrapped in the group name an `MLLM` uses,
-so a stage can take them as that group of a larger model.
+so a stage can take them as that group of a larger model; `audio` (an audio
+tower) likewise sits under `audio`.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from mmjax.models import naflex as naflex_lib
 from mmjax.models import qformer as qformer_lib
 from mmjax.models import text_tower
 from mmjax.models import vision as vision_lib
+from mmjax.models import whisper as whisper_lib
 from mmjax.models.decoder import DecoderConfig, DecoderLM
 
-FAMILIES = ("lm", "mllm", "vision", "two_tower", "connector", "naflex")
+FAMILIES = ("lm", "mllm", "vision", "two_tower", "connector", "naflex",
+            "audio")
 # Families whose module's params sit under one group name in the saved tree.
-GROUP = {"vision": "vision", "connector": "connector", "naflex": "vision"}
+GROUP = {"vision": "vision", "connector": "connector", "naflex": "vision",
+         "audio": "audio"}
 
 
 def build_module(family: str, model: Mapping[str, Any]) -> nn.Module:
@@ -49,6 +55,9 @@ def build_module(family: str, model: Mapping[str, Any]) -> nn.Module:
   if family == "naflex":
     return naflex_lib.NaFlexVisionTower(
         naflex_lib.NaFlexConfig.from_dict(model))
+  if family == "audio":
+    return whisper_lib.WhisperEncoder(
+        whisper_lib.WhisperEncoderConfig.from_dict(model))
   if family == "two_tower":
     return text_tower.TwoTower(
         vision_lib.VisionConfig.from_dict(model["vision"]),
@@ -100,6 +109,8 @@ def dummy_inputs(family: str, model: Mapping[str, Any],
     n = cfg.max_num_patches
     return (jnp.zeros((1, n, cfg.patch_dim), jnp.float32),
             jnp.ones((1, n), bool), jnp.ones((1, 2), jnp.int32)), {}
+  if family == "audio":
+    return (jnp.zeros((1, 2, model["n_mels"]), jnp.float32),), {}
   if family == "two_tower":
     v, t = model["vision"], model["text"]
     s = v["image_size"]

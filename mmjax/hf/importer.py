@@ -34,6 +34,7 @@ from mmjax.hf import plan as P
 from mmjax.hf import qwen2vl as qwen2vl_lib
 from mmjax.hf import siglip2 as siglip2_lib
 from mmjax.hf import vision as vision_lib
+from mmjax.hf import whisper as whisper_lib
 from mmjax.hf.safetensors_io import Checkpoint, HFImportError, short_list
 
 _IMPORTERS: dict[str, tuple[str, Callable[..., Any]]] = {
@@ -57,6 +58,8 @@ _IMPORTERS: dict[str, tuple[str, Callable[..., Any]]] = {
     "blip-2": ("connector", mllm_lib.blip2_import),
     "fuyu": ("connector", mllm_lib.fuyu_import),
     "idefics": ("lm", mllm_lib.idefics_import),
+    "whisper": ("audio", whisper_lib.whisper_import),
+    "qwen2_audio_encoder": ("audio", whisper_lib.whisper_import),
 }
 SUPPORTED_MODEL_TYPES = tuple(_IMPORTERS)
 _TOKEN_KEYS = ("image_token_index", "image_token_id", "video_token_id",
