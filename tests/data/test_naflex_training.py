@@ -9,12 +9,9 @@ its real patches (`configs/llava.py:naflex_qwen2_1_5b_tiny`).
   end to end: train on mixed-size PNGs, answer about a 37x91 image through
   `python -m mmjax.generate`
 """
-import json
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 from mmjax import testing
 from mmjax.config import ConfigError, load_config
@@ -24,16 +21,12 @@ from mmjax.models import build
 from mmjax.models import naflex as naflex_model
 from mmjax.models.mllm import MLLM
 from mmjax.train import config_checks
-from tests import helpers
 from tests.conftest import REPO
-from tests.data import hf_tokenizers
+from tests.data import any_size
 
 SPEC = f"{REPO}/configs/llava.py:naflex_qwen2_1_5b_tiny"
-SIZES = [(37, 91), (120, 40), (20, 20), (64, 64), (300, 260)]
-
-
-def _image(h, w, seed):
-  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
+SIZES = any_size.SIZES
+_image = any_size.image
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +37,13 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-  from mmjax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
-  path = hf_tokenizers.qwen_dir(tmp_path_factory.mktemp("qwen"))
-  return hf_tokenizer.HFTokenizer.load(path, "chatml")
+  return any_size.qwen_tokenizer(tmp_path_factory.mktemp("qwen"))
 
 
 def test_pipeline_batch_keeps_each_aspect(model, tokenizer):
   module, params = model
   cfg = module.cfg
-  source = [{"id": f"r{i}", "image": _image(h, w, i), "conversations": [
-      {"from": "human", "value": "<image>\nWhat is it?"},
-      {"from": "gpt", "value": f"picture {i}."}]}
-            for i, (h, w) in enumerate(SIZES)]
+  source = any_size.chat_source(SIZES)
   it = pipeline.make_iterator(source, fmt="llava_conversations", cfg=cfg,
                               tokenizer=tokenizer, batch_size=5, seed=0,
                               max_len=320, train=False)
@@ -107,30 +95,4 @@ def test_refusals():
 @pytest.mark.slow
 def test_trains_on_mixed_size_pngs_and_answers_about_a_37x91_image(
     tmp_path):
-  images = tmp_path / "images"
-  images.mkdir()
-  records = []
-  for i, (h, w) in enumerate(SIZES + [(48, 160)]):
-    Image.fromarray(_image(h, w, i)).save(images / f"{i}.png")
-    records.append({"id": f"r{i}", "image": f"{i}.png", "conversations": [
-        {"from": "human", "value": "<image>\nHow wide is it?"},
-        {"from": "gpt", "value": f"{w} pixels."}]})
-  (tmp_path / "data.json").write_text(json.dumps(records))
-  tok = hf_tokenizers.qwen_dir(tmp_path / "qwen")
-  from mmjax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
-  vocab = hf_tokenizer.HFTokenizer.load(tok, "chatml").vocab_size
-  workdir = tmp_path / "run"
-  proc = helpers.run_cli(
-      "mmjax.main", f"--config={SPEC},steps=2", f"--workdir={workdir}",
-      f"--config.tokenizer={tok}", f"--config.model.lm.vocab_size={vocab}",
-      "--config.stage_order=('sft',)",
-      f"--config.data.folder_json={tmp_path / 'data.json'}",
-      f"--config.data.folder_images={images}",
-      f"--config.data.data_dir={tmp_path / 'tfds'}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  Image.fromarray(_image(37, 91, 7)).save(tmp_path / "q.png")
-  proc = helpers.run_cli("mmjax.generate", f"--workdir={workdir}",
-                         f"--image={tmp_path / 'q.png'}",
-                         "--prompt=How wide is it?", "--max_new_tokens=4")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.strip()
+  any_size.train_on_folder_and_ask(tmp_path, SPEC)

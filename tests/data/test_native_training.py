@@ -9,13 +9,10 @@
   end to end: train on a folder of mixed-size PNGs, answer about a 37x91
   image through `python -m mmjax.generate`
 """
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 from mmjax import testing
 from mmjax.config import ConfigError, load_config
@@ -26,17 +23,12 @@ from mmjax.models import build, layout
 from mmjax.models.mllm import MLLM
 from mmjax.train import config_checks
 from mmjax.train.stages import lm as lm_stage
-from tests import helpers
 from tests.conftest import REPO
-from tests.data import hf_tokenizers
+from tests.data import any_size
 
 SPEC = f"{REPO}/configs/llava.py:qwen2vl_2b_tiny"
-# Mixed sizes (height, width): wide, tall, tiny, square, one past the budget.
-SIZES = [(37, 91), (120, 40), (20, 20), (64, 64), (300, 260)]
-
-
-def _image(h, w, seed):
-  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
+SIZES = any_size.SIZES
+_image = any_size.image
 
 
 @pytest.fixture(scope="module")
@@ -86,25 +78,16 @@ def test_per_row_encoding_equals_the_flat_packing(model):
     assert k == 0 or np.abs(np.asarray(got[b, 0, :k])).max() > 1e-3
 
 
-def _records(sizes):
-  return [{"id": f"r{i}", "image": _image(h, w, i), "conversations": [
-      {"from": "human", "value": "<image>\nWhat colour is the box?"},
-      {"from": "gpt", "value": f"A box, number {i}."}]}
-          for i, (h, w) in enumerate(sizes)]
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-  from mmjax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
-  path = hf_tokenizers.qwen_dir(tmp_path_factory.mktemp("qwen"))
-  return hf_tokenizer.HFTokenizer.load(path, "chatml")
+  return any_size.qwen_tokenizer(tmp_path_factory.mktemp("qwen"))
 
 
 def test_pipeline_batch_places_each_image_at_its_own_size(model, tokenizer):
   module, params = model
   cfg = module.cfg
   # A 1x300 strip (aspect ratio over 200) is refused and counted.
-  source = _records(SIZES + [(1, 300)])
+  source = any_size.chat_source(SIZES + [(1, 300)])
   it = pipeline.make_iterator(source, fmt="llava_conversations", cfg=cfg,
                               tokenizer=tokenizer, batch_size=6, seed=0,
                               max_len=320, train=False)
@@ -160,35 +143,4 @@ def test_layout_counts_match_the_tower(model):
 @pytest.mark.slow
 def test_trains_on_mixed_size_pngs_and_answers_about_a_37x91_image(
     tmp_path):
-  images = tmp_path / "images"
-  images.mkdir()
-  records = []
-  for i, (h, w) in enumerate(SIZES + [(40, 56), (90, 30), (48, 160)]):
-    Image.fromarray(_image(h, w, i)).save(images / f"{i}.png")
-    records.append({"id": f"r{i}", "image": f"{i}.png", "conversations": [
-        {"from": "human", "value": "<image>\nHow wide is it?"},
-        {"from": "gpt", "value": f"{w} pixels."}]})
-  (tmp_path / "data.json").write_text(json.dumps(records))
-  tok = hf_tokenizers.qwen_dir(tmp_path / "qwen")
-  from mmjax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
-  # The LM's vocabulary is the tokenizer's: every id it samples decodes.
-  vocab = hf_tokenizer.HFTokenizer.load(tok, "chatml").vocab_size
-  workdir = tmp_path / "run"
-  proc = helpers.run_cli(
-      "mmjax.main", f"--config={SPEC},steps=2", f"--workdir={workdir}",
-      f"--config.tokenizer={tok}", f"--config.model.lm.vocab_size={vocab}",
-      f"--config.data.folder_json={tmp_path / 'data.json'}",
-      f"--config.data.folder_images={images}",
-      f"--config.data.data_dir={tmp_path / 'tfds'}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = [json.loads(line) for line in
-             (workdir / "metrics.jsonl").read_text().splitlines()]
-  steps = [m for m in metrics if "loss" in m]
-  assert {m["stage"] for m in steps} == {"pretrain", "sft"}
-  assert all(m["data/skipped_image_size"] == 0 for m in steps)
-  Image.fromarray(_image(37, 91, 7)).save(tmp_path / "q.png")
-  proc = helpers.run_cli("mmjax.generate", f"--workdir={workdir}",
-                         f"--image={tmp_path / 'q.png'}",
-                         "--prompt=How wide is it?", "--max_new_tokens=4")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.strip()
+  any_size.train_on_folder_and_ask(tmp_path, SPEC)

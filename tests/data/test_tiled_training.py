@@ -9,12 +9,9 @@ its own placeholders, and the model encodes the tiles as images.
   end to end: train on mixed-size PNGs, answer through `python -m
   mmjax.generate` about a 37x91 image
 """
-import json
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 from mmjax import inference, testing
 from mmjax.config import ConfigError, load_config
@@ -25,12 +22,12 @@ from mmjax.inference import media as media_lib
 from mmjax.models import build
 from mmjax.models import tiling as model_tiling
 from mmjax.train import config_checks
-from tests import helpers
 from tests.conftest import REPO
-from tests.data import hf_tokenizers
+from tests.data import any_size
 
 SPEC = f"{REPO}/configs/llava.py:llava15_7b_tiny"
-SIZES = [(37, 91), (120, 40), (20, 20), (64, 64), (90, 60)]
+SIZES = any_size.SIZES[:4] + [(90, 60)]
+_image = any_size.image
 
 
 def _tiled_config(max_tiles=4):
@@ -38,10 +35,6 @@ def _tiled_config(max_tiles=4):
   config.model.tiling = "internvl"
   config.model.max_tiles = max_tiles
   return config
-
-
-def _image(h, w, seed):
-  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +45,13 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-  from mmjax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
-  path = hf_tokenizers.qwen_dir(tmp_path_factory.mktemp("qwen"))
-  return hf_tokenizer.HFTokenizer.load(path, "chatml")
+  return any_size.qwen_tokenizer(tmp_path_factory.mktemp("qwen"))
 
 
 def test_pipeline_lays_out_every_tile(model, tokenizer):
   module, _ = model
   cfg = module.cfg
-  source = [{"id": f"r{i}", "image": _image(h, w, i), "conversations": [
-      {"from": "human", "value": "<image>\nWhat is it?"},
-      {"from": "gpt", "value": f"picture {i}."}]}
-            for i, (h, w) in enumerate(SIZES)]
+  source = any_size.chat_source(SIZES)
   it = pipeline.make_iterator(source, fmt="llava_conversations", cfg=cfg,
                               tokenizer=tokenizer, batch_size=5, seed=0,
                               max_len=320, train=False)
@@ -126,36 +114,9 @@ def test_refusals():
 @pytest.mark.slow
 def test_trains_on_mixed_size_pngs_and_answers_about_a_37x91_image(
     tmp_path):
-  images = tmp_path / "images"
-  images.mkdir()
-  records = []
-  for i, (h, w) in enumerate(SIZES + [(48, 160)]):
-    Image.fromarray(_image(h, w, i)).save(images / f"{i}.png")
-    records.append({"id": f"r{i}", "image": f"{i}.png", "conversations": [
-        {"from": "human", "value": "<image>\nHow wide is it?"},
-        {"from": "gpt", "value": f"{w} pixels."}]})
-  (tmp_path / "data.json").write_text(json.dumps(records))
-  tok = hf_tokenizers.qwen_dir(tmp_path / "qwen")
-  from mmjax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
-  # The LM's vocabulary is the tokenizer's: every id it samples decodes.
-  vocab = hf_tokenizer.HFTokenizer.load(tok, "chatml").vocab_size
-  workdir = tmp_path / "run"
-  proc = helpers.run_cli(
-      "mmjax.main", f"--config={SPEC},steps=2", f"--workdir={workdir}",
-      f"--config.tokenizer={tok}", f"--config.model.lm.vocab_size={vocab}",
-      "--config.chat_template=chatml",
-      "--config.model.tiling=internvl", "--config.model.max_tiles=4",
-      "--config.stage_order=('sft',)",
-      f"--config.data.folder_json={tmp_path / 'data.json'}",
-      f"--config.data.folder_images={images}",
-      f"--config.data.data_dir={tmp_path / 'tfds'}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  workdir, images = any_size.train_on_folder_and_ask(
+      tmp_path, SPEC, "--config.model.tiling=internvl",
+      "--config.model.max_tiles=4")
   run = inference.load(str(workdir))
   media = run.prepare_media(str(images / "0.png"))  # the 37x91 image
   assert isinstance(media, media_lib.TiledMedia) and media.counts[0] > 1
-  Image.fromarray(_image(37, 91, 7)).save(tmp_path / "q.png")
-  proc = helpers.run_cli("mmjax.generate", f"--workdir={workdir}",
-                         f"--image={tmp_path / 'q.png'}",
-                         "--prompt=How wide is it?", "--max_new_tokens=4")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.strip()
