@@ -155,20 +155,29 @@ def _adam_step(opt, loss_fn, params, state, images, image_mask):
   return optax.apply_updates(params, updates), state, loss
 
 
-def test_generation_from_image_files_refuses_a_tiled_model():
+def test_generation_from_image_files_tiles_internvl_and_refuses_anyres():
   from mmjax.inference import media
   from mmjax.inference.prompts import InputError
+  image = np.zeros((37, 91, 3), np.uint8)
   cfg = testing.tiny_mllm_config(tiling="internvl")
-  with pytest.raises(InputError, match="tiling='internvl'"):
-    media.media_arrays(cfg, [np.zeros((37, 91, 3), np.uint8)], None,
-                       "square", 4)
+  tiled = media.media_arrays(cfg, [image], None, "square", 4)
+  assert isinstance(tiled, media.TiledMedia) and len(tiled) == 1
+  assert len(tiled.tiles) == tiled.counts[0] > 1
   assert media.media_arrays(cfg, [], None, "square", 4) is None
+  cfg = testing.tiny_mllm_config(tiling="anyres",
+                                 grid_pinpoints=((64, 128), (128, 64)))
+  with pytest.raises(InputError, match="tiling='anyres'"):
+    media.media_arrays(cfg, [image], None, "square", 4)
 
 
-def test_training_config_refuses_tiling():
+def test_training_config_refuses_anyres_and_square_only_stages():
   from mmjax.config import ConfigError
   from mmjax.train import config_checks
   config = testing.tiny_recipe()
-  config.model.tiling = "internvl"
-  with pytest.raises(ConfigError, match="config.model.tiling='internvl'"):
+  config.model.tiling = "anyres"
+  config.model.grid_pinpoints = ((64, 128), (128, 64))
+  with pytest.raises(ConfigError, match="does not cut anyres tiles"):
+    config_checks.validate_config(config)
+  config.model.tiling = "internvl"  # the shapes recipe's siglip stage
+  with pytest.raises(ConfigError, match="cuts each image into tiles"):
     config_checks.validate_config(config)
