@@ -135,7 +135,8 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
 
   Returns:
     tokens int32[B, P]; positions [B, P] / [3, B, P]; valid bool[B, P];
-    image_token_mask, audio_token_mask, media_locations bool[B, P]; images f32[B, M, ...] and
+    image_token_mask, audio_token_mask, media_locations bool[B, P];
+    images f32[B, M, ...] and
     image_mask bool[B, M] (None without images); start [B] (position of the
     first generated token); lengths, rope_delta, media_count, row_ids
     int32[B]; done bool[B] (the padding rows).

@@ -47,7 +47,8 @@ from mmjax.models import resampler as resampler_lib
 from mmjax.models import vision as vision_lib
 from mmjax.models import whisper as whisper_lib
 # The allowed switch values live in choices.py (jax-free); re-exported here.
-from mmjax.models.choices import AUDIO_PROJECTORS, FUSIONS, IMAGE_ATTENTION, POSITIONS
+from mmjax.models.choices import AUDIO_PROJECTORS, FUSIONS, IMAGE_ATTENTION
+from mmjax.models.choices import POSITIONS
 from mmjax.models.choices import PROJECTORS, TILINGS
 from mmjax.models.decoder import DecoderConfig, DecoderLM, KVCache
 

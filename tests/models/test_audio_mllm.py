@@ -15,6 +15,7 @@ import pytest
 
 from mmjax import testing
 from mmjax.data.tokenizer import IMAGE_ID
+from mmjax.models import build
 from mmjax.models import layout
 from mmjax.models import whisper
 from mmjax.models.mllm import MLLM, MLLMConfig
@@ -101,3 +102,15 @@ def test_groups_and_audio_only_config(model_and_params):
   assert isinstance(audio_only, MLLMConfig) and not audio_only.has_vision
   with pytest.raises(ValueError, match="no audio tower"):
     layout.audio_tokens(dataclasses.replace(model.cfg, audio=None), FRAMES)
+
+
+def test_build_initialises_audio_groups():
+  """The recipes' init (`build.mllm_init`) creates the audio groups, with
+  and without a vision tower."""
+  cfg = dataclasses.replace(testing.tiny_mllm_config("projection", "rope"),
+                            audio=whisper.whisper_variant("test"))
+  for c, want in ((cfg, {"vision", "connector"}),
+                  (dataclasses.replace(cfg, vision=None), set())):
+    abstract = jax.eval_shape(build.mllm_init(MLLM(c), IMAGE_ID),
+                              jax.random.key(0))
+    assert set(abstract) == {"audio", "audio_connector", "llm"} | want
