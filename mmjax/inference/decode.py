@@ -264,7 +264,9 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
   Args:
     batch: `prepare_batch` output (FastV adds keep_image int32[B]; an
       optional `visual` [B, M, T, D] replaces encoding `images`, e.g. the
-      tokens of tiled images from `models.tiling.encode_tiled`).
+      tokens of tiled images from `models.tiling.encode_tiled`; `audio`,
+      when the prompts hold clips, is encoded and scattered at the
+      `audio_token_mask` slots).
     stop_ids: int32[n]; pad_id, seed: int32 scalars.
     max_new_tokens: N, the token buffer (the cache holds P + N slots).
     fastv, pruned_len: FastV config and its static pruned prompt length
