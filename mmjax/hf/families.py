@@ -3,7 +3,8 @@
   family      module                          param tree (top level)
   lm          DecoderLM(DecoderConfig)        DecoderLM's own (embed, layers_*,
                                               final_norm, lm_head)
-  mllm        MLLM(mllm_config_from_dict)     vision, connector, llm
+  mllm        MLLM(mllm_config_from_dict)     vision, connector, llm (and
+                                              audio, audio_connector)
   vision      VisionEncoder(VisionConfig)     vision
   two_tower   TwoTower(vision, text, E)       vision_model, text_model,
                                               logit_scale, logit_bias
@@ -94,10 +95,16 @@ def dummy_inputs(family: str, model: Mapping[str, Any],
     return (tokens,), dict(media=jnp.zeros((1, 1, 1, media_width)),
                            media_times=jnp.ones((1, 4), jnp.int32))
   if family == "mllm":
-    side = (model["vision"]["image_size"] if model.get("vision")
-            else model["patch_size"])
-    images = jnp.zeros((1, 1, side, side, model["channels"]), jnp.float32)
-    kwargs = dict(images=images, image_token_mask=jnp.zeros((1, 4), bool))
+    kwargs = {}
+    if model.get("vision") or model["fusion"] == "one_backbone":
+      side = (model["vision"]["image_size"] if model.get("vision")
+              else model["patch_size"])
+      kwargs.update(images=jnp.zeros((1, 1, side, side, model["channels"]),
+                                     jnp.float32),
+                    image_token_mask=jnp.zeros((1, 4), bool))
+    if model.get("audio"):  # 4 frames: one token after the pooling
+      kwargs.update(audio=jnp.zeros((1, 1, 4, model["audio"]["n_mels"])),
+                    audio_token_mask=jnp.zeros((1, 4), bool))
     if model["fusion"] == "cross_attention":
       kwargs["media_locations"] = jnp.zeros((1, 4), bool)
     return (jnp.zeros((1, 4), jnp.int32),), kwargs

@@ -31,6 +31,7 @@ from mmjax.hf import llm as llm_lib
 from mmjax.hf import mllm as mllm_lib
 from mmjax.hf import paligemma as paligemma_lib
 from mmjax.hf import plan as P
+from mmjax.hf import qwen2_audio as qwen2_audio_lib
 from mmjax.hf import qwen2vl as qwen2vl_lib
 from mmjax.hf import siglip2 as siglip2_lib
 from mmjax.hf import vision as vision_lib
@@ -60,9 +61,11 @@ _IMPORTERS: dict[str, tuple[str, Callable[..., Any]]] = {
     "idefics": ("lm", mllm_lib.idefics_import),
     "whisper": ("audio", whisper_lib.whisper_import),
     "qwen2_audio_encoder": ("audio", whisper_lib.whisper_import),
+    "qwen2_audio": ("mllm", qwen2_audio_lib.qwen2_audio_import),
 }
 SUPPORTED_MODEL_TYPES = tuple(_IMPORTERS)
 _TOKEN_KEYS = ("image_token_index", "image_token_id", "video_token_id",
+               "audio_token_index",
                "vision_start_token_id", "vision_end_token_id", "bos_token_id",
                "eos_token_id", "pad_token_id")
 

@@ -56,7 +56,7 @@ from mmjax.models.position_ids import (V2PE_DEFAULT_STRIDE,
                                        mrope_decode_positions)
 from mmjax.inference.sampling import Sampling, sample_tokens
 
-Piece = Sequence[int] | layout.Media
+Piece = Sequence[int] | layout.Media | layout.Audio
 
 
 class PromptTooLongError(ValueError):
@@ -102,7 +102,10 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
                   images: Sequence[np.ndarray] | None, rows: Sequence[int],
                   *, image_token_id: int, pad_id: int = 0,
                   v2pe_stride: int = V2PE_DEFAULT_STRIDE, bucket: int = 8,
-                  batch_size: int | None = None) -> dict[str, np.ndarray]:
+                  batch_size: int | None = None,
+                  audio: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]
+                  | None = None, audio_token_id: int | None = None
+                  ) -> dict[str, np.ndarray]:
   """Lays out prompts[rows] as one left-padded batch (host side).
 
   Args:
@@ -123,10 +126,17 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
       programs to compile).
     batch_size: pad the batch to this many rows (copies of its first row,
       marked done); default len(rows).
+    audio: per example its clips, one per `layout.Audio` piece, as
+      `data.audio.log_mel`'s (features f32[T, n_mels], frame mask bool[T]);
+      the piece's frames must equal mask.sum(). Stacked into
+      batch["audio"] = {"audio": f32[B, A, T, n_mels], "audio_mask":
+      bool[B, A, T]} (T the longest clip's).
+    audio_token_id: the `<audio>` placeholder id.
 
   Returns:
     tokens int32[B, P]; positions [B, P] / [3, B, P]; valid bool[B, P];
-    image_token_mask, media_locations bool[B, P]; images f32[B, M, ...] and
+    image_token_mask, audio_token_mask, media_locations bool[B, P];
+    images f32[B, M, ...] and
     image_mask bool[B, M] (None without images); start [B] (position of the
     first generated token); lengths, rope_delta, media_count, row_ids
     int32[B]; done bool[B] (the padding rows).
@@ -144,9 +154,11 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
     if n_media != n_images:
       raise ValueError(f"prompt {r}: {n_images} image(s) given for its "
                        f"{n_media} Media item(s); they must be equally many")
+    _check_clips(r, pieces, None if audio is None else audio[r])
     # One extra text token: where the first generated token sits.
     seq = layout.assemble(cfg, pieces + [[pad_id]], image_token_id,
-                          v2pe_stride=v2pe_stride)
+                          v2pe_stride=v2pe_stride,
+                          audio_token_id=audio_token_id)
     seqs.append(seq)
   lengths = np.asarray([len(s["tokens"]) - 1 for s in seqs], np.int32)
   b, p = len(fill), bucket * math.ceil(max(lengths) / bucket)
@@ -154,6 +166,7 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
   out = {"tokens": np.full((b, p), pad_id, np.int32),
          "valid": np.zeros((b, p), bool),
          "image_token_mask": np.zeros((b, p), bool),
+         "audio_token_mask": np.zeros((b, p), bool),
          "media_locations": np.zeros((b, p), bool),
          "positions": np.zeros(((3,) if cfg.positions == "mrope" else ()) +
                                (b, p), pos_dtype),
@@ -162,13 +175,16 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
          "row_ids": np.asarray(fill, np.int32),
          "done": np.arange(b) >= len(rows)}
   for i, (seq, n) in enumerate(zip(seqs, lengths)):
-    for key in ("tokens", "image_token_mask", "media_locations"):
+    for key in ("tokens", "image_token_mask", "audio_token_mask",
+                "media_locations"):
       out[key][i, p - n:] = seq[key][:n]
     out["valid"][i, p - n:] = True
     out["positions"][..., i, p - n:] = seq["positions"][..., :n]
     out["start"][i] = seq["positions"][..., n].reshape(-1)[0]
   out["media_count"] = out["media_locations"].sum(1).astype(np.int32)
   out["images"] = out["image_mask"] = None
+  if audio is not None and any(len(audio[r]) for r in fill):
+    out["audio"] = _stack_clips([list(audio[r]) for r in fill])
   counts = [0 if images is None else len(images[r]) for r in fill]
   if max(counts) and native_lib.takes_native(cfg):
     # Native resolution: every item keeps its own size; packed patches.
@@ -189,6 +205,37 @@ def prepare_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
     for i, r in enumerate(fill):
       out["images"][i, :counts[i]] = images[r]
   return out
+
+
+def _check_clips(row: int, pieces: Sequence[Piece],
+                 clips: Sequence[tuple[np.ndarray, np.ndarray]] | None
+                 ) -> None:
+  """One clip per Audio piece, with the piece's frame count."""
+  wanted = [p.frames for p in pieces if isinstance(p, layout.Audio)]
+  clips = list(clips or ())
+  if len(wanted) != len(clips):
+    raise ValueError(f"prompt {row}: {len(clips)} audio clip(s) given for its "
+                     f"{len(wanted)} Audio item(s); they must be equally many")
+  for i, (frames, (_, mask)) in enumerate(zip(wanted, clips)):
+    if int(np.sum(mask)) != frames:
+      raise ValueError(f"prompt {row}: audio clip {i} has {int(np.sum(mask))} "
+                       f"valid frames but its Audio item says {frames}")
+
+
+def _stack_clips(clips: list[list[tuple[np.ndarray, np.ndarray]]]
+                 ) -> dict[str, np.ndarray]:
+  """Per row (features [T_i, n_mels], mask [T_i]) clips -> audio
+  f32[B, A, T, n_mels], audio_mask bool[B, A, T] (zero / False padded)."""
+  a = max(len(c) for c in clips)
+  t = max(f.shape[0] for c in clips for f, _ in c)
+  mels = next(f.shape[1] for c in clips for f, _ in c)
+  feats = np.zeros((len(clips), a, t, mels), np.float32)
+  masks = np.zeros((len(clips), a, t), bool)
+  for i, row in enumerate(clips):
+    for j, (f, m) in enumerate(row):
+      feats[i, j, :len(f)] = f
+      masks[i, j, :len(m)] = m
+  return {"audio": feats, "audio_mask": masks}
 
 
 def _step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
@@ -217,7 +264,9 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
   Args:
     batch: `prepare_batch` output (FastV adds keep_image int32[B]; an
       optional `visual` [B, M, T, D] replaces encoding `images`, e.g. the
-      tokens of tiled images from `models.tiling.encode_tiled`).
+      tokens of tiled images from `models.tiling.encode_tiled`; `audio`,
+      when the prompts hold clips, is encoded and scattered at the
+      `audio_token_mask` slots).
     stop_ids: int32[n]; pad_id, seed: int32 scalars.
     max_new_tokens: N, the token buffer (the cache holds P + N slots).
     fastv, pruned_len: FastV config and its static pruned prompt length
@@ -248,15 +297,18 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
     kv_valid = jnp.pad(batch["valid"], ((0, 0), (0, cache_len - p)))
     # A prefix-LM (PaliGemma) reads the whole prompt bidirectionally; the
     # generated tokens sit past it, so decode steps stay causal.
-    prefix = ({"prefix_len": jnp.full((b,), p, jnp.int32)}
-              if cfg.lm.prefix_lm else {})
+    extra = ({"prefix_len": jnp.full((b,), p, jnp.int32)}
+             if cfg.lm.prefix_lm else {})
+    if batch.get("audio") is not None:  # clips: encoded inside the call
+      extra.update(batch["audio"],
+                    audio_token_mask=batch["audio_token_mask"])
     logits, cache = model.apply(
         variables, batch["tokens"], batch["positions"], visual=visual,
         image_mask=batch["image_mask"],
         image_token_mask=batch["image_token_mask"],
         media_locations=batch["media_locations"],
         attention_mask=kv_valid[:, None, :],
-        cache=init_kv_cache(cfg.lm, b, cache_len), cache_index=0, **prefix)
+        cache=init_kv_cache(cfg.lm, b, cache_len), cache_index=0, **extra)
     slot0 = p
   ctx = Context(
       slot0=jnp.int32(slot0), start=batch["start"], lengths=batch["lengths"],
@@ -331,7 +383,9 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
              tokenizer=None, batch_size: int = 8, pad_id: int = 0,
              v2pe_stride: int = V2PE_DEFAULT_STRIDE,
              max_len: int | None = None, chunk: int | None = None,
-             on_tokens: Callable[[list[list[int]]], None] | None = None
+             on_tokens: Callable[[list[list[int]]], None] | None = None,
+             audio: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]
+             | None = None, audio_token_id: int | None = None
              ) -> Generation:
   """Batched generation with a KV cache (module docstring).
 
@@ -357,6 +411,8 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
       None = all at once.
     on_tokens: called after each chunk with the tokens so far of the current
       batch's real rows (stop ids cut off).
+    audio, audio_token_id: per example the clips of its `layout.Audio`
+      pieces and the `<audio>` id (`prepare_batch`).
 
   Returns:
     A Generation: one token list and text per prompt.
@@ -367,9 +423,9 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
                      f"{batch_size} >= 1, and one image array per prompt")
   if fastv is not None:
     fastv.check(model.cfg)
-    if model.cfg.lm.prefix_lm:
-      raise ValueError("FastV does not support a prefix-LM (lm.prefix_lm); "
-                       "generate without fastv.")
+    if model.cfg.lm.prefix_lm or audio is not None:
+      raise ValueError("FastV does not support a prefix-LM (lm.prefix_lm) "
+                       "or audio clips; generate without fastv.")
   params = nn.unbox(params)
   stops = sorted({int(s) for s in stop_ids})
   # Padded with -1 to a multiple of 8: one program for any few stop ids.
@@ -380,7 +436,8 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
     rows = list(range(first, min(first + batch_size, len(prompts))))
     batch = prepare_batch(model.cfg, prompts, images, rows,
                           image_token_id=image_token_id, pad_id=pad_id,
-                          v2pe_stride=v2pe_stride, batch_size=batch_size)
+                          v2pe_stride=v2pe_stride, batch_size=batch_size,
+                          audio=audio, audio_token_id=audio_token_id)
     if max_len is not None:
       check_fits(batch["lengths"][:len(rows)], max_new_tokens, max_len, rows)
     pruned_len = None

@@ -54,11 +54,17 @@ def dummy_inputs(cfg: MLLMConfig, image_token_id: int
   Returns tokens int32[1, L], positions [1, L] (or [3, 1, L] for M-RoPE),
   images f32[1, 1, S, S, C] (or [1, 1, F, S, S, C] for video; a NaFlex
   tower gets `naflex` patch rows instead, `MLLM.encode_naflex`), image_mask
-  bool[1, 1], image_token_mask / media_locations bool[1, L].
+  bool[1, 1], image_token_mask / media_locations bool[1, L]; with audio
+  also audio f32[1, 1, 4, n_mels], audio_mask bool[1, 1, 4] and
+  audio_token_mask bool[1, L] (no images for an audio-only model).
   """
   side = cfg.side
-  ex = layout.assemble(cfg, [[5, 6], layout.Media(side, side, cfg.frames),
-                             [7]], image_token_id, v2pe_stride=256)
+  # With MLLMConfig.audio, also a 4-frame clip (one audio token) so the
+  # audio groups are initialised; an audio-only model gets no image.
+  media = [layout.Media(side, side, cfg.frames)] if cfg.has_vision else []
+  clip = [layout.Audio(4)] if cfg.audio is not None else []
+  ex = layout.assemble(cfg, [[5, 6]] + media + clip + [[7]], image_token_id,
+                       v2pe_stride=256, audio_token_id=image_token_id)
   shape = (1, 1) + ((cfg.frames,) if cfg.frames > 1 else ()) + (
       side, side, cfg.channels)
   out = {"tokens": jnp.asarray(ex["tokens"])[None],
@@ -67,6 +73,12 @@ def dummy_inputs(cfg: MLLMConfig, image_token_id: int
          "image_mask": jnp.ones((1, 1), bool),
          "image_token_mask": jnp.asarray(ex["image_token_mask"])[None],
          "media_locations": jnp.asarray(ex["media_locations"])[None]}
+  if cfg.audio is not None:
+    out.update(audio=jnp.zeros((1, 1, 4, cfg.audio.n_mels), jnp.float32),
+               audio_mask=jnp.ones((1, 1, 4), bool),
+               audio_token_mask=jnp.asarray(ex["audio_token_mask"])[None])
+  if not cfg.has_vision:
+    out.pop("images")
   if isinstance(cfg.vision, naflex_lib.NaFlexConfig):
     # A NaFlex tower reads patch rows (MLLM(naflex=...)): one image at the
     # position grid's size, g x g real patches of max_num_patches.

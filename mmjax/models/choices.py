@@ -17,3 +17,6 @@ IMAGE_ATTENTION = ("causal", "bidirectional")
 # How one image becomes tiles of the tower's side (models/tiling.py,
 # data/tiling.py): none (one resized image), LLaVA-NeXT AnyRes, InternVL.
 TILINGS = ("none", "anyres", "internvl")
+# Connectors of MLLMConfig.audio (models/audio_fusion.py): Qwen2-Audio's
+# average pool (two encoder outputs per token in all) + Linear.
+AUDIO_PROJECTORS = ("qwen2_audio",)

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mmjax.models import audio_fusion
 from mmjax.models import position_ids
 from mmjax.models.mllm import MLLMConfig
 from mmjax.models.position_ids import PlaceholderMismatchError  # pylint: disable=unused-import
@@ -133,28 +134,58 @@ class Media:
   frames: int = 1
 
 
-def assemble(cfg: MLLMConfig, pieces: Sequence[Sequence[int] | Media],
+@dataclasses.dataclass(frozen=True)
+class Audio:
+  """An audio clip in a sequence being assembled: its valid log-mel frames
+  (10 ms each; `mask.sum()` of `data.audio.log_mel`)."""
+  frames: int
+
+
+def audio_tokens(cfg: MLLMConfig, frames: int) -> int:
+  """Placeholders of a clip of `frames` log-mel frames (ValueError for a
+  model without audio, or a clip too short or too long)."""
+  if cfg.audio is None:
+    raise ValueError("the prompt holds an audio clip but the model has no "
+                     "audio tower (MLLMConfig.audio)")
+  return audio_fusion.tokens_per_clip(cfg.audio, cfg.audio_projector, frames)
+
+
+def assemble(cfg: MLLMConfig, pieces: Sequence[Sequence[int] | Media | Audio],
              image_token_id: int, *, v2pe_stride: int | None = None,
-             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+             rng: np.random.Generator | None = None,
+             audio_token_id: int | None = None) -> dict[str, np.ndarray]:
   """Lays out one example's token stream and its positions (host side).
 
   Args:
     cfg: the model config.
-    pieces: text token-id lists and `Media` items, in order.
+    pieces: text token-id lists, `Media` and `Audio` items, in order.
     image_token_id: the `<image>` id used for placeholders and markers.
     v2pe_stride: V2PE stride (1..256); None draws one per image from `rng`
       (training) or uses the fixed inference stride when rng is None.
     rng: random generator for V2PE training strides.
+    audio_token_id: the `<audio>` placeholder id (needed with `Audio`).
 
   Returns:
     tokens int32[L]; image_token_mask bool[L] (early fusion: visual slots);
+    audio_token_mask bool[L] (audio slots);
     media_locations bool[L] (cross-attention: marker slots); positions
     int32[L] (rope), int32[3, L] (mrope) or float32[L] (v2pe); rope_delta
     (mrope, else 0).
   """
-  tokens, visual, markers, segments = [], [], [], []
+  tokens, visual, markers, segments, heard = [], [], [], [], []
   for piece in pieces:
-    if isinstance(piece, Media):
+    if isinstance(piece, Audio):
+      if audio_token_id is None:
+        raise ValueError("an Audio piece needs audio_token_id (the <audio> "
+                         "placeholder id)")
+      n = audio_tokens(cfg, piece.frames)
+      tokens += [audio_token_id] * n
+      visual += [False] * n
+      markers += [False] * n
+      heard += [False] * (len(tokens) - n - len(heard)) + [True] * n
+      # 1-D positions like text: Qwen2-Audio's LM uses plain RoPE.
+      segments.append(position_ids.TextSegment(n))
+    elif isinstance(piece, Media):
       n = placeholder_tokens(cfg, piece.height, piece.width, piece.frames)
       tokens += [image_token_id] * n
       if cfg.fusion == "cross_attention":
@@ -188,7 +219,9 @@ def assemble(cfg: MLLMConfig, pieces: Sequence[Sequence[int] | Media],
       strides = [position_ids.V2PE_DEFAULT_STRIDE] * n_vision
     positions = position_ids.v2pe_positions(
         segments, [position_ids.v2pe_delta(s) for s in strides])
+  heard += [False] * (len(tokens) - len(heard))
   return {"tokens": np.asarray(tokens, np.int32),
           "image_token_mask": np.asarray(visual, bool),
+          "audio_token_mask": np.asarray(heard, bool),
           "media_locations": np.asarray(markers, bool),
           "positions": positions, "rope_delta": np.int32(delta)}

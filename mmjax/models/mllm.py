@@ -13,8 +13,13 @@
   one_backbone     raw patches -> linear -> LM, a learned newline vector after
                    each patch row; no vision encoder (Fuyu).
 
+Audio (optional `MLLMConfig.audio`, models/audio_fusion.py): a Whisper
+tower and an audio connector whose tokens go to their own placeholders
+(`audio_token_mask`), beside or instead of the vision path.
+
 Parameter groups (top-level names, used for freezing): `vision`,
-`connector`, `llm` (cross-attention blocks are `llm/xattn_<i>`).
+`connector`, `llm` (cross-attention blocks are `llm/xattn_<i>`), `audio`,
+`audio_connector`.
 
 Batch contract (DESIGN.md section 3): tokens int32[B, L]; images
 f32[B, M, H, W, C] (or [B, M, F, H, W, C] with F frames per media item);
@@ -32,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import audio_fusion
 from mmjax.models import connectors as connectors_lib
 from mmjax.models import cross_attention
 from mmjax.models import naflex as naflex_lib
@@ -39,8 +45,10 @@ from mmjax.models import qformer as qformer_lib
 from mmjax.models import qwen2vl_vision
 from mmjax.models import resampler as resampler_lib
 from mmjax.models import vision as vision_lib
+from mmjax.models import whisper as whisper_lib
 # The allowed switch values live in choices.py (jax-free); re-exported here.
-from mmjax.models.choices import FUSIONS, IMAGE_ATTENTION, POSITIONS
+from mmjax.models.choices import AUDIO_PROJECTORS, FUSIONS, IMAGE_ATTENTION
+from mmjax.models.choices import POSITIONS
 from mmjax.models.choices import PROJECTORS, TILINGS
 from mmjax.models.decoder import DecoderConfig, DecoderLM, KVCache
 
@@ -53,7 +61,8 @@ class MLLMConfig:
     fusion: one of FUSIONS.
     positions: one of POSITIONS ('mrope' needs lm.mrope_sections).
     lm: the decoder.
-    vision: the vision tower (None for one_backbone): a ViT `VisionConfig`
+    vision: the vision tower (None for one_backbone, or for an audio-only
+      model with `audio` set): a ViT `VisionConfig`
       or Qwen2-VL's `qwen2vl_vision.Qwen2VLVisionConfig` (2-D RoPE tower,
       used with projector 'patch_merger' and feature_layer None).
     projector: one of PROJECTORS (fusion 'projection' only).
@@ -72,6 +81,8 @@ class MLLMConfig:
       the tower's image_size.
     min_tiles, max_tiles, thumbnail: InternVL tiling's tile-count range and
       whether a multi-tile image also gets a whole-image thumbnail.
+    audio: an audio tower (`whisper.WhisperEncoderConfig`) or None.
+    audio_projector: one of AUDIO_PROJECTORS (audio_fusion.CONNECTORS).
   """
   fusion: str
   lm: DecoderConfig
@@ -92,6 +103,8 @@ class MLLMConfig:
   min_tiles: int = 1
   max_tiles: int = 12
   thumbnail: bool = True
+  audio: whisper_lib.WhisperEncoderConfig | None = None
+  audio_projector: str = "qwen2_audio"
 
   def __post_init__(self):
     def bad(key, value, allowed):
@@ -105,7 +118,13 @@ class MLLMConfig:
       bad("image_attention", self.image_attention, IMAGE_ATTENTION)
     if self.fusion == "projection" and self.projector not in PROJECTORS:
       bad("projector", self.projector, PROJECTORS)
-    if self.fusion != "one_backbone" and self.vision is None:
+    if self.audio_projector not in AUDIO_PROJECTORS:
+      bad("audio_projector", self.audio_projector, AUDIO_PROJECTORS)
+    if self.audio is not None and self.fusion == "cross_attention":
+      raise ValueError("audio needs an early fusion (its tokens are "
+                       "scattered into the stream), not 'cross_attention'")
+    if (self.fusion != "one_backbone" and self.vision is None and
+        self.audio is None):
       raise ValueError(f"fusion={self.fusion!r} needs a vision tower config")
     if self.fusion in ("resampler", "cross_attention") and not self.resampler:
       raise ValueError(f"fusion={self.fusion!r} needs a resampler config")
@@ -153,6 +172,11 @@ class MLLMConfig:
     if not 1 <= self.min_tiles <= self.max_tiles:
       raise ValueError(f"min_tiles={self.min_tiles}, max_tiles="
                        f"{self.max_tiles}: need 1 <= min_tiles <= max_tiles.")
+
+  @property
+  def has_vision(self) -> bool:
+    """Whether the model reads images (an audio-only model does not)."""
+    return self.vision is not None or self.fusion == "one_backbone"
 
   @property
   def side(self) -> int:
@@ -230,23 +254,34 @@ class MLLM(nn.Module):
     dtype = jnp.dtype(cfg.lm.dtype)
     pdtype = jnp.dtype(cfg.lm.param_dtype)
     d = cfg.lm.d_model
-    if cfg.fusion != "one_backbone":
+    if cfg.audio is not None:
+      self.audio = whisper_lib.WhisperEncoder(cfg.audio)
+      self.audio_connector = audio_fusion.make_connector(
+          cfg.audio_projector, d, cfg.audio, dtype, pdtype)
+    if cfg.vision is not None and cfg.fusion != "one_backbone":
       self.vision = vision_tower(cfg.vision)
-    if cfg.fusion == "projection":
-      self.connector = connectors_lib.make_projector(
-          cfg.projector, d, dtype=dtype, param_dtype=pdtype)
-    elif cfg.fusion in ("resampler", "cross_attention"):
-      self.connector = resampler_lib.PerceiverResampler(cfg.resampler)
-    elif cfg.fusion == "qformer":
-      self.connector = qformer_lib.QFormerConnector(cfg.qformer, d)
-    else:
-      self.connector = OneBackbonePatches(d, cfg.patch_size, dtype=dtype,
-                                          param_dtype=pdtype)
+    if cfg.has_vision:  # an audio-only model has no vision connector
+      self.connector = self._vision_connector()
     self.llm = DecoderLM(cfg.lm)
     if cfg.tiling == "anyres":  # LLaVA-NeXT's newline after each tile row
       self.image_newline = self.param(
           "image_newline", nn.with_logical_partitioning(
               nn.initializers.normal(d ** -0.5), ("embed",)), (d,), pdtype)
+
+  def _vision_connector(self) -> nn.Module:
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.lm.dtype)
+    pdtype = jnp.dtype(cfg.lm.param_dtype)
+    d = cfg.lm.d_model
+    if cfg.fusion == "projection":
+      return connectors_lib.make_projector(
+          cfg.projector, d, dtype=dtype, param_dtype=pdtype)
+    if cfg.fusion in ("resampler", "cross_attention"):
+      return resampler_lib.PerceiverResampler(cfg.resampler)
+    if cfg.fusion == "qformer":
+      return qformer_lib.QFormerConnector(cfg.qformer, d)
+    return OneBackbonePatches(d, cfg.patch_size, dtype=dtype,
+                              param_dtype=pdtype)
 
   def encode_images(self, images: jax.Array) -> jax.Array:
     """Visual tokens per media item.
@@ -281,6 +316,28 @@ class MLLM(nn.Module):
       return latents  # [b, m, n_latents, D']
     queries = self.connector(tokens.reshape(b * m, f * n, dv))
     return queries.reshape(b, m, queries.shape[1], queries.shape[2])
+
+  def encode_audio(self, features: jax.Array,
+                   frame_mask: jax.Array | None = None) -> jax.Array:
+    """Audio tokens per clip.
+
+    Args:
+      features: f32[B, A, T, n_mels] log-mel frames (`data.audio.log_mel`),
+        A clips per example, padded to T.
+      frame_mask: bool[B, A, T] (True = the clip) or None (all frames).
+
+    Returns:
+      [B, A, K, D] in LM width; `audio_fusion.token_mask(frame_mask)` says
+      which are real.
+    """
+    if self.cfg.audio is None:
+      raise ValueError("this model has no audio tower (MLLMConfig.audio).")
+    chex.assert_rank(features, 4)
+    b, a, t, m = features.shape
+    mask = None if frame_mask is None else frame_mask.reshape(b * a, t)
+    hidden = self.audio(features.reshape(b * a, t, m), mask)
+    tokens, _ = self.audio_connector(hidden)
+    return tokens.reshape(b, a, tokens.shape[1], tokens.shape[2])
 
   def encode_native(self, patches: jax.Array, rope_ids: jax.Array,
                     segment_ids: jax.Array, row_index: jax.Array
@@ -359,6 +416,9 @@ class MLLM(nn.Module):
       logits: bool = True,
       native: Mapping[str, jax.Array] | None = None,
       naflex: Mapping[str, jax.Array] | None = None,
+      audio: jax.Array | None = None,
+      audio_mask: jax.Array | None = None,
+      audio_token_mask: jax.Array | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits f32[B, L, V] (and the updated KV cache when one is given).
 
@@ -371,7 +431,9 @@ class MLLM(nn.Module):
     native: the arguments of `encode_native` (a Qwen2-VL tower's packed
     media, `native_resolution.model_inputs` of a training batch) instead of
     `images`; naflex: the arguments of `encode_naflex` (a NaFlex tower's
-    patch rows, `data.naflex.model_inputs`).
+    patch rows, `data.naflex.model_inputs`). audio f32[B, A, T, n_mels],
+    audio_mask bool[B, A, T] (`encode_audio`'s arguments) and
+    audio_token_mask bool[B, L] (where the clips' real tokens go, in order).
     """
     cfg = self.cfg
     if visual is None and native is not None:
@@ -396,6 +458,14 @@ class MLLM(nn.Module):
       return self.llm(tokens, positions, **kwargs)
     x, kwargs["block_ids"] = self.embed_inputs(tokens, visual,
                                                image_token_mask)
+    if audio is not None:
+      if audio_token_mask is None:
+        raise ValueError("audio needs audio_token_mask (where the audio "
+                         "tokens go)")
+      heard = audio_fusion.valid_tokens(self.encode_audio(audio, audio_mask),
+                                        audio_mask, cfg.audio_projector)
+      x = scatter_visual(x, nn.with_logical_constraint(
+          heard, ("batch", "length", "embed")), audio_token_mask)
     return self.llm(positions=positions, embeddings=x, **kwargs)
 
   def head(self, x: jax.Array) -> jax.Array:
@@ -458,6 +528,7 @@ def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:
   d = dict(d)
   lm = DecoderConfig.from_dict(d.pop("lm"))
   vision = d.pop("vision", None)
+  audio = d.pop("audio", None)
   resampler = d.pop("resampler", None)
   qformer = d.pop("qformer", None)
   d.pop("text", None)  # the SigLIP text tower of contrastive stages
@@ -476,4 +547,6 @@ def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:
                  else None),
       qformer=(qformer_lib.QFormerConfig.from_dict(qformer)
                if qformer and fusion == "qformer" else None),
+      audio=(whisper_lib.WhisperEncoderConfig.from_dict(audio) if audio
+             else None),
       **d)

@@ -62,6 +62,11 @@ class WhisperEncoderConfig:
     pool: average-pool the outputs over windows of `pool` frames (stride
       `pool`, a trailing partial window dropped) before the final
       LayerNorm: Qwen2-Audio's encoder (2; 40 ms per output); 1 = Whisper.
+    mask_convs: with a frame mask, zero padded frames before each conv so
+      padding is irrelevant (True). False reproduces Qwen2-Audio in HF,
+      whose convs read the padding frames and whose mask only hides them
+      as attention keys: exact only for features padded as HF's processor
+      pads them (to 30 s, log-mel of silence).
   """
   n_mels: int = 80
   width: int = 384
@@ -73,6 +78,7 @@ class WhisperEncoderConfig:
   norm_eps: float = 1e-5
   attention: str = "einsum"
   pool: int = 1
+  mask_convs: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -236,10 +242,12 @@ class WhisperEncoder(nn.Module):
               kernel_init=_logical(nn.initializers.lecun_normal(),
                                    (None, None, "embed")),
               bias_init=_logical(nn.initializers.zeros, ("embed",)))
-    keep = None if mask is None else mask[..., None].astype(bool)
+    if mask is not None:
+      chex.assert_shape(mask, (b, t))
+    keep = (mask[..., None].astype(bool)
+            if mask is not None and cfg.mask_convs else None)
     x = features.astype(dtype)
     if keep is not None:
-      chex.assert_shape(mask, (b, t))
       x = jnp.where(keep, x, 0)
     x = nn.gelu(nn.Conv(cfg.width, (3,), padding=((1, 1),), name="conv1",
                         **kw)(x), approximate=False)

@@ -10,6 +10,7 @@ Paths are '/'-joined parameter names (`llm/layers_0/attn/q/kernel`). A stage's
   siglip     siglip/* (the SigLIP head) region_head  region_head/* (stage
              loss region_classification's classifiers)
   lora       lora/* (LoRA factors of a stage with lora.rank > 0, train/lora.py)
+  audio      audio/* (the Whisper tower)  audio_connector  audio_connector/*
 
 Everything else is frozen: no gradient is taken with respect to it and the
 optimizer holds no state for it.
@@ -37,6 +38,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "siglip": ("siglip/*",),
     "region_head": ("region_head/*",),
     "lora": ("lora/*",),
+    "audio": ("audio/*",),
+    "audio_connector": ("audio_connector/*",),
     "all": ("*",),
 }
 _EXCLUDE = {"llm": ("llm/xattn_*",)}
