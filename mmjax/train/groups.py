@@ -9,6 +9,7 @@ Paths are '/'-joined parameter names (`llm/layers_0/attn/q/kernel`). A stage's
   text       text/*                    all        everything
   siglip     siglip/* (the SigLIP head) region_head  region_head/* (stage
              loss region_classification's classifiers)
+  vq         vq/* (the VQ image tokenizer's encoder and decoder, stage loss vq)
   lora       lora/* (LoRA factors of a stage with lora.rank > 0, train/lora.py)
 
 Everything else is frozen: no gradient is taken with respect to it and the
@@ -36,6 +37,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "text": ("text/*",),
     "siglip": ("siglip/*",),
     "region_head": ("region_head/*",),
+    "vq": ("vq/*",),
     "lora": ("lora/*",),
     "all": ("*",),
 }
