@@ -3,14 +3,16 @@
   python -m mmjax.main --config=configs/vq.py --workdir=W
 
 Args (comma-separated key=value after the colon):
-  steps=N      stage length (default 300)
-  batch=N      global batch (default 32)
+  steps=N      stage length (default 800)
+  batch=N      global batch (default 8)
   codes=K      codebook size (default 256)
   levels=N     stride-2 levels: 64 px -> 64 / 2**N codes a side (default 2:
                16 x 16 codes)
 The shapes recipe's data and image size (64 px) are used as they are
 (configs/shapes.py); the tokenizer is config.model.vq, its stage
-config.stages.vq (docs/image-generation.md).
+config.stages.vq (docs/image-generation.md). The defaults are the measured
+run there: about 5 minutes on 2 CPU cores, test PSNR 26.0 dB with 97% of the
+codebook used per batch of 32.
 """
 import os
 
@@ -52,7 +54,7 @@ def vq_stage(template: ml_collections.ConfigDict, steps: int
 
 def get_config(arg=None):
   """Returns the tokenizer recipe; see the module docstring for the args."""
-  args = config_lib.parse_arg(arg, steps=300, batch=32, codes=256, levels=2)
+  args = config_lib.parse_arg(arg, steps=800, batch=8, codes=256, levels=2)
   if not 1 <= args.levels <= len(_WIDTHS):
     raise config_lib.ConfigError(
         f"config arg levels={args.levels} must lie in [1, {len(_WIDTHS)}]")
