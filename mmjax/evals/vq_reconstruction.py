@@ -7,6 +7,8 @@ PSNR and codebook usage, measured outside the training loop.
 
 PSNR is per image over pixels in [0, 1] (the decoded image clipped, as a
 written PNG would be), averaged over the split's images.
+
+  write_grid("runs/vq", "recon.png", n=8)   # originals above, decoded below
 """
 from __future__ import annotations
 
@@ -17,26 +19,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.data import builders, datasets
+from mmjax.data import images as images_lib
 from mmjax.inference import workdir as workdir_lib
 from mmjax.inference.vq_tokenizer import load_vq_tokenizer
 from mmjax.models import build
 from mmjax.models import vq_codebook
 
 
+def _test_images(config, split: str, batch_size: int):
+  """(number of records, iterator of f32[<=batch_size, S, S, 3]): each
+  record's image once, preprocessed as the pipeline does ([-1, 1]).
+
+  Read per record rather than through a format: the contrastive and caption
+  formats give one example per caption, so images would repeat."""
+  cfg = build.mllm_config(config)
+  source = builders.load_source(datasets.shapes_dataset(config), split)
+  kind = images_lib.normalization_kind(cfg)
+
+  def batches():
+    for lo in range(0, len(source), batch_size):
+      yield np.stack([
+          images_lib.preprocess(source[i]["image"], cfg.side, kind=kind)
+          for i in range(lo, min(lo + batch_size, len(source)))])
+  return len(source), batches()
+
+
 def evaluate_vq(workdir: str, split: str = "test", batch_size: int = 32,
                 limit: int = 0, stage: str = "vq") -> dict[str, Any]:
   """Reconstruction metrics of a run's tokenizer on a shapes split
   (limit > 0: its first `limit` images)."""
-  from mmjax.data import pipeline  # pylint: disable=g-import-not-at-top  (grain)
   config = workdir_lib.read_config(workdir)
   tok = load_vq_tokenizer(workdir, stage)
-  builder = datasets.shapes_dataset(config)
-  source = builders.load_source(builder, split)
-  it = pipeline.make_iterator(
-      source, fmt="contrastive", cfg=build.mllm_config(config),
-      tokenizer=datasets.tokenizer_for(builder, config),
-      batch_size=batch_size, seed=0, max_len=config.model.text.max_len,
-      train=False)
+  total, batches = _test_images(config, split, batch_size)
   k = tok.codebook.shape[0]
 
   @jax.jit
@@ -46,17 +60,14 @@ def evaluate_vq(workdir: str, split: str = "test", batch_size: int = 32,
     mse = jnp.mean((recon - images) ** 2, (1, 2, 3)) / 4.0  # [0, 1] units
     return codes, 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
 
-  n = len(source) if limit <= 0 else min(limit, len(source))
+  n = total if limit <= 0 else min(limit, total)
   psnrs, batch_usage, counts = [], [], np.zeros(k)
-  for batch in it:
-    real = np.asarray(batch["valid"]) > 0
-    images = jnp.asarray(batch["images"])[:, 0]
-    codes, psnr = jax.device_get(step(images))
-    take = min(int(real.sum()), n - len(psnrs))
-    psnrs += list(psnr[real][:take])
-    used = codes[real][:take]
-    batch_usage.append(float(vq_codebook.usage(jnp.asarray(used), k)[0]))
-    counts += np.bincount(used.reshape(-1), minlength=k)
+  for images in batches:
+    images = images[:n - len(psnrs)]
+    codes, psnr = jax.device_get(step(jnp.asarray(images)))
+    psnrs += list(psnr)
+    batch_usage.append(float(vq_codebook.usage(jnp.asarray(codes), k)[0]))
+    counts += np.bincount(codes.reshape(-1), minlength=k)
     if len(psnrs) >= n:
       break
   p = counts / counts.sum()
@@ -65,3 +76,21 @@ def evaluate_vq(workdir: str, split: str = "test", batch_size: int = 32,
           "batch_usage": float(np.mean(batch_usage)),
           "split_usage": float((counts > 0).mean()),
           "perplexity": float(np.exp(entropy)), "codebook_size": k}
+
+
+def write_grid(workdir: str, path: str, n: int = 8, split: str = "test",
+               stage: str = "vq", scale: int = 2) -> str:
+  """A PNG of the first n images of a split (top row) and their
+  reconstructions through the codes (bottom row), each scaled up."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  config = workdir_lib.read_config(workdir)
+  tok = load_vq_tokenizer(workdir, stage)
+  _, batches = _test_images(config, split, n)
+  images = jnp.asarray(next(batches))
+  recon = jnp.clip(tok.decode(tok.encode(images)), -1.0, 1.0)
+  rows = [np.concatenate(list(np.asarray(x)), 1) for x in (images, recon)]
+  grid = np.round((np.concatenate(rows, 0) + 1.0) * 127.5).astype(np.uint8)
+  img = Image.fromarray(grid)
+  img.resize((img.width * scale, img.height * scale),
+             Image.NEAREST).save(path)
+  return path

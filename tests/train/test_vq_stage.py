@@ -9,6 +9,8 @@ import pytest
 
 from mmjax import config as config_lib
 from mmjax import parallel
+from mmjax.evals.vq_reconstruction import evaluate_vq, write_grid
+from mmjax.inference.vq_tokenizer import load_vq_tokenizer
 from mmjax.train import config_checks, recipe, stages, trainer
 from mmjax.train import metrics as metrics_lib
 from tests.conftest import REPO
@@ -56,6 +58,19 @@ def test_vq_stage_learns_in_the_loop(vq_config, tmp_path):
   assert "eval_psnr" in result.final_metrics
   # The tokenizer's weights go to the global store as group `vq`.
   assert all(p.startswith("vq/") for p in result.global_params)
+  # The trained tokenizer reads back from the workdir: images <-> codes,
+  # and the test-split figures agree with the loop's own held-out PSNR.
+  tok = load_vq_tokenizer(str(tmp_path))
+  codes = tok.encode(np.zeros((2, 64, 64, 3), np.float32))
+  assert codes.shape == (2, 16, 16) and codes.dtype == np.int32
+  assert tok.decode(codes).shape == (2, 64, 64, 3)
+  figures = evaluate_vq(str(tmp_path), "test")
+  assert figures["images"] == 4 and figures["codebook_size"] == 32
+  assert abs(figures["psnr"] - result.final_metrics["eval_psnr"]) < 3
+  assert 0 < figures["batch_usage"] <= figures["split_usage"] <= 1
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  png = write_grid(str(tmp_path), str(tmp_path / "grid.png"), n=4)
+  assert Image.open(png).size == (4 * 64 * 2, 2 * 64 * 2)
 
 
 def test_vq_stage_resumes_bit_identically(vq_config, tmp_path):
@@ -103,4 +118,11 @@ def test_a_vq_option_on_another_stage_is_refused(vq_config):
   config.stages.other.trainable = ("vision",)
   config.stage_order = ("vq", "other")
   with pytest.raises(config_lib.ConfigError, match="only stages with loss"):
+    config_checks.validate_config(config)
+
+
+def test_a_vq_stage_without_its_model_block_is_one_line(vq_config):
+  config = vq_config()
+  del config.model["vq"]
+  with pytest.raises(config_lib.ConfigError, match="needs config.model.vq"):
     config_checks.validate_config(config)
