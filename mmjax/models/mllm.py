@@ -532,6 +532,7 @@ def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:
   resampler = d.pop("resampler", None)
   qformer = d.pop("qformer", None)
   d.pop("text", None)  # the SigLIP text tower of contrastive stages
+  d.pop("vq", None)  # the VQ image tokenizer of `vq` stages (models/vq.py)
   fusion = d.get("fusion")
   allowed = {f.name for f in dataclasses.fields(MLLMConfig)}
   unknown = sorted(set(d) - allowed)

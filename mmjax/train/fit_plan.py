@@ -151,7 +151,8 @@ def stage_task(config: ml_collections.ConfigDict, stage_name: str
   task = trainer.Task(
       init_params=init, loss_fn=kind.make_loss(model, stage),
       train_iterator=None, eval_batches=None, to_global=to_global,
-      needs_ref=kind.needs_ref, loss_state=kind.initial_loss_state(stage))
+      needs_ref=kind.needs_ref,
+      loss_state=kind.initial_loss_state(config, stage_name))
   return lora.wrap(task, stage)
 
 

@@ -9,6 +9,7 @@ Paths are '/'-joined parameter names (`llm/layers_0/attn/q/kernel`). A stage's
   text       text/*                    all        everything
   siglip     siglip/* (the SigLIP head) region_head  region_head/* (stage
              loss region_classification's classifiers)
+  vq         vq/* (the VQ image tokenizer's encoder and decoder, stage loss vq)
   lora       lora/* (LoRA factors of a stage with lora.rank > 0, train/lora.py)
   audio      audio/* (the Whisper tower)  audio_connector  audio_connector/*
 
@@ -37,6 +38,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "text": ("text/*",),
     "siglip": ("siglip/*",),
     "region_head": ("region_head/*",),
+    "vq": ("vq/*",),
     "lora": ("lora/*",),
     "audio": ("audio/*",),
     "audio_connector": ("audio_connector/*",),

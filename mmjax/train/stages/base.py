@@ -47,9 +47,10 @@ class StageKind:
     make_loss: (model, stage config) -> loss_fn(params, batch, rng[, ref]
       [, loss_state]) -> (loss, metrics) (trainer.LossFn).
     needs_ref: loss_fn also gets the stage-start parameters (frozen).
-    initial_loss_state: stage config -> the initial value of a small pytree
-      the loss reads and updates every step (trainer.Task.loss_state), or
-      None.
+    initial_loss_state: (config, stage_name) -> the initial value of a
+      small pytree the loss reads and updates every step
+      (trainer.Task.loss_state), or None; it sees the whole config because
+      its shapes may come from the model (the VQ codebook).
     options: the optional stage keys this kind reads, with their neutral
       values (a stage of another kind may carry a key only at its neutral
       value).
@@ -62,8 +63,8 @@ class StageKind:
   make_model: Callable[[ml_collections.ConfigDict, str], StageModel]
   make_loss: Callable[[Any, ml_collections.ConfigDict], Callable[..., Any]]
   needs_ref: bool = False
-  initial_loss_state: Callable[[ml_collections.ConfigDict], Any] = (
-      lambda stage: None)
+  initial_loss_state: Callable[[ml_collections.ConfigDict, str], Any] = (
+      lambda config, stage_name: None)
   options: dict[str, Any] = dataclasses.field(default_factory=dict)
   checks: Callable[[ml_collections.ConfigDict, str, ml_collections.ConfigDict],
                    list[C.Check]] = lambda config, path, stage: []

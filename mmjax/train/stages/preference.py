@@ -56,9 +56,9 @@ def _loss(kind: str):
   return make
 
 
-def _reward_moments(stage):
+def _reward_moments(config, stage_name):
   """(running reward mean, count), both 0 at stage start."""
-  del stage
+  del config, stage_name
   return (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
 
 

@@ -64,7 +64,7 @@ def build_task(config: ml_collections.ConfigDict, stage_name: str,
     data = _mllm_data(config, stage_name)
   task = Task(init_params=init, loss_fn=kind.make_loss(model, stage),
               to_global=to_global, needs_ref=kind.needs_ref,
-              loss_state=kind.initial_loss_state(stage), **data.task_fields)
+              loss_state=kind.initial_loss_state(config, stage_name), **data.task_fields)
   return BuiltTask(task=lora.wrap(task, stage), info=data.info,
                    tokenizer=data.tokenizer)
 
