@@ -101,6 +101,7 @@ def evaluate_shapes_grounding(model: MLLM, params: Any, cfg: MLLMConfig,
       cfg, tokenizer, [{"role": "user",
                         "content": prompts_lib.user_turn(q, 1)}])
              for _, q, _, _ in examples]
+  prompts, pixels = vqa.fit_prompts(prompts, pixels)
   preds = vqa.greedy_answers(
       model, params, tokenizer, prompts, pixels, batch_size=batch_size,
       max_new_tokens=max_new_tokens or answer_tokens(tokenizer),

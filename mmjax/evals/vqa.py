@@ -14,7 +14,7 @@ import numpy as np
 
 from mmjax.data import builders, formats
 from mmjax.data import images as images_lib
-from mmjax.data import tiling as tiling_lib
+from mmjax.data import native_resolution as native_lib
 from mmjax.data.shapes import QTYPES
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.inference import decode
@@ -114,14 +114,23 @@ def yes_no_metrics(predictions: Sequence[str], answers: Sequence[str]
 
 
 def record_pixels(cfg: MLLMConfig, record: Mapping[str, Any], resize: str,
-                  kind: str | None = None) -> np.ndarray:
-  """f32[1, S, S, 3]: a record's image as the model takes it (InternVL
-  tiling: its tiles f32[n, S, S, 3], as the training pipeline cuts them)."""
-  if tiling_lib.takes_tiles(cfg):
-    return media_lib.tiled_media(cfg, [record["image"]]).tiles
-  kind = kind or images_lib.normalization_kind(cfg)
-  return images_lib.preprocess(record["image"], cfg.side, resize=resize,
-                               kind=kind)[None]
+                  kind: str | None = None) -> Any:
+  """A record's image as the model takes it (`media.media_arrays`):
+  f32[1, S, S, 3] (resized to the side), a Qwen2-VL model's [item at its own
+  size], a NaFlex model's `NaFlexMedia`, an InternVL-tiled model's
+  `TiledMedia`. Pass prompts through `fit_prompts` with it."""
+  del kind  # the config names it
+  return media_lib.media_arrays(cfg, [record["image"]], None, resize, 1)
+
+
+def fit_prompts(prompts: Sequence[Sequence[Piece]], media: Sequence[Any]
+                ) -> tuple[list[list[Piece]], list[Any]]:
+  """(prompts, media) as the decode loop takes them: each prompt's
+  `layout.Media` sized to its image (native resolution, NaFlex) or repeated
+  per tile (InternVL), and the media as arrays / item lists."""
+  fitted = [media_lib.expand_tiles(native_lib.sized_pieces(p, m), m)
+            for p, m in zip(prompts, media)]
+  return fitted, [media_lib.model_media(m) for m in media]
 
 
 def greedy_answers(model: MLLM, params: Any, tokenizer: Tokenizer,
@@ -144,7 +153,8 @@ def shapes_examples(cfg: MLLMConfig, tokenizer: Tokenizer,
                      ) -> tuple[list[Any], list[list[Piece]],
                                 list[np.ndarray]]:
   """(record, item) pairs of `fmt` in source order, their prompts (the
-  training prompt without the answer) and images f32[1, S, S, 3]."""
+  training prompt without the answer) and images as the model takes them
+  (`record_pixels`, `fit_prompts`)."""
   kind = images_lib.normalization_kind(cfg)
   examples, pixels = [], []
   for index in range(len(source)):
@@ -158,9 +168,7 @@ def shapes_examples(cfg: MLLMConfig, tokenizer: Tokenizer,
   examples, pixels = examples[:max_examples], pixels[:max_examples]
   prompts = [prompts_lib.prompt_pieces(cfg, tokenizer, formats.record_example(
       r, i, fmt).turns[:-1]) for r, i in examples]
-  if tiling_lib.takes_tiles(cfg):  # one Media per tile, as in training
-    prompts = [media_lib.expand_tiles(p, media_lib.TiledMedia(
-        px, (len(px),))) for p, px in zip(prompts, pixels)]
+  prompts, pixels = fit_prompts(prompts, pixels)
   return examples, prompts, pixels
 
 
