@@ -62,7 +62,9 @@ def build_task(config: ml_collections.ConfigDict, stage_name: str,
     data = _corpus_data(config, stage_name, workdir)
   else:
     data = _mllm_data(config, stage_name)
-  task = Task(init_params=init, loss_fn=kind.make_loss(model, stage),
+  loss_kw = {"tokenizer": data.tokenizer} if kind.loss_takes_tokenizer else {}
+  task = Task(init_params=init, loss_fn=kind.make_loss(model, stage,
+                                                       **loss_kw),
               to_global=to_global, needs_ref=kind.needs_ref,
               loss_state=kind.initial_loss_state(stage), **data.task_fields)
   return BuiltTask(task=lora.wrap(task, stage), info=data.info,
