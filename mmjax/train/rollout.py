@@ -118,15 +118,16 @@ def decode_inputs(model: MLLM, params: Any, batch: Mapping[str, jax.Array],
   out["lengths"] = n
   out["media_count"] = out["media_locations"].sum(1).astype(jnp.int32)
   out["done"] = ~batch.get("valid", jnp.ones((b,), bool))
-  out["images"] = batch.get("images")
   out["image_mask"] = batch.get("image_mask")
-  if out["images"] is not None:
-    out["visual"] = model.apply({"params": params}, out["images"],
+  if batch.get("images") is not None:
+    # Encoded once per prompt; prefill reads `visual` instead of `images`.
+    out["visual"] = model.apply({"params": params}, batch["images"],
                                 method=MLLM.encode_images)
   # M-RoPE positions are [3, B, L]: their batch axis is the second.
   out = {k: None if v is None else jnp.repeat(
       v, group_size, axis=v.ndim - 2 if k == "positions" else 0)
          for k, v in out.items()}
+  out["images"] = None
   out["row_ids"] = jnp.arange(b * group_size, dtype=jnp.int32)
   return out
 

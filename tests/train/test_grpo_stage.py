@@ -49,13 +49,16 @@ def _run(config, workdir, crash_after=None):
       parallel.make_mesh(config.mesh.to_dict()), parallel.logical_rules())
 
 
-def test_rollout_tokens_are_what_the_policy_pass_scores():
+@pytest.mark.parametrize("fusion, positions", [
+    ("projection", "rope"), ("projection", "mrope"), ("projection", "v2pe"),
+    ("cross_attention", "rope")])
+def test_rollout_tokens_are_what_the_policy_pass_scores(fusion, positions):
   """At a tiny temperature the decode loop samples the argmax; the policy
   pass over [prompt | completion] must give those tokens probability ~1:
   prompts, positions and completions are laid out as the decode saw them."""
-  cfg = testing.tiny_mllm_config()
+  cfg = testing.tiny_mllm_config(fusion, positions)
   model = MLLM(cfg)
-  params = testing.random_params(model, scale=3.0)
+  params = testing.random_params(model, scale=3.0, gate=1.0)
   batch = testing.dummy_batch(cfg, 2, text_len=3)
   # Rows of different prompt lengths: shift row 1's answer one slot left
   # (its prompt loses its last token's supervision boundary).
