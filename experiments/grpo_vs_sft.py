@@ -37,7 +37,9 @@ _NUM_TRAIN = flags.DEFINE_integer("num_train", 4000, "shapes train images")
 _EVAL = flags.DEFINE_integer("eval_examples", 500, "test questions scored")
 
 
-def _config(order):
+def _config(order, arm=None):
+  """The recipe with the base steps; an arm's own stage set up only in
+  that arm's config (the base run's config.json must not depend on it)."""
   config = config_lib.load_config("configs/shapes.py:size=tiny")
   config.data.num_train = _NUM_TRAIN.value
   config.progress_bar = False
@@ -46,6 +48,9 @@ def _config(order):
     name, steps = item.split("=")
     config.stages[name].steps = int(steps)
     config.stages[name].evals = ()
+  config.stage_order = tuple(order)
+  if arm is None:
+    return config
   stage = config.stages.grpo
   stage.steps, stage.evals = _GRPO_STEPS.value, ()
   stage.group_size = _GROUP.value
@@ -56,7 +61,6 @@ def _config(order):
       config.stages.sft.schedule.end_lr_fraction)
   more.schedule.warmup_steps = 1
   config.stages.sft_more = more
-  config.stage_order = tuple(order)
   return config
 
 
@@ -89,7 +93,7 @@ def main(argv):
     if not os.path.isdir(workdir):
       shutil.copytree(base, workdir)
       os.remove(os.path.join(workdir, config_lib.RUN_CONFIG_FILE))
-    arm_config = _config(base_order + [arm])
+    arm_config = _config(base_order + [arm], arm)
     if arm == "sft_more":
       arm_config.stages.sft_more.steps = max(
           1, round(arms["grpo"]["wall_s"] / sft_step))
