@@ -7,8 +7,10 @@
 2. arm `grpo`: WORKDIR/base copied, the `grpo` stage added after `sft`
    (--grpo_steps at --grpo_lr), its wall time measured;
 3. arm `sft_more`: the same copy with a stage `sft_more` (the sft stage's
-   data and groups at its final learning rate) for as many steps as fit in
-   the grpo arm's wall time (the base sft's logged step time);
+   data and groups at its final learning rate) for the same compute as the
+   grpo arm: grpo steps x (grpo step FLOPs / sft step FLOPs), both from
+   XLA's cost analysis of the compiled steps (logged at compile). On a
+   shared CPU wall time is noise; the logged step times are printed too;
 then greedy VQA exact match of all three on --eval_examples test questions
 (format `shapes`, as the evaluator asks), printed as one JSON line.
 """
@@ -35,6 +37,8 @@ _GRPO_LR = flags.DEFINE_float("grpo_lr", 1e-5, "grpo learning rate")
 _GROUP = flags.DEFINE_integer("group_size", 8, "grpo G")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 4000, "shapes train images")
 _EVAL = flags.DEFINE_integer("eval_examples", 500, "test questions scored")
+_ARMS = flags.DEFINE_list("arms", ["grpo", "sft_more"], "arms to run (the "
+                          "sft_more arm reads the grpo arm's step FLOPs)")
 
 
 def _config(order, arm=None):
@@ -74,6 +78,14 @@ def _accuracy(config, workdir, stage, params, tok):
           if k.startswith("acc/") or k == "se/all"}
 
 
+def _median(workdir, stage, key):
+  """Median of a logged metric of one stage (step times: the first log,
+  which holds the compile, is outvoted)."""
+  values = sorted(r[key] for r in metrics_lib.read_metrics(workdir)
+                  if r.get("stage") == stage and key in r)
+  return values[len(values) // 2]
+
+
 def main(argv):
   del argv
   base_order = [n.split("=")[0] for n in _BASE.value.split(",")]
@@ -84,31 +96,34 @@ def main(argv):
   name, result, _ = done[-1]
   tok = datasets.tokenizer_for(datasets.shapes_dataset(config), config)
   out = {"base": _accuracy(config, base, name, result.params, tok)}
-  sft_step = [r["step_time_s"] for r in metrics_lib.read_metrics(base)
-              if r.get("stage") == "sft" and "step_time_s" in r]
-  sft_step = sorted(sft_step)[len(sft_step) // 2]  # median: no compile
+  sft_step = _median(base, "sft", "step_time_s")
   arms = {}
-  for arm in ("grpo", "sft_more"):
+  for arm in _ARMS.value:
     workdir = os.path.join(root, arm)
     if not os.path.isdir(workdir):
       shutil.copytree(base, workdir)
       os.remove(os.path.join(workdir, config_lib.RUN_CONFIG_FILE))
     arm_config = _config(base_order + [arm], arm)
     if arm == "sft_more":
-      arm_config.stages.sft_more.steps = max(
-          1, round(arms["grpo"]["wall_s"] / sft_step))
+      ratio = (_median(os.path.join(root, "grpo"), "grpo", "step_flops") /
+               _median(base, "sft", "step_flops"))
+      arm_config.stages.sft_more.steps = max(1, round(_GRPO_STEPS.value *
+                                                      ratio))
     t0 = time.perf_counter()
     _, result, _ = recipe.run_recipe(arm_config, workdir, verbose=False)[-1]
     wall = time.perf_counter() - t0
     last = [r for r in metrics_lib.read_metrics(workdir)
             if r.get("stage") == arm and "loss" in r]
     arms[arm] = {"steps": arm_config.stages[arm].steps,
-                 "wall_s": round(wall, 1), "last_log": last[-1]}
+                 "wall_s": round(wall, 1), "last_log": last[-1],
+                 "step_time_s": round(_median(workdir, arm, "step_time_s"),
+                                      3)}
     out[arm] = dict(_accuracy(arm_config, workdir, arm, result.params, tok),
                     **{k: v for k, v in arms[arm].items()
                        if k != "last_log"})
-  out["grpo_last_log"] = arms["grpo"]["last_log"]
-  out["sft_step_s"] = round(sft_step, 4)
+  if "grpo" in arms:
+    out["grpo_last_log"] = arms["grpo"]["last_log"]
+  out["base_sft_step_time_s"] = round(sft_step, 4)
   print(json.dumps(out))
 
 
