@@ -36,7 +36,8 @@ class Completions(NamedTuple):
 
   tokens: int32[R, N], the sampled ids, pad after the stop token.
   length: int32[R], tokens up to and including the stop token (N when the
-    row never stopped). stopped: bool[R], it ended with a stop token.
+    row never stopped, 0 for a padding row). stopped: bool[R], it ended
+    with a stop token.
   stop_id: int32[R], the end-of-turn id of the row's prompt (the last gold
     target). prompt_len: int32[R], prompt tokens of the row.
   """
@@ -117,7 +118,8 @@ def decode_inputs(model: MLLM, params: Any, batch: Mapping[str, jax.Array],
     out["rope_delta"] = jnp.zeros((b,), jnp.int32)
   out["lengths"] = n
   out["media_count"] = out["media_locations"].sum(1).astype(jnp.int32)
-  out["done"] = ~batch.get("valid", jnp.ones((b,), bool))
+  # Padding rows (no prompt) are done before they start.
+  out["done"] = ~batch.get("valid", jnp.ones((b,), bool)) | (n == 0)
   out["image_mask"] = batch.get("image_mask")
   if batch.get("images") is not None:
     # Encoded once per prompt; prefill reads `visual` instead of `images`.
@@ -144,11 +146,15 @@ def sample(model: MLLM, params: Any, batch: Mapping[str, jax.Array],
   """
   params = jax.lax.stop_gradient(params)
   n = prompt_lengths(batch["loss_mask"])
-  last = n - 2 + (batch["loss_mask"] > 0).sum(1)  # the last gold target
-  stop = _at(batch["targets"], last).astype(jnp.int32)
+  answer = (batch["loss_mask"] > 0).sum(1)
+  # The last gold target; -1 for padding rows (evaluation), which have none.
+  stop = jnp.where(answer > 0, _at(batch["targets"], n - 2 + answer), -1)
+  stop = stop.astype(jnp.int32)
+  real = jnp.repeat(batch.get("valid", jnp.ones(n.shape, bool)) &
+                    (answer > 0), group_size)
   inputs = decode_inputs(model, params, batch, group_size)
-  # One stop id for the whole batch keeps the decode loop's shapes; shapes
-  # prompts share one end-of-turn id (checked by the loss: stop_id).
+  # The decode loop stops a row at any id of one set: every row's end of
+  # turn (a dataset written with one tokenizer has one).
   stop_ids = jnp.unique(stop, size=8, fill_value=-1)
   seed = jax.random.randint(rng, (), 0, jnp.iinfo(jnp.int32).max)
   state, ctx = decode_lib.prefill(
@@ -158,8 +164,9 @@ def sample(model: MLLM, params: Any, batch: Mapping[str, jax.Array],
                             jnp.int32(max_new_tokens), sampling=sampling)
   tokens = state.tokens
   is_stop = jnp.isin(tokens, stop_ids)
-  stopped = is_stop.any(1)
+  stopped = is_stop.any(1) & real
   length = jnp.where(stopped, jnp.argmax(is_stop, 1) + 1, max_new_tokens)
+  length = jnp.where(real, length, 0)  # padding rows: nothing to score
   return Completions(
       tokens=tokens, length=length.astype(jnp.int32), stopped=stopped,
       stop_id=jnp.repeat(stop, group_size),

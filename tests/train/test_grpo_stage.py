@@ -59,10 +59,11 @@ def test_rollout_tokens_are_what_the_policy_pass_scores(fusion, positions):
   cfg = testing.tiny_mllm_config(fusion, positions)
   model = MLLM(cfg)
   params = testing.random_params(model, scale=3.0, gate=1.0)
-  batch = testing.dummy_batch(cfg, 2, text_len=3)
-  # Rows of different prompt lengths: shift row 1's answer one slot left
-  # (its prompt loses its last token's supervision boundary).
+  batch = testing.dummy_batch(cfg, 3, text_len=3)
+  # Rows of different prompt lengths: row 1's answer starts a slot earlier.
   batch["loss_mask"][1] = np.roll(batch["loss_mask"][1], -1)
+  # Row 2 is padding, as the last evaluation batch has.
+  batch["valid"][2], batch["loss_mask"][2] = False, 0.0
 
   @jax.jit
   def run(params, batch):
@@ -79,11 +80,14 @@ def test_rollout_tokens_are_what_the_policy_pass_scores(fusion, positions):
     return comp, seqs, logp
 
   comp, seqs, logp = jax.device_get(run(params, batch))
-  assert comp.tokens.shape == (6, 4)
+  assert comp.tokens.shape == (9, 4)
+  assert (comp.length[6:] == 0).all() and not comp.stopped[6:].any()
+  assert np.isfinite(logp).all()
   np.testing.assert_array_equal(comp.prompt_len, np.repeat(
       np.asarray(rollout.prompt_lengths(jnp.asarray(batch["loss_mask"]))), 3))
   mask = seqs["loss_mask"] > 0
   np.testing.assert_array_equal(mask.sum(1), comp.length)
+  assert comp.length[:6].min() >= 1
   # The completion tokens sit right after each row's prompt.
   for r in range(6):
     n = comp.prompt_len[r]
