@@ -33,7 +33,7 @@ _BASE = flags.DEFINE_string(
     "base_steps", "text_lm=150,siglip=150,regions=300,align=150,sft=500",
     "steps of the base stages")
 _GRPO_STEPS = flags.DEFINE_integer("grpo_steps", 30, "grpo steps")
-_GRPO_LR = flags.DEFINE_float("grpo_lr", 1e-5, "grpo learning rate")
+_GRPO_LR = flags.DEFINE_float("grpo_lr", 1e-4, "grpo learning rate")
 _GROUP = flags.DEFINE_integer("group_size", 8, "grpo G")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 4000, "shapes train images")
 _EVAL = flags.DEFINE_integer("eval_examples", 500, "test questions scored")
