@@ -56,6 +56,9 @@ class StageKind:
       value).
     checks: (config, "stages.<name>", stage config) -> the config checks of
       this kind's options and constraints.
+    loss_takes_tokenizer: make_loss also gets `tokenizer=` the stage's
+      tokenizer (grpo: the ids that spell numbers); without one (fit
+      planning) it must still build a loss of the same shapes.
   """
   name: str
   families: tuple[str, ...]
@@ -68,6 +71,7 @@ class StageKind:
   options: dict[str, Any] = dataclasses.field(default_factory=dict)
   checks: Callable[[ml_collections.ConfigDict, str, ml_collections.ConfigDict],
                    list[C.Check]] = lambda config, path, stage: []
+  loss_takes_tokenizer: bool = False
 
 
 _KINDS: dict[str, StageKind] = {}

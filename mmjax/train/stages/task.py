@@ -62,7 +62,9 @@ def build_task(config: ml_collections.ConfigDict, stage_name: str,
     data = _corpus_data(config, stage_name, workdir)
   else:
     data = _mllm_data(config, stage_name)
-  task = Task(init_params=init, loss_fn=kind.make_loss(model, stage),
+  loss_kw = {"tokenizer": data.tokenizer} if kind.loss_takes_tokenizer else {}
+  task = Task(init_params=init, loss_fn=kind.make_loss(model, stage,
+                                                       **loss_kw),
               to_global=to_global, needs_ref=kind.needs_ref,
               loss_state=kind.initial_loss_state(config, stage_name), **data.task_fields)
   return BuiltTask(task=lora.wrap(task, stage), info=data.info,
@@ -203,9 +205,12 @@ def stage_checks(config: ml_collections.ConfigDict) -> list[C.Check]:
       checks.append(C.check_choice(f"{p}.data", kind.data_formats))
     for option, kinds in owners.items():
       if option in stage and option not in kind.options:
-        neutral = base.kinds()[kinds[0]].options[option]
+        # Kinds sharing a key may differ in its neutral value (`beta`: dpo
+        # 0.1, grpo 0.04): any of them is neutral.
+        neutrals = [base.kinds()[k].options[option] for k in kinds]
+        neutral = base.kinds()[kinds[-1]].options[option]
         checks.append(C.check_that(
-            lambda c, s=stage, o=option, v=neutral: s[o] == v,
+            lambda c, s=stage, o=option, n=neutrals: s[o] in n,
             lambda c, s=stage, p=p, o=option, k=kinds, v=neutral: (
                 f"config.{p}.{o}={s[o]!r}: only stages with loss "
                 f"{', '.join(map(repr, k))} take it; this stage's loss is "
