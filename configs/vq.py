@@ -43,7 +43,7 @@ def vq_stage(template: ml_collections.ConfigDict, steps: int
     if key in stage:
       del stage[key]
   stage.update(loss="vq", data="contrastive", steps=steps,
-               trainable=("vq",), evals=(), batch_size=0, beta=0.25,
+               trainable=("vq",), evals=(), batch_size=0, commitment=0.25,
                decay=0.99, dead_threshold=1.0, recon="mse")
   stage.optimizer.lr = 2e-3
   stage.optimizer.weight_decay = 0.0  # a small conv autoencoder

@@ -116,6 +116,7 @@ def test_a_vq_option_on_another_stage_is_refused(vq_config):
   config.stages.other = config.stages.vq.copy_and_resolve_references()
   config.stages.other.loss = "sigmoid_contrastive"
   config.stages.other.trainable = ("vision",)
+  config.stages.other.decay = 0.9  # a vq option away from its neutral value
   config.stage_order = ("vq", "other")
   with pytest.raises(config_lib.ConfigError, match="only stages with loss"):
     config_checks.validate_config(config)

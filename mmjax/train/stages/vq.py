@@ -7,7 +7,8 @@ dead-code restarts every step, not by the optimizer, and checkpointed with
 the parameters, so a resumed stage continues exactly.
 
 Loss: reconstruction (option `recon`: 'mse' or 'l1', in the pipeline's
-[-1, 1] units) + beta ||z_e - sg(e)||^2 (option `beta`, 0.25). With EMA
+[-1, 1] units) + commitment ||z_e - sg(e)||^2 (option `commitment`, 0.25; not `beta`,
+which the preference and grpo stages use for another thing). With EMA
 codebook updates there is no codebook loss term. Options `decay` (0.99) and
 `dead_threshold` (1.0: a code whose EMA count per batch falls below it
 restarts at a random encoder output of the batch).
@@ -31,7 +32,7 @@ from mmjax.train.stages import base
 from mmjax.train.stages.contrastive import single_image
 
 RECON = ("mse", "l1")
-_OPTIONS = {"beta": 0.25, "decay": 0.99, "dead_threshold": 1.0,
+_OPTIONS = {"commitment": 0.25, "decay": 0.99, "dead_threshold": 1.0,
             "recon": "mse"}
 
 
@@ -75,7 +76,7 @@ def psnr(recon: jax.Array, images: jax.Array, weights: jax.Array
 
 
 def _loss(model, stage: ml_collections.ConfigDict):
-  beta = float(stage.get("beta", 0.25))
+  commitment = float(stage.get("commitment", 0.25))
   decay = float(stage.get("decay", 0.99))
   threshold = float(stage.get("dead_threshold", 1.0))
   recon_kind = stage.get("recon", "mse")
@@ -93,7 +94,7 @@ def _loss(model, stage: ml_collections.ConfigDict):
     err = err ** 2 if recon_kind == "mse" else jnp.abs(err)
     recon_loss = (err.mean((1, 2, 3)) * w).sum() / n
     commit = (((z_e - q.z_q) ** 2).mean((1, 2, 3)) * w).sum() / n
-    loss = recon_loss + beta * commit
+    loss = recon_loss + commitment * commit
     code_w = jnp.broadcast_to(w[:, None, None], q.codes.shape)
     new_state, restarted = vq_codebook.ema_update(
         state, z_e, q.codes, rng, code_w, decay=decay, threshold=threshold)
@@ -133,7 +134,7 @@ def _checks(config, path: str, stage) -> list[C.Check]:
           f"{2 ** len(c.model.vq.channels)}), which does not divide the "
           f"image side {side(c)}: drop a level or change the image size"),
   ] + [check for key, check in (
-      ("beta", C.check_number(f"{path}.beta", 0.0)),
+      ("commitment", C.check_number(f"{path}.commitment", 0.0)),
       ("decay", C.check_number(f"{path}.decay", 0.0, 0.9999)),
       ("dead_threshold", C.check_number(f"{path}.dead_threshold", 0.0)),
       ("recon", C.check_choice(f"{path}.recon", RECON))) if key in stage]
