@@ -153,8 +153,9 @@ def _rewards_ok(value) -> str | None:
     return "must be a non-empty dict {reward name: weight}"
   for name, weight in dict(value).items():
     if name not in rewards.names():
+      usable = [n for n in rewards.names() if not rewards.get(n).unavailable]
       return (f"names {name!r}, which is no reward; rewards: "
-              f"{', '.join(n for n in rewards.names() if not rewards.get(n).unavailable)}")
+              f"{', '.join(usable)}")
     if rewards.get(name).unavailable:
       return f"names {name!r}, which is unavailable: " + (
           rewards.get(name).unavailable)
