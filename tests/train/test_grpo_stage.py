@@ -80,12 +80,8 @@ def test_rollout_tokens_are_what_the_policy_pass_scores(fusion, positions):
                           group_size=3, max_new_tokens=4,
                           sampling=Sampling(temperature=1e-3))
     seqs = rollout.policy_batch(batch, comp, 3)
-    logits = model.apply({"params": params}, seqs["tokens"],
-                         seqs["positions"], images=seqs["images"],
-                         image_mask=seqs["image_mask"],
-                         image_token_mask=seqs["image_token_mask"],
-                         media_locations=seqs["media_locations"])[0]
-    logp = grpo.token_logprobs(logits / 1e-3, seqs["targets"])
+    logp = grpo.policy_logprobs(model, params, batch, seqs, group_size=3,
+                                temperature=1e-3)
     return comp, seqs, logp
 
   comp, seqs, logp = jax.device_get(_fast_jit(run, params, batch)(params,
