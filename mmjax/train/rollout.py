@@ -177,10 +177,10 @@ def policy_batch(batch: Mapping[str, jax.Array], comp: Completions,
                  group_size: int) -> dict[str, jax.Array]:
   """[prompt | completion] rows the policy and the reference are scored on.
 
-  Returns a pipeline-shaped batch of R = B * G rows of T = L + N tokens:
-  the prompt as the pipeline laid it out, then the completion at the
-  following positions; loss_mask f32[R, T] is 1 where the target is a
-  completion token (up to and including its stop token).
+  Returns a pipeline-shaped batch (without `images`) of R = B * G rows of
+  T = L + N tokens: the prompt as the pipeline laid it out, then the
+  completion at the following positions; loss_mask f32[R, T] is 1 where
+  the target is a completion token (up to and including its stop token).
   """
   n = comp.prompt_len
   big = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)
@@ -212,7 +212,8 @@ def policy_batch(batch: Mapping[str, jax.Array], comp: Completions,
                                          False),
          "media_locations": from_prompt(big(batch["media_locations"]),
                                         False)}
-  for key in ("images", "image_mask"):
-    if batch.get(key) is not None:
-      out[key] = big(batch[key])
+  # The images stay per prompt (`grpo.policy_logprobs` encodes them once);
+  # their mask goes with each row.
+  if batch.get("image_mask") is not None:
+    out["image_mask"] = big(batch["image_mask"])
   return out

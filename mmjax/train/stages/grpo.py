@@ -33,6 +33,7 @@ from mmjax.data import native_resolution as native_lib
 from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.inference.sampling import Sampling
 from mmjax.models import build, layout
+from mmjax.models.mllm import MLLM
 from mmjax.train import grpo_losses, rewards, rollout
 from mmjax.train.stages import base, lm
 
@@ -63,6 +64,28 @@ def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
+def policy_logprobs(model: MLLM, params: Any, batch, seqs, *,
+                    group_size: int, temperature: float) -> jax.Array:
+  """f32[R, T]: log-prob of each target of `rollout.policy_batch` rows
+  under `params`, at the sampling temperature (as TRL scores: the
+  distribution the tokens were drawn from). The images of a prompt (in
+  `batch`) are encoded once and shared by its G rows."""
+  visual = None
+  if batch.get("images") is not None:
+    visual = jnp.repeat(model.apply({"params": params}, batch["images"],
+                                    method=MLLM.encode_images), group_size,
+                        axis=0)
+  kwargs = {}
+  if getattr(model.cfg.lm, "prefix_lm", False):  # as lm.mllm_apply
+    kwargs["prefix_len"] = lm.prefix_len_from_loss_mask(seqs["loss_mask"])
+  logits = model.apply(
+      {"params": params}, seqs["tokens"], seqs["positions"], visual=visual,
+      image_mask=seqs.get("image_mask"),
+      image_token_mask=seqs["image_token_mask"],
+      media_locations=seqs["media_locations"], **kwargs)[0]
+  return token_logprobs(logits / temperature, seqs["targets"])
+
+
 def _masked_stats(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
   n = jnp.maximum(w.sum(), 1.0)
   mean = (x * w).sum() / n
@@ -83,10 +106,9 @@ def _loss(model, stage: ml_collections.ConfigDict, tokenizer=None):
   # The number each token spells (numeric reward): a constant of the step.
   numbers = rewards.number_table(tokenizer, model.cfg.lm.vocab_size)
 
-  def logprobs(params, seqs):
-    # pi as sampled: logits at the sampling temperature (as TRL scores).
-    logits = lm.mllm_apply(model, params, seqs) / temperature
-    return token_logprobs(logits, seqs["targets"])
+  def logprobs(params, batch, seqs):
+    return policy_logprobs(model, params, batch, seqs, group_size=g,
+                           temperature=temperature)
 
   def loss_fn(params, batch, rng, ref):
     b = batch["tokens"].shape[0]
@@ -114,9 +136,9 @@ def _loss(model, stage: ml_collections.ConfigDict, tokenizer=None):
     if dynamic:  # DAPO: groups without signal leave the mean
       row_w = row_w * jnp.repeat(~equal, g)
     seqs = rollout.policy_batch(batch, comp, g)
-    logp = logprobs(params, seqs)
-    ref_logp = (jax.lax.stop_gradient(logprobs(ref, seqs)) if beta > 0
-                else None)
+    logp = logprobs(params, batch, seqs)
+    ref_logp = (jax.lax.stop_gradient(logprobs(ref, batch, seqs))
+                if beta > 0 else None)
     # One gradient step per rollout batch: pi_old is the sampling policy,
     # pi_theta itself in value (ratio 1, its gradient is not zero).
     loss, token_metrics = grpo_losses.clipped_loss(
@@ -153,8 +175,9 @@ def _rewards_ok(value) -> str | None:
     return "must be a non-empty dict {reward name: weight}"
   for name, weight in dict(value).items():
     if name not in rewards.names():
+      usable = [n for n in rewards.names() if not rewards.get(n).unavailable]
       return (f"names {name!r}, which is no reward; rewards: "
-              f"{', '.join(n for n in rewards.names() if not rewards.get(n).unavailable)}")
+              f"{', '.join(usable)}")
     if rewards.get(name).unavailable:
       return f"names {name!r}, which is unavailable: " + (
           rewards.get(name).unavailable)
