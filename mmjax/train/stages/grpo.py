@@ -30,7 +30,6 @@ import ml_collections
 
 from mmjax import config as C
 from mmjax.data import native_resolution as native_lib
-from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.inference.sampling import Sampling
 from mmjax.models import build, layout
 from mmjax.models.mllm import MLLM
@@ -42,14 +41,6 @@ OPTIONS = {"group_size": 8, "max_new_tokens": 4, "temperature": 1.0,
            "dynamic_sampling": False,
            "rewards": ml_collections.ConfigDict({"exact": 1.0,
                                                  "format": 0.1})}
-
-
-def _model(config: ml_collections.ConfigDict, stage_name: str
-           ) -> base.StageModel:
-  del stage_name
-  model = build.build_model(config)
-  return base.StageModel(model, build.mllm_init(model, IMAGE_ID),
-                         lambda path: path)
 
 
 def option(stage: ml_collections.ConfigDict, name: str) -> Any:
@@ -248,5 +239,5 @@ def _is_num(value, low, high, open_low: bool = False) -> bool:
 
 KIND = base.register(base.StageKind(
     name="grpo", families=("mllm",), data_formats=("shapes",),
-    make_model=_model, make_loss=_loss,
+    make_model=lm.mllm_model, make_loss=_loss,
     needs_ref=True, options=OPTIONS, checks=_checks, loss_takes_tokenizer=True))

@@ -89,16 +89,23 @@ def mllm_lm_loss(model: MLLM, params, batch, loss_chunk: int = 0):
                                 batch["loss_mask"], loss_chunk)
 
 
-def _model(config: ml_collections.ConfigDict, stage_name: str
-           ) -> base.StageModel:
+def mllm_model(config: ml_collections.ConfigDict, stage_name: str
+               ) -> base.StageModel:
+  """The MLLM a stage trains, its paths the global store's (the
+  `make_model` of every kind that trains the whole MLLM)."""
   del stage_name
   model = build.build_model(config)
-  if config.family == "lm":
-    return base.StageModel(
-        model, build.decoder_init(model, config.data.seq_len),
-        groups.prefix_mapper(groups.LM_PATHS))
   return base.StageModel(model, build.mllm_init(model, IMAGE_ID),
                          lambda path: path)
+
+
+def _model(config: ml_collections.ConfigDict, stage_name: str
+           ) -> base.StageModel:
+  if config.family != "lm":
+    return mllm_model(config, stage_name)
+  model = build.build_model(config)  # the text-only decoder
+  return base.StageModel(model, build.decoder_init(model, config.data.seq_len),
+                         groups.prefix_mapper(groups.LM_PATHS))
 
 
 def _loss(model: Any, stage: ml_collections.ConfigDict):

@@ -16,20 +16,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from mmjax.data.tokenizer import IMAGE_ID
-from mmjax.models import build
 from mmjax.train import losses
 from mmjax.train import trainer as trainer_lib
 from mmjax.train.stages import base
 from mmjax.train.stages import lm
-
-
-def _model(config: ml_collections.ConfigDict, stage_name: str
-           ) -> base.StageModel:
-  del stage_name
-  model = build.build_model(config)
-  return base.StageModel(model, build.mllm_init(model, IMAGE_ID),
-                         lambda path: path)
 
 
 def _loss(kind: str):
@@ -65,10 +55,10 @@ def _reward_moments(config, stage_name):
 _OPTIONS = {"beta": 0.1, "loss_chunk": 0}
 DPO = base.register(base.StageKind(
     name="dpo", families=("mllm",), data_formats=("preference",),
-    make_model=_model, make_loss=_loss("dpo"), needs_ref=True,
+    make_model=lm.mllm_model, make_loss=_loss("dpo"), needs_ref=True,
     options=_OPTIONS, checks=lm.loss_chunk_checks))
 MPO = base.register(base.StageKind(
     name="mpo", families=("mllm",), data_formats=("preference",),
-    make_model=_model, make_loss=_loss("mpo"), needs_ref=True,
+    make_model=lm.mllm_model, make_loss=_loss("mpo"), needs_ref=True,
     initial_loss_state=_reward_moments, options=_OPTIONS,
     checks=lm.loss_chunk_checks))
