@@ -57,7 +57,9 @@ class View(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Reward:
   name: str
-  fn: Callable[[View], jax.Array]
+  # None for a reward that is only named, so the config check can say why
+  # it cannot be used (`unavailable`) instead of calling it "unknown".
+  fn: Callable[[View], jax.Array] | None
   # None: usable; else why a config naming it is refused.
   unavailable: str | None = None
 
@@ -107,15 +109,11 @@ def _length(v: View) -> jax.Array:
   return -v.length.astype(jnp.float32) / v.tokens.shape[1]
 
 
-def _iou(v: View) -> jax.Array:
-  raise NotImplementedError("reward 'iou' is not available")
-
-
 register(Reward("exact", _exact))
 register(Reward("numeric", _numeric))
 register(Reward("format", _format))
 register(Reward("length", _length))
-register(Reward("iou", _iou, unavailable=(
+register(Reward("iou", None, unavailable=(
     "box answers are not in the 'shapes' prompts the grpo stage reads "
     "(only shapes_chat chats with data.grounding_questions > 0 have them)")))
 
@@ -139,8 +137,15 @@ def number_table(tokenizer, vocab_size: int) -> np.ndarray:
 
 def all_rewards(weights: Mapping[str, float], view: View
                 ) -> dict[str, jax.Array]:
-  """{name: f32[R]} of every reward named in `weights`, NaN kept."""
-  return {name: get(name).fn(view) for name in weights}
+  """{name: f32[R]} of every reward named in `weights`, NaN kept
+  (the stage's config check has refused unavailable ones)."""
+  out = {}
+  for name in weights:
+    reward = get(name)
+    if reward.fn is None:
+      raise ValueError(f"reward {name!r} is unavailable: {reward.unavailable}")
+    out[name] = reward.fn(view)
+  return out
 
 
 def weighted(weights: Mapping[str, float], view: View) -> jax.Array:
