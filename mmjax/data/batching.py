@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mmjax.data import formats
+from mmjax.data import audio_batch, formats
 from mmjax.data import images as images_lib
 from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
@@ -76,7 +76,8 @@ def pad_sequences(seqs: Sequence[Mapping[str, np.ndarray] | None], length: int,
     loss_mask f32[b, L] (0 after); image_token_mask, media_locations bool[b, L]
     (False after); positions int32[b, L] / f32[b, L] continuing last + 1,
     last + 2, ... (pad rows: 0, 1, ...) or, for mrope, int32[3, b, L] with 1
-    after the sequence, as Hugging Face's Qwen2-VL pads.
+    after the sequence, as Hugging Face's Qwen2-VL pads. When a sequence
+    has audio_token_mask, also audio_token_mask bool[b, L].
   """
   b = len(seqs)
   out = {"tokens": np.full((b, length), pad_id, np.int32),
@@ -84,6 +85,8 @@ def pad_sequences(seqs: Sequence[Mapping[str, np.ndarray] | None], length: int,
          "loss_mask": np.zeros((b, length), np.float32),
          "image_token_mask": np.zeros((b, length), bool),
          "media_locations": np.zeros((b, length), bool)}
+  if any(seq is not None and "audio_token_mask" in seq for seq in seqs):
+    out["audio_token_mask"] = np.zeros((b, length), bool)
   ramp = np.arange(length)
   if positions == "mrope":
     pos = np.ones((3, b, length), np.int32)  # HF fills padding with 1.
@@ -95,7 +98,8 @@ def pad_sequences(seqs: Sequence[Mapping[str, np.ndarray] | None], length: int,
       continue
     n = len(seq["tokens"])
     for key in out:  # Positions (other shapes) follow.
-      out[key][i, :n] = seq[key]
+      if key in seq:
+        out[key][i, :n] = seq[key]
     if positions == "mrope":
       pos[:, i, :n] = seq["positions"]
     else:
@@ -110,12 +114,13 @@ class Collate:
 
   def __init__(self, *, fmt: str, cfg: MLLMConfig, pad_id: int,
                buckets: tuple[int, ...], max_len: int, max_images: int,
-               lo: int, local: int, resize: str):
+               lo: int, local: int, resize: str, audio_frames: int = 0):
     self.fmt, self.cfg, self.pad_id, self.buckets = fmt, cfg, pad_id, buckets
     self.max_len, self.max_images, self.lo, self.local = (max_len, max_images,
                                                           lo, local)
     self.resize, self.kind = resize, images_lib.normalization_kind(cfg)
     self.fill = images_lib.pad_colour(self.kind)
+    self.audio_frames = audio_frames
 
   def _pixels(self, image: np.ndarray) -> np.ndarray:
     side = self.cfg.side
@@ -201,8 +206,13 @@ class Collate:
       batch = self._native(rows, mine)
     elif naflex_lib.takes_naflex(self.cfg):
       batch = self._naflex(mine)
-    else:
+    elif self.cfg.has_vision:
       batch = self._images(mine)
+    else:  # an audio-only model: no image arrays at all
+      batch = {}
+    if self.fmt in formats.AUDIO_FORMATS and self.cfg.audio is not None:
+      batch.update(audio_batch.collate_audio(
+          rows, mine, self.audio_frames, self.cfg.audio.n_mels))
     if self.fmt == "contrastive":
       batch["text_tokens"] = np.full((b, self.max_len), self.pad_id, np.int32)
       batch["text_pad_mask"] = np.zeros((b, self.max_len), bool)

@@ -184,7 +184,13 @@ class ShapesBuilder(_Builder):
     # The texts collected while writing equal benchmark_texts(num_train).
     Tokenizer.train(self._texts, self.builder_config.vocab_size,
                     seed=self.builder_config.seed,
+                    extra_symbols=self._extra_symbols(),
                     model_path=os.path.join(self.data_dir, TOKENIZER_FILE))
+
+  def _extra_symbols(self) -> tuple[str, ...]:
+    """Special pieces the stored tokenizer adds to mmjax's own (the audio
+    benchmark's `<audio>`)."""
+    return ()
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
@@ -533,7 +539,8 @@ def _python(value: Any) -> Any:
 class DecodedSource:
   """Random access (len, [i]) to decoded records of one split.
 
-  Images: uint8[H, W, 3] RGB (None if text-only); text: str (JSON fields too).
+  Images: uint8[H, W, 3] RGB (None if text-only or audio); audio (tones
+  records): int16[L] as stored; text: str (JSON fields too).
   """
 
   def __init__(self, source: Any):
@@ -544,7 +551,7 @@ class DecodedSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = dict(self._source[index])
-    image = record.pop("image")
+    image = record.pop("image", None)  # Audio records (tones) have none.
     if isinstance(image, bytes) and image:  # Folder builds: the file's bytes.
       with Image.open(io.BytesIO(image)) as decoded:
         image = np.asarray(decoded.convert("RGB"))

@@ -9,7 +9,8 @@ $MMJAX_DATA_DIR, else ~/.cache/mmjax/data. The shapes dataset is keyed by its
 options (sizes, image size, seed, vocabulary), so runs with the same data
 options share one build, and its sentencepiece tokenizer is stored with it.
 config.data.dataset picks the synthetic benchmark (`SYNTHETIC_DATASETS`:
-'shapes', or 'shapes_detail', digits on non-square canvases).
+'shapes', 'shapes_detail', digits on non-square canvases, or 'tones',
+the audio benchmark).
 A config whose `tokenizer` names a Hugging Face tokenizer (directory or
 `.model`) tokenises every stage with that one and `config.chat_template`
 instead (`configured_tokenizer`; mmjax.data.hf_tokenizer).
@@ -25,7 +26,8 @@ from typing import Any
 import ml_collections
 
 from mmjax.config import ConfigError, get_path
-from mmjax.data import builders, chat_templates, detail_builder, hf_tokenizer
+from mmjax.data import (builders, chat_templates, detail_builder,
+                        hf_tokenizer, shapes, tones, tones_builder)
 from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
 
 FOLDER_FORMATS = ("llava_conversations", "image_caption")
@@ -47,7 +49,15 @@ SYNTHETIC_DATASETS = {
     "shapes": (builders.ShapesBuilder, _SHAPES_KEYS + ("image_size",)),
     # Digits on non-square canvases (docs/resolution.md).
     "shapes_detail": (detail_builder.ShapesDetailBuilder, _SHAPES_KEYS),
+    # Tone sequences in 16 kHz clips (docs/audio.md); no held-out split.
+    "tones": (tones_builder.TonesBuilder, ("num_train", "num_validation",
+                                           "num_test", "seed", "vocab_size")),
 }
+# The captions and Q&A lines of a dataset's train split (the `text`
+# stage's corpus): dataset name -> f(num_train, seed) -> texts.
+BENCHMARK_TEXTS = {"shapes": shapes.benchmark_texts,
+                   "shapes_detail": shapes.benchmark_texts,
+                   "tones": tones.benchmark_texts}
 # Synthetic datasets whose images are not square: no `regions` stage (its
 # boxes are fractions of a square image).
 NON_SQUARE_DATASETS = ("shapes_detail",)
@@ -62,6 +72,12 @@ def _synthetic(config: ml_collections.ConfigDict
                       f"allowed values: {', '.join(SYNTHETIC_DATASETS)}")
   cls, keys = SYNTHETIC_DATASETS[name]
   return cls, {k: config.data[k] for k in keys}
+
+
+def benchmark_texts(config: ml_collections.ConfigDict) -> list[str]:
+  """The train split's captions and Q&A lines of config.data.dataset."""
+  name = config.data.get("dataset", "shapes") or "shapes"
+  return BENCHMARK_TEXTS[name](config.data.num_train, seed=config.data.seed)
 
 
 def shapes_builder(config: ml_collections.ConfigDict

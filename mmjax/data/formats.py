@@ -24,6 +24,17 @@ them into (record, item) pairs, so an epoch covers every item.
   regions              image + every object's box and class ids (a shapes
                        record's `objects`): region-level supervision of the
                        vision tower (stage loss `region_classification`)
+  tones                user `<audio>\n{question}` / assistant `{answer}`
+                       (a tones record: `mmjax.data.tones`, its clip)
+  tones_chat           all of a tones record's questions as one chat, the
+                       clip in the first user turn
+  audio_caption        user `<audio>\ndescribe the sound.` / assistant
+                       caption: audio-caption alignment
+
+Audio formats give a `Chat` whose `audio` holds the clip (f32[L] at 16
+kHz); `chat_sequence` expands each `<audio>` marker (the tokenizer's
+`audio_id`) into `layout.audio_tokens` placeholders for the clip's frame
+count, as `<image>` markers are expanded per image.
 
 `chat_sequence` tokenises a conversation with the tokenizer's chat template
 (`encode_chat` of mmjax's `Tokenizer` or of a `hf_tokenizer.HFTokenizer`,
@@ -45,14 +56,16 @@ import numpy as np
 
 from mmjax.data import grounding
 from mmjax.data.text_corpus import COLOURS, SHAPES
-from mmjax.data.tokenizer import IMAGE_TOKEN, Tokenizer
+from mmjax.data.tokenizer import AUDIO_TOKEN, IMAGE_TOKEN, Tokenizer
 from mmjax.models import layout
 from mmjax.models.mllm import MLLMConfig
 
+AUDIO_FORMATS = ("tones", "tones_chat", "audio_caption")
 FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations",
-           "preference", "contrastive", "regions")
-CHAT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations")
+           "preference", "contrastive", "regions") + AUDIO_FORMATS
+CHAT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations") + AUDIO_FORMATS
 CAPTION_PROMPT = "describe the image."
+AUDIO_CAPTION_PROMPT = "describe the sound."
 # The cell of a 3 x 3 grid an object's box centre falls in, row-major.
 PLACES = tuple(f"{row} {col}" for row in ("top", "middle", "bottom")
                for col in ("left", "centre", "right"))
@@ -67,7 +80,7 @@ MAX_REGIONS = 8  # Objects per image a regions batch holds (shapes: <= 6).
 _ANSWER_ROLES = ("assistant", "gpt")
 # Reasons an example is skipped (the pipeline counts `skipped_<kind>`).
 BAD_KINDS = ("image_size", "placeholder_mismatch", "too_long",
-             "too_many_images", "empty", "malformed")
+             "too_many_images", "empty", "malformed", "bad_audio")
 
 
 class BadExample(ValueError):
@@ -80,10 +93,12 @@ class BadExample(ValueError):
 
 @dataclasses.dataclass
 class Chat:
-  """One conversation and its images (uint8[H, W, 3] each, in order)."""
+  """One conversation, its images (uint8[H, W, 3] each, in order) and its
+  audio clips (f32[L] at 16 kHz each, in order)."""
   record_id: str
   turns: list[dict[str, str]]
   images: list[np.ndarray]
+  audio: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -183,8 +198,10 @@ def _captions(record: Mapping[str, Any]) -> list[str]:
 
 def num_items(record: Mapping[str, Any], fmt: str) -> int:
   """Examples one record gives under `fmt` (0 if it has no items)."""
-  if fmt == "shapes":
+  if fmt in ("shapes", "tones"):
     return len(record.get("questions", []))
+  if fmt == "audio_caption":
+    return len(record.get("captions", []))
   if fmt == "preference":
     return len(record.get("pref_questions", []))
   if fmt in ("caption", "image_caption", "contrastive"):
@@ -202,7 +219,8 @@ def example_index(source: Sequence[Mapping[str, Any]], fmt: str
   n = len(source)
   # Records of one source share a schema: one-caption records (image_caption
   # builds) need no read per record. Reads decode images: ~1 ms per record.
-  single = fmt in ("llava_conversations", "shapes_chat") or n == 0 or (
+  single = fmt in ("llava_conversations", "shapes_chat", "tones_chat") or (
+      n == 0) or (
       fmt in ("caption", "image_caption", "contrastive")
       and "captions" not in source[0])
   if single:
@@ -250,8 +268,38 @@ def _images(record: Mapping[str, Any]) -> list[np.ndarray]:
   return [] if image is None else [image]
 
 
-def _user_with_image(text: str) -> dict[str, str]:
-  return {"role": "user", "content": f"{IMAGE_TOKEN}\n{text}"}
+def _user_with_image(text: str, marker: str = IMAGE_TOKEN
+                     ) -> dict[str, str]:
+  return {"role": "user", "content": f"{marker}\n{text}"}
+
+
+def _clips(record: Mapping[str, Any]) -> list[np.ndarray]:
+  """A record's audio clip as f32[L] in [-1, 1] (stored as int16 PCM)."""
+  if record.get("audio") is None:
+    raise BadExample("bad_audio", "the record has no audio clip")
+  clip = np.asarray(record["audio"])
+  if clip.ndim != 1 or clip.size == 0:
+    raise BadExample("bad_audio", f"the audio clip has shape {clip.shape}; "
+                     "need a non-empty mono clip")
+  if clip.dtype == np.int16:
+    return [clip.astype(np.float32) / 32767.0]
+  return [clip.astype(np.float32)]
+
+
+def _audio_chat(record: Mapping[str, Any], item: int, fmt: str) -> Chat:
+  """An audio format's example (module docstring)."""
+  rid = str(record.get("id", "?"))
+  if fmt == "tones":
+    turns = [_user_with_image(record["questions"][item], AUDIO_TOKEN),
+             {"role": "assistant", "content": record["answers"][item]}]
+  elif fmt == "tones_chat":
+    turns = shapes_chat_turns(rid, record["questions"], record["answers"])
+    turns[0] = {"role": "user", "content": turns[0]["content"].replace(
+        IMAGE_TOKEN, AUDIO_TOKEN, 1)}
+  else:
+    turns = [_user_with_image(AUDIO_CAPTION_PROMPT, AUDIO_TOKEN),
+             {"role": "assistant", "content": _captions(record)[item]}]
+  return Chat(rid, turns, [], _clips(record))
 
 
 def _grounding_turns(record: Mapping[str, Any], k: int
@@ -274,6 +322,8 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
   questions answered by a box (`grounding.grounding_qa`); 0 = none.
   """
   rid = str(record.get("id", "?"))
+  if fmt in AUDIO_FORMATS:
+    return _audio_chat(record, item, fmt)
   if fmt == "shapes":
     turns = [_user_with_image(record["questions"][item]),
              {"role": "assistant", "content": record["answers"][item]}]
@@ -324,7 +374,8 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
                   max_len: int, rng: np.random.Generator | None = None,
                   v2pe_stride: int | None = None,
                   media_items: Sequence[Sequence[tuple[int, int]]] | None
-                  = None) -> dict[str, Any]:
+                  = None, audio_frames: Sequence[int] = ()
+                  ) -> dict[str, Any]:
   """Tokenises and lays out a conversation; next-token inputs and targets.
 
   Every image is one item at the model's side (the pipeline resizes to
@@ -346,12 +397,15 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
       item the model reads for it, in order: [(h, w)] for an image at its
       own size (`native_resolution.size_for`), n x [(side, side)] for n
       InternVL tiles; None: one item at cfg.side per image.
+    audio_frames: per audio clip, in order, its log-mel frame count: each
+      `<audio>` marker (`tok.audio_id`) becomes `layout.Audio(frames)`.
 
   Returns:
     tokens, targets int32[L]; loss_mask f32[L] (1 on answer tokens and the
     assistant's end-of-turn, 0 on prompts and placeholders); positions
     int32[L] / int32[3, L] / f32[L]; image_token_mask, media_locations
-    bool[L]; truncated bool. L <= max_len.
+    bool[L]; with audio clips also audio_token_mask bool[L]; truncated
+    bool. L <= max_len.
   """
   if not turns or not any(str(t.get("content", t.get("value", ""))).strip()
                           for t in turns):
@@ -369,6 +423,14 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
     raise BadExample("malformed", str(e)) from e
   if not any(mask):
     raise BadExample("empty", "the conversation has no assistant answer")
+  audio_id = getattr(tok, "audio_id", None)
+  heard = [i for i, t in enumerate(ids) if audio_id is not None
+           and t == audio_id]
+  if len(heard) != len(audio_frames):
+    raise layout.PlaceholderMismatchError(
+        f"the text has {len(heard)} {AUDIO_TOKEN} marker(s) but "
+        f"{len(audio_frames)} audio clip(s) were given; put exactly one "
+        f"{AUDIO_TOKEN} per clip in the text")
   markers = [i for i, t in enumerate(ids) if t == tok.image_id]
   if len(markers) != num_images:
     raise layout.PlaceholderMismatchError(
@@ -380,20 +442,33 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
   if len(items) != len(markers):
     raise ValueError(f"media items of {len(items)} images for "
                      f"{len(markers)} <image> markers")
+  # Every marker, images and clips in text order, with what replaces it.
+  slots = sorted([(m, [layout.Media(h, w, cfg.frames) for h, w in sizes])
+                  for m, sizes in zip(markers, items)] +
+                 [(m, [layout.Audio(int(f))])
+                  for m, f in zip(heard, audio_frames)], key=lambda x: x[0])
   pieces: list[Any] = []
   start = 0
-  for m, sizes in zip(markers, items):
-    pieces += [ids[start:m]] + [layout.Media(h, w, cfg.frames)
-                                for h, w in sizes]
+  for m, media in slots:
+    pieces += [ids[start:m]] + media
     start = m + 1
   pieces.append(ids[start:])
-  out = layout.assemble(cfg, pieces, tok.image_id, v2pe_stride=v2pe_stride,
-                        rng=rng)
-  counts = [sum(layout.placeholder_tokens(cfg, h, w, cfg.frames)
-                for h, w in sizes) for sizes in items]
-  full_mask = np.asarray(_expand_mask(mask, markers, counts), np.float32)
+  try:
+    out = layout.assemble(cfg, pieces, tok.image_id, v2pe_stride=v2pe_stride,
+                          rng=rng, audio_token_id=audio_id)
+  except ValueError as e:  # a clip too short or too long for the encoder
+    if heard and "audio" in str(e):
+      raise BadExample("bad_audio", str(e)) from e
+    raise
+  counts = [sum(layout.audio_tokens(cfg, p.frames)
+                if isinstance(p, layout.Audio) else
+                layout.placeholder_tokens(cfg, p.height, p.width, p.frames)
+                for p in media) for _, media in slots]
+  full_mask = np.asarray(_expand_mask(mask, [m for m, _ in slots], counts),
+                         np.float32)
   tokens = out["tokens"]
-  visual = out["image_token_mask"] | out["media_locations"]
+  visual = (out["image_token_mask"] | out["media_locations"] |
+            out["audio_token_mask"])
   length = len(tokens) - 1
   truncated = length > max_len
   if truncated:
@@ -401,8 +476,9 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
     end = int(vis[-1]) + 1 if len(vis) else 0
     if end > max_len:
       raise BadExample("too_long", f"{length} tokens > max_len={max_len} and "
-                       f"its last image block ends at token {end}: truncation "
-                       "would cut an image; raise max_len or shorten the text")
+                       f"its last image / audio block ends at token {end}: "
+                       "truncation would cut it; raise max_len or shorten "
+                       "the text")
     length = max_len
   loss_mask = full_mask[1:length + 1]
   if not loss_mask.any():
@@ -413,6 +489,8 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
           "positions": out["positions"][..., :length],
           "image_token_mask": out["image_token_mask"][:length],
           "media_locations": out["media_locations"][:length],
+          **({"audio_token_mask": out["audio_token_mask"][:length]}
+             if heard else {}),
           "truncated": truncated}
 
 

@@ -40,7 +40,10 @@ M = max_images, S = cfg.side):
   tokens, targets int32[b, L]; loss_mask f32[b, L]; positions int32[b, L]
   (rope) | int32[3, b, L] (mrope) | f32[b, L] (v2pe); image_token_mask,
   media_locations bool[b, L]; images f32[b, M, S, S, 3]; image_mask
-  bool[b, M]; valid bool[b]. A native-resolution (Qwen2-VL) model gets
+  bool[b, M]; valid bool[b]. Audio formats (`formats.AUDIO_FORMATS`; a
+  model with `MLLMConfig.audio`): audio f32[b, 1, T, n_mels] (log-mel,
+  zero padded), audio_mask bool[b, 1, T] (real frames), audio_token_mask
+  bool[b, L] (`audio_batch`); no images when the model has no vision tower. A native-resolution (Qwen2-VL) model gets
   instead of images one packed sequence of patches per row, each image at
   its own `smart_resize` size (`native_resolution.BATCH_KEYS`:
   native_patches f32[b, N, C*T*p*p], native_rope_ids int32[b, N, 2],
@@ -66,7 +69,7 @@ import grain
 import numpy as np
 from absl import flags, logging
 
-from mmjax.data import batching
+from mmjax.data import audio_batch, batching
 from mmjax.data import formats
 from mmjax.data import images as images_lib
 from mmjax.data import naflex as naflex_lib
@@ -126,9 +129,10 @@ class _RowMaker:
   def __init__(self, source, index: np.ndarray, *, fmt: str, cfg: MLLMConfig,
                tok: Tokenizer, seed: int, max_len: int, max_images: int,
                train: bool, on_bad_record: str, v2pe_eval_stride: int | None,
-               grounding_questions: int = 0):
+               grounding_questions: int = 0, audio_frames: int = 0):
     self.source, self.index, self.fmt, self.cfg = source, index, fmt, cfg
     self.grounding_questions = grounding_questions
+    self.audio_frames = audio_frames
     self.tok, self.seed, self.max_len = tok, seed, max_len
     self.max_images, self.train = max_images, train
     self.on_bad_record, self.v2pe_eval_stride = on_bad_record, v2pe_eval_stride
@@ -194,6 +198,10 @@ class _RowMaker:
                                f"max_images={self.max_images}")
     rgb = [images_lib.to_rgb(im) for im in raw]
     out: dict[str, Any] = {"valid": True, "images": rgb}
+    clips = getattr(example, "audio", [])
+    if clips:  # log-mel here: every process needs the frame counts
+      out["audio"] = audio_batch.clip_features(self.cfg, clips,
+                                               self.audio_frames)
     items = None  # per image the (h, w) of the items the model reads
     if native_lib.takes_native(self.cfg):  # each image at its own size
       sizes = [native_lib.size_for(self.cfg.vision, *im.shape[:2])
@@ -226,7 +234,8 @@ class _RowMaker:
       return formats.chat_sequence(
           self.cfg, self.tok, turns, len(rgb), max_len=self.max_len, rng=rng,
           v2pe_stride=None if self.train else self.v2pe_eval_stride,
-          media_items=items)
+          media_items=items,
+          audio_frames=[int(m.sum()) for _, m in out.get("audio", [])])
 
     if isinstance(example, formats.PreferencePair):
       for name, answer in (("chosen", example.chosen),
@@ -391,8 +400,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   v2pe_eval_stride: int | None = None,
                   read_threads: int = 2,
                   grounding_questions: int = 0, packing: bool = False,
-                  pack_window: int = 0, pack_images: int = 0
-                  ) -> BatchIterator:
+                  pack_window: int = 0, pack_images: int = 0,
+                  audio_frames: int = 0) -> BatchIterator:
   """An iterator of this process's rows of each global batch (module doc).
 
   Args:
@@ -414,6 +423,9 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     read_threads: threads preparing batches in each process.
     grounding_questions: shapes_chat: up to this many referring questions
       answered by a box per chat (`formats.record_example`); 0 = none.
+    audio_frames: audio formats: every batch's clips padded to this many
+      log-mel frames (one program for every batch; a longer clip is a
+      skipped `bad_audio` example); 0 = the longest clip of each batch.
   """
   formats.check_format(fmt)
   if on_bad_record not in ON_BAD_RECORD:
@@ -448,13 +460,14 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                    max_len=max_len, max_images=max_images, train=train,
                    on_bad_record=on_bad_record,
                    v2pe_eval_stride=v2pe_eval_stride,
-                   grounding_questions=grounding_questions)
+                   grounding_questions=grounding_questions,
+                   audio_frames=audio_frames)
   local = batch_size // process_count
   collate = batching.Collate(
       fmt=fmt, cfg=cfg, pad_id=tokenizer.pad_id,
       buckets=batching.check_buckets(buckets, max_len), max_len=max_len,
       max_images=max_images, lo=process_index * local, local=local,
-      resize=resize)
+      resize=resize, audio_frames=audio_frames)
   per_batch = batch_size
   if (native_lib.takes_native(cfg) or naflex_lib.takes_naflex(cfg)) and (
       packing or fmt in ("contrastive", "regions")):
@@ -464,9 +477,9 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
         "square images: use packing=False and a chat, caption or preference "
         "format")
   if packing:
-    if fmt in ("preference", "contrastive", "regions"):
-      raise ValueError(f"packing=True packs chat sequences; fmt={fmt!r} "
-                       "cannot be packed: use packing=False")
+    if fmt in ("preference", "contrastive", "regions") + formats.AUDIO_FORMATS:
+      raise ValueError(f"packing=True packs image chat sequences; fmt="
+                       f"{fmt!r} cannot be packed: use packing=False")
     per_batch = pack_window or packing_lib.DEFAULT_WINDOW_PER_ROW * batch_size
     pack_images = pack_images or 4 * max_images
     if per_batch < batch_size or pack_images < max_images:
@@ -491,6 +504,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                  "num_examples": len(index)}
   if grounding_questions:  # Absent at 0: states saved before it still fit.
     fingerprint["grounding_questions"] = grounding_questions
+  if audio_frames:  # Absent at 0, likewise.
+    fingerprint["audio_frames"] = audio_frames
   if packing:  # Absent when off, likewise.
     fingerprint.update(pack_window=per_batch, pack_images=pack_images)
   read = grain.ReadOptions(num_threads=read_threads,

@@ -43,6 +43,11 @@ EOS_TOKEN = "</s>"
 IMAGE_TOKEN = "<image>"
 IMAGE_START_TOKEN = "<img>"
 IMAGE_END_TOKEN = "</img>"
+# Audio placeholder: not one of the six symbols every mmjax tokenizer has
+# (that would move no ids but refuse every tokenizer trained before it); a
+# tokenizer trained with `extra_symbols=(AUDIO_TOKEN,)` (the tones
+# benchmark's) has it right after them, and `audio_id` is None otherwise.
+AUDIO_TOKEN = "<audio>"
 
 PAD_ID = 0
 UNK_ID = 1
@@ -108,6 +113,10 @@ class Tokenizer:
         raise ValueError("The sentencepiece model lacks the user-defined "
                          f"symbol {symbol!r} (it encodes as {pieces}). {hint}")
       ids[symbol] = self._sp.piece_to_id(symbol)
+    pieces = [p for p in self._sp.encode(AUDIO_TOKEN, out_type=str)
+              if p != _DUMMY_PREFIX]
+    if pieces == [AUDIO_TOKEN]:  # Optional: the audio benchmark's.
+      ids[AUDIO_TOKEN] = self._sp.piece_to_id(AUDIO_TOKEN)
     return ids
 
   @classmethod
@@ -117,7 +126,8 @@ class Tokenizer:
             *,
             model_type: str = "bpe",
             model_path: str | os.PathLike[str] | None = None,
-            seed: int = 0) -> Tokenizer:
+            seed: int = 0,
+            extra_symbols: Sequence[str] = ()) -> Tokenizer:
     """Trains a model in memory; the same texts give a byte-identical model.
 
     Args:
@@ -128,6 +138,8 @@ class Tokenizer:
       model_type: one of `MODEL_TYPES`.
       model_path: if given, the `.model` file is written there as well.
       seed: seed of sentencepiece's random generator.
+      extra_symbols: more user-defined pieces after mmjax's six (e.g.
+        `AUDIO_TOKEN`), each always one piece.
 
     Returns:
       The trained tokenizer.
@@ -168,7 +180,8 @@ class Tokenizer:
           unk_id=UNK_ID, unk_piece=UNK_TOKEN,
           bos_id=BOS_ID, bos_piece=BOS_TOKEN,
           eos_id=EOS_ID, eos_piece=EOS_TOKEN,
-          user_defined_symbols=list(USER_DEFINED_SYMBOLS),
+          user_defined_symbols=list(USER_DEFINED_SYMBOLS) + [
+              s for s in extra_symbols if s not in USER_DEFINED_SYMBOLS],
           byte_fallback=True,  # Any text is encodable without <unk>.
           # Identity + no whitespace collapsing: decode(encode(t)) == t.
           normalization_rule_name="identity",
@@ -261,6 +274,11 @@ class Tokenizer:
   @property
   def image_id(self) -> int:
     return self._ids[IMAGE_TOKEN]
+
+  @property
+  def audio_id(self) -> int | None:
+    """The `<audio>` id, None when the model was trained without it."""
+    return self._ids.get(AUDIO_TOKEN)
 
   @property
   def image_start_id(self) -> int:

@@ -16,7 +16,7 @@ import ml_collections
 
 from mmjax import config as config_lib
 # Each evaluator module registers itself on import.
-from mmjax.evals import captions, grounding, retrieval, vqa  # pylint: disable=unused-import
+from mmjax.evals import audio_vqa, captions, grounding, retrieval, vqa  # pylint: disable=unused-import
 from mmjax.evals.after_stage import StageEvaluator
 from mmjax.evals import registry
 from mmjax.evals.registry import EVALUATORS, EvalContext, register

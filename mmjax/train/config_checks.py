@@ -73,7 +73,8 @@ def _data_checks(config):
 # Stage data formats without images in the LM's token stream: the text
 # stage reads data.text_seq_len windows, contrastive stages the text tower's
 # fixed length.
-_NO_IMAGE_FORMATS = ("text", "contrastive", "regions")
+_NO_IMAGE_FORMATS = ("text", "contrastive", "regions", "tones",
+                     "tones_chat", "audio_caption")
 # Tokens beside one image that the shortest chat needs: <bos>, <|user|>, the
 # newline after the image, a few question words, <|end|>, <|assistant|> and
 # at least one answer token.

@@ -24,7 +24,9 @@ from mmjax import config as C
 # benchmark's texts, or the corpus of a text-only recipe, as LM windows).
 TEXT_FORMAT = "text"
 IMAGE_TEXT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption",
-                      "llava_conversations")
+                      "llava_conversations",
+                      # audio-text chats (the tones benchmark)
+                      "tones", "tones_chat", "audio_caption")
 
 
 class StageModel(NamedTuple):

@@ -47,7 +47,8 @@ def mllm_apply(model: MLLM, params, batch, prefix: str = "",
   A prefix-LM (model.cfg.lm.prefix_lm) gets `prefix_len` from loss_mask;
   packed batches pass their `segment_ids` (attention within each example);
   native-resolution batches their packed patches (`native_*` keys), NaFlex
-  ones their patch rows (`naflex_*`)."""
+  ones their patch rows (`naflex_*`), audio ones their clips (`audio`,
+  `audio_mask`, `audio_token_mask`)."""
   get = lambda k: batch.get(prefix + k, batch.get(k))
   kwargs = {}
   lm_cfg = getattr(model.cfg, "lm", model.cfg)
@@ -61,6 +62,9 @@ def mllm_apply(model: MLLM, params, batch, prefix: str = "",
   naflex = naflex_lib.model_inputs(batch)  # a NaFlex tower's patch rows
   if naflex is not None:
     kwargs["naflex"] = naflex
+  if batch.get("audio") is not None:  # clips (data/audio_batch.py)
+    kwargs.update(audio=batch["audio"], audio_mask=batch["audio_mask"],
+                  audio_token_mask=get("audio_token_mask"))
   return model.apply(
       {"params": params}, get("tokens"), get("positions"),
       images=batch.get("images"), image_mask=batch.get("image_mask"),

@@ -19,7 +19,7 @@ import ml_collections
 
 from mmjax import config as C
 from mmjax import parallel
-from mmjax.data import builders, datasets, shapes, text_pipeline
+from mmjax.data import builders, datasets, text_pipeline
 from mmjax.models import build
 from mmjax.train import groups, lora
 from mmjax.train.stages import base
@@ -121,8 +121,7 @@ def _mllm_data(config, stage_name: str) -> _StageData:
   info: dict[str, Any] = {"data": fmt}
   seed = config.data.seed + 1000 * list(config.stage_order).index(stage_name)
   if fmt == base.TEXT_FORMAT:
-    texts = shapes.benchmark_texts(config.data.num_train,
-                                   seed=config.data.seed)
+    texts = datasets.benchmark_texts(config)
     cut = max(1, len(texts) // 20)
     data = text_pipeline.LMData(texts[cut:], texts[:cut], tok,
                                 config.data.text_seq_len, seed)
@@ -185,7 +184,9 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       # Several examples per row: training of 'lm' stages only (other
       # kinds and evaluation stay padded).
       packing=(train and bool(config.data.get("packing", False)) and
-               config.stages[stage_name].loss == "lm"))
+               config.stages[stage_name].loss == "lm"),
+      # Clips padded to one frame count: one program for every batch.
+      audio_frames=int(config.data.get("audio_frames", 0)))
 
 
 # ------------------------------------------------------------------ checks --

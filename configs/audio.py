@@ -1,0 +1,95 @@
+"""Audio-only multimodal LM on the synthetic tones benchmark (docs/audio.md).
+
+  python -m mmjax.main --config=configs/audio.py --workdir=W
+
+A Whisper-style audio tower (from scratch: nothing is downloaded), Qwen2-Audio's
+connector (average pool 2 + Linear) and the tiny decoder LM, trained in the
+one loop:
+
+  text_lm   the LM alone on the benchmark's captions and Q&A lines
+            (`text_lm=0` leaves it out)
+  align     audio-caption alignment ("describe the sound."): the audio
+            tower and connector train, the LM is frozen
+  sft       instruction tuning on every question of a clip as one chat
+            (tones_chat): tower, connector and LM; evaluated by `audio_vqa`
+            (accuracy per question type on the test split)
+
+Args (comma-separated key=value after the colon):
+  steps=N      cap every stage at N steps (0 = the recipe's own; smoke runs)
+  batch=N      global batch size (0 = 32)
+  text_lm=0|1  run the text-only LM stage first (default 1)
+Any key can also be overridden with --config.KEY=VALUE.
+
+The tower trains from scratch because no pretrained Whisper is at hand
+here; with a converted one (`python -m mmjax.convert`, docs/audio.md) set
+--config.init_from.audio=DIR and the Whisper sizes under config.model.audio.
+"""
+import copy
+import os
+
+import ml_collections
+
+from mmjax import config as config_lib
+from mmjax.data import tones
+
+_SHAPES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                       "shapes.py")
+# Every clip is tones.CLIP_SECONDS long: 160 log-mel frames, 40 audio tokens.
+_FRAMES = tones.CLIP_SAMPLES // 160
+
+
+def _audio_tower() -> dict:
+  """A Whisper encoder at the tiny LM's scale (WhisperEncoderConfig)."""
+  return dict(n_mels=80, width=128, depth=2, n_heads=4, mlp_dim=512,
+              max_positions=1500, activation="gelu", norm_eps=1e-5,
+              attention="einsum", pool=1, mask_convs=True, dtype="float32",
+              param_dtype="float32")
+
+
+def _stage(template: ml_collections.ConfigDict, data: str, steps: int,
+           trainable: tuple[str, ...], lr: float, evals=()):
+  """A copy of a shapes `lm` stage with this recipe's data and schedule."""
+  stage = copy.deepcopy(template)
+  stage.data, stage.steps, stage.trainable = data, steps, trainable
+  stage.evals = tuple(evals)
+  stage.optimizer.lr = lr
+  for group in ("audio", "audio_connector"):
+    stage.optimizer.lr_mult[group] = 1.0
+  stage.schedule.warmup_steps = min(20, max(1, steps // 5))
+  return stage
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  """Returns the audio recipe; see the module docstring."""
+  args = config_lib.parse_arg(arg, steps=0, batch=0, text_lm=1)
+  config = config_lib.load_config(f"{_SHAPES}:size=tiny")
+  model = config.model
+  del model["vision"], model["resampler"], model["qformer"], model["text"]
+  model.audio = ml_collections.ConfigDict(_audio_tower())
+  model.audio_projector = "qwen2_audio"
+  config.batch_size = args.batch or 32
+  config.data = ml_collections.ConfigDict(dict(
+      dataset="tones", data_dir="", num_train=4000, num_validation=200,
+      num_test=500, vocab_size=512, seed=0,
+      # 40 audio tokens + a chat of up to four questions.
+      max_len=128, audio_frames=_FRAMES, text_seq_len=64, num_workers=0,
+      max_skipped_fraction=0.5, packing=False, grounding_questions=0))
+  cap = lambda steps: min(steps, args.steps) if args.steps else steps
+  sft = config.stages.sft
+  stages = ml_collections.ConfigDict()
+  stages.text_lm = _stage(config.stages.text_lm, "text", cap(200), ("llm",),
+                          3e-3)
+  stages.align = _stage(sft, "audio_caption", cap(300),
+                        ("audio", "audio_connector"), 1e-3)
+  stages.sft = _stage(sft, "tones_chat", cap(900),
+                      ("audio", "audio_connector", "llm"), 1e-3,
+                      evals=["audio_vqa"])
+  config.stages = stages
+  order = ("text_lm",) if args.text_lm else ()
+  config.stage_order = order + ("align", "sft")
+  # 500 test clips hold ~1,600 questions: all are asked.
+  config.eval.max_examples = 2000
+  config.eval.batch_size = 64
+  config.init_from = config_lib.init_from_groups(
+      "audio", "audio_connector", "llm")
+  return config

@@ -1,0 +1,118 @@
+"""The TFDS builder of `mmjax.data.tones` (the synthetic audio benchmark):
+array_record without TensorFlow, like `builders.ShapesBuilder`.
+
+  builder = builders.build(tones_builder.TonesBuilder, "/data", num_train=40)
+  train = builders.load_source(builder, "train")  # train[0]["audio"]: int16[L]
+
+Splits train / validation / test. Records: id, audio (int16[CLIP_SAMPLES]
+PCM at 16 kHz; the pipeline computes log-mel features from it), captions,
+questions, answers, qtypes, tones (JSON: each tone's waveform, pitch, level,
+start, duration) and trend. Record i of a split is `tones.example(split,
+i)`. The build stores a sentencepiece tokenizer trained on the train
+split's texts, with `<audio>` as a piece of its own
+(`<dataset dir>/tokenizer.model`). Config names look like
+`t40_v8_e8_s0_vocab512`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmjax.data import builders, tones
+from mmjax.data.tokenizer import AUDIO_TOKEN, Tokenizer
+
+_TEXTS = tfds.features.Sequence(tfds.features.Text())
+# Record field -> key of the items of `tones.example`'s "qa" list.
+_QA_COLUMNS = {"questions": "question", "answers": "answer",
+               "qtypes": "qtype"}
+
+
+@dataclasses.dataclass(eq=False)
+class TonesConfig(tfds.core.BuilderConfig):
+  """Split sizes, seed and tokenizer size of a tones build."""
+  num_train: int = 4_000
+  num_validation: int = 200
+  num_test: int = 500
+  seed: int = 0
+  vocab_size: int = 512
+
+
+def tones_config(**options: int) -> TonesConfig:
+  """A TonesConfig named by its values, e.g. t40_v8_e8_s0_vocab512."""
+  base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+  values = {f.name: options.pop(f.name, f.default)
+            for f in dataclasses.fields(TonesConfig) if f.name not in base}
+  if options:
+    raise ValueError(f"Unknown tones options {sorted(options)}; allowed: "
+                     f"{sorted(values)}.")
+  bad = {k: v for k, v in values.items() if type(v) is not int or v < 0
+         or v == 0 and k != "seed"}
+  if bad:
+    raise ValueError(f"tones options must be ints > 0 (seed >= 0): {bad}.")
+  name = ("t{num_train}_v{num_validation}_e{num_test}_s{seed}"
+          "_vocab{vocab_size}").format(**values)
+  return TonesConfig(name=name, description="Synthetic tones.", **values)
+
+
+class TonesBuilder(builders.ShapesBuilder):
+  """The tones benchmark; options are TonesConfig's fields as keywords.
+
+  Reuses the shapes builder's machinery (worker pool, tokenizer written
+  into the build); only the features, the example function and the record
+  layout differ.
+  """
+  name = "tones"
+  BUILDER_CONFIGS = [tones_config()]
+
+  def __init__(self, *, data_dir: str | None = None,
+               config: str | TonesConfig | None = None, version=None,
+               num_workers: int | None = None, **options: int):
+    if options:
+      if config is not None:
+        raise ValueError("Pass either config or tones options, not both.")
+      config = tones_config(**options)
+      if config.name in self.builder_configs:
+        config = config.name  # tfds rejects a copy of a predefined config.
+    # Skips ShapesBuilder.__init__: its split sizes are the shapes splits.
+    builders._Builder.__init__(self, data_dir=data_dir, config=config,  # pylint: disable=protected-access
+                               version=version)
+    self._num_workers, self._pool, self._texts = num_workers, None, []
+    self._sizes = {split: getattr(self.builder_config, f"num_{split}")
+                   for split in tones.SPLITS}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self._info_of(
+        tones.__doc__.split("\n")[0],
+        audio=tfds.features.Tensor(shape=(tones.CLIP_SAMPLES,),
+                                   dtype=np.int16),
+        tones=tfds.features.Text(), trend=tfds.features.Text(),
+        **dict.fromkeys(("captions", *_QA_COLUMNS), _TEXTS))
+
+  def _source_module(self):
+    return tones
+
+  def _example_fn(self, split: str):
+    return functools.partial(tones.example, split,
+                             seed=self.builder_config.seed)
+
+  def _extra_symbols(self) -> tuple[str, ...]:
+    return (AUDIO_TOKEN,)
+
+  def _generate_examples(self, split: str, num: int):
+    make = self._example_fn(split)
+    examples = (map(make, range(num)) if self._pool is None
+                else self._pool.imap(make, range(num), chunksize=64))
+    for index, ex in enumerate(examples):
+      if split == "train":
+        self._texts += ex["captions"] + [
+            tones.qa_text(q["question"], q["answer"]) for q in ex["qa"]]
+      yield index, {
+          "id": ex["id"], "audio": ex["audio"], "captions": ex["captions"],
+          **{name: [q[key] for q in ex["qa"]]
+             for name, key in _QA_COLUMNS.items()},
+          "tones": json.dumps(ex["tones"], sort_keys=True),
+          "trend": ex["trend"]}
