@@ -77,11 +77,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   cap = lambda steps: min(steps, args.steps) if args.steps else steps
   sft = config.stages.sft
   stages = ml_collections.ConfigDict()
-  stages.text_lm = _stage(config.stages.text_lm, "text", cap(200), ("llm",),
+  stages.text_lm = _stage(config.stages.text_lm, "text", cap(100), ("llm",),
                           3e-3)
-  stages.align = _stage(sft, "audio_caption", cap(300),
+  stages.align = _stage(sft, "audio_caption", cap(250),
                         ("audio", "audio_connector"), 1e-3)
-  stages.sft = _stage(sft, "tones_chat", cap(900),
+  stages.sft = _stage(sft, "tones_chat", cap(500),
                       ("audio", "audio_connector", "llm"), 1e-3,
                       evals=["audio_vqa"])
   config.stages = stages

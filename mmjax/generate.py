@@ -7,6 +7,8 @@
       --image=a.png --image=b.png --prompt="<image> <image> same shapes?"
   python -m mmjax.generate --workdir=runs/shapes --video=frames/ \\
       --prompt="what moves?"
+  python -m mmjax.generate --workdir=runs/audio --audio=clip.wav \\
+      --prompt="how many tones are there?"
 
 The model is the run's final one (`mmjax.inference.load`: config.json, the last
 finished stage's parameters, the dataset's tokenizer). Each image is one
@@ -19,12 +21,16 @@ an image. A text LM run (configs/lm.py), or a converted decoder LM (`python
 -m mmjax.convert` output, with --tokenizer), takes no images: it continues
 the prompt (plain text after BOS) until EOS. A converted Qwen2-VL (with
 --tokenizer=its HF tokenizer dir) takes images of any size, each written
-as its processor writes it (`inference.image_markers`). Tokens are printed
-as they come: the compiled decode loop runs --stream_chunk tokens per call.
+as its processor writes it (`inference.image_markers`). An audio run
+(configs/audio.py) takes --audio clips (WAV; FLAC / OGG with soundfile),
+resampled to 16 kHz: one `<audio>` per clip, placed by the markers in the
+prompt or put first. Tokens are printed as they come: the compiled decode
+loop runs --stream_chunk tokens per call.
 
 An empty --prompt with an --image (or --video) asks about the image as it
 is; without one there is nothing to answer and it is refused. Bad input
-(an unreadable image, an empty prompt without images, a prompt longer than
+(an unreadable image or audio file, a zero-length clip, audio for a model
+without an audio tower, an empty prompt without media, a prompt longer than
 the context, a checkpoint of another model or one that cannot be read)
 exits with status 2 and one line saying what to do. When the run's newest
 finished checkpoint cannot be read, a warning says so and the previous
@@ -59,6 +65,8 @@ def _define_flags() -> None:
                   "tokenizer dir (default: the workdir's, else the dataset's).")
   d.DEFINE_multi_string("image", [], "An image file; repeat for several.")
   d.DEFINE_string("video", None, "A folder of video frames.")
+  d.DEFINE_multi_string("audio", [], "An audio file (WAV; FLAC / OGG with "
+                        "soundfile); repeat for several.")
   d.DEFINE_integer("max_frames", 4, "Frames taken from a video by a model "
                    "without video input.")
   d.DEFINE_string("prompt", None, "The question or instruction.")
@@ -140,7 +148,9 @@ def main(argv: Sequence[str]) -> None:
   try:  # Images and prompt first: bad input fails before a model is loaded.
     stills = [media_lib.read_image(p) for p in f.image]
     video = media_lib.read_video(f.video) if f.video else None
-    run_lib.check_prompt(f.prompt, len(stills) + (video is not None))
+    heard = [media_lib.read_clip(p) for p in f.audio]
+    run_lib.check_prompt(f.prompt, len(stills) + (video is not None) +
+                         len(heard))
   except inference.InputError as e:
     fail(str(e))
   try:
@@ -152,10 +162,11 @@ def main(argv: Sequence[str]) -> None:
     if fastv is not None:
       fastv.check(run.cfg)
     media = run.prepare_media(stills, video, f.resize, f.max_frames)
+    clips = [media_lib.clip_features(run.cfg, clip) for clip in heard]
     answer = run.answer(f.prompt, media, max_new_tokens=f.max_new_tokens,
                sampling=sampling, seed=f.seed, fastv=fastv,
                chunk=f.stream_chunk,
-               on_text=lambda t: print(t, end="", flush=True))
+               on_text=lambda t: print(t, end="", flush=True), clips=clips)
   except (inference.InputError, inference.WorkdirError,
           config_lib.ConfigError, ValueError) as e:  # sizes, lengths, flags
     fail(str(e).split("\n")[0])

@@ -11,6 +11,7 @@ or non-finite clip, more frames than `audio_frames`) raise
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,6 +21,30 @@ from mmjax.data.formats import BadExample
 from mmjax.models.mllm import MLLMConfig
 
 MAX_CLIPS = 1  # Clips per example a batch holds (audio_mask's A axis).
+# Features kept per process (~10k clips of 1.6 s): epochs and stages
+# revisit every clip, and featurising one costs about as much as a tiny
+# model's training step spends on its row.
+CACHE_BYTES = 512 << 20
+_cache: dict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = {}
+_cached_bytes = [0]
+
+
+def _log_mel(clip: np.ndarray, n_mels: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """`audio.log_mel(pad=False)` of a clip, cached by a hash of its samples
+  (pipeline threads share the cache; dict operations hold the GIL)."""
+  clip = np.ascontiguousarray(clip)
+  key = (hashlib.blake2b(clip.tobytes(), digest_size=16).digest()
+         + str(clip.dtype).encode(), n_mels)
+  hit = _cache.get(key)
+  if hit is not None:
+    return hit
+  value = audio_lib.log_mel(clip, n_mels=n_mels, pad=False, truncate=False)
+  size = value[0].nbytes + value[1].nbytes
+  if _cached_bytes[0] + size <= CACHE_BYTES:
+    _cache[key] = value
+    _cached_bytes[0] += size
+  return value
 
 
 def clip_features(cfg: MLLMConfig, clips: Sequence[np.ndarray],
@@ -39,8 +64,7 @@ def clip_features(cfg: MLLMConfig, clips: Sequence[np.ndarray],
   out = []
   for clip in clips:
     try:
-      feats, mask = audio_lib.log_mel(np.asarray(clip), n_mels=cfg.audio.n_mels,
-                                      pad=False, truncate=False)
+      feats, mask = _log_mel(np.asarray(clip), cfg.audio.n_mels)
     except ValueError as e:  # empty, non-finite, over 30 s
       raise BadExample("bad_audio", str(e)) from e
     if audio_frames and len(feats) > audio_frames:

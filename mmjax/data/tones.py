@@ -14,9 +14,9 @@ Questions have one-word answers, by type (`QTYPES`):
   waveform  "which waveform is the first tone?"          sine / square / sawtooth
   loudness  "is it getting louder?"                      yes / no (>= 2 tones)
 
-"Getting louder" means every tone is at least `LOUDNESS_STEP_DB` louder
-than the one before; the other clips keep a steady level or get softer by
-such steps. Pitches of the first two tones differ by at least
+"Getting louder" means every tone's RMS level is at least
+`LOUDNESS_STEP_DB[0]` dB above the one before; the other clips keep a
+steady level (within 2 dB) or get softer by such steps. Pitches of the first two tones differ by at least
 `MIN_PITCH_GAP` semitones, so the pitch question is never a near tie.
 
 Usage:
@@ -44,8 +44,10 @@ MAX_TONES = 5
 PITCH_RANGE = (0, 24)
 MIN_PITCH_GAP = 3
 LOUDNESS_STEP_DB = (4.0, 7.0)  # Per tone, for louder / softer clips.
-# Tone peak levels in dB of full scale: wide enough for four steps of 7 dB.
-PEAK_DB = (-34.0, -2.0)
+# Tone RMS levels in dB of full scale (a waveform of unit RMS scaled):
+# wide enough for four steps of 7 dB; the peakiest waveform (sawtooth, peak
+# / RMS ~ 1.9) still stays below full scale.
+LEVEL_DB = (-36.0, -6.0)
 NOISE_DB = (-60.0, -50.0)  # RMS of the background noise.
 TONE_SECONDS = (0.1, 0.2)
 GAP_SECONDS = (0.06, 0.12)
@@ -60,7 +62,8 @@ QA = collections.namedtuple("QA", "question answer qtype")
 
 @dataclasses.dataclass(frozen=True)
 class Tone:
-  """One tone: start and duration in seconds, level in dB of full scale."""
+  """One tone: start and duration in seconds, RMS level in dB of full
+  scale."""
   waveform: str
   pitch: int  # Semitones above 220 Hz.
   level_db: float
@@ -81,8 +84,8 @@ class Clip:
 
 
 def _levels(rng: np.random.Generator, n: int, trend: str) -> list[float]:
-  """Peak levels (dB) of n tones following the trend, within PEAK_DB."""
-  lo, hi = PEAK_DB
+  """RMS levels (dB) of n tones following the trend, within LEVEL_DB."""
+  lo, hi = LEVEL_DB
   if trend == "steady" or n == 1:
     base = float(rng.uniform(lo + 4, hi - 4))
     return [base + float(rng.uniform(-1.0, 1.0)) for _ in range(n)]
@@ -120,16 +123,18 @@ def sample_clip(rng: np.random.Generator) -> Clip:
 
 
 def _wave(waveform: str, frequency: float, t: np.ndarray) -> np.ndarray:
-  """A band-limited waveform of unit peak (about) at time points t."""
+  """A band-limited waveform of unit RMS at time points t: loudness
+  follows the level whatever the waveform."""
   if waveform == "sine":
-    return np.sin(2 * np.pi * frequency * t)
+    return np.sqrt(2.0) * np.sin(2 * np.pi * frequency * t)
   top = int(MAX_HARMONIC_HZ // frequency)
-  out = np.zeros_like(t)
+  out, power = np.zeros_like(t), 0.0
   for k in range(1, top + 1):
     if waveform == "square" and k % 2 == 0:
       continue  # A square wave has odd harmonics only, at 1/k.
     out += np.sin(2 * np.pi * k * frequency * t) / k
-  return out / np.max(np.abs(out))
+    power += 0.5 / k ** 2  # Mean square of each sine over whole periods.
+  return out / np.sqrt(power)
 
 
 def render(clip: Clip) -> np.ndarray:

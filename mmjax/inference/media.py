@@ -194,3 +194,35 @@ def as_image(image: Any) -> np.ndarray:
     raise InputError(f"an image array must be [H, W, 3]; got shape "
                      f"{list(array.shape)}")
   return array
+
+
+def read_clip(path: str) -> np.ndarray:
+  """f32[L] mono at 16 kHz of an audio file (`data.audio.load_audio`:
+  resampled, channels averaged); InputError in one line when it cannot be
+  read, holds no samples or has a rate the resampler does not take."""
+  from mmjax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
+  try:
+    clip = audio_lib.load_audio(path)
+  except (OSError, ValueError) as e:
+    reason = str(e).split("\n")[0] or type(e).__name__
+    raise InputError(f"{reason}; give a WAV (or FLAC / OGG with soundfile "
+                     "installed) with at least one sample") from None
+  if not clip.size:
+    raise InputError(f"cannot use audio file {path!r}: it holds no samples "
+                     "(zero length)")
+  return clip
+
+
+def clip_features(cfg, clip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """A clip as the model's audio tower takes it: (log-mel f32[T, n_mels],
+  frame mask bool[T]), only the clip's frames; InputError for a model
+  without an audio tower or a clip over its 30 s window."""
+  from mmjax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
+  if cfg.audio is None:
+    raise InputError("this model has no audio tower (config.model.audio): "
+                     "it takes no --audio; train configs/audio.py for one")
+  try:
+    return audio_lib.log_mel(clip, n_mels=cfg.audio.n_mels, pad=False,
+                             truncate=False)
+  except ValueError as e:
+    raise InputError(f"{e} (the audio tower reads up to 30 s)") from None

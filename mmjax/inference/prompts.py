@@ -70,7 +70,8 @@ def user_turn(prompt: str, n_media: int, image_text: str = "<image>",
   if markers == 0:
     return (image_text + separator) * n_media + prompt
   if markers != n_media:
+    what = "audio clip(s)" if image_text == "<audio>" else "image(s)/frame(s)"
     raise InputError(f"the prompt has {markers} {image_text} marker(s) for "
-                     f"{n_media} image(s)/frame(s); use one per image, or "
-                     "none to put them all first")
+                     f"{n_media} {what}; use one per item, or none to put "
+                     "them all first")
   return prompt

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from mmjax.data import native_resolution as native_lib
-from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
+from mmjax.data.tokenizer import AUDIO_TOKEN, IMAGE_ID, Tokenizer
 from mmjax.inference import decode, image_markers, prompts
 from mmjax.inference import media as media_lib
 from mmjax.inference.fastv import FastVConfig
@@ -118,15 +118,19 @@ class Run:
   def answer(self, prompt: str, media: np.ndarray | None, *,
              max_new_tokens: int = 32, sampling: Sampling = Sampling(),
              seed: int = 0, fastv: FastVConfig | None = None, chunk: int = 4,
-             on_text: Callable[[str], None] | None = None) -> str:
+             on_text: Callable[[str], None] | None = None,
+             clips: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> str:
     """`ask` with media already preprocessed: f32[M, S, S, 3] (or
     [M, F, S, S, 3] for video; `media.media_arrays`), a list of any-size
     items for a native-resolution model (`media.native_media`), the tiles of
-    an InternVL-tiled one (`media.TiledMedia`), or None."""
+    an InternVL-tiled one (`media.TiledMedia`), or None. `clips`: audio
+    clips as `media.clip_features` gives them (a model with an audio tower);
+    the prompt's `<audio>` markers place them (none: one `<audio>` per clip
+    before the text, as the audio recipe trains)."""
     tok = self._need_tokenizer("to answer in text")
     n_media = 0 if media is None else len(media)
     pieces = media_lib.expand_tiles(native_lib.sized_pieces(
-        self._pieces(prompt, n_media), media), media)
+        self._pieces(prompt, n_media, clips), media), media)
     media = media_lib.model_media(media)
     shown = [""]
 
@@ -143,7 +147,8 @@ class Run:
         max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
         sampling=sampling, seed=seed, fastv=fastv, batch_size=1,
         pad_id=self.pad_id, max_len=self.max_len, chunk=chunk,
-        on_tokens=stream)
+        on_tokens=stream, audio=[list(clips)] if clips else None,
+        audio_token_id=getattr(tok, "audio_id", None) if clips else None)
     text = tok.decode(out.tokens[0]).strip()
     if on_text is not None and text.startswith(shown[0]):
       on_text(text[len(shown[0]):])
@@ -272,18 +277,28 @@ class Run:
     stills = [media_lib.as_image(im) for im in stills]
     return media_lib.media_arrays(self.cfg, stills, video, resize, max_frames)
 
-  def _pieces(self, prompt: Prompt, n_media: int) -> list[prompts.Piece]:
+  def _pieces(self, prompt: Prompt, n_media: int,
+              clips: Sequence[tuple[np.ndarray, np.ndarray]] = ()
+              ) -> list[prompts.Piece]:
     """One prompt as `decode.generate` takes it (module docstring)."""
     if isinstance(prompt, str):
-      check_prompt(prompt, n_media)
+      check_prompt(prompt, n_media + len(clips))
       tok = self._need_tokenizer("for string prompts")
       if self.text_only:
         return [tok.encode(prompt, add_bos=True)]
       marker = self.image_marker
-      turns = [{"role": "user",
-                "content": marker.user_turn(prompt, n_media)}]
-      return prompts.split_at_images(self.cfg, marker.prompt_ids(tok, turns),
-                                     self._image_id)
+      content = marker.user_turn(prompt, n_media)
+      if clips:
+        audio_id = getattr(tok, "audio_id", None)
+        if audio_id is None:
+          raise InputError("this run's tokenizer has no <audio> piece, so "
+                           "its prompts cannot hold audio clips")
+        content = prompts.user_turn(content, len(clips), AUDIO_TOKEN)
+      turns = [{"role": "user", "content": content}]
+      return prompts.split_at_images(
+          self.cfg, marker.prompt_ids(tok, turns), self._image_id,
+          audio_id=getattr(tok, "audio_id", None),
+          clip_frames=[int(np.sum(m)) for _, m in clips])
     ids = [int(t) for t in np.asarray(prompt, np.int64).reshape(-1)]
     vocab = self.cfg.lm.vocab_size
     if not ids or not all(0 <= t < vocab for t in ids):
