@@ -79,9 +79,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   stages = ml_collections.ConfigDict()
   stages.text_lm = _stage(config.stages.text_lm, "text", cap(100), ("llm",),
                           3e-3)
-  stages.align = _stage(sft, "audio_caption", cap(250),
+  stages.align = _stage(sft, "audio_caption", cap(150),
                         ("audio", "audio_connector"), 1e-3)
-  stages.sft = _stage(sft, "tones_chat", cap(500),
+  stages.sft = _stage(sft, "tones_chat", cap(550),
                       ("audio", "audio_connector", "llm"), 1e-3,
                       evals=["audio_vqa"])
   config.stages = stages
