@@ -7,7 +7,8 @@ connector (average pool 2 + Linear) and the tiny decoder LM, trained in the
 one loop:
 
   text_lm   the LM alone on the benchmark's captions and Q&A lines
-            (`text_lm=0` leaves it out)
+            (`text_lm=0` leaves it out: then `align` aligns to a random
+            LM, unless --config.init_from.llm brings one)
   align     audio-caption alignment ("describe the sound."): the audio
             tower and connector train, the LM is frozen
   sft       instruction tuning on every question of a clip as one chat

@@ -40,10 +40,7 @@ M = max_images, S = cfg.side):
   tokens, targets int32[b, L]; loss_mask f32[b, L]; positions int32[b, L]
   (rope) | int32[3, b, L] (mrope) | f32[b, L] (v2pe); image_token_mask,
   media_locations bool[b, L]; images f32[b, M, S, S, 3]; image_mask
-  bool[b, M]; valid bool[b]. Audio formats (`formats.AUDIO_FORMATS`; a
-  model with `MLLMConfig.audio`): audio f32[b, 1, T, n_mels] (log-mel,
-  zero padded), audio_mask bool[b, 1, T] (real frames), audio_token_mask
-  bool[b, L] (`audio_batch`); no images when the model has no vision tower. A native-resolution (Qwen2-VL) model gets
+  bool[b, M]; valid bool[b]. A native-resolution (Qwen2-VL) model gets
   instead of images one packed sequence of patches per row, each image at
   its own `smart_resize` size (`native_resolution.BATCH_KEYS`:
   native_patches f32[b, N, C*T*p*p], native_rope_ids int32[b, N, 2],
@@ -56,7 +53,11 @@ M = max_images, S = cfg.side):
   token). regions: images, image_mask, valid, region_weights f32[b, K, N]
   (each object's box as weights over the N patch tokens), region_labels
   int32[b, K, A] (class ids per formats.REGION_ATTRIBUTES), region_valid
-  f32[b, K] (K = formats.MAX_REGIONS).
+  f32[b, K] (K = formats.MAX_REGIONS). Audio formats
+  (`formats.AUDIO_FORMATS`; a model with `MLLMConfig.audio`): audio
+  f32[b, 1, T, n_mels] (log-mel, zero padded), audio_mask bool[b, 1, T]
+  (real frames), audio_token_mask bool[b, L] (`audio_batch`); no images
+  when the model has no vision tower.
 """
 from __future__ import annotations
 
