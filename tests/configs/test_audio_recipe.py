@@ -23,8 +23,9 @@ CONFIG = os.path.join(REPO, "configs", "audio.py")
 def run_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("audio")
   config = config_lib.load_config(f"{CONFIG}:steps=3,batch=4")
-  config.data.update(dict(data_dir=str(root / "data"), num_train=8,
-                          num_validation=2, num_test=2))
+  # 40 clips: enough text for the text_lm stage's 16-token windows.
+  config.data.update(dict(data_dir=str(root / "data"), num_train=40,
+                          num_validation=2, num_test=2, text_seq_len=16))
   config.eval.update(dict(max_examples=6, batch_size=4))
   config.update(dict(log_every=1, eval_batches=1, progress_bar=False))
   config.checkpoint.async_save = False
