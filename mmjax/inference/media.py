@@ -204,7 +204,7 @@ def read_clip(path: str) -> np.ndarray:
   try:
     clip = audio_lib.load_audio(path)
   except (OSError, ValueError) as e:
-    reason = str(e).split("\n")[0] or type(e).__name__
+    reason = str(e).split("\n")[0].rstrip(".") or type(e).__name__
     raise InputError(f"{reason}; give a WAV (or FLAC / OGG with soundfile "
                      "installed) with at least one sample") from None
   if not clip.size:
