@@ -108,6 +108,9 @@ def get_config(arg=None):
       # y1]", 0..1000) added to each shapes_chat chat, up to this many per
       # image; 0 = off (docs/evaluation.md "Grounding").
       grounding_questions=0,
+      # More questions of the five types per training chat, drawn from all
+      # an image allows (`shapes.extra_questions`); 0 = the record's own.
+      extra_questions=0,
       # Several examples per row in training (segment ids, positions
       # restarting per example); docs/data.md "Packing".
       packing=False,
@@ -198,7 +201,8 @@ def _stages(fusion, cap):
     # never forcing shape); attributes may add 'place'.
     stages.regions = _stage("region_classification", "regions", n(600),
                             ["vision", "region_head"], 1e-3,
-                            attributes=("shape", "colour"))
+                            attributes=("shape", "colour"), per_token=False,
+                            recolour=0.0)
     stages.regions.batch_size = 64
     order.append("regions")
   if fusion == "qformer":

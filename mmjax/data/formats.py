@@ -11,7 +11,10 @@ them into (record, item) pairs, so an epoch covers every item.
                        record): one image pass supervises every answer;
                        with grounding_questions=k > 0 also up to k
                        referring questions (`grounding.grounding_qa`,
-                       answered by a box), shuffled in with the others
+                       answered by a box), and with extra_questions=k > 0
+                       up to k more questions of the five types
+                       (`shapes.extra_questions`), shuffled in with the
+                       others
   caption              user `<image>\\ndescribe the image.` / assistant
                        caption (shapes `captions`, or image_caption's
                        `caption`): alignment pretraining
@@ -55,6 +58,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mmjax.data import grounding
+from mmjax.data import shapes
 from mmjax.data.text_corpus import COLOURS, SHAPES
 from mmjax.data.tokenizer import AUDIO_TOKEN, IMAGE_TOKEN, Tokenizer
 from mmjax.models import layout
@@ -313,13 +317,33 @@ def _grounding_turns(record: Mapping[str, Any], k: int
   return [(q, a) for q, a, _ in grounding.record_grounding_qa(record, k)]
 
 
+def _extra_question_turns(record: Mapping[str, Any], k: int
+                          ) -> list[tuple[str, str]]:
+  """Up to k more (question, answer) pairs of a shapes record, none of its
+  own questions (none: k=0); a pure function of the record."""
+  if k <= 0:
+    return []
+  if "objects" not in record or record.get("image") is None:
+    raise BadExample("malformed", "extra questions need the record's image "
+                     "and 'objects' (shapes records have both)")
+  side = int(np.shape(record["image"])[0])
+  scene = shapes.scene_from_objects(grounding.record_objects(record), side)
+  # Its own stream (key 2; grounding questions use key 1).
+  rng = np.random.default_rng(
+      [zlib.crc32(str(record.get("id", "?")).encode()), 2])
+  return [(q.question, q.answer) for q in shapes.extra_questions(
+      scene, list(record["questions"]), k, rng)]
+
+
 def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
-                   grounding_questions: int = 0
+                   grounding_questions: int = 0, extra_questions: int = 0
                    ) -> Chat | PreferencePair | CaptionText | RegionTargets:
   """The `item`-th example of a decoded record under `fmt`.
 
   grounding_questions: shapes_chat only: add up to this many referring
   questions answered by a box (`grounding.grounding_qa`); 0 = none.
+  extra_questions: shapes_chat only: add up to this many more questions of
+  the record's five types (`shapes.extra_questions`); 0 = none.
   """
   rid = str(record.get("id", "?"))
   if fmt in AUDIO_FORMATS:
@@ -331,6 +355,7 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
   if fmt == "shapes_chat":
     return Chat(rid, shapes_chat_turns(
         rid, record["questions"], record["answers"],
+        _extra_question_turns(record, extra_questions) +
         _grounding_turns(record, grounding_questions)), _images(record))
   if fmt in ("caption", "image_caption"):
     turns = [_user_with_image(CAPTION_PROMPT),

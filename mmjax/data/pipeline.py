@@ -76,6 +76,7 @@ from mmjax.data import images as images_lib
 from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data import packing as packing_lib
+from mmjax.data import recolour as recolour_lib
 from mmjax.data import tiling as tiling_lib
 from mmjax.data.builders import ON_BAD_RECORD, BadRecordError
 from mmjax.data.text_pipeline import DataStateError
@@ -130,9 +131,12 @@ class _RowMaker:
   def __init__(self, source, index: np.ndarray, *, fmt: str, cfg: MLLMConfig,
                tok: Tokenizer, seed: int, max_len: int, max_images: int,
                train: bool, on_bad_record: str, v2pe_eval_stride: int | None,
-               grounding_questions: int = 0, audio_frames: int = 0):
+               grounding_questions: int = 0, extra_questions: int = 0,
+               recolour: float = 0.0, audio_frames: int = 0):
     self.source, self.index, self.fmt, self.cfg = source, index, fmt, cfg
     self.grounding_questions = grounding_questions
+    self.extra_questions = extra_questions
+    self.recolour = recolour
     self.audio_frames = audio_frames
     self.tok, self.seed, self.max_len = tok, seed, max_len
     self.max_images, self.train = max_images, train
@@ -190,7 +194,13 @@ class _RowMaker:
   def _prepare(self, record: Mapping[str, Any], item: int, row: int,
                attempt: int) -> dict[str, Any]:
     example = formats.record_example(
-        record, item, self.fmt, grounding_questions=self.grounding_questions)
+        record, item, self.fmt, grounding_questions=self.grounding_questions,
+        extra_questions=self.extra_questions)
+    if isinstance(example, formats.RegionTargets) and self.recolour:
+      # Drawn per (seed, row, attempt): the same on resume.
+      example = recolour_lib.recolour_objects(
+          example, self.recolour,
+          np.random.default_rng([self.seed, row, attempt, 1]))
     raw = ([example.image] if isinstance(
         example, (formats.CaptionText, formats.RegionTargets))
            else example.images)
@@ -400,7 +410,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   on_bad_record: str = "skip", resize: str = "square",
                   v2pe_eval_stride: int | None = None,
                   read_threads: int = 2,
-                  grounding_questions: int = 0, packing: bool = False,
+                  grounding_questions: int = 0, extra_questions: int = 0,
+                  recolour: float = 0.0, packing: bool = False,
                   pack_window: int = 0, pack_images: int = 0,
                   audio_frames: int = 0) -> BatchIterator:
   """An iterator of this process's rows of each global batch (module doc).
@@ -424,6 +435,10 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     read_threads: threads preparing batches in each process.
     grounding_questions: shapes_chat: up to this many referring questions
       answered by a box per chat (`formats.record_example`); 0 = none.
+    extra_questions: shapes_chat: up to this many more questions of the
+      five types per chat (`shapes.extra_questions`); 0 = none.
+    recolour: regions, training: the chance that each object is painted a
+      random colour, its colour not asked (`recolour.recolour_objects`).
     audio_frames: audio formats: every batch's clips padded to this many
       log-mel frames (one program for every batch; a longer clip is a
       skipped `bad_audio` example); 0 = the longest clip of each batch.
@@ -446,10 +461,14 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in "
                      f"[0, {process_count})")
-  if isinstance(grounding_questions, bool) or not (
-      isinstance(grounding_questions, int) and grounding_questions >= 0):
-    raise ValueError(f"grounding_questions={grounding_questions!r} must be an "
-                     "int >= 0")
+  for name, value in (("grounding_questions", grounding_questions),
+                      ("extra_questions", extra_questions)):
+    if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
+      raise ValueError(f"{name}={value!r} must be an int >= 0")
+  if not 0.0 <= recolour <= 1.0 or (recolour and not (
+      fmt == "regions" and train)):
+    raise ValueError(f"recolour={recolour!r} must be in [0, 1], and 0 but "
+                     "for training on fmt='regions'")
   if max_images < 1 or max_len < 2 or num_workers < 0:
     raise ValueError(f"need max_images >= 1 (got {max_images}), max_len >= 2 "
                      f"(got {max_len}), num_workers >= 0 (got {num_workers})")
@@ -462,6 +481,7 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                    on_bad_record=on_bad_record,
                    v2pe_eval_stride=v2pe_eval_stride,
                    grounding_questions=grounding_questions,
+                   extra_questions=extra_questions, recolour=recolour,
                    audio_frames=audio_frames)
   local = batch_size // process_count
   collate = batching.Collate(
@@ -503,9 +523,14 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
   fingerprint = {"format": fmt, "batch_size": batch_size, "seed": seed,
                  "max_len": max_len, "train": train,
                  "num_examples": len(index)}
-  if grounding_questions:  # Absent at 0: states saved before it still fit.
+  # Absent at 0: states saved before they existed still fit.
+  if grounding_questions:
     fingerprint["grounding_questions"] = grounding_questions
-  if audio_frames:  # Absent at 0, likewise.
+  if extra_questions:
+    fingerprint["extra_questions"] = extra_questions
+  if recolour:
+    fingerprint["recolour"] = recolour
+  if audio_frames:
     fingerprint["audio_frames"] = audio_frames
   if packing:  # Absent when off, likewise.
     fingerprint.update(pack_window=per_batch, pack_images=pack_images)

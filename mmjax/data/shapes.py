@@ -253,22 +253,50 @@ def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
           f"{background} background."]
 
 
+# The question templates: `questions` asks one of each type per image,
+# `question_pool` every one an image allows.
+COLOUR_QUESTION = "what colour is the {}?"       # a shape occurring once
+SHAPE_QUESTION = "what shape is the {} object?"  # a colour occurring once
+COUNT_SHAPE_QUESTION = "how many {}s are there?"
+COUNT_COLOUR_QUESTION = "how many {} objects are there?"
+COUNT_ALL_QUESTION = "how many objects are there?"
+
+
+def _existence_question(colour: str, shape: str) -> str:
+  return f"is there {_article(colour)} {shape}?"
+
+
+def _spatial_question(a: SceneObject, relation: str, b: SceneObject) -> str:
+  return f"is the {a.colour} {a.shape} {relation} the {b.colour} {b.shape}?"
+
+
+def _spatial_candidates(objects: Sequence[SceneObject], pair_counts: dict
+                        ) -> list[tuple[SceneObject, SceneObject, int]]:
+  """(a, b, axis) of objects named unambiguously (their colour x shape pair
+  occurs once) whose centres are SPATIAL_MARGIN apart on the axis."""
+  named = [o for o in objects if pair_counts[(o.colour, o.shape)] == 1]
+  return [(a, b, axis) for a in named for b in named if a is not b
+          for axis in (0, 1)
+          if abs(a.centre[axis] - b.centre[axis]) >= SPATIAL_MARGIN]
+
+
+def _true_relation(a: SceneObject, b: SceneObject, axis: int) -> str:
+  """How a lies to b on the axis (0: x, 1: y down)."""
+  first_smaller = a.centre[axis] < b.centre[axis]
+  return (("right of", "left of"), ("below", "above"))[axis][first_smaller]
+
+
 def _spatial_qa(objects: Sequence[SceneObject], pair_counts: dict,
                 rng: np.random.Generator) -> QA | None:
   """"is the A left of / right of / above / below the B?", yes half the time."""
-  named = [o for o in objects if pair_counts[(o.colour, o.shape)] == 1]
-  candidates = [(a, b, axis) for a in named for b in named if a is not b
-                for axis in (0, 1)
-                if abs(a.centre[axis] - b.centre[axis]) >= SPATIAL_MARGIN]
+  candidates = _spatial_candidates(objects, pair_counts)
   if not candidates:
     return None
   a, b, axis = _pick(rng, candidates)
-  first_smaller = a.centre[axis] < b.centre[axis]
-  true_rel = (("right of", "left of"), ("below", "above"))[axis][first_smaller]
+  true_rel = _true_relation(a, b, axis)
   yes = bool(rng.random() < 0.5)
   rel = true_rel if yes else INVERSE_RELATION[true_rel]
-  return QA(f"is the {a.colour} {a.shape} {rel} the {b.colour} {b.shape}?",
-            "yes" if yes else "no", "spatial")
+  return QA(_spatial_question(a, rel, b), "yes" if yes else "no", "spatial")
 
 
 def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
@@ -286,8 +314,8 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
   qa = []
   # Colour of a shape that occurs once, shape of a colour that occurs once.
   for asked, key, counts, template in (
-      ("colour", "shape", shape_counts, "what colour is the {}?"),
-      ("shape", "colour", colour_counts, "what shape is the {} object?")):
+      ("colour", "shape", shape_counts, COLOUR_QUESTION),
+      ("shape", "colour", colour_counts, SHAPE_QUESTION)):
     single = [o for o in objects if counts[getattr(o, key)] == 1]
     if single:
       obj = _pick(rng, single)
@@ -295,9 +323,9 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
                    asked))
   obj = _pick(rng, objects)
   question, n = _pick(rng, (
-      (f"how many {obj.shape}s are there?", shape_counts[obj.shape]),
-      (f"how many {obj.colour} objects are there?", colour_counts[obj.colour]),
-      ("how many objects are there?", len(objects))))
+      (COUNT_SHAPE_QUESTION.format(obj.shape), shape_counts[obj.shape]),
+      (COUNT_COLOUR_QUESTION.format(obj.colour), colour_counts[obj.colour]),
+      (COUNT_ALL_QUESTION, len(objects))))
   qa.append(QA(question, COUNT_WORDS[n - 1], "count"))
   spatial = _spatial_qa(objects, pair_counts, rng)
   if spatial is not None:
@@ -308,10 +336,92 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
   if near and rng.random() < 0.5:
     absent = near  # POPE's adversarial probe: a near miss of the scene.
   colour, shape = _pick(rng, absent)
-  existence = [QA(f"is there {_article(present.colour)} {present.shape}?",
-                  "yes", "existence"),
-               QA(f"is there {_article(colour)} {shape}?", "no", "existence")]
+  existence = [QA(_existence_question(present.colour, present.shape), "yes",
+                  "existence"),
+               QA(_existence_question(colour, shape), "no", "existence")]
   return qa + [existence[i] for i in rng.permutation(2)]
+
+
+def question_pool(scene: Scene) -> dict[str, list[QA]]:
+  """Every question `questions` could ask about the scene, by kind.
+
+  Kinds: the five QTYPES, with existence split into "existence_yes" (each
+  present pair) and "existence_no" (each absent pair, near misses of the
+  scene first), and spatial questions in both directions (yes and no).
+  """
+  objects = scene.objects
+  shape_counts = collections.Counter(o.shape for o in objects)
+  colour_counts = collections.Counter(o.colour for o in objects)
+  pair_counts = collections.Counter((o.colour, o.shape) for o in objects)
+  pool = {
+      "colour": [QA(COLOUR_QUESTION.format(o.shape), o.colour, "colour")
+                 for o in objects if shape_counts[o.shape] == 1],
+      "shape": [QA(SHAPE_QUESTION.format(o.colour), o.shape, "shape")
+                for o in objects if colour_counts[o.colour] == 1],
+      "count": ([QA(COUNT_SHAPE_QUESTION.format(s), COUNT_WORDS[n - 1],
+                    "count") for s, n in shape_counts.items()] +
+                [QA(COUNT_COLOUR_QUESTION.format(c), COUNT_WORDS[n - 1],
+                    "count") for c, n in colour_counts.items()] +
+                [QA(COUNT_ALL_QUESTION, COUNT_WORDS[len(objects) - 1],
+                    "count")]),
+      "spatial": [],
+      "existence_yes": [QA(_existence_question(c, s), "yes", "existence")
+                        for c, s in pair_counts],
+      "existence_no": [],
+  }
+  for a, b, axis in _spatial_candidates(objects, pair_counts):
+    rel = _true_relation(a, b, axis)
+    pool["spatial"] += [
+        QA(_spatial_question(a, rel, b), "yes", "spatial"),
+        QA(_spatial_question(a, INVERSE_RELATION[rel], b), "no", "spatial")]
+  absent = [p for p in ALL_PAIRS if p not in pair_counts]
+  near = [p for p in absent if p[0] in colour_counts or p[1] in shape_counts]
+  pool["existence_no"] = [QA(_existence_question(c, s), "no", "existence")
+                          for c, s in near + [p for p in absent
+                                              if p not in near]]
+  return pool
+
+
+def extra_questions(scene: Scene, asked: Sequence[str], k: int,
+                    rng: np.random.Generator) -> list[QA]:
+  """Up to k more questions about the scene, none of them in `asked`.
+
+  Each draw picks a kind uniformly among those with questions left, then a
+  question of it uniformly; existence questions come in pairs, a present
+  pair and an absent one (a near miss of the scene half of the time when it
+  has them), so answers stay as balanced as `questions`' are. Denser
+  supervision per image: the image tokens are paid for once and every
+  question teaches.
+  """
+  seen = set(asked)
+  pool = {kind: [q for q in items if q.question not in seen]
+          for kind, items in question_pool(scene).items()}
+  absent = pool.pop("existence_no")
+  words = {w for o in scene.objects for w in (o.colour, o.shape)}
+  near = [q for q in absent if words & set(q.question[:-1].split())]
+  far = [q for q in absent if q not in near]
+  out = []
+  while len(out) < k:
+    kinds = [kind for kind, items in pool.items() if items and (
+        kind != "existence_yes" or (near or far) and len(out) + 2 <= k)]
+    if not kinds:
+      break
+    kind = _pick(rng, kinds)
+    out.append(pool[kind].pop(int(rng.integers(len(pool[kind])))))
+    if kind == "existence_yes":
+      misses = near if near and (not far or rng.random() < 0.5) else far
+      out.append(misses.pop(int(rng.integers(len(misses)))))
+  return out
+
+
+def scene_from_objects(objects: Sequence[dict[str, Any]], image_size: int
+                       ) -> Scene:
+  """The scene of a record's `objects_json` (what questions need: colours,
+  shapes, sizes and centres; rotation and background are not stored)."""
+  return Scene(tuple(
+      SceneObject(o["colour"], o["shape"], o["size"],
+                  ((o["centre"][0] + 0.5) / image_size,
+                   (o["centre"][1] + 0.5) / image_size)) for o in objects))
 
 
 def _wrong_answer(scene: Scene, qa: QA, rng: np.random.Generator) -> str:

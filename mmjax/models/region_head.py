@@ -44,12 +44,17 @@ class RegionClassifier(nn.Module):
   feature_layer: int | None = -1
 
   @nn.compact
-  def __call__(self, images: jax.Array, region_weights: jax.Array
-               ) -> dict[str, jax.Array]:
+  def __call__(self, images: jax.Array, region_weights: jax.Array,
+               per_token: bool = False) -> dict[str, jax.Array]:
     """images: [B, H, W, C]; region_weights: [B, K, N] (rows sum to 1 over
-    the N patch tokens) -> {attribute: logits [B, K, n_classes]}."""
+    the N patch tokens) -> {attribute: logits [B, K, n_classes]} of each
+    box's token average, or with `per_token` the logits of every token
+    {attribute: [B, N, n_classes]} (the same head; the weights unused)."""
     tokens = VisionEncoder(self.vision, name="vision")(
         images, feature_layer=self.feature_layer).tokens  # [B, N, D]
+    head = RegionHead(self.classes, name="region_head")
+    if per_token:
+      return head(tokens)
     pooled = jnp.einsum("bkn,bnd->bkd", region_weights.astype(tokens.dtype),
                         tokens)
-    return RegionHead(self.classes, name="region_head")(pooled)
+    return head(pooled)

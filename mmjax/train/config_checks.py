@@ -87,7 +87,7 @@ def _mllm_data_checks(config):
   return [C.check_int("data.max_len", 8), C.check_int("data.num_train", 1),
           C.check_int("data.text_seq_len", 2),
           C.check_int("data.num_workers", 0),
-          C.check_int("batch_size", 1), _check_grounding_questions,
+          C.check_int("batch_size", 1), _check_added_questions,
           _check_packing, _check_native_formats,
           _check_vocab_fits_model, _check_max_len_fits_an_image,
           _check_dataset]
@@ -134,14 +134,16 @@ def _check_native_formats(config):
                           f"square image, but {what}")
 
 
-def _check_grounding_questions(config):
-  """data.grounding_questions (optional): grounding turns per shapes_chat
-  chat, an int >= 0."""
-  value = config.data.get("grounding_questions", 0)
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise C.ConfigError(
-        f"config.data.grounding_questions={value!r} must be an integer >= 0 "
-        "(referring questions per shapes_chat image; 0 = off)")
+def _check_added_questions(config):
+  """data.grounding_questions and data.extra_questions (optional): turns
+  added to each shapes_chat chat, ints >= 0."""
+  for key, what in (("grounding_questions", "referring questions"),
+                    ("extra_questions", "more questions")):
+    value = config.data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise C.ConfigError(
+          f"config.data.{key}={value!r} must be an integer >= 0 ({what} per "
+          "shapes_chat image; 0 = off)")
 
 
 # Why a model cannot train on packed rows (data.packing): its attention

@@ -150,3 +150,50 @@ def test_unknown_attribute_is_one_config_error():
   with pytest.raises(ConfigError, match="give a non-empty tuple of shape, "
                      "colour, place"):
     config_checks.validate_config(config)
+
+
+def test_per_token_loss_makes_every_token_say_the_class(shapes):
+  """Option per_token: each token's cross-entropy, weighted by its share of
+  the box. With one token per box it equals the box-average loss; with
+  boxes over several tokens it is never below it (cross-entropy is convex
+  in the logits), and it is the weighted sum by hand."""
+  source, tok = shapes
+  config = testing.tiny_recipe("projection")
+  kind = stages.kinds()["region_classification"]
+  model, init, _ = kind.make_model(config, "regions")
+  params = jax.tree_util.tree_map(
+      lambda x: getattr(x, "value", x), init(jax.random.key(0)),
+      is_leaf=lambda x: hasattr(x, "value"))
+  batch = next(pipeline.make_iterator(
+      source, fmt="regions", cfg=testing.tiny_mllm_config(), tokenizer=tok,
+      batch_size=8, seed=0, max_len=32, train=False))
+  batch = {k: jnp.asarray(v) for k, v in batch.items() if not k.startswith("_")}
+  stage = config.stages.regions
+  pooled = kind.make_loss(model, stage)
+  stage_tok = config.stages.regions.copy_and_resolve_references()
+  stage_tok.per_token = True
+  per_token = kind.make_loss(model, stage_tok)
+  loss_box, _ = pooled(params, batch, None)
+  loss_tok, metrics = per_token(params, batch, None)
+  assert float(loss_tok) >= float(loss_box) - 1e-6
+  assert 0 <= float(metrics["shape_accuracy"]) <= 1
+  # By hand: the mean over real objects of sum_n w[k, n] * CE(token n).
+  images = batch["images"][:, 0]
+  logits = model.apply({"params": params}, images, batch["region_weights"],
+                       per_token=True)
+  valid = np.asarray(batch["region_valid"] * batch["valid"][:, None])
+  total = 0.0
+  for a, name in enumerate(("shape", "colour")):
+    logp = np.asarray(jax.nn.log_softmax(logits[name]))        # [B, N, C]
+    labels = np.asarray(batch["region_labels"][..., a])         # [B, K]
+    w = np.asarray(batch["region_weights"])                     # [B, K, N]
+    # token n's log-probability of object k's class: [B, K, N]
+    token_logp = np.stack([logp[b][:, labels[b]].T for b in range(len(w))])
+    ce = -np.einsum("bkn,bkn->bk", w, token_logp)
+    total += (ce * valid).sum() / valid.sum()
+  np.testing.assert_allclose(float(loss_tok), total / 2, rtol=1e-5)
+  # One token per box: both losses agree.
+  onehot = jnp.zeros_like(batch["region_weights"]).at[..., 5].set(1.0)
+  one = dict(batch, region_weights=onehot)
+  np.testing.assert_allclose(float(per_token(params, one, None)[0]),
+                             float(pooled(params, one, None)[0]), rtol=1e-5)

@@ -11,10 +11,20 @@ loss makes every object's tokens say what the object is (option
 makes the model see").
 
 Loss: the mean over attributes of the cross-entropy over real objects;
-metrics `<attribute>_accuracy`.
+metrics `<attribute>_accuracy`. Option `per_token` (default False): every
+token under a box must say the object's class on its own (the
+cross-entropy of each token's logits, weighted by the token's share of the
+box), not only the box's average. An LM finds the object a question names
+by matching single tokens (attention keys), so each token should carry what
+the object is; accuracy is still read from the box average (the token
+log-probabilities averaged with the same weights). Option `recolour`
+(default 0): in training, the chance that each object is painted a random
+colour and its colour not asked (`data/recolour.py`), so that shape is read
+from the outline, not guessed from the colour.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -55,19 +65,31 @@ def _loss(model, stage: ml_collections.ConfigDict):
   trained = classes(stage)
   columns = list(formats.REGION_ATTRIBUTES)
 
+  per_token = bool(stage.get("per_token", False))
+
   def loss_fn(params, batch, rng):
     del rng
+    weights = batch["region_weights"]  # [B, K, N]
     logits = model.apply({"params": params}, single_image(batch["images"]),
-                         batch["region_weights"])
+                         weights, per_token=per_token)
     valid = batch["region_valid"] * batch["valid"][:, None]
-    n = jnp.maximum(valid.sum(), 1.0)
     total, metrics = 0.0, {}
     for name, _ in trained:
       labels = batch["region_labels"][..., columns.index(name)]
-      ce = optax.softmax_cross_entropy_with_integer_labels(
-          logits[name].astype(jnp.float32), labels)
-      total = total + (ce * valid).sum() / n
-      right = (logits[name].argmax(-1) == labels) * valid
+      # A recoloured object's colour is not asked (label -1).
+      known = valid * (labels >= 0)
+      n = jnp.maximum(known.sum(), 1.0)
+      labels = jnp.maximum(labels, 0)
+      if per_token:  # [B, N, C] -> each box's weighted token log-probs
+        logp = jax.nn.log_softmax(logits[name].astype(jnp.float32))
+        box_logp = jnp.einsum("bkn,bnc->bkc", weights, logp)  # [B, K, C]
+        ce = -jnp.take_along_axis(box_logp, labels[..., None], -1)[..., 0]
+        logits = {**logits, name: box_logp}
+      else:
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            logits[name].astype(jnp.float32), labels)
+      total = total + (ce * known).sum() / n
+      right = (logits[name].argmax(-1) == labels) * known
       metrics[f"{name}_accuracy"] = right.sum() / n
     loss = total / len(trained)
     return loss, {"loss": loss, **metrics}
@@ -85,10 +107,20 @@ def _checks(config, path: str, stage) -> list[C.Check]:
       lambda c: c.model.vision.get("kind", "siglip") in ("siglip", "clip"),
       lambda c: f"config.{path}.loss='region_classification' pools a ViT's "
       f"patch grid; config.model.vision.kind={c.model.vision.kind!r} has "
-      "none: use a siglip or clip tower or drop the stage")]
+      "none: use a siglip or clip tower or drop the stage"), C.check_that(
+      lambda c: (not isinstance(stage.get("recolour", 0.0), bool)
+                 and isinstance(stage.get("recolour", 0.0), (int, float))
+                 and 0.0 <= stage.get("recolour", 0.0) <= 1.0),
+      lambda c: f"config.{path}.recolour={stage.get('recolour')!r}: give "
+      "the chance per object, a number in [0, 1] (0 = off)"), C.check_that(
+      lambda c: isinstance(stage.get("per_token", False), bool),
+      lambda c: f"config.{path}.per_token={stage.get('per_token')!r}: give "
+      "True or False")]
 
 
 KIND = base.register(base.StageKind(
     name="region_classification", families=("mllm",),
     data_formats=("regions",), make_model=_model, make_loss=_loss,
-    options={"attributes": DEFAULT_ATTRIBUTES}, checks=_checks))
+    options={"attributes": DEFAULT_ATTRIBUTES, "per_token": False,
+             "recolour": 0.0},
+    checks=_checks))

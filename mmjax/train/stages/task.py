@@ -181,6 +181,14 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       # before); only shapes_chat chats take them.
       grounding_questions=(int(config.data.get("grounding_questions", 0))
                            if fmt == "shapes_chat" else 0),
+      # More questions per training chat (denser supervision; evaluation
+      # asks the records' own questions only).
+      extra_questions=(int(config.data.get("extra_questions", 0))
+                       if fmt == "shapes_chat" and train else 0),
+      # Objects painted a random colour in region training (option of the
+      # region_classification kind).
+      recolour=(float(config.stages[stage_name].get("recolour", 0.0))
+                if fmt == "regions" and train else 0.0),
       # Several examples per row: training of 'lm' stages only (other
       # kinds and evaluation stay padded).
       packing=(train and bool(config.data.get("packing", False)) and
