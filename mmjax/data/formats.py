@@ -65,9 +65,11 @@ from mmjax.models import layout
 from mmjax.models.mllm import MLLMConfig
 
 AUDIO_FORMATS = ("tones", "tones_chat", "audio_caption")
-FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations",
-           "preference", "contrastive", "regions") + AUDIO_FORMATS
-CHAT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption", "llava_conversations") + AUDIO_FORMATS
+FORMATS = ("shapes", "shapes_chat", "caption", "image_caption",
+           "llava_conversations", "preference", "contrastive",
+           "regions") + AUDIO_FORMATS
+CHAT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption",
+                "llava_conversations") + AUDIO_FORMATS
 CAPTION_PROMPT = "describe the image."
 AUDIO_CAPTION_PROMPT = "describe the sound."
 # The cell of a 3 x 3 grid an object's box centre falls in, row-major.
@@ -256,7 +258,7 @@ def shapes_chat_turns(record_id: str, questions: Sequence[str],
   turns = []
   for k, i in enumerate(order):
     q = questions[i]
-    turns += [_user_with_image(q) if k == 0 else {"role": "user",
+    turns += [_user_with_media(q) if k == 0 else {"role": "user",
                                                   "content": q},
               {"role": "assistant", "content": answers[i]}]
   return turns
@@ -272,8 +274,9 @@ def _images(record: Mapping[str, Any]) -> list[np.ndarray]:
   return [] if image is None else [image]
 
 
-def _user_with_image(text: str, marker: str = IMAGE_TOKEN
+def _user_with_media(text: str, marker: str = IMAGE_TOKEN
                      ) -> dict[str, str]:
+  """A user turn: the media marker (`<image>` or `<audio>`), then text."""
   return {"role": "user", "content": f"{marker}\n{text}"}
 
 
@@ -294,14 +297,14 @@ def _audio_chat(record: Mapping[str, Any], item: int, fmt: str) -> Chat:
   """An audio format's example (module docstring)."""
   rid = str(record.get("id", "?"))
   if fmt == "tones":
-    turns = [_user_with_image(record["questions"][item], AUDIO_TOKEN),
+    turns = [_user_with_media(record["questions"][item], AUDIO_TOKEN),
              {"role": "assistant", "content": record["answers"][item]}]
   elif fmt == "tones_chat":
     turns = shapes_chat_turns(rid, record["questions"], record["answers"])
     turns[0] = {"role": "user", "content": turns[0]["content"].replace(
         IMAGE_TOKEN, AUDIO_TOKEN, 1)}
   else:
-    turns = [_user_with_image(AUDIO_CAPTION_PROMPT, AUDIO_TOKEN),
+    turns = [_user_with_media(AUDIO_CAPTION_PROMPT, AUDIO_TOKEN),
              {"role": "assistant", "content": _captions(record)[item]}]
   return Chat(rid, turns, [], _clips(record))
 
@@ -349,7 +352,7 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
   if fmt in AUDIO_FORMATS:
     return _audio_chat(record, item, fmt)
   if fmt == "shapes":
-    turns = [_user_with_image(record["questions"][item]),
+    turns = [_user_with_media(record["questions"][item]),
              {"role": "assistant", "content": record["answers"][item]}]
     return Chat(rid, turns, _images(record))
   if fmt == "shapes_chat":
@@ -358,7 +361,7 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
         _extra_question_turns(record, extra_questions) +
         _grounding_turns(record, grounding_questions)), _images(record))
   if fmt in ("caption", "image_caption"):
-    turns = [_user_with_image(CAPTION_PROMPT),
+    turns = [_user_with_media(CAPTION_PROMPT),
              {"role": "assistant", "content": _captions(record)[item]}]
     return Chat(rid, turns, _images(record))
   if fmt == "llava_conversations":
@@ -369,7 +372,7 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
       raise BadExample("malformed", "conversations is not a list of turns")
     return Chat(rid, list(turns), _images(record))
   if fmt == "preference":
-    prompt = [_user_with_image(record["pref_questions"][item])]
+    prompt = [_user_with_media(record["pref_questions"][item])]
     return PreferencePair(rid, prompt, record["chosen"][item],
                           record["rejected"][item], _images(record))
   if fmt == "contrastive":
@@ -478,13 +481,13 @@ def chat_sequence(cfg: MLLMConfig, tok: Tokenizer,
     pieces += [ids[start:m]] + media
     start = m + 1
   pieces.append(ids[start:])
-  try:
-    out = layout.assemble(cfg, pieces, tok.image_id, v2pe_stride=v2pe_stride,
-                          rng=rng, audio_token_id=audio_id)
-  except ValueError as e:  # a clip too short or too long for the encoder
-    if heard and "audio" in str(e):
+  for frames in audio_frames:  # too short for a token, or over 30 s
+    try:
+      layout.audio_tokens(cfg, int(frames))
+    except ValueError as e:
       raise BadExample("bad_audio", str(e)) from e
-    raise
+  out = layout.assemble(cfg, pieces, tok.image_id, v2pe_stride=v2pe_stride,
+                        rng=rng, audio_token_id=audio_id)
   counts = [sum(layout.audio_tokens(cfg, p.frames)
                 if isinstance(p, layout.Audio) else
                 layout.placeholder_tokens(cfg, p.height, p.width, p.frames)

@@ -1,7 +1,8 @@
 """Synthetic audio benchmark: sequences of tones, captions and questions.
 
 An example is a 16 kHz mono clip of `CLIP_SECONDS` holding 1 to `MAX_TONES`
-tones one after another over light white noise. Each tone has a waveform
+tones one after another over light white noise, the first after a short
+lead-in (`LEAD_SECONDS`), the rest of the clip noise. Each tone has a waveform
 (sine, square or sawtooth, band-limited so nothing aliases), a pitch, a
 loudness and a duration, with short silences between tones. It is a pure
 function of (seed, split, index), like `shapes`: examples can be made in
@@ -10,14 +11,16 @@ any order, in parallel or lazily, byte-identically.
 Questions have one-word answers, by type (`QTYPES`):
 
   count     "how many tones are there?"                  one .. five
-  pitch     "is the second tone higher than the first?"  yes / no (>= 2 tones)
+  pitch     "is the second tone higher (lower) than the first?"
+                                                          yes / no (>= 2 tones)
   waveform  "which waveform is the first tone?"          sine / square / sawtooth
   loudness  "is it getting louder?"                      yes / no (>= 2 tones)
 
 "Getting louder" means every tone's RMS level is at least
 `LOUDNESS_STEP_DB[0]` dB above the one before; the other clips keep a
-steady level (within 2 dB) or get softer by such steps. Pitches of the first two tones differ by at least
-`MIN_PITCH_GAP` semitones, so the pitch question is never a near tie.
+steady level (within 2 dB) or get softer by such steps. Pitches of the
+first two tones differ by at least `MIN_PITCH_GAP` semitones, so the pitch
+question is never a near tie.
 
 Usage:
   ex = tones.example("train", 12, seed=0)   # ex["audio"]: int16[25600]

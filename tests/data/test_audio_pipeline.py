@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmjax import testing
+from mmjax.data import audio as audio_lib
 from mmjax.data import formats, pipeline, tones
 from mmjax.data.builders import BadRecordError
 from mmjax.data.tokenizer import AUDIO_TOKEN, Tokenizer
@@ -61,7 +62,6 @@ def test_chat_batches_hold_clips_masks_and_placeholders(cfg, tok):
   ids = [np.flatnonzero(np.isin(batch["tokens"][r], tok.end_of_turn_id))
          for r in range(4)]
   assert all(len(i) >= 4 for i in ids)
-  from mmjax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   wants = [audio_lib.log_mel(tones.from_int16(r["audio"]), pad=False)[0]
            for r in source]
   assert all(any(np.allclose(batch["audio"][r, 0], w) for w in wants)
@@ -96,7 +96,8 @@ def test_bad_clips_are_counted_skips(cfg, tok):
   twice = dict(record(3), id="twice",
                questions=[f"{AUDIO_TOKEN} two clips?"] +
                record(3)["questions"][1:])
-  source = [record(0), empty, long, twice]
+  short = dict(record(4), id="short", audio=np.ones(100, np.int16))
+  source = [record(0), empty, long, twice, short]
   it = iterator(source, cfg, tok)
   for _ in range(4):
     batch = next(it)
@@ -104,5 +105,7 @@ def test_bad_clips_are_counted_skips(cfg, tok):
   stats = it.stats()
   assert stats["skipped_bad_audio"] > 0, stats
   assert stats["skipped_placeholder_mismatch"] > 0, stats
-  with pytest.raises(BadRecordError, match="bad_audio"):
-    next(iterator([empty], cfg, tok, on_bad_record="raise"))
+  for bad, why in ((empty, "non-empty mono clip"), (long, "audio_frames=160"),
+                   (short, "gives no audio token")):
+    with pytest.raises(BadRecordError, match=f"bad_audio: .*{why}"):
+      next(iterator([bad], cfg, tok, on_bad_record="raise"))
