@@ -13,7 +13,11 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("fusion", ("projection", "resampler", "qformer"))
 def test_every_paradigm_runs_the_recipe(fusion, data_dir, tmp_path):
-  args = [f"--config=configs/shapes.py:size=tiny,steps=3,fusion={fusion}"]
+  # The projection run puts the optional text-only stage first, so its
+  # hand-over to the multimodal stages stays covered.
+  text_lm = int(fusion == "projection")
+  args = [f"--config=configs/shapes.py:size=tiny,steps=3,fusion={fusion},"
+          f"text_lm={text_lm}"]
   run_recipe_and_check_report(args, tmp_path, data_dir)
   if fusion != "projection":
     return
