@@ -89,21 +89,44 @@ class ShapesConfig(tfds.core.BuilderConfig):
   vocab_size: int = 512
 
 
-def shapes_config(**options: int) -> ShapesConfig:
-  """A ShapesConfig named by its values, e.g. t40_v8_e8_h8_px64_s0_vocab512."""
+def named_config(cls: type, what: str, name_format: str, description: str,
+                 **options: int) -> tfds.core.BuilderConfig:
+  """A `cls` BuilderConfig from keyword options, named by its values.
+
+  Args:
+    cls: a BuilderConfig dataclass whose own fields are ints (split sizes,
+      seed, ...).
+    what: the dataset's name, for error messages.
+    name_format: the config's name, a str.format of the fields, e.g.
+      "t{num_train}_s{seed}".
+    description: the config's description.
+    **options: field values; the others keep their defaults.
+
+  Raises:
+    ValueError: an unknown option, or a value that is no int > 0 (seed:
+      >= 0).
+  """
   base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
   values = {f.name: options.pop(f.name, f.default)
-            for f in dataclasses.fields(ShapesConfig) if f.name not in base}
+            for f in dataclasses.fields(cls) if f.name not in base}
   if options:
-    raise ValueError(f"Unknown shapes options {sorted(options)}; allowed: "
+    raise ValueError(f"Unknown {what} options {sorted(options)}; allowed: "
                      f"{sorted(values)}.")
   bad = {k: v for k, v in values.items() if type(v) is not int or v < 0
          or v == 0 and k != "seed"}
   if bad:
-    raise ValueError(f"Shapes options must be ints > 0 (seed >= 0): {bad}.")
-  name = ("t{num_train}_v{num_validation}_e{num_test}_h{num_heldout}"
-          "_px{image_size}_s{seed}_vocab{vocab_size}").format(**values)
-  return ShapesConfig(name=name, description="Synthetic shapes.", **values)
+    raise ValueError(f"{what} options must be ints > 0 (seed >= 0): {bad}.")
+  return cls(name=name_format.format(**values), description=description,
+             **values)
+
+
+def shapes_config(**options: int) -> ShapesConfig:
+  """A ShapesConfig named by its values, e.g. t40_v8_e8_h8_px64_s0_vocab512."""
+  return named_config(
+      ShapesConfig, "shapes",
+      "t{num_train}_v{num_validation}_e{num_test}_h{num_heldout}"
+      "_px{image_size}_s{seed}_vocab{vocab_size}", "Synthetic shapes.",
+      **options)
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -133,20 +156,26 @@ class ShapesBuilder(_Builder):
   """
   name = "shapes"
   BUILDER_CONFIGS = [shapes_config()]
+  # Hooks of the variants (detail_builder.py, tones_builder.py): the config
+  # made from keyword options, and the splits the config sizes.
+  make_config = staticmethod(shapes_config)
+  SPLITS = shapes.SPLITS
 
   def __init__(self, *, data_dir: str | None = None,
-               config: str | ShapesConfig | None = None, version=None,
-               num_workers: int | None = None, **options: int):
+               config: str | tfds.core.BuilderConfig | None = None,
+               version=None, num_workers: int | None = None,
+               **options: int):
     if options:
       if config is not None:
-        raise ValueError("Pass either config or shapes options, not both.")
-      config = shapes_config(**options)
+        raise ValueError(f"Pass either config or {self.name} options, not "
+                         "both.")
+      config = self.make_config(**options)
       if config.name in self.builder_configs:
         config = config.name  # tfds rejects a copy of a predefined config.
     super().__init__(data_dir=data_dir, config=config, version=version)
     self._num_workers, self._pool, self._texts = num_workers, None, []
     self._sizes = {split: getattr(self.builder_config, f"num_{split}")
-                   for split in shapes.SPLITS}
+                   for split in self.SPLITS}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self._info_of(

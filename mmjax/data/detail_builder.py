@@ -33,22 +33,10 @@ class ShapesDetailConfig(tfds.core.BuilderConfig):
 
 def detail_config(**options: int) -> ShapesDetailConfig:
   """A ShapesDetailConfig named by its values."""
-  base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
-  values = {f.name: options.pop(f.name, f.default)
-            for f in dataclasses.fields(ShapesDetailConfig)
-            if f.name not in base}
-  if options:
-    raise ValueError(f"Unknown shapes_detail options {sorted(options)}; "
-                     f"allowed: {sorted(values)}.")
-  bad = {k: v for k, v in values.items() if type(v) is not int or v < 0
-         or v == 0 and k != "seed"}
-  if bad:
-    raise ValueError(
-        f"shapes_detail options must be ints > 0 (seed >= 0): {bad}.")
-  name = ("t{num_train}_v{num_validation}_e{num_test}_h{num_heldout}"
-          "_s{seed}_vocab{vocab_size}").format(**values)
-  return ShapesDetailConfig(name=name, description="Shapes with digits.",
-                            **values)
+  return builders.named_config(
+      ShapesDetailConfig, "shapes_detail",
+      "t{num_train}_v{num_validation}_e{num_test}_h{num_heldout}"
+      "_s{seed}_vocab{vocab_size}", "Shapes with digits.", **options)
 
 
 class ShapesDetailBuilder(builders.ShapesBuilder):
@@ -56,18 +44,7 @@ class ShapesDetailBuilder(builders.ShapesBuilder):
   name = "shapes_detail"
   BUILDER_CONFIGS = [detail_config()]
 
-  def __init__(self, *, data_dir: str | None = None,
-               config: str | ShapesDetailConfig | None = None, version=None,
-               num_workers: int | None = None, **options: int):
-    if options:
-      if config is not None:
-        raise ValueError("Pass either config or shapes_detail options, not "
-                         "both.")
-      config = detail_config(**options)
-      if config.name in self.builder_configs:
-        config = config.name  # tfds rejects a copy of a predefined config.
-    super().__init__(data_dir=data_dir, config=config, version=version,
-                     num_workers=num_workers)
+  make_config = staticmethod(detail_config)
 
   def _source_module(self):
     return shapes_detail

@@ -43,19 +43,10 @@ class TonesConfig(tfds.core.BuilderConfig):
 
 def tones_config(**options: int) -> TonesConfig:
   """A TonesConfig named by its values, e.g. t40_v8_e8_s0_vocab512."""
-  base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
-  values = {f.name: options.pop(f.name, f.default)
-            for f in dataclasses.fields(TonesConfig) if f.name not in base}
-  if options:
-    raise ValueError(f"Unknown tones options {sorted(options)}; allowed: "
-                     f"{sorted(values)}.")
-  bad = {k: v for k, v in values.items() if type(v) is not int or v < 0
-         or v == 0 and k != "seed"}
-  if bad:
-    raise ValueError(f"tones options must be ints > 0 (seed >= 0): {bad}.")
-  name = ("t{num_train}_v{num_validation}_e{num_test}_s{seed}"
-          "_vocab{vocab_size}").format(**values)
-  return TonesConfig(name=name, description="Synthetic tones.", **values)
+  return builders.named_config(
+      TonesConfig, "tones",
+      "t{num_train}_v{num_validation}_e{num_test}_s{seed}_vocab{vocab_size}",
+      "Synthetic tones.", **options)
 
 
 class TonesBuilder(builders.ShapesBuilder):
@@ -68,21 +59,8 @@ class TonesBuilder(builders.ShapesBuilder):
   name = "tones"
   BUILDER_CONFIGS = [tones_config()]
 
-  def __init__(self, *, data_dir: str | None = None,
-               config: str | TonesConfig | None = None, version=None,
-               num_workers: int | None = None, **options: int):
-    if options:
-      if config is not None:
-        raise ValueError("Pass either config or tones options, not both.")
-      config = tones_config(**options)
-      if config.name in self.builder_configs:
-        config = config.name  # tfds rejects a copy of a predefined config.
-    # Skips ShapesBuilder.__init__: its split sizes are the shapes splits.
-    builders._Builder.__init__(self, data_dir=data_dir, config=config,  # pylint: disable=protected-access
-                               version=version)
-    self._num_workers, self._pool, self._texts = num_workers, None, []
-    self._sizes = {split: getattr(self.builder_config, f"num_{split}")
-                   for split in tones.SPLITS}
+  make_config = staticmethod(tones_config)
+  SPLITS = tones.SPLITS
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self._info_of(
