@@ -1,11 +1,12 @@
 """The --size=tiny mode shared by the shapes sweeps (imported by them).
 
 Step counts per stage at size=tiny. Measured: the five-paradigm fusion
-ablation with these took 22 min 3 s of wall time with --parallel=2 on 2
-quiet CPU cores (4.3 to 10.6 minutes per variant, two at a time). A stage a
+ablation with these took 40 min 54 s of wall time with --parallel=2 on 2
+CPU cores that other runs shared (load 8-9; 6 to 13 CPU minutes per
+variant); stop 32's counts took 22 min 3 s on the quiet machine. A stage a
 variant lacks is skipped (qformer exists only for fusion=qformer, siglip and
 regions not for one_backbone). The regions stage (added after that
-measurement) adds about 50 s per variant. The recipe's own step counts (configs/shapes.py) apply
+measurement) is counted in. The recipe's own step counts (configs/shapes.py) apply
 without --size=tiny. Lower these if the sweeps take too long on your machine.
 """
 
