@@ -5,9 +5,8 @@ ablation with these took 40 min 54 s of wall time with --parallel=2 on 2
 CPU cores that other runs shared (load 8-9; 6 to 13 CPU minutes per
 variant); stop 32's counts took 22 min 3 s on the quiet machine. A stage a
 variant lacks is skipped (qformer exists only for fusion=qformer, siglip and
-regions not for one_backbone). The regions stage (added after that
-measurement) is counted in. The recipe's own step counts (configs/shapes.py) apply
-without --size=tiny. Lower these if the sweeps take too long on your machine.
+regions not for one_backbone). The recipe's own step counts
+(configs/shapes.py) apply without --size=tiny. Lower these if the sweeps take too long on your machine.
 """
 
 # Stop 34: the recipe's proportions (regions 1,500 / sft 2,000 steps) at
