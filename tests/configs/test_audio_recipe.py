@@ -22,7 +22,8 @@ CONFIG = os.path.join(REPO, "configs", "audio.py")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("audio")
-  config = config_lib.load_config(f"{CONFIG}:steps=3,batch=4")
+  # text_lm=1: the optional text-only stage is trained too.
+  config = config_lib.load_config(f"{CONFIG}:steps=3,batch=4,text_lm=1")
   # 40 clips: enough text for the text_lm stage's 16-token windows.
   config.data.update(dict(data_dir=str(root / "data"), num_train=40,
                           num_validation=2, num_test=2, text_seq_len=16))
@@ -36,12 +37,12 @@ def run_dir(tmp_path_factory):
 def test_recipe_validates_and_names_its_stages():
   config = config_lib.load_config(CONFIG)
   config_checks.validate_config(config)
-  assert config.stage_order == ("text_lm", "align", "sft")
+  assert config.stage_order == ("align", "sft")
   assert config.stages.align.trainable == ("audio", "audio_connector")
   assert config.data.dataset == "tones" and "vision" not in config.model
-  no_text = config_lib.load_config(f"{CONFIG}:text_lm=0,steps=5")
-  assert no_text.stage_order == ("align", "sft")
-  assert all(s.steps == 5 for s in no_text.stages.values())
+  text = config_lib.load_config(f"{CONFIG}:text_lm=1,steps=5")
+  assert text.stage_order == ("text_lm", "align", "sft")
+  assert all(s.steps == 5 for s in text.stages.values())
 
 
 def test_smoke_run_trains_every_stage_and_scores_by_type(run_dir):
