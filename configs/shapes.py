@@ -77,6 +77,9 @@ def model_config(size: str, fusion: str, positions: str
       # The last ViT layer: these towers are 4 layers deep, not LLaVA's 24
       # (where -2 is the choice).
       fusion=fusion, positions=positions, projector="mlp", feature_layer=-1,
+      # 'sincos2d': each visual token's (row, column) added after the
+      # projector (models/visual_positions.py).
+      visual_positions="none",
       image_attention="causal", patch_size=vision_dims["patch_size"],
       image_size=vision_dims["image_size"], channels=3,
       frames=1, lm=lm, vision=vision, resampler=resampler, qformer=qformer))

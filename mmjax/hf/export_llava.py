@@ -95,6 +95,8 @@ def check_exportable(cfg: MLLMConfig, image_token_id: int | None = None
     problems.append(f"frames={cfg.frames} (video)")
   if cfg.tiling != "none":  # LLaVA has no tiles (nor image_newline)
     problems.append(f"tiling={cfg.tiling!r}")
+  if cfg.visual_positions != "none":  # nor positions after the projector
+    problems.append(f"visual_positions={cfg.visual_positions!r}")
   if cfg.vision is None:
     problems.append("no vision tower")
   elif getattr(cfg.vision, "kind", None) not in _MODEL_TYPES:

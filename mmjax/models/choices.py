@@ -12,6 +12,9 @@ FUSIONS = ("projection", "resampler", "qformer", "cross_attention",
 POSITIONS = ("rope", "mrope", "v2pe")
 # Projectors of fusion 'projection'.
 PROJECTORS = ("linear", "mlp", "pixel_shuffle", "patch_merger")
+# Where each visual token sits, added to it after the projector
+# (models/visual_positions.py): none (LLaVA) or a fixed 2-D sine-cosine table.
+VISUAL_POSITIONS = ("none", "sincos2d")
 # Attention among the tokens of one image.
 IMAGE_ATTENTION = ("causal", "bidirectional")
 # How one image becomes tiles of the tower's side (models/tiling.py,

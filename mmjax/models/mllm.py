@@ -45,11 +45,12 @@ from mmjax.models import qformer as qformer_lib
 from mmjax.models import qwen2vl_vision
 from mmjax.models import resampler as resampler_lib
 from mmjax.models import vision as vision_lib
+from mmjax.models import visual_positions
 from mmjax.models import whisper as whisper_lib
 # The allowed switch values live in choices.py (jax-free); re-exported here.
 from mmjax.models.choices import AUDIO_PROJECTORS, FUSIONS, IMAGE_ATTENTION
 from mmjax.models.choices import POSITIONS
-from mmjax.models.choices import PROJECTORS, TILINGS
+from mmjax.models.choices import PROJECTORS, TILINGS, VISUAL_POSITIONS
 from mmjax.models.decoder import DecoderConfig, DecoderLM, KVCache
 
 
@@ -66,6 +67,9 @@ class MLLMConfig:
       or Qwen2-VL's `qwen2vl_vision.Qwen2VLVisionConfig` (2-D RoPE tower,
       used with projector 'patch_merger' and feature_layer None).
     projector: one of PROJECTORS (fusion 'projection' only).
+    visual_positions: one of VISUAL_POSITIONS (models/visual_positions.py):
+      'sincos2d' adds each token's (row, column) to it after a 'linear' or
+      'mlp' projector, so the LM can copy where an object is.
     resampler: for fusions 'resampler' and 'cross_attention'.
     qformer: for fusion 'qformer'.
     feature_layer: ViT hidden state fed to the connector (HF hidden_states
@@ -90,6 +94,7 @@ class MLLMConfig:
   vision: (vision_lib.VisionConfig | qwen2vl_vision.Qwen2VLVisionConfig |
            None) = None
   projector: str = "mlp"
+  visual_positions: str = "none"
   resampler: resampler_lib.ResamplerConfig | None = None
   qformer: qformer_lib.QFormerConfig | None = None
   feature_layer: int | None = -2
@@ -142,6 +147,7 @@ class MLLMConfig:
     if self.frames < 1:
       raise ValueError(f"frames={self.frames} must be >= 1")
     self._check_tiling(bad)
+    self._check_visual_positions(bad)
     if isinstance(self.vision, qwen2vl_vision.Qwen2VLVisionConfig) and (
         self.fusion != "projection" or self.feature_layer is not None or
         self.frames != 1):
@@ -153,6 +159,23 @@ class MLLMConfig:
     if isinstance(self.vision, naflex_lib.NaFlexConfig):
       naflex_lib.check_mllm(self.fusion, self.projector, self.feature_layer,
                             self.frames)
+
+  def _check_visual_positions(self, bad) -> None:
+    if self.visual_positions not in VISUAL_POSITIONS:
+      bad("visual_positions", self.visual_positions, VISUAL_POSITIONS)
+    if self.visual_positions == "none":
+      return
+    # One table per image grid: the projector must keep one token per patch
+    # and the tower must be a fixed-grid ViT (tiles and native grids would
+    # need a table per tile or per image).
+    if (self.fusion != "projection" or self.projector not in (
+        "linear", "mlp") or self.tiling != "none" or
+        type(self.vision) is not vision_lib.VisionConfig):
+      raise ValueError(
+          f"visual_positions={self.visual_positions!r} needs fusion="
+          "'projection' with a 'linear' or 'mlp' projector, tiling='none' "
+          f"and a ViT tower (got fusion={self.fusion!r}, projector="
+          f"{self.projector!r}, tiling={self.tiling!r}).")
 
   def _check_tiling(self, bad) -> None:
     # JSON / ConfigDict give lists; the frozen config keeps tuples.
@@ -310,6 +333,8 @@ class MLLM(nn.Module):
     n, dv = tokens.shape[1], tokens.shape[2]
     if cfg.fusion == "projection":
       projected = self.connector(tokens, out.grid)  # [b*m*f, T, D]
+      projected = visual_positions.add(cfg.visual_positions, projected,
+                                       out.grid)
       return projected.reshape(b, m, f * projected.shape[1], -1)
     if cfg.fusion in ("resampler", "cross_attention"):
       latents = self.connector(tokens.reshape(b, m, f, n, dv))
