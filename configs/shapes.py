@@ -123,6 +123,10 @@ def get_config(arg=None):
       # Six: every image pass teaches about twice as many answers (measured
       # +0.11 test accuracy for about +30% sft time).
       extra_questions=6,
+      # False: no training question names a held-out colour x shape pair
+      # (those are only ever asked about as absent objects, answer "no");
+      # each is swapped for another absent pair (shapes.without_heldout_names).
+      name_heldout=True,
       # Several examples per row in training (segment ids, positions
       # restarting per example); docs/data.md "Packing".
       packing=False,

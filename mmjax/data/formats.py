@@ -320,26 +320,51 @@ def _grounding_turns(record: Mapping[str, Any], k: int
   return [(q, a) for q, a, _ in grounding.record_grounding_qa(record, k)]
 
 
-def _extra_question_turns(record: Mapping[str, Any], k: int
+def _record_scene(record: Mapping[str, Any], what: str) -> shapes.Scene:
+  """The scene of a shapes record (its objects; BadExample without)."""
+  if "objects" not in record or record.get("image") is None:
+    raise BadExample("malformed", f"{what} need the record's image and "
+                     "'objects' (shapes records have both)")
+  side = int(np.shape(record["image"])[0])
+  return shapes.scene_from_objects(grounding.record_objects(record), side)
+
+
+def _record_rng(record: Mapping[str, Any], key: int) -> np.random.Generator:
+  """A stream of its own per record and use (a pure function of the id):
+  key 1 grounding questions, 2 extra questions, 3 held-out name swaps."""
+  return np.random.default_rng(
+      [zlib.crc32(str(record.get("id", "?")).encode()), key])
+
+
+def _extra_question_turns(record: Mapping[str, Any], k: int,
+                          name_heldout: bool = True
                           ) -> list[tuple[str, str]]:
   """Up to k more (question, answer) pairs of a shapes record, none of its
   own questions (none: k=0); a pure function of the record."""
   if k <= 0:
     return []
-  if "objects" not in record or record.get("image") is None:
-    raise BadExample("malformed", "extra questions need the record's image "
-                     "and 'objects' (shapes records have both)")
-  side = int(np.shape(record["image"])[0])
-  scene = shapes.scene_from_objects(grounding.record_objects(record), side)
-  # Its own stream (key 2; grounding questions use key 1).
-  rng = np.random.default_rng(
-      [zlib.crc32(str(record.get("id", "?")).encode()), 2])
+  scene = _record_scene(record, "extra questions")
   return [(q.question, q.answer) for q in shapes.extra_questions(
-      scene, list(record["questions"]), k, rng)]
+      scene, list(record["questions"]), k, _record_rng(record, 2),
+      name_heldout)]
+
+
+def _own_question_turns(record: Mapping[str, Any], name_heldout: bool
+                        ) -> tuple[list[str], list[str]]:
+  """The record's (questions, answers); name_heldout=False swaps those that
+  name a held-out pair (`shapes.without_heldout_names`)."""
+  questions, answers = list(record["questions"]), list(record["answers"])
+  if name_heldout:
+    return questions, answers
+  qa = shapes.without_heldout_names(
+      _record_scene(record, "held-out name swaps"),
+      list(zip(questions, answers)), _record_rng(record, 3))
+  return [q for q, _ in qa], [a for _, a in qa]
 
 
 def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
-                   grounding_questions: int = 0, extra_questions: int = 0
+                   grounding_questions: int = 0, extra_questions: int = 0,
+                   name_heldout: bool = True
                    ) -> Chat | PreferencePair | CaptionText | RegionTargets:
   """The `item`-th example of a decoded record under `fmt`.
 
@@ -347,6 +372,9 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
   questions answered by a box (`grounding.grounding_qa`); 0 = none.
   extra_questions: shapes_chat only: add up to this many more questions of
   the record's five types (`shapes.extra_questions`); 0 = none.
+  name_heldout: shapes_chat only: False swaps every question naming a
+  held-out colour x shape pair (absent objects only, "no") for another
+  (`shapes.without_heldout_names`), in the record's and the extra ones.
   """
   rid = str(record.get("id", "?"))
   if fmt in AUDIO_FORMATS:
@@ -356,9 +384,10 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
              {"role": "assistant", "content": record["answers"][item]}]
     return Chat(rid, turns, _images(record))
   if fmt == "shapes_chat":
+    questions, answers = _own_question_turns(record, name_heldout)
     return Chat(rid, shapes_chat_turns(
-        rid, record["questions"], record["answers"],
-        _extra_question_turns(record, extra_questions) +
+        rid, questions, answers,
+        _extra_question_turns(record, extra_questions, name_heldout) +
         _grounding_turns(record, grounding_questions)), _images(record))
   if fmt in ("caption", "image_caption"):
     turns = [_user_with_media(CAPTION_PROMPT),

@@ -132,10 +132,12 @@ class _RowMaker:
                tok: Tokenizer, seed: int, max_len: int, max_images: int,
                train: bool, on_bad_record: str, v2pe_eval_stride: int | None,
                grounding_questions: int = 0, extra_questions: int = 0,
-               recolour: float = 0.0, audio_frames: int = 0):
+               name_heldout: bool = True, recolour: float = 0.0,
+               audio_frames: int = 0):
     self.source, self.index, self.fmt, self.cfg = source, index, fmt, cfg
     self.grounding_questions = grounding_questions
     self.extra_questions = extra_questions
+    self.name_heldout = name_heldout
     self.recolour = recolour
     self.audio_frames = audio_frames
     self.tok, self.seed, self.max_len = tok, seed, max_len
@@ -195,7 +197,7 @@ class _RowMaker:
                attempt: int) -> dict[str, Any]:
     example = formats.record_example(
         record, item, self.fmt, grounding_questions=self.grounding_questions,
-        extra_questions=self.extra_questions)
+        extra_questions=self.extra_questions, name_heldout=self.name_heldout)
     if isinstance(example, formats.RegionTargets) and self.recolour:
       # Drawn per (seed, row, attempt): the same on resume.
       example = recolour_lib.recolour_objects(
@@ -411,6 +413,7 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   v2pe_eval_stride: int | None = None,
                   read_threads: int = 2,
                   grounding_questions: int = 0, extra_questions: int = 0,
+                  name_heldout: bool = True,
                   recolour: float = 0.0, packing: bool = False,
                   pack_window: int = 0, pack_images: int = 0,
                   audio_frames: int = 0) -> BatchIterator:
@@ -437,6 +440,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
       answered by a box per chat (`formats.record_example`); 0 = none.
     extra_questions: shapes_chat: up to this many more questions of the
       five types per chat (`shapes.extra_questions`); 0 = none.
+    name_heldout: shapes_chat, training: False swaps each question naming
+      a held-out colour x shape pair for another (`formats.record_example`).
     recolour: regions, training: the chance that each object is painted a
       random colour, its colour not asked (`recolour.recolour_objects`).
     audio_frames: audio formats: every batch's clips padded to this many
@@ -465,6 +470,10 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                       ("extra_questions", extra_questions)):
     if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
       raise ValueError(f"{name}={value!r} must be an int >= 0")
+  if not name_heldout and not (fmt == "shapes_chat" and train):
+    raise ValueError("name_heldout=False swaps questions of training "
+                     "shapes_chat chats only; keep it True for fmt="
+                     f"{fmt!r}{'' if train else ' and for evaluation'}")
   if not 0.0 <= recolour <= 1.0 or (recolour and not (
       fmt == "regions" and train)):
     raise ValueError(f"recolour={recolour!r} must be in [0, 1], and 0 but "
@@ -481,7 +490,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                    on_bad_record=on_bad_record,
                    v2pe_eval_stride=v2pe_eval_stride,
                    grounding_questions=grounding_questions,
-                   extra_questions=extra_questions, recolour=recolour,
+                   extra_questions=extra_questions,
+                   name_heldout=name_heldout, recolour=recolour,
                    audio_frames=audio_frames)
   local = batch_size // process_count
   collate = batching.Collate(
@@ -528,6 +538,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     fingerprint["grounding_questions"] = grounding_questions
   if extra_questions:
     fingerprint["extra_questions"] = extra_questions
+  if not name_heldout:
+    fingerprint["name_heldout"] = False
   if recolour:
     fingerprint["recolour"] = recolour
   if audio_frames:

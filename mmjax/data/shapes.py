@@ -342,12 +342,14 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
   return qa + [existence[i] for i in rng.permutation(2)]
 
 
-def question_pool(scene: Scene) -> dict[str, list[QA]]:
+def question_pool(scene: Scene, name_heldout: bool = True
+                  ) -> dict[str, list[QA]]:
   """Every question `questions` could ask about the scene, by kind.
 
   Kinds: the five QTYPES, with existence split into "existence_yes" (each
   present pair) and "existence_no" (each absent pair, near misses of the
   scene first), and spatial questions in both directions (yes and no).
+  name_heldout=False leaves the HELDOUT_PAIRS out of "existence_no".
   """
   objects = scene.objects
   shape_counts = collections.Counter(o.shape for o in objects)
@@ -374,7 +376,8 @@ def question_pool(scene: Scene) -> dict[str, list[QA]]:
     pool["spatial"] += [
         QA(_spatial_question(a, rel, b), "yes", "spatial"),
         QA(_spatial_question(a, INVERSE_RELATION[rel], b), "no", "spatial")]
-  absent = [p for p in ALL_PAIRS if p not in pair_counts]
+  absent = [p for p in ALL_PAIRS if p not in pair_counts and (
+      name_heldout or p not in HELDOUT_PAIRS)]
   near = [p for p in absent if p[0] in colour_counts or p[1] in shape_counts]
   pool["existence_no"] = [QA(_existence_question(c, s), "no", "existence")
                           for c, s in near + [p for p in absent
@@ -383,7 +386,8 @@ def question_pool(scene: Scene) -> dict[str, list[QA]]:
 
 
 def extra_questions(scene: Scene, asked: Sequence[str], k: int,
-                    rng: np.random.Generator) -> list[QA]:
+                    rng: np.random.Generator, name_heldout: bool = True
+                    ) -> list[QA]:
   """Up to k more questions about the scene, none of them in `asked`.
 
   Each draw picks a kind uniformly among those with questions left, then a
@@ -395,7 +399,7 @@ def extra_questions(scene: Scene, asked: Sequence[str], k: int,
   """
   seen = set(asked)
   pool = {kind: [q for q in items if q.question not in seen]
-          for kind, items in question_pool(scene).items()}
+          for kind, items in question_pool(scene, name_heldout).items()}
   absent = pool.pop("existence_no")
   words = {w for o in scene.objects for w in (o.colour, o.shape)}
   near = [q for q in absent if words & set(q.question[:-1].split())]
@@ -411,6 +415,38 @@ def extra_questions(scene: Scene, asked: Sequence[str], k: int,
     if kind == "existence_yes":
       misses = near if near and (not far or rng.random() < 0.5) else far
       out.append(misses.pop(int(rng.integers(len(misses)))))
+  return out
+
+
+def without_heldout_names(scene: Scene, qa: Sequence[tuple[str, str]],
+                          rng: np.random.Generator
+                          ) -> list[tuple[str, str]]:
+  """qa with each question naming a held-out pair swapped for another.
+
+  The only questions of a training scene that can name a held-out colour x
+  shape pair are existence questions about an absent object ("is there a
+  red star?" -> "no", always). Each becomes the same question about another
+  absent pair (a near miss of the scene when the original was one, so the
+  POPE-style balance stays), none already in qa. Then training never shows
+  a held-out pair, in pictures or in words: without this the LM learns that
+  those five words always answer "no", which is exactly what the heldout
+  split asks about (docs/recipes.md "What makes the model see").
+  """
+  heldout = {_existence_question(c, s): (c, s) for c, s in HELDOUT_PAIRS}
+  if not any(q in heldout for q, _ in qa):
+    return list(qa)
+  asked = {q for q, _ in qa}
+  words = {w for o in scene.objects for w in (o.colour, o.shape)}
+  no = [q.question for q in question_pool(scene, name_heldout=False)
+        ["existence_no"] if q.question not in asked]
+  out = []
+  for q, a in qa:
+    if q in heldout and a == "no" and no:
+      was_near = bool(words & set(heldout[q]))
+      near = [x for x in no if bool(words & set(x[:-1].split())) == was_near]
+      q = (near or no)[int(rng.integers(len(near or no)))]
+      no.remove(q)
+    out.append((q, a))
   return out
 
 

@@ -144,6 +144,11 @@ def _check_added_questions(config):
       raise C.ConfigError(
           f"config.data.{key}={value!r} must be an integer >= 0 ({what} per "
           "shapes_chat image; 0 = off)")
+  value = config.data.get("name_heldout", True)
+  if not isinstance(value, bool):
+    raise C.ConfigError(
+        f"config.data.name_heldout={value!r} must be True or False (whether "
+        "training questions may name held-out colour x shape pairs)")
 
 
 # Why a model cannot train on packed rows (data.packing): its attention
