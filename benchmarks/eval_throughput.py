@@ -43,7 +43,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 # Its models (it also defines its own flags; ours are named apart).
 from benchmarks import generate_vs_hf  # pylint: disable=g-import-not-at-top
-from mmjax.inference import decode as decode_lib  # pylint: disable=g-import-not-at-top
+from mmjax.decoding import decode as decode_lib  # pylint: disable=g-import-not-at-top
 from mmjax.models import layout  # pylint: disable=g-import-not-at-top
 
 _SIZES = flags.DEFINE_list("eval_sizes", ["tiny", "small"], "Benchmark "

@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from mmjax.inference import run as run_lib
-from mmjax.inference import fastv
-from mmjax.inference import decode
+from mmjax.decoding import fastv
+from mmjax.decoding import decode
 from mmjax.evals import standalone
 from mmjax.evals import vqa
 from mmjax.data import datasets

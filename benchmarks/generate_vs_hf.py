@@ -42,7 +42,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from mmjax.inference import decode as decode_lib
+from mmjax.decoding import decode as decode_lib
 from mmjax.models import layout  # pylint: disable=g-import-not-at-top
 from mmjax.models.mllm import MLLM, mllm_config_from_dict  # pylint: disable=g-import-not-at-top
 

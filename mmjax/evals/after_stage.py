@@ -14,7 +14,7 @@ the evaluator registry (evals/registry.py):
   vqav2, textvqa, gqa, pope, mmbench, mme
              an official benchmark from config.eval.benchmarks.<name>.data
              (evals/benchmarks/stage.py)
-Answers come from the KV-cache generation of `mmjax.inference.decode`.
+Answers come from the KV-cache generation of `mmjax.decoding.decode`.
 Results go to WORKDIR/eval/<stage>.json, to metrics.jsonl (with "stage" and
 "step"), and into WORKDIR/report.md with plots beside it.
 """

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from mmjax.data import audio_batch, builders, formats
+from mmjax.decoding import decode
 from mmjax.evals import registry, vqa
-from mmjax.inference import decode
 from mmjax.inference import prompts as prompts_lib
 from mmjax.models.mllm import MLLM
 

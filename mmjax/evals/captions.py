@@ -6,10 +6,10 @@ from typing import Any, Mapping, Sequence
 
 from mmjax.data import builders
 from mmjax.data.tokenizer import Tokenizer
+from mmjax.decoding import decode
 from mmjax.evals import registry
 from mmjax.evals import vqa
 from mmjax.evals.caption_metrics import caption_metrics
-from mmjax.inference import decode
 from mmjax.models.mllm import MLLM, MLLMConfig
 
 

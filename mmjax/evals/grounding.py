@@ -20,9 +20,9 @@ import numpy as np
 from mmjax.data import builders
 from mmjax.data import grounding
 from mmjax.data.tokenizer import Tokenizer
+from mmjax.decoding.fastv import FastVConfig
 from mmjax.evals import registry, vqa
 from mmjax.inference import prompts as prompts_lib
-from mmjax.inference.fastv import FastVConfig
 from mmjax.models.mllm import MLLM, MLLMConfig
 
 THRESHOLD = 0.5  # IoU at which a box counts as found (RefCOCO).

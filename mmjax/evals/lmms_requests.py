@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.inference.sampling import Sampling
+from mmjax.decoding.sampling import Sampling
 from mmjax.models import layout
 
 DEFAULT_MAX_NEW_TOKENS = 32

@@ -13,11 +13,11 @@ import os
 from typing import Any
 
 from mmjax.data import builders, datasets
+from mmjax.decoding.fastv import FastVConfig
 from mmjax.evals import captions as captions_lib
 from mmjax.evals import grounding as grounding_lib
 from mmjax.evals import results, vqa
 from mmjax.inference import run as run_lib
-from mmjax.inference.fastv import FastVConfig
 
 SPLITS = ("test", "heldout", "validation")
 

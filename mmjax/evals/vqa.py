@@ -17,11 +17,11 @@ from mmjax.data import images as images_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data.shapes import QTYPES
 from mmjax.data.tokenizer import Tokenizer
-from mmjax.inference import decode
+from mmjax.decoding import decode
+from mmjax.decoding.fastv import FastVConfig
+from mmjax.evals import registry
 from mmjax.inference import media as media_lib
 from mmjax.inference import prompts as prompts_lib
-from mmjax.evals import registry
-from mmjax.inference.fastv import FastVConfig
 from mmjax.models.mllm import MLLM, MLLMConfig
 
 Piece = decode.Piece

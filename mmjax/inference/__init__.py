@@ -1,4 +1,4 @@
-"""Generation: the KV-cache decode loop, sampling, FastV, and loading a run.
+"""Generation: loading a run and the high-level API over the decode loop.
 
   from mmjax import inference
   run = inference.load("runs/shapes_tiny")        # a finished recipe
@@ -12,16 +12,17 @@
                            image_token_id=run.tokenizer.image_id,
                            max_new_tokens=8)       # batched, low level
 
-Modules: decode (prefill + compiled decode loop), sampling, fastv, prompts
-(chat turns -> token pieces), image_markers (how a family writes an image
-in a prompt), media (image files and video frames), run
-(`Run`: ask / generate), workdir (reading a run or a conversion).
+Modules: prompts (chat turns -> token pieces), image_markers (how a family
+writes an image in a prompt), media (image files and video frames), run
+(`Run`: ask / generate), workdir (reading a run or a conversion). The decode
+loop itself (prefill + compiled decode loop, sampling, FastV) lives in
+`mmjax.decoding`, below `train`; its public names are re-exported here.
 """
-from mmjax.inference.decode import (Generation, PromptTooLongError, generate,
-                                    greedy_generate, prepare_batch)
-from mmjax.inference.fastv import FastVConfig
+from mmjax.decoding.decode import (Generation, PromptTooLongError, generate,
+                                   greedy_generate, prepare_batch)
+from mmjax.decoding.fastv import FastVConfig
+from mmjax.decoding.sampling import Sampling
 from mmjax.inference.prompts import InputError, prompt_pieces, user_turn
 from mmjax.inference.run import Run, WorkdirError, load_run
-from mmjax.inference.sampling import Sampling
 
 load = load_run

@@ -79,7 +79,7 @@ def media_arrays(cfg, stills: Sequence[np.ndarray],
         f"this model tiles its images (tiling={tiling!r}), which generation "
         f"from image files does not do yet; encode tiles with "
         f"mmjax.models.tiling.encode_tiled and pass batch['visual'] to "
-        f"mmjax.inference.decode.prefill (docs/models.md, Tiling).")
+        f"mmjax.decoding.decode.prefill (docs/models.md, Tiling).")
   kind = images_lib.normalization_kind(cfg)
   prep = lambda im: images_lib.preprocess(im, cfg.side, resize=resize,
                                           kind=kind)

@@ -34,11 +34,12 @@ import numpy as np
 
 from mmjax.data import native_resolution as native_lib
 from mmjax.data.tokenizer import AUDIO_TOKEN, IMAGE_ID, Tokenizer
-from mmjax.inference import decode, image_markers, prompts
+from mmjax.decoding import decode
+from mmjax.decoding.fastv import FastVConfig
+from mmjax.decoding.sampling import Sampling
+from mmjax.inference import image_markers, prompts
 from mmjax.inference import media as media_lib
-from mmjax.inference.fastv import FastVConfig
 from mmjax.inference.prompts import InputError
-from mmjax.inference.sampling import Sampling
 from mmjax.inference.workdir import (UnreadableCheckpointError,
                                      WorkdirError, find_tokenizer,
                                      is_converted, load_tokenizer,

@@ -353,7 +353,7 @@ class DecoderLM(nn.Module):
         later tokens stay causal. With a cache, slots are cache slots; None
         = causal.
       layer_range: (a, b) runs only blocks a..b-1 (token pruning between
-        layers, `mmjax.inference.fastv`); with a > 0 `embeddings` are the hidden
+        layers, `mmjax.decoding.fastv`); with a > 0 `embeddings` are the hidden
         states entering block a, `cache` has b - a entries, and with
         b < n_layers the output is the hidden state [B, L, D], not logits.
         None = (0, n_layers).

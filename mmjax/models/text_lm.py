@@ -4,7 +4,7 @@
   out = decode.generate(model, {"llm": decoder_params}, [[2, 5, 6]],
                         image_token_id=4, max_new_tokens=8)
 
-The decode loop (`mmjax.inference.decode`) and `layout.assemble` read an
+The decode loop (`mmjax.decoding.decode`) and `layout.assemble` read an
 MLLM's config (`lm`, `positions`, `fusion`) and call the model with the
 MLLM's keyword arguments. TextLM offers exactly that surface around a
 `DecoderLM` named `llm`, so a decoder's parameters `p` are `{"llm": p}`:

@@ -10,7 +10,7 @@ its end of turn) loss-masked in `targets`. So the data, its buckets and its
 resumable iterator state are the `shapes` format's, unchanged; the gold
 answer travels in the batch as those targets (`gold_answers`).
 
-The KV-cache decode loop (`mmjax.inference.decode.prefill` / `decode`, the
+The KV-cache decode loop (`mmjax.decoding.decode.prefill` / `decode`, the
 programs `generate` runs) wants every prompt to end at the same cache slot:
 `decode_inputs` left-pads the prompts with a gather per row, in the step.
 Everything here is traceable, so sampling happens under the same jit as the
@@ -25,8 +25,8 @@ from typing import Any, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mmjax.inference import decode as decode_lib
-from mmjax.inference.sampling import Sampling
+from mmjax.decoding import decode as decode_lib
+from mmjax.decoding.sampling import Sampling
 from mmjax.models.mllm import MLLM
 from mmjax.train.stages import lm
 

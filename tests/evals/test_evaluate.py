@@ -14,7 +14,7 @@ import pytest
 from mmjax.evals import retrieval
 from mmjax.evals import caption_metrics
 from mmjax.evals import vqa
-from mmjax.inference import decode
+from mmjax.decoding import decode
 from mmjax.evals import results
 from mmjax.config import load_config
 from mmjax.data import shapes

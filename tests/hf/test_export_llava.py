@@ -18,7 +18,7 @@ from mmjax.data import images as images_lib
 from mmjax.hf import export_tokenizer
 from mmjax.hf import plan as P
 from mmjax.hf.export_llava import invert
-from mmjax.inference import decode
+from mmjax.decoding import decode
 from mmjax.inference import export as export_lib
 from mmjax.inference import run as run_lib
 from mmjax.models import build, layout

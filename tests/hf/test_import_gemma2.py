@@ -8,7 +8,7 @@ import transformers
 
 import hf_testing
 from mmjax import hf
-from mmjax.inference import decode
+from mmjax.decoding import decode
 from mmjax.models.text_lm import TextLM, TextLMConfig
 
 _SIZES = dict(vocab_size=96, hidden_size=32, intermediate_size=64,

@@ -7,8 +7,8 @@ import transformers
 import hf_testing
 from mmjax import hf
 from mmjax.data import tiling as host_tiling
-from mmjax.inference import decode as decode_lib
-from mmjax.inference.sampling import Sampling
+from mmjax.decoding import decode as decode_lib
+from mmjax.decoding.sampling import Sampling
 from mmjax.models import tiling as tiling_lib
 
 _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,

@@ -87,7 +87,7 @@ def test_inference_mode_logits(paligemma):
 def test_greedy_generation_matches_hf_generate(paligemma):
   """mmjax's decode loop (prefill with prefix = prompt, then causal steps)
   gives HF `generate`'s greedy tokens."""
-  from mmjax.inference import decode  # pylint: disable=g-import-not-at-top
+  from mmjax.decoding import decode  # pylint: disable=g-import-not-at-top
   from mmjax.models import layout  # pylint: disable=g-import-not-at-top
   model, conv = paligemma
   _, _, images = _inputs()

@@ -93,7 +93,7 @@ def test_logits_one_image_and_text(qwen2vl):
 def test_greedy_generation_matches_hf_generate(qwen2vl):
   """mmjax's decode loop (M-RoPE prefill, rope-delta decode) on the imported
   model gives HF `generate`'s greedy tokens for one image + text."""
-  from mmjax.inference import decode  # pylint: disable=g-import-not-at-top
+  from mmjax.decoding import decode  # pylint: disable=g-import-not-at-top
   from mmjax.models import layout  # pylint: disable=g-import-not-at-top
   model, conv = qwen2vl
   image = _image(3)

@@ -28,7 +28,7 @@ import transformers
 import hf_testing
 from mmjax import hf
 from mmjax.data import audio as audio_lib
-from mmjax.inference import decode
+from mmjax.decoding import decode
 from mmjax.models import layout
 from mmjax.models import mllm as mllm_lib
 from mmjax.models import whisper

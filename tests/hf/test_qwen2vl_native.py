@@ -16,7 +16,7 @@ from transformers.models.qwen2_vl import image_processing_qwen2_vl as hf_proc
 import hf_testing
 from mmjax import hf
 from mmjax.data import native_resolution as nr
-from mmjax.inference import decode
+from mmjax.decoding import decode
 from mmjax.inference import run as run_lib
 from mmjax.models import layout
 from mmjax.models.layout import ImageSizeError

@@ -15,7 +15,7 @@ import pytest
 from mmjax import testing
 from mmjax import hf, inference
 from mmjax.config import load_config
-from mmjax.inference import decode
+from mmjax.decoding import decode
 from mmjax.models import layout
 from mmjax.models.decoder import DecoderConfig, DecoderLM
 from mmjax.models.text_lm import TextLM, TextLMConfig

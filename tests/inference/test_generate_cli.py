@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax import testing
-from mmjax.inference import decode
+from mmjax.decoding import decode
 from mmjax.inference import media as media_lib
 from mmjax.inference import prompts
 from mmjax.inference import run as run_lib

@@ -8,7 +8,7 @@ import pytest
 
 from mmjax import testing
 from mmjax.data.tokenizer import IMAGE_ID
-from mmjax.inference import decode
+from mmjax.decoding import decode
 from mmjax.models import layout
 from mmjax.models.choices import FUSIONS, POSITIONS
 from mmjax.models.mllm import MLLM

@@ -9,7 +9,7 @@ import pytest
 
 from mmjax import config as C
 from mmjax import parallel, testing
-from mmjax.inference.sampling import Sampling
+from mmjax.decoding.sampling import Sampling
 from mmjax.models.mllm import MLLM
 from mmjax.train import config_checks, metrics as metrics_lib, rollout
 from mmjax.train import stages, trainer

@@ -21,12 +21,12 @@ from typing import Any, Callable, Sequence
 
 import jax
 
+from mmjax.decoding.fastv import FastVConfig
 from mmjax.evals import results
 from mmjax.evals.benchmarks.answers import AnswerLog
 from mmjax.evals.benchmarks.question import (BenchmarkDataError, Question,
                                              require_images)
 from mmjax.evals.benchmarks.registry import Benchmark
-from mmjax.inference.fastv import FastVConfig
 
 PROGRESS_EVERY_S = 10.0
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mmjax.decoding.fastv import FastVConfig
 from mmjax.evals.benchmarks import registry
 from mmjax.evals.benchmarks.question import BenchmarkDataError
 from mmjax.evals.benchmarks.runner import run_benchmark, select_questions
 from mmjax.inference import run as run_lib
-from mmjax.inference.fastv import FastVConfig
 
 
 def result_name(benchmark: str, split: str, checkpoint: str | None) -> str:

@@ -30,7 +30,7 @@ import ml_collections
 
 from mmjax import config as C
 from mmjax.data import native_resolution as native_lib
-from mmjax.inference.sampling import Sampling
+from mmjax.decoding.sampling import Sampling
 from mmjax.models import build, layout
 from mmjax.models.mllm import MLLM
 from mmjax.train import grpo_losses, rewards, rollout

@@ -16,8 +16,8 @@ row's prompt ends at the same cache slot. On device, two compiled programs:
   prefill  encode the images, run the LM over the padded prompts into a new
            KV cache (padding slots masked), sample the first token.
            Cross-attention models keep each block's projected media keys and
-           values in the cache; FastV (`mmjax.inference.fastv`) prunes image tokens
-           here.
+           values in the cache; FastV (`mmjax.decoding.fastv`) prunes image
+           tokens here.
   decode   a `lax.while_loop` feeding one token per step at the next cache
            slot, until `until` tokens exist or every row has hit a stop
            token. Called once per chunk of steps, which is how `generate`
@@ -47,14 +47,14 @@ import numpy as np
 
 from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
-from mmjax.inference import fastv as fastv_lib
+from mmjax.decoding import fastv as fastv_lib
+from mmjax.decoding.sampling import Sampling, sample_tokens
 from mmjax.models import layout
 from mmjax.models.decoder import init_kv_cache
 from mmjax.models.mllm import MLLM, MLLMConfig
 from mmjax.models.text_lm import TEXT_ONLY
 from mmjax.models.position_ids import (V2PE_DEFAULT_STRIDE,
                                        mrope_decode_positions)
-from mmjax.inference.sampling import Sampling, sample_tokens
 
 Piece = Sequence[int] | layout.Media | layout.Audio
 
@@ -400,7 +400,7 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
     stop_ids: a row stops after generating one of these (not returned).
     sampling: greedy by default.
     seed: PRNG seed of sampling.
-    fastv: prune image tokens at prefill (`mmjax.inference.fastv.FastVConfig`).
+    fastv: prune image tokens at prefill (`mmjax.decoding.fastv.FastVConfig`).
     tokenizer: decodes the outputs into `texts` when given.
     batch_size: rows per program; the last batch is padded to it.
     pad_id: the id in padding slots.

@@ -1,4 +1,5 @@
-"""FastV pruning (mmjax.inference.fastv): selection, pruned prefill, FLOPs, errors."""
+"""FastV pruning (mmjax.decoding.fastv): selection, pruned prefill, FLOPs,
+errors."""
 import functools
 import math
 
@@ -7,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.inference import decode
-from mmjax.inference import fastv
+from mmjax.decoding import decode
+from mmjax.decoding import fastv
 from mmjax.models import positions as positions_lib
 from mmjax.models.decoder import init_kv_cache
 from mmjax.models.mllm import MLLM
