@@ -173,6 +173,11 @@ def timed(fn, repeats: int):
   return common.summarize_times(wall, cpu)
 
 
+def while_loops(compiled) -> int:
+  """While loops in a compiled program's HLO (the decode loop is one)."""
+  return sum(" while(" in line for line in compiled.as_text().splitlines())
+
+
 def given_sample(model, params, batch, rng, **kwargs):
   """`rollout.sample`'s stand-in in the update-only step: the completions
   the batch carries (keys _GIVEN)."""
@@ -253,6 +258,9 @@ def measure(size: str, data_dir: str, repeats: int) -> dict:
     with mock.patch.object(rollout, "sample", given_sample):
       update = ts.make_step(parallel.batch_shardings(
           with_comp, mesh, rules)).lower(holder["state"], with_comp).compile()
+    # The decode loop is a while loop; the update must run none.
+    row["step_while_loops"] = while_loops(step)
+    row["update_while_loops"] = while_loops(update)
 
     def run(fn, inputs):
       holder["state"], metrics = fn(holder["state"], inputs)

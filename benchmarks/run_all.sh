@@ -50,12 +50,19 @@ $PY benchmarks/scaling.py --sections=fsdp --fsdp_sizes=small,bench \
 $PY benchmarks/scaling.py --sections=fsdp --fsdp_sizes=bench --scan_layers \
     --out="$OUT/scaling_fsdp_scan.json"
 
-# Other work's benchmarks: generation vs HF and the sigmoid-loss memory.
+# Other work's benchmarks: generation vs HF, the grpo rollout, evaluation
+# throughput and the sigmoid-loss memory.
 if [[ -f benchmarks/generate_vs_hf.py ]]; then
   echo "== generation vs Hugging Face"
   $PY benchmarks/generate_vs_hf.py --sizes=tiny,small,bench \
       --out="$OUT/generate_vs_hf.json" ||
     echo "generate_vs_hf.py failed (exit $?)"
+fi
+if [[ -f benchmarks/grpo_rollout.py ]]; then
+  echo "== grpo rollout vs plain generation; grpo step and update (tiny, small)"
+  $PY benchmarks/grpo_rollout.py --sizes=tiny,small --repeats=5 \
+      --out="$OUT/grpo_rollout.json" ||
+    echo "grpo_rollout.py failed (exit $?)"
 fi
 if [[ -f benchmarks/eval_throughput.py ]]; then
   echo "== evaluation throughput vs Hugging Face"
