@@ -23,6 +23,9 @@ group_size rows of max_new_tokens tokens at the stage's sampling. Timed:
                   tokens to the host.
   prefill+decode  the two compiled programs of `generate` alone, on the
                   batch `decode.prepare_batch` laid out (no host layout).
+  p+d@L           the same, the prompts left-padded to the step's prompt
+                  slots L (`prepare_batch(bucket=L)`): what the rollout's
+                  longer prompts alone cost.
   step            the grpo stage's whole jitted train step
                   (`trainer.build_train_step`: rollout, rewards, policy and
                   reference passes, loss, gradient, AdamW), state donated.
@@ -98,6 +101,8 @@ COLUMNS = (
     ("rollout/generate", "rollout_vs_generate", ".2f"),
     ("p+d tok/s", "prefill_decode_tok_s", ".0f"),
     ("rollout/p+d", "rollout_vs_prefill_decode", ".2f"),
+    ("p+d@L tok/s", "prefill_decode_at_l_tok_s", ".0f"),
+    ("rollout/p+d@L", "rollout_vs_prefill_decode_at_l", ".2f"),
     ("step s", "step_s", ".4f"), ("update s", "update_s", ".4f"),
     ("step-rollout s", "step_minus_rollout_s", ".4f"),
     ("gen+update s", "generate_plus_update_s", ".4f"),
@@ -238,15 +243,22 @@ def measure(size: str, data_dir: str, repeats: int) -> dict:
     stop_arr = np.full(8, -1, np.int32)
     stop_arr[:len(stops)] = stops
 
-    def prefill_decode():
+    def prefill_decode(inputs):
       state, ctx = decode_lib.prefill(
-          model, params, laid, stop_arr, np.int32(tok.pad_id), np.int32(0),
+          model, params, inputs, stop_arr, np.int32(tok.pad_id), np.int32(0),
           max_new_tokens=n_new, sampling=sampling)
       if n_new > 1:
         state = decode_lib.decode(model, params, ctx, state, np.int32(n_new),
                                   sampling=sampling)
       state.tokens.block_until_ready()
-    row["prefill_decode"] = timed(prefill_decode, repeats)
+    row["prefill_decode"] = timed(lambda: prefill_decode(laid), repeats)
+    # The same programs with the prompts left-padded to the step's length:
+    # what the rollout's longer prompt slots alone cost.
+    padded = decode_lib.prepare_batch(
+        model.cfg, pieces, images, range(rows),
+        image_token_id=common.IMAGE_ID, pad_id=tok.pad_id, bucket=length)
+    row["prefill_decode_at_l"] = timed(lambda: prefill_decode(padded),
+                                       repeats)
 
     # 3. The stage's whole step, then the step with the completions given.
     t0 = time.perf_counter()
@@ -268,14 +280,16 @@ def measure(size: str, data_dir: str, repeats: int) -> dict:
     row["step"] = timed(lambda: run(step, batch), repeats)
     row["update"] = timed(lambda: run(update, with_comp), repeats)
 
-  seconds = {k: row[k]["step_s"] for k in ("rollout", "generate",
-                                           "prefill_decode", "step",
-                                           "update")}
-  for k in ("rollout", "generate", "prefill_decode"):
+  seconds = {k: row[k]["step_s"] for k in (
+      "rollout", "generate", "prefill_decode", "prefill_decode_at_l", "step",
+      "update")}
+  for k in ("rollout", "generate", "prefill_decode", "prefill_decode_at_l"):
     row[f"{k}_tok_s"] = row["generated_tokens"] / seconds[k]
   row["rollout_vs_generate"] = row["rollout_tok_s"] / row["generate_tok_s"]
   row["rollout_vs_prefill_decode"] = (row["rollout_tok_s"] /
                                       row["prefill_decode_tok_s"])
+  row["rollout_vs_prefill_decode_at_l"] = (
+      row["rollout_tok_s"] / row["prefill_decode_at_l_tok_s"])
   row["step_s"], row["update_s"] = seconds["step"], seconds["update"]
   row["step_minus_rollout_s"] = seconds["step"] - seconds["rollout"]
   row["generate_plus_update_s"] = seconds["generate"] + seconds["update"]
@@ -287,12 +301,13 @@ def measure(size: str, data_dir: str, repeats: int) -> dict:
 def main(argv):
   del argv
   try:
+    # The shapes recipe's sizes (configs/shapes.py).
     sizes = common.parse_choices(_SIZES.value, ("tiny", "small"), "sizes")
     if _REPEATS.value < 1:
       raise common.BenchmarkInputError(
           f"--repeats={_REPEATS.value} must be >= 1")
-    configs_ok = [recipe(s, "") for s in sizes]  # bad options fail here
-    del configs_ok
+    for size in sizes:  # bad stage options fail here, before any build
+      recipe(size, "")
   except (common.BenchmarkInputError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -317,7 +332,8 @@ def main(argv):
       results["rows"].append(row)
       print(f"[{size}] rollout {row['rollout']['step_s']:.4f} s, generate "
             f"{row['generate']['step_s']:.4f} s, prefill+decode "
-            f"{row['prefill_decode']['step_s']:.4f} s, step "
+            f"{row['prefill_decode']['step_s']:.4f} s (at L "
+            f"{row['prefill_decode_at_l']['step_s']:.4f} s), step "
             f"{row['step_s']:.4f} s, update {row['update_s']:.4f} s "
             f"(prompt slots: rollout {row['rollout_prompt_slots']}, generate "
             f"{row['generate_prompt_slots']}); {common.load_average()}",

@@ -18,9 +18,11 @@ def test_tiny_run_times_rollout_generate_step_and_update(tmp_path):
   assert (row["size"], row["batch"], row["group_size"], row["rows"]) == (
       "tiny", 2, 2, 4)
   assert row["generated_tokens"] == 4 * 4  # R rows x the stage's 4 tokens
-  for name in ("rollout", "generate", "prefill_decode", "step", "update"):
+  for name in ("rollout", "generate", "prefill_decode", "prefill_decode_at_l",
+               "step", "update"):
     assert row[name]["steps_timed"] == 1 and row[name]["step_s"] > 0, name
-  for name in ("rollout", "generate", "prefill_decode"):
+  for name in ("rollout", "generate", "prefill_decode",
+               "prefill_decode_at_l"):
     assert row[f"{name}_tok_s"] == pytest.approx(
         16 / row[name]["step_s"]), name
   assert row["rollout_vs_generate"] == pytest.approx(
