@@ -372,9 +372,10 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
   questions answered by a box (`grounding.grounding_qa`); 0 = none.
   extra_questions: shapes_chat only: add up to this many more questions of
   the record's five types (`shapes.extra_questions`); 0 = none.
-  name_heldout: shapes_chat only: False swaps every question naming a
-  held-out colour x shape pair (absent objects only, "no") for another
-  (`shapes.without_heldout_names`), in the record's and the extra ones.
+  name_heldout: shapes_chat and preference: False swaps every question
+  naming a held-out colour x shape pair (absent objects only, "no") for
+  another (`shapes.without_heldout_names`), in the record's, the extra and
+  the preference ones.
   """
   rid = str(record.get("id", "?"))
   if fmt in AUDIO_FORMATS:
@@ -401,7 +402,13 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
       raise BadExample("malformed", "conversations is not a list of turns")
     return Chat(rid, list(turns), _images(record))
   if fmt == "preference":
-    prompt = [_user_with_media(record["pref_questions"][item])]
+    question = record["pref_questions"][item]
+    if not name_heldout:  # the same swaps as the record's chat gets
+      question = shapes.without_heldout_names(
+          _record_scene(record, "held-out name swaps"),
+          list(zip(record["pref_questions"], record["chosen"])),
+          _record_rng(record, 3))[item][0]
+    prompt = [_user_with_media(question)]
     return PreferencePair(rid, prompt, record["chosen"][item],
                           record["rejected"][item], _images(record))
   if fmt == "contrastive":

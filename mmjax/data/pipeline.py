@@ -440,8 +440,9 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
       answered by a box per chat (`formats.record_example`); 0 = none.
     extra_questions: shapes_chat: up to this many more questions of the
       five types per chat (`shapes.extra_questions`); 0 = none.
-    name_heldout: shapes_chat, training: False swaps each question naming
-      a held-out colour x shape pair for another (`formats.record_example`).
+    name_heldout: shapes_chat, preference, training: False swaps each
+      question naming a held-out colour x shape pair for another
+      (`formats.record_example`).
     recolour: regions, training: the chance that each object is painted a
       random colour, its colour not asked (`recolour.recolour_objects`).
     audio_frames: audio formats: every batch's clips padded to this many
@@ -470,10 +471,12 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                       ("extra_questions", extra_questions)):
     if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
       raise ValueError(f"{name}={value!r} must be an int >= 0")
-  if not name_heldout and not (fmt == "shapes_chat" and train):
+  if not name_heldout and not (fmt in ("shapes_chat", "preference") and
+                                train):
     raise ValueError("name_heldout=False swaps questions of training "
-                     "shapes_chat chats only; keep it True for fmt="
-                     f"{fmt!r}{'' if train else ' and for evaluation'}")
+                     "shapes_chat and preference examples only; keep it "
+                     f"True for fmt={fmt!r}"
+                     f"{'' if train else ' and for evaluation'}")
   if not 0.0 <= recolour <= 1.0 or (recolour and not (
       fmt == "regions" and train)):
     raise ValueError(f"recolour={recolour!r} must be in [0, 1], and 0 but "

@@ -97,6 +97,24 @@ def test_chats_never_name_a_heldout_pair(shapes_source):
   assert changed  # 24 images: some asked about an absent held-out pair
 
 
+def test_preference_questions_are_swapped_alike(shapes_source):
+  source, _ = shapes_source
+  swapped = 0
+  for j in range(len(source)):
+    record = source[j]
+    chat = formats.record_example(record, 0, "shapes_chat",
+                                  name_heldout=False)
+    asked = [t["content"].split("\n")[-1] for t in chat.turns[::2]]
+    for item in range(len(record["pref_questions"])):
+      pair = formats.record_example(record, item, "preference",
+                                    name_heldout=False)
+      question = pair.prompt[0]["content"].split("\n")[-1]
+      assert question not in _HELDOUT_QUESTIONS
+      assert question in asked  # the chat's own swap, not another
+      swapped += question != record["pref_questions"][item]
+  assert swapped
+
+
 def test_bad_name_heldout_refused(shapes_source):
   source, tok = shapes_source
   with pytest.raises(ValueError, match="name_heldout=False"):

@@ -188,7 +188,8 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       # False: training chats never name a held-out pair (the absent-object
       # questions about one are swapped for another absent pair).
       name_heldout=(bool(config.data.get("name_heldout", True))
-                    if fmt == "shapes_chat" and train else True),
+                    if fmt in ("shapes_chat", "preference") and train
+                    else True),
       # Objects painted a random colour in region training (option of the
       # region_classification kind).
       recolour=(float(config.stages[stage_name].get("recolour", 0.0))
