@@ -147,6 +147,7 @@ def test_grpo_kill_and_resume_is_bit_identical(data_dir, tmp_path):
     ({"max_new_tokens": 200}, "max_new_tokens=200 leaves no room"),
     ({"top_p": 1.5}, r"top_p=1.5 must lie in \(0, 1\]"),
     ({"beta": -1.0}, "beta=-1.0 must be a number >= 0"),
+    ({"buckets": (96, 999)}, r"buckets=\(96, 999\) must be positive"),
 ])
 def test_bad_grpo_configs_fail_before_anything_builds(override, message):
   config = testing.tiny_recipe()
@@ -158,6 +159,18 @@ def test_bad_grpo_configs_fail_before_anything_builds(override, message):
       config.stages.grpo[key] = value
   with pytest.raises(C.ConfigError, match=message):
     config_checks.validate_config(config)
+
+
+def test_stage_buckets_set_the_prompt_rows(data_dir, tmp_path):
+  # The recipe's grpo buckets: shapes prompts + answers (80-90 tokens) come
+  # in 96-slot rows, not the default bucket's 128.
+  config = _config(data_dir)
+  assert tuple(config.stages.grpo.buckets)[:2] == (64, 96)
+  built = stages.build_task(config, "grpo", str(tmp_path / "a"))
+  assert next(built.task.train_iterator)["tokens"].shape[1] == 96
+  config.stages.grpo.buckets = ()
+  built = stages.build_task(config, "grpo", str(tmp_path / "b"))
+  assert next(built.task.train_iterator)["tokens"].shape[1] == 128
 
 
 def test_optional_stage_is_off_by_default():

@@ -40,7 +40,11 @@ OPTIONS = {"group_size": 8, "max_new_tokens": 4, "temperature": 1.0,
            "top_p": 1.0, "beta": 0.04, "clip_eps": 0.2, "dr_grpo": False,
            "dynamic_sampling": False,
            "rewards": ml_collections.ConfigDict({"exact": 1.0,
-                                                 "format": 0.1})}
+                                                 "format": 0.1}),
+           # Row lengths of the stage's batches (() = the pipeline's powers
+           # of two): every prompt is prefilled at its batch's row length,
+           # so a finer bucket prefills fewer padding slots.
+           "buckets": ()}
 
 
 def option(stage: ml_collections.ConfigDict, name: str) -> Any:
@@ -180,6 +184,11 @@ def _rewards_ok(value) -> str | None:
   return None
 
 
+def _buckets_ok(buckets, max_len: int) -> bool:
+  return all(isinstance(b, int) and not isinstance(b, bool) and
+             0 < b <= max_len for b in tuple(buckets))
+
+
 def _checks(config, path: str, stage) -> list[C.Check]:
   get = lambda name: option(stage, name)
   checks = [
@@ -208,6 +217,11 @@ def _checks(config, path: str, stage) -> list[C.Check]:
           "native-resolution tower is not supported: use another "
           "vision.kind")),
   ]
+  checks.append(C.check_that(
+      lambda c: _buckets_ok(get("buckets"), c.data.max_len), lambda c: (
+          f"config.{path}.buckets={tuple(get('buckets'))!r} must be "
+          "positive integers <= config.data.max_len "
+          f"({c.data.max_len}); () = the pipeline's default")))
   for name in ("dr_grpo", "dynamic_sampling"):
     checks.append(C.check_that(
         lambda c, n=name: isinstance(get(n), bool),

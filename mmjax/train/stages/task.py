@@ -199,7 +199,9 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       packing=(train and bool(config.data.get("packing", False)) and
                config.stages[stage_name].loss == "lm"),
       # Clips padded to one frame count: one program for every batch.
-      audio_frames=int(config.data.get("audio_frames", 0)))
+      audio_frames=int(config.data.get("audio_frames", 0)),
+      # Row lengths (a stage option, e.g. grpo's); None = powers of two.
+      buckets=tuple(config.stages[stage_name].get("buckets", ())) or None)
 
 
 # ------------------------------------------------------------------ checks --
