@@ -337,29 +337,27 @@ def _record_rng(record: Mapping[str, Any], key: int) -> np.random.Generator:
 
 
 def _extra_question_turns(record: Mapping[str, Any], k: int,
-                          name_heldout: bool = True
+                          asked: list[str], name_heldout: bool = True
                           ) -> list[tuple[str, str]]:
-  """Up to k more (question, answer) pairs of a shapes record, none of its
-  own questions (none: k=0); a pure function of the record."""
+  """Up to k more (question, answer) pairs of a shapes record, none of
+  `asked` (its own questions; none: k=0); a pure function of the record."""
   if k <= 0:
     return []
   scene = _record_scene(record, "extra questions")
   return [(q.question, q.answer) for q in shapes.extra_questions(
-      scene, list(record["questions"]), k, _record_rng(record, 2),
-      name_heldout)]
+      scene, asked, k, _record_rng(record, 2), name_heldout)]
 
 
-def _own_question_turns(record: Mapping[str, Any], name_heldout: bool
-                        ) -> tuple[list[str], list[str]]:
-  """The record's (questions, answers); name_heldout=False swaps those that
-  name a held-out pair (`shapes.without_heldout_names`)."""
-  questions, answers = list(record["questions"]), list(record["answers"])
+def _own_questions(record: Mapping[str, Any], questions: list[str],
+                   answers: list[str], name_heldout: bool) -> list[str]:
+  """The record's questions; name_heldout=False swaps those that name a
+  held-out pair (`shapes.without_heldout_names`). The chat and the
+  preference pairs pass their own lists and get the same swaps."""
   if name_heldout:
-    return questions, answers
-  qa = shapes.without_heldout_names(
+    return list(questions)
+  return [q for q, _ in shapes.without_heldout_names(
       _record_scene(record, "held-out name swaps"),
-      list(zip(questions, answers)), _record_rng(record, 3))
-  return [q for q, _ in qa], [a for _, a in qa]
+      list(zip(questions, answers)), _record_rng(record, 3))]
 
 
 def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
@@ -385,10 +383,13 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
              {"role": "assistant", "content": record["answers"][item]}]
     return Chat(rid, turns, _images(record))
   if fmt == "shapes_chat":
-    questions, answers = _own_question_turns(record, name_heldout)
+    answers = list(record["answers"])
+    questions = _own_questions(record, record["questions"], answers,
+                               name_heldout)
     return Chat(rid, shapes_chat_turns(
         rid, questions, answers,
-        _extra_question_turns(record, extra_questions, name_heldout) +
+        _extra_question_turns(record, extra_questions, questions,
+                              name_heldout) +
         _grounding_turns(record, grounding_questions)), _images(record))
   if fmt in ("caption", "image_caption"):
     turns = [_user_with_media(CAPTION_PROMPT),
@@ -402,12 +403,8 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
       raise BadExample("malformed", "conversations is not a list of turns")
     return Chat(rid, list(turns), _images(record))
   if fmt == "preference":
-    question = record["pref_questions"][item]
-    if not name_heldout:  # the same swaps as the record's chat gets
-      question = shapes.without_heldout_names(
-          _record_scene(record, "held-out name swaps"),
-          list(zip(record["pref_questions"], record["chosen"])),
-          _record_rng(record, 3))[item][0]
+    question = _own_questions(record, record["pref_questions"],
+                              record["chosen"], name_heldout)[item]
     prompt = [_user_with_media(question)]
     return PreferencePair(rid, prompt, record["chosen"][item],
                           record["rejected"][item], _images(record))
