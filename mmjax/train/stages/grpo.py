@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax import config as C
+from mmjax.data import batching
 from mmjax.data import native_resolution as native_lib
 from mmjax.decoding.sampling import Sampling
 from mmjax.models import build, layout
@@ -185,8 +186,12 @@ def _rewards_ok(value) -> str | None:
 
 
 def _buckets_ok(buckets, max_len: int) -> bool:
-  return all(isinstance(b, int) and not isinstance(b, bool) and
-             0 < b <= max_len for b in tuple(buckets))
+  """What the pipeline will accept (`batching.check_buckets`)."""
+  try:
+    batching.check_buckets(tuple(buckets) or None, max_len)
+  except ValueError:
+    return False
+  return True
 
 
 def _checks(config, path: str, stage) -> list[C.Check]:
