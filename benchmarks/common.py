@@ -228,15 +228,30 @@ def peak_summary(per_size: Mapping[int, float],
           "per_size_per_cpu_s": dict(per_cpu)}
 
 
+def _live_eqns(jaxpr) -> list[Any]:
+  """The equations of a jaxpr that its outputs (or effects) depend on."""
+  from jax.extend import core  # pylint: disable=g-import-not-at-top
+  used = {v for v in jaxpr.outvars if isinstance(v, core.Var)}
+  live = []
+  for eqn in reversed(jaxpr.eqns):
+    if eqn.effects or any(v in used for v in eqn.outvars):
+      live.append(eqn)
+      used.update(v for v in eqn.invars if isinstance(v, core.Var))
+  return live[::-1]
+
+
 def dot_generals(jaxpr) -> list[tuple[Any, int]]:
   """(dot_general equation, times it runs) for every matmul of a jaxpr.
 
   Walks sub-jaxprs (jit, remat, custom derivatives; of a cond's branches the
   one with the most matmul FLOPs); a scan's body runs `length` times.
+  Equations whose results nothing uses are skipped, as XLA drops them: a
+  custom_vjp's backward (models/linear.py) computes the input's gradient
+  even where nothing reads it (the patch embedding's pixels).
   """
   from jax.extend import core  # pylint: disable=g-import-not-at-top
   found = []
-  for eqn in jaxpr.eqns:
+  for eqn in _live_eqns(jaxpr):
     if eqn.primitive.name == "dot_general":
       found.append((eqn, 1))
       continue
@@ -290,6 +305,38 @@ def load_average() -> str:
   return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
+def cpu_info() -> dict[str, Any]:
+  """The CPU model and its vector extensions (from /proc/cpuinfo).
+
+  Timings from one kind of CPU are not comparable with another's (the
+  XLA:CPU matmul and elementwise kernels differ with AVX-512), so every
+  results file records this and docs/performance.md keeps a table per kind.
+  Returns {'model', 'avx512' (bool), 'simd' (the AVX/AMX flags), 'cores'}.
+  """
+  model, flags = "unknown", set()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model == "unknown":
+          model = value.strip()
+        elif key == "flags" and not flags:
+          flags = set(value.split())
+  except OSError:  # not Linux: the model stays unknown
+    pass
+  simd = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+  return dict(model=model, avx512="avx512f" in flags, simd=simd,
+              cores=os.cpu_count())
+
+
+def cpu_line() -> str:
+  """One line for a benchmark's header: model, AVX-512 or not, cores."""
+  info = cpu_info()
+  vector = "AVX-512" if info["avx512"] else "no AVX-512"
+  return f"CPU {info['model']}, {vector}, {info['cores']} cores"
+
+
 def mib(n: float) -> str:
   return f"{n / 2 ** 20:.0f}"
 
@@ -317,10 +364,10 @@ def print_table(rows: Sequence[Mapping[str, Any]],
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:
-  """Writes `payload` (plus the machine load) as indented JSON."""
+  """Writes `payload` (plus the machine load and CPU) as indented JSON."""
   if not path:
     return
-  payload = dict(payload, load=load_average(),
+  payload = dict(payload, load=load_average(), cpu=cpu_info(),
                  time=time.strftime("%Y-%m-%d %H:%M:%S"))
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)

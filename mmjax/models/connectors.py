@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.models import layers
+from mmjax.models import linear
 
 Dtype = Any
 _logical = layers._logical  # pylint: disable=protected-access
@@ -44,12 +45,13 @@ _TORCH_LN_EPS = 1e-5
 
 def _dense(features: int, names: tuple[str, str], name: str, *,
            use_bias: bool = True, dtype: Dtype = jnp.float32,
-           param_dtype: Dtype = jnp.float32) -> nn.Dense:
-  """nn.Dense with logically named kernel and bias."""
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype,
-                  param_dtype=param_dtype, name=name,
-                  kernel_init=_logical(nn.initializers.lecun_normal(), names),
-                  bias_init=_logical(nn.initializers.zeros, (names[1],)))
+           param_dtype: Dtype = jnp.float32) -> linear.Dense:
+  """A dense layer (linear.Dense) with logically named kernel and bias."""
+  return linear.Dense(features, use_bias=use_bias, dtype=dtype,
+                      param_dtype=param_dtype, name=name,
+                      kernel_init=_logical(nn.initializers.lecun_normal(),
+                                           names),
+                      bias_init=_logical(nn.initializers.zeros, (names[1],)))
 
 
 def _layer_norm(eps: float, name: str, dtype: Dtype = jnp.float32,

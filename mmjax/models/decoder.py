@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from mmjax.models import config_util
 from mmjax.models import cross_attention
 from mmjax.models import layers
+from mmjax.models import linear
 from mmjax.models import masks
 from mmjax.models import remat as remat_lib
 
@@ -295,7 +296,7 @@ class DecoderLM(nn.Module):
                                      offset_one=cfg.norm_offset_one,
                                      dtype=dtype, param_dtype=param_dtype)
     if not cfg.tie_embeddings:
-      self.lm_head = nn.Dense(
+      self.lm_head = linear.Dense(
           cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.lecun_normal(), ("embed", "vocab")))

@@ -18,13 +18,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import attention_core
+from mmjax.models import linear as linear_lib
 from mmjax.models import positions as positions_lib
 
 Dtype = Any
 
-# Finite stand-in for -inf: a fully masked row then softmaxes to a uniform
-# distribution instead of NaN (0/0).
-_MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+# A finite -inf for masked scores (a fully masked row averages the values).
+_MASK_VALUE = attention_core.MASK_VALUE
 # `attention` of DecoderConfig / VisionConfig: 'einsum' is mmjax's own (the
 # one the parity tests pin), 'xla' and 'cudnn' are jax.nn.dot_product_attention
 # with that implementation ('cudnn': fused flash attention on NVIDIA GPUs,
@@ -109,10 +110,11 @@ class GatedMLP(nn.Module):
     d_model = x.shape[-1]
 
     def dense(features, names, name):
-      return nn.Dense(features, use_bias=False, dtype=self.dtype,
-                      param_dtype=self.param_dtype,
-                      kernel_init=_logical(_default_kernel_init, names),
-                      name=name)
+      return linear_lib.Dense(features, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype,
+                              kernel_init=_logical(_default_kernel_init,
+                                                   names),
+                              name=name)
 
     gate = dense(self.mlp_dim, ("embed", "mlp"), "gate")(x)
     up = dense(self.mlp_dim, ("embed", "mlp"), "up")(x)
@@ -137,12 +139,16 @@ class HeadsIn(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """x [..., D] -> [..., H, Dh]."""
     init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
     kernel = self.param(
         "kernel", _logical(init, ("embed", self.heads_name, "head_dim")),
         (x.shape[-1], self.n_heads, self.head_dim), self.param_dtype)
-    y = jnp.einsum("bld,dhk->blhk", x.astype(self.dtype),
-                   kernel.astype(self.dtype))
+    # [D, H, Dh] -> [D, H * Dh] is free (row-major); linear's backward
+    # suits XLA:CPU (models/linear.py).
+    y = linear_lib.linear(x.astype(self.dtype), kernel.astype(
+        self.dtype).reshape(kernel.shape[0], -1))
+    y = y.reshape(*x.shape[:-1], self.n_heads, self.head_dim)
     if self.use_bias:
       bias = self.param(
           "bias", _logical(nn.initializers.zeros,
@@ -165,8 +171,9 @@ class HeadsOut(nn.Module):
     kernel = self.param(
         "kernel", _logical(init, ("heads", "head_dim", "embed")),
         (x.shape[-2], x.shape[-1], self.features), self.param_dtype)
-    y = jnp.einsum("blhk,hkd->bld", x.astype(self.dtype),
-                   kernel.astype(self.dtype))
+    y = linear_lib.linear(
+        x.astype(self.dtype).reshape(*x.shape[:-2], -1),
+        kernel.astype(self.dtype).reshape(-1, self.features))
     if self.use_bias:
       bias = self.param("bias", _logical(nn.initializers.zeros, ("embed",)),
                         (self.features,), self.param_dtype)
@@ -223,6 +230,16 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   group = n_heads // n_kv
   # Split query heads into (kv head, group) so no KV copy is materialised.
   q = q.reshape(batch, length, n_kv, group, head_dim)
+  if not kv_heads_major and softcap <= 0:
+    # Training and prefill: the same values with a backward pass laid out
+    # for XLA:CPU (models/attention_core.py).
+    if mask is not None:
+      mask = jnp.broadcast_to(mask, (batch, length, kv_len))
+    out = attention_core.attend(
+        q.astype(dtype), k.astype(dtype), v.astype(dtype), mask,
+        jnp.float32(scale if scale is not None else 1.0 /
+                    math.sqrt(head_dim)))
+    return out.reshape(batch, length, n_heads, v.shape[-1])
   scores = jnp.einsum(f"blkgd,{kv_spec}->bkgls", q, k,
                       preferred_element_type=jnp.float32)
   scores = scores * (scale if scale is not None else 1.0 / math.sqrt(head_dim))
@@ -335,16 +352,16 @@ class MLP(nn.Module):
     kw = dict(use_bias=self.use_bias, dtype=self.dtype,
               param_dtype=self.param_dtype,
               bias_init=_logical(nn.initializers.zeros, ("mlp",)))
-    h = nn.Dense(self.hidden, name="fc1",
-                 kernel_init=_logical(_default_kernel_init, ("embed", "mlp")),
-                 **kw)(x)
+    h = linear_lib.Dense(self.hidden, name="fc1",
+                         kernel_init=_logical(_default_kernel_init,
+                                              ("embed", "mlp")), **kw)(x)
     h = act(h)
     if h.ndim == 3:
       h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     kw["bias_init"] = _logical(nn.initializers.zeros, ("embed",))
-    return nn.Dense(self.out_features or x.shape[-1], name="fc2",
-                    kernel_init=_logical(_default_kernel_init,
-                                         ("mlp", "embed")), **kw)(h)
+    return linear_lib.Dense(self.out_features or x.shape[-1], name="fc2",
+                            kernel_init=_logical(_default_kernel_init,
+                                                 ("mlp", "embed")), **kw)(h)
 
 
 class Attention(nn.Module):

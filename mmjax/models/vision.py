@@ -34,6 +34,7 @@ import numpy as np
 
 from mmjax.models import config_util
 from mmjax.models import layers
+from mmjax.models import linear
 from mmjax.models import remat as remat_lib
 
 _POOLS = ("none", "map")
@@ -434,7 +435,7 @@ class VisionEncoder(nn.Module):
       x = ConvStem(cfg.width, p, name="conv_stem", **kw)(images.astype(dtype))
     else:
       patches = patchify(images, p)  # Other sizes must be divisible by p.
-      x = nn.Dense(
+      x = linear.Dense(
           cfg.width, use_bias=not is_clip, name="patch_embedding",
           kernel_init=_logical(nn.initializers.lecun_normal(),
                                (None, "embed")),

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import common
 from mmjax import testing
 from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.models import layout
@@ -230,9 +231,9 @@ def test_bfloat16_model_runs_every_matmul_in_bfloat16():
       cfg, lm=dataclasses.replace(cfg.lm, dtype="bfloat16"),
       vision=dataclasses.replace(cfg.vision, dtype="bfloat16"))
   jaxpr = jax.make_jaxpr(functools.partial(_apply, MLLM(bf16)))(params, batch)
-  operand_dtypes = [
-      tuple(str(v.aval.dtype) for v in eqn.invars)
-      for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "dot_general"]
+  # Every matmul, inside custom_vjp calls too (models/linear.py).
+  operand_dtypes = [tuple(str(v.aval.dtype) for v in eqn.invars)
+                    for eqn, _ in common.dot_generals(jaxpr.jaxpr)]
   assert len(operand_dtypes) > 10
   assert all(d == ("bfloat16", "bfloat16") for d in operand_dtypes), (
       operand_dtypes)
