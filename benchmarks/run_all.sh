@@ -16,6 +16,12 @@ mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1
 PY="${PYTHON:-python}"
 echo "== start $(date) $(uptime)"
+# Figures from one kind of CPU are not comparable with another's: the CPU
+# model and its AVX-512 flags go beside every table (each JSON file also
+# records them under "cpu"), and docs/performance.md keeps a table per kind.
+$PY -c "from benchmarks import common as c; i = c.cpu_info(); \
+print('== ' + c.cpu_line()); print('   simd flags: ' + ' '.join(i['simd']))" |
+  tee "$OUT/cpu.txt"
 
 echo "== matmul peaks (XLA and torch, f32)"
 $PY benchmarks/matmul_peak.py --sizes=512,1024,2048 --out="$OUT/matmul_peak.json"
@@ -32,6 +38,9 @@ $PY benchmarks/train_throughput.py --sizes=tiny,small --steps=20 \
 echo "== bench size (compute-bound) vs Hugging Face"
 $PY benchmarks/train_throughput.py --sizes=bench --steps=3 \
     --out="$OUT/train_bench.json"
+
+echo "== the train step's kernels: where the time that is not matmul goes"
+$PY benchmarks/step_profile.py --sizes=tiny,small --out="$OUT/step_profile.json"
 
 echo "== the step's matmuls one by one, XLA vs torch; the floor under the step"
 $PY benchmarks/step_matmuls.py --sizes=tiny,small \
