@@ -17,8 +17,8 @@ plain transpose of the same shape (`python benchmarks/step_profile.py
 --sizes=small`). With x on the left, XLA transposes the layer input instead:
 a plain copy, narrower for up projections ([N, d_model] vs [N, mlp_dim]),
 and one copy serves every kernel that reads the same input (q, k and v;
-gate and up). Measured on the train step (docs/performance.md, "Train-step
-profile"). GPU matmuls (cuBLAS, cuDNN) take transposed operands for free, so
+gate and up). Measured on the train step (docs/performance.md, "What bought
+it"). GPU matmuls (cuBLAS, cuDNN) take transposed operands for free, so
 the order costs nothing there.
 
 Activation checkpointing is unchanged: `jax.checkpoint`'s dot policies see
@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+
 
 @jax.custom_vjp
 def linear(x: jax.Array, kernel: jax.Array) -> jax.Array:
