@@ -453,8 +453,12 @@ def apply_if_finite(finite: jax.Array, update: Callable[[Any], Any],
   """
   if (backend or jax.default_backend()) == "cpu":
     return jax.lax.cond(finite, update, lambda operand: operand, operand)
-  new = update(operand)
-  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, operand)
+  return _select(finite, update(operand), operand)
+
+
+def _select(finite: jax.Array, new: Any, old: Any) -> Any:
+  """`new` where `finite`, else `old`, leaf by leaf."""
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
 def _make_train_step(task: Task, train: list[str],
@@ -492,8 +496,6 @@ def _make_train_step(task: Task, train: list[str],
     # reach a checkpoint; the host raises at its next check.
     trained, opt_state = apply_if_finite(finite, update,
                                          (current, state["opt_state"]))
-    keep = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(finite, n, o), new, old)
     first_bad = jnp.where((state["nonfinite_step"] < 0) & ~finite, step,
                           state["nonfinite_step"])
     params = groups.unflatten({**frozen, **groups.flatten(trained)})
@@ -501,8 +503,8 @@ def _make_train_step(task: Task, train: list[str],
                      opt_state=opt_state, nonfinite_step=first_bad)
     if task.loss_state is not None:
       metrics = dict(metrics)
-      new_state[LOSS_STATE] = keep(metrics.pop(LOSS_STATE),
-                                   state[LOSS_STATE])
+      new_state[LOSS_STATE] = _select(finite, metrics.pop(LOSS_STATE),
+                                      state[LOSS_STATE])
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    lr=schedule(step))
     return new_state, metrics
