@@ -70,7 +70,8 @@ def main(argv: Sequence[str]) -> None:
     _, markdown = evals.evaluate_run(
         f.workdir, f.split or "test", checkpoint=f.checkpoint,
         max_examples=f.max_examples, batch_size=f.batch_size,
-        captions=f.captions, grounding=f.grounding, fastv=fastv, tokenizer=f.tokenizer)
+        captions=f.captions, grounding=f.grounding, fastv=fastv,
+        tokenizer=f.tokenizer)
   except (inference.WorkdirError, config_lib.ConfigError, ValueError) as e:
     config_lib.fail(str(e))
   print(markdown, flush=True)
@@ -117,8 +118,9 @@ def _define_flags() -> None:
                        "config.eval.max_examples; 0 = the whole split).")
   flags.DEFINE_integer("batch_size", None, "Rows per program (default: "
                        "config.eval.batch_size).")
-  flags.DEFINE_integer("captions", 64, "Records to caption for BLEU-4 / "
-                       "token F1 (0 = none).")
+  flags.DEFINE_integer("captions", None, "Records to caption for BLEU-4 / "
+                       "token F1 (0 = none; default: 64 on a shapes run, "
+                       "none on a run of clips).")
   flags.DEFINE_integer("grounding", 0, "Referring questions (one per record)"
                        " answered by a box, scored by IoU (0 = none).")
   flags.DEFINE_integer("fastv_k", 0, "FastV: prune after layer k-1 (0 = off).")

@@ -232,13 +232,20 @@ class ShapesBuilder(_Builder):
                 else self._pool.imap(make, range(num), chunksize=64))
     for index, ex in enumerate(examples):
       if split == "train":
-        self._texts += ex["captions"] + [
-            shapes.qa_text(q["question"], q["answer"]) for q in ex["qa"]]
-      record = {name: [item[key] for item in ex[part]]
-                for name, (part, key) in _COLUMNS.items()}
-      yield index, {"id": ex["id"], "image": ex["image"],
-                    "captions": ex["captions"], **record,
-                    "objects": json.dumps(ex["objects"], sort_keys=True)}
+        self._texts += self._texts_of(ex)
+      yield index, self._record(ex)
+
+  # Hooks of the variants: what an example adds to the tokenizer's training
+  # text, and its record.
+  def _texts_of(self, ex: dict[str, Any]) -> list[str]:
+    return ex["captions"] + [shapes.qa_text(q["question"], q["answer"])
+                             for q in ex["qa"]]
+
+  def _record(self, ex: dict[str, Any]) -> dict[str, Any]:
+    columns = {name: [item[key] for item in ex[part]]
+               for name, (part, key) in _COLUMNS.items()}
+    return {"id": ex["id"], "image": ex["image"], "captions": ex["captions"],
+            **columns, "objects": json.dumps(ex["objects"], sort_keys=True)}
 
 
 @dataclasses.dataclass(eq=False)

@@ -9,8 +9,8 @@ $MMJAX_DATA_DIR, else ~/.cache/mmjax/data. The shapes dataset is keyed by its
 options (sizes, image size, seed, vocabulary), so runs with the same data
 options share one build, and its sentencepiece tokenizer is stored with it.
 config.data.dataset picks the synthetic benchmark (`SYNTHETIC_DATASETS`:
-'shapes', 'shapes_detail', digits on non-square canvases, or 'tones',
-the audio benchmark).
+'shapes', 'shapes_detail', digits on non-square canvases, 'tones', the
+audio benchmark, or 'shapes_tones', an image and a clip per record).
 A config whose `tokenizer` names a Hugging Face tokenizer (directory or
 `.model`) tokenises every stage with that one and `config.chat_template`
 instead (`configured_tokenizer`; mmjax.data.hf_tokenizer).
@@ -27,7 +27,8 @@ import ml_collections
 
 from mmjax.config import ConfigError, get_path
 from mmjax.data import (builders, chat_templates, detail_builder,
-                        hf_tokenizer, shapes, tones, tones_builder)
+                        hf_tokenizer, shapes, shapes_tones,
+                        shapes_tones_builder, tones, tones_builder)
 from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
 
 FOLDER_FORMATS = ("llava_conversations", "image_caption")
@@ -52,12 +53,17 @@ SYNTHETIC_DATASETS = {
     # Tone sequences in 16 kHz clips (docs/audio.md); no held-out split.
     "tones": (tones_builder.TonesBuilder, ("num_train", "num_validation",
                                            "num_test", "seed", "vocab_size")),
+    # A shapes scene and a tones clip per record, questions about both.
+    "shapes_tones": (shapes_tones_builder.ShapesTonesBuilder, (
+        "num_train", "num_validation", "num_test", "image_size", "seed",
+        "vocab_size")),
 }
 # The captions and Q&A lines of a dataset's train split (the `text`
 # stage's corpus): dataset name -> f(num_train, seed) -> texts.
 BENCHMARK_TEXTS = {"shapes": shapes.benchmark_texts,
                    "shapes_detail": shapes.benchmark_texts,
-                   "tones": tones.benchmark_texts}
+                   "tones": tones.benchmark_texts,
+                   "shapes_tones": shapes_tones.benchmark_texts}
 # Synthetic datasets whose images are not square: no `regions` stage (its
 # boxes are fractions of a square image).
 NON_SQUARE_DATASETS = ("shapes_detail",)

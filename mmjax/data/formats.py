@@ -33,6 +33,17 @@ them into (record, item) pairs, so an epoch covers every item.
                        clip in the first user turn
   audio_caption        user `<audio>\ndescribe the sound.` / assistant
                        caption: audio-caption alignment
+  joint                user `<image>\n<audio>\n{question}` / assistant
+                       `{answer}`, for every question of a shapes_tones
+                       record (`mmjax.data.shapes_tones`): the joint ones,
+                       then the image's, then the clip's
+  joint_chat           all of them as one chat, both media in the first
+                       user turn with the joint questions first (nothing
+                       said about either medium comes before them), the
+                       others shuffled per record
+
+On a shapes_tones record the image formats read its shapes fields and the
+audio formats its clip's (`audio_captions`, `audio_questions`, ...).
 
 Audio formats give a `Chat` whose `audio` holds the clip (f32[L] at 16
 kHz); `chat_sequence` expands each `<audio>` marker (the tokenizer's
@@ -64,7 +75,9 @@ from mmjax.data.tokenizer import AUDIO_TOKEN, IMAGE_TOKEN, Tokenizer
 from mmjax.models import layout
 from mmjax.models.mllm import MLLMConfig
 
-AUDIO_FORMATS = ("tones", "tones_chat", "audio_caption")
+# Formats whose examples carry a clip (their batches hold `audio`).
+AUDIO_FORMATS = ("tones", "tones_chat", "audio_caption", "joint",
+                 "joint_chat")
 FORMATS = ("shapes", "shapes_chat", "caption", "image_caption",
            "llava_conversations", "preference", "contrastive",
            "regions") + AUDIO_FORMATS
@@ -202,12 +215,32 @@ def _captions(record: Mapping[str, Any]) -> list[str]:
   raise BadExample("malformed", "record has neither 'captions' nor 'caption'")
 
 
+def clip_field(record: Mapping[str, Any], name: str) -> list[Any]:
+  """A record's clip texts: `audio_<name>` of a record that also has an
+  image's (shapes_tones), else `<name>` (tones)."""
+  return list(record.get(f"audio_{name}", record.get(name, [])))
+
+
+def joint_qa(record: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+  """(question, answer, qtype) of a shapes_tones record, in the `joint`
+  format's order: the joint questions, the image's, the clip's."""
+  qa = []
+  for prefix in ("joint_", "", "audio_"):
+    qa += zip(*(record.get(prefix + name, []) for name in
+                ("questions", "answers", "qtypes")))
+  return qa
+
+
 def num_items(record: Mapping[str, Any], fmt: str) -> int:
   """Examples one record gives under `fmt` (0 if it has no items)."""
-  if fmt in ("shapes", "tones"):
+  if fmt == "shapes":
     return len(record.get("questions", []))
+  if fmt == "tones":
+    return len(clip_field(record, "questions"))
   if fmt == "audio_caption":
-    return len(record.get("captions", []))
+    return len(clip_field(record, "captions"))
+  if fmt == "joint":
+    return len(joint_qa(record))
   if fmt == "preference":
     return len(record.get("pref_questions", []))
   if fmt in ("caption", "image_caption", "contrastive"):
@@ -225,7 +258,8 @@ def example_index(source: Sequence[Mapping[str, Any]], fmt: str
   n = len(source)
   # Records of one source share a schema: one-caption records (image_caption
   # builds) need no read per record. Reads decode images: ~1 ms per record.
-  single = fmt in ("llava_conversations", "shapes_chat", "tones_chat") or (
+  single = fmt in ("llava_conversations", "shapes_chat", "tones_chat",
+                   "joint_chat") or (
       n == 0) or (
       fmt in ("caption", "image_caption", "contrastive")
       and "captions" not in source[0])
@@ -237,7 +271,8 @@ def example_index(source: Sequence[Mapping[str, Any]], fmt: str
 
 def shapes_chat_turns(record_id: str, questions: Sequence[str],
                       answers: Sequence[str],
-                      extra: Sequence[tuple[str, str]] = ()
+                      extra: Sequence[tuple[str, str]] = (),
+                      marker: str | None = IMAGE_TOKEN
                       ) -> list[dict[str, str]]:
   """A record's Q&A as one chat, in an order fixed by the record id.
 
@@ -246,7 +281,8 @@ def shapes_chat_turns(record_id: str, questions: Sequence[str],
   learning that a question type always comes first. `extra` (question,
   answer) pairs (grounding) are shuffled in with the others, so that a
   grounding question is sometimes the first turn, as evaluation asks it;
-  without them the order is the one before they existed.
+  without them the order is the one before they existed. `marker` (the
+  media, `<audio>` for a clip; None: none) opens the first user turn.
   """
   if not questions:
     raise BadExample("empty", "the record has no questions")
@@ -258,8 +294,8 @@ def shapes_chat_turns(record_id: str, questions: Sequence[str],
   turns = []
   for k, i in enumerate(order):
     q = questions[i]
-    turns += [_user_with_media(q) if k == 0 else {"role": "user",
-                                                  "content": q},
+    turns += [_user_with_media(q, marker) if k == 0 and marker
+              else {"role": "user", "content": q},
               {"role": "assistant", "content": answers[i]}]
   return turns
 
@@ -296,16 +332,38 @@ def _clips(record: Mapping[str, Any]) -> list[np.ndarray]:
 def _audio_chat(record: Mapping[str, Any], item: int, fmt: str) -> Chat:
   """An audio format's example (module docstring)."""
   rid = str(record.get("id", "?"))
+  both = f"{IMAGE_TOKEN}\n{AUDIO_TOKEN}"
+  if fmt == "joint":
+    question, answer, _ = joint_qa(record)[item]
+    return Chat(rid, [_user_with_media(question, both),
+                      {"role": "assistant", "content": answer}],
+                _images(record), _clips(record))
+  if fmt == "joint_chat":
+    joint = list(zip(record["joint_questions"], record["joint_answers"]))
+    if not joint:
+      raise BadExample("empty", "the record has no joint questions")
+    turns = []
+    for question, answer in joint:
+      turns += [{"role": "user", "content": question},
+                {"role": "assistant", "content": answer}]
+    turns[0] = _user_with_media(joint[0][0], both)
+    others = [qa[:2] for qa in joint_qa(record)[len(joint):]]
+    if others:  # shuffled as shapes_chat shuffles
+      turns += shapes_chat_turns(rid, *zip(*others), marker=None)
+    return Chat(rid, turns, _images(record), _clips(record))
   if fmt == "tones":
-    turns = [_user_with_media(record["questions"][item], AUDIO_TOKEN),
-             {"role": "assistant", "content": record["answers"][item]}]
+    turns = [_user_with_media(clip_field(record, "questions")[item],
+                              AUDIO_TOKEN),
+             {"role": "assistant",
+              "content": clip_field(record, "answers")[item]}]
   elif fmt == "tones_chat":
-    turns = shapes_chat_turns(rid, record["questions"], record["answers"])
-    turns[0] = {"role": "user", "content": turns[0]["content"].replace(
-        IMAGE_TOKEN, AUDIO_TOKEN, 1)}
+    turns = shapes_chat_turns(rid, clip_field(record, "questions"),
+                              clip_field(record, "answers"),
+                              marker=AUDIO_TOKEN)
   else:
     turns = [_user_with_media(AUDIO_CAPTION_PROMPT, AUDIO_TOKEN),
-             {"role": "assistant", "content": _captions(record)[item]}]
+             {"role": "assistant",
+              "content": clip_field(record, "captions")[item]}]
   return Chat(rid, turns, [], _clips(record))
 
 

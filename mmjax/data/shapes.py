@@ -502,6 +502,11 @@ def _scene_and_text(split: str, index: int, seed: int):
   return scene, caps, qa, preference_pairs(scene, text_rng, qa)
 
 
+def example_scene(split: str, index: int, seed: int = 0) -> Scene:
+  """The scene of example `index` of a split (no image drawn)."""
+  return _scene_and_text(split, index, seed)[0]
+
+
 def objects_json(scene: Scene, image_size: int) -> list[dict[str, Any]]:
   """The objects with pixel `centre` [x, y] and `bbox` [x0, y0, x1, y1]."""
   return [{"colour": o.colour, "shape": o.shape, "size": o.size,

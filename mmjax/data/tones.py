@@ -103,9 +103,15 @@ def _levels(rng: np.random.Generator, n: int, trend: str) -> list[float]:
   return levels if trend == "louder" else levels[::-1]
 
 
-def sample_clip(rng: np.random.Generator) -> Clip:
-  """Draws the tones of one clip (count, waveforms, pitches, levels, times)."""
-  n = int(rng.integers(1, MAX_TONES + 1))
+def sample_clip(rng: np.random.Generator, n_tones: int | None = None
+                ) -> Clip:
+  """Draws the tones of one clip (count, waveforms, pitches, levels, times).
+
+  n_tones: 1..MAX_TONES, or None to draw it (uniform).
+  """
+  if n_tones is not None and not 1 <= n_tones <= MAX_TONES:
+    raise ValueError(f"n_tones={n_tones} is outside 1..{MAX_TONES}.")
+  n = int(rng.integers(1, MAX_TONES + 1)) if n_tones is None else n_tones
   # Louder half of the time (the loudness question is balanced).
   trend = "louder" if rng.random() < 0.5 else TRENDS[1 + int(rng.integers(2))]
   levels = _levels(rng, n, trend)

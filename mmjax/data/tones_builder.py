@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -80,17 +81,13 @@ class TonesBuilder(builders.ShapesBuilder):
   def _extra_symbols(self) -> tuple[str, ...]:
     return (AUDIO_TOKEN,)
 
-  def _generate_examples(self, split: str, num: int):
-    make = self._example_fn(split)
-    examples = (map(make, range(num)) if self._pool is None
-                else self._pool.imap(make, range(num), chunksize=64))
-    for index, ex in enumerate(examples):
-      if split == "train":
-        self._texts += ex["captions"] + [
-            tones.qa_text(q["question"], q["answer"]) for q in ex["qa"]]
-      yield index, {
-          "id": ex["id"], "audio": ex["audio"], "captions": ex["captions"],
-          **{name: [q[key] for q in ex["qa"]]
-             for name, key in _QA_COLUMNS.items()},
-          "tones": json.dumps(ex["tones"], sort_keys=True),
-          "trend": ex["trend"]}
+  def _texts_of(self, ex: dict[str, Any]) -> list[str]:
+    return ex["captions"] + [tones.qa_text(q["question"], q["answer"])
+                             for q in ex["qa"]]
+
+  def _record(self, ex: dict[str, Any]) -> dict[str, Any]:
+    return {"id": ex["id"], "audio": ex["audio"], "captions": ex["captions"],
+            **{name: [q[key] for q in ex["qa"]]
+               for name, key in _QA_COLUMNS.items()},
+            "tones": json.dumps(ex["tones"], sort_keys=True),
+            "trend": ex["trend"]}

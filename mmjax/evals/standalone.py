@@ -1,4 +1,5 @@
-"""Evaluating a finished run on one split of the shapes benchmark: what
+"""Evaluating a finished run on one split of the shapes benchmark (or of
+its dataset's questions about clips: tones, shapes_tones): what
 `python -m mmjax.evaluate` does.
 
   metrics, markdown = evaluate_run("runs/shapes", "test", captions=64)
@@ -14,12 +15,14 @@ from typing import Any
 
 from mmjax.data import builders, datasets
 from mmjax.decoding.fastv import FastVConfig
+from mmjax.evals import audio_vqa
 from mmjax.evals import captions as captions_lib
 from mmjax.evals import grounding as grounding_lib
 from mmjax.evals import results, vqa
 from mmjax.inference import run as run_lib
 
 SPLITS = ("test", "heldout", "validation")
+DEFAULT_CAPTIONS = 64  # `python -m mmjax.evaluate`'s, on a shapes run.
 
 
 def _check_counts(**counts: int | None) -> None:
@@ -31,17 +34,23 @@ def _check_counts(**counts: int | None) -> None:
 
 def evaluate_run(workdir: str | None, split: str, *,
                  checkpoint: str | None = None, max_examples: int | None = None,
-                 batch_size: int | None = None, captions: int = 0,
+                 batch_size: int | None = None, captions: int | None = 0,
                  grounding: int = 0, fastv: FastVConfig | None = None,
                  tokenizer: str | None = None) -> tuple[dict[str, Any], str]:
   """Evaluates a run's final parameters on one shapes split.
+
+  A run on a dataset of clips (`audio_vqa.DATASET_FORMATS`: tones,
+  shapes_tones) answers every question of the split with its clip (and
+  image), scored by type as the `audio_vqa` evaluator scores them; captions,
+  grounding and FastV are shapes-only there.
 
   Args:
     workdir / checkpoint: the run (`mmjax.inference.run.load_run`).
     split: one of SPLITS.
     max_examples: VQA examples (None: config.eval.max_examples; 0: all).
     batch_size: rows per program (None: config.eval.batch_size).
-    captions: also caption this many records (0: no caption metrics).
+    captions: also caption this many records (0: no caption metrics;
+      None: `DEFAULT_CAPTIONS` on a shapes run, 0 on a run of clips).
     grounding: also ask this many referring questions, one per record,
       answered by a box (0: no grounding metrics; evaluator `grounding`).
     fastv: prune image tokens at prefill.
@@ -70,7 +79,13 @@ def evaluate_run(workdir: str | None, split: str, *,
   config = run.config
   if fastv is not None:
     fastv.check(run.cfg)
-  source = builders.load_source(datasets.shapes_dataset(config), split)
+  builder = datasets.shapes_dataset(config)
+  if split not in builder.info.splits:
+    raise run_lib.InputError(
+        f"--split={split!r}: the run's dataset "
+        f"{config.data.get('dataset', 'shapes')!r} has the splits "
+        f"{', '.join(builder.info.splits)}")
+  source = builders.load_source(builder, split)
   if len(source) == 0:  # a grain data source: no truth value
     raise run_lib.InputError(
         f"the {split} split of the run's dataset holds no records: nothing "
@@ -78,10 +93,26 @@ def evaluate_run(workdir: str | None, split: str, *,
   if max_examples is None:
     max_examples = config.eval.max_examples
   batch_size = batch_size or config.eval.batch_size
-  metrics = vqa.evaluate_shapes_vqa(
-      run.model, run.params, run.cfg, run.tokenizer, source,
-      max_examples=max_examples or None, batch_size=batch_size,
-      max_new_tokens=config.eval.max_new_tokens, fastv=fastv)
+  clip_format = audio_vqa.DATASET_FORMATS.get(config.data.get("dataset"))
+  if captions is None:
+    captions = 0 if clip_format else DEFAULT_CAPTIONS
+  if clip_format is not None:
+    shapes_only = {"captions": captions, "grounding": grounding,
+                   "fastv": fastv}
+    asked = [k for k, v in shapes_only.items() if v]
+    if asked:
+      raise run_lib.InputError(
+          f"{', '.join(asked)}: shapes-only; this run's dataset "
+          f"{config.data.dataset!r} is scored by its questions alone")
+    metrics = audio_vqa.evaluate_clip_vqa(
+        run.model, run.params, run.tokenizer, source, clip_format,
+        max_examples=max_examples or None, batch_size=batch_size,
+        max_new_tokens=config.eval.max_new_tokens)
+  else:
+    metrics = vqa.evaluate_shapes_vqa(
+        run.model, run.params, run.cfg, run.tokenizer, source,
+        max_examples=max_examples or None, batch_size=batch_size,
+        max_new_tokens=config.eval.max_new_tokens, fastv=fastv)
   if not metrics.get("count/all"):
     # A result over no examples would replace a real one with nothing.
     raise run_lib.InputError(

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 
 from mmjax.models import naflex as naflex_lib
 from mmjax.models import whisper
+from mmjax.models import window_qformer
 from mmjax.models.audio_projector import AudioProjector
+from mmjax.models.qformer import QFormerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +57,30 @@ def _qwen2_audio(out_dim: int, tower: whisper.WhisperEncoderConfig,
                         param_dtype=param_dtype)
 
 
+def _salmonn(out_dim: int, tower: whisper.WhisperEncoderConfig, dtype: Any,
+             param_dtype: Any) -> nn.Module:
+  # SALMONN's windows count Whisper's own outputs (50 per second).
+  if tower.pool != 1:
+    raise ValueError(f"audio_projector='salmonn' reads windows of "
+                     f"{window_qformer.SALMONN_WINDOW} unpooled encoder "
+                     f"outputs; the tower's pool={tower.pool} must be 1.")
+  # SALMONN's speech Q-Former: BERT-style, 2 layers, cross-attention in
+  # each, one query; here at the tower's width and head count.
+  cfg = QFormerConfig(
+      n_queries=1, width=tower.width, depth=2, n_heads=tower.n_heads,
+      mlp_dim=4 * tower.width, cross_attention_freq=1,
+      vision_width=tower.width, vocab_size=0, dtype=jnp.dtype(dtype).name,
+      param_dtype=jnp.dtype(param_dtype).name)
+  return window_qformer.WindowQFormer(
+      out_dim, window_qformer.SALMONN_WINDOW, cfg, dtype=dtype,
+      param_dtype=param_dtype)
+
+
 CONNECTORS: dict[str, AudioConnector] = {
     "qwen2_audio": AudioConnector(_qwen2_audio, stride=2),
+    # One token per 0.34 s window (module window_qformer).
+    "salmonn": AudioConnector(_salmonn,
+                              stride=window_qformer.SALMONN_WINDOW),
 }
 
 

@@ -21,5 +21,6 @@ IMAGE_ATTENTION = ("causal", "bidirectional")
 # data/tiling.py): none (one resized image), LLaVA-NeXT AnyRes, InternVL.
 TILINGS = ("none", "anyres", "internvl")
 # Connectors of MLLMConfig.audio (models/audio_fusion.py): Qwen2-Audio's
-# average pool (two encoder outputs per token in all) + Linear.
-AUDIO_PROJECTORS = ("qwen2_audio",)
+# average pool (two encoder outputs per token in all) + Linear, and
+# SALMONN's window-level Q-Former (one token per 17 encoder outputs).
+AUDIO_PROJECTORS = ("qwen2_audio", "salmonn")

@@ -1,5 +1,7 @@
 """configs/audio.py: a 3-step smoke run of every stage in the one loop, its
-audio_vqa evaluation, and `python -m mmjax.generate --audio` on the run."""
+audio_vqa evaluation, `python -m mmjax.generate --audio` and
+`python -m mmjax.evaluate` on the run; the image + audio variant
+(`joint=1`) likewise."""
 import json
 import os
 
@@ -43,6 +45,19 @@ def test_recipe_validates_and_names_its_stages():
   text = config_lib.load_config(f"{CONFIG}:text_lm=1,steps=5")
   assert text.stage_order == ("text_lm", "align", "sft")
   assert all(s.steps == 5 for s in text.stages.values())
+
+
+@pytest.fixture(scope="module")
+def joint_run_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("joint")
+  config = config_lib.load_config(f"{CONFIG}:joint=1,steps=2,batch=4")
+  config.data.update(dict(data_dir=str(root / "data"), num_train=8,
+                          num_validation=2, num_test=2))
+  config.eval.update(dict(max_examples=40, batch_size=8))
+  config.update(dict(log_every=1, eval_batches=1, progress_bar=False))
+  config.checkpoint.async_save = False
+  evals.train_and_evaluate(config, str(root / "run"), verbose=False)
+  return str(root / "run")
 
 
 def test_smoke_run_trains_every_stage_and_scores_by_type(run_dir):
@@ -90,3 +105,36 @@ def test_generate_cli_refuses_bad_audio_in_one_line(run_dir, tmp_path,
   proc = run_cli("mmjax.generate", f"--workdir={run_dir}", f"--audio={path}",
                  "--prompt=how many tones are there?")
   assert needle in one_error_line(proc)
+
+
+def test_evaluate_cli_scores_an_audio_run_by_type(run_dir):
+  proc = run_cli("mmjax.evaluate", f"--workdir={run_dir}", "--split=test")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(os.path.join(run_dir, "eval", "final_test.json"),
+            encoding="utf-8") as f:
+    scores = json.load(f)
+  assert scores["count/all"] == sum(
+      len(r) for r in [tones.example("test", i)["qa"] for i in range(2)])
+  assert "acc/waveform" in scores and "se/count" in scores
+  for flag, needle in (("--split=heldout", "has the splits"),
+                       ("--captions=2", "shapes-only")):
+    proc = run_cli("mmjax.evaluate", f"--workdir={run_dir}", flag)
+    assert needle in one_error_line(proc)
+
+
+def test_joint_variant_trains_both_towers_and_asks_about_both(joint_run_dir):
+  config = config_lib.load_config(f"{CONFIG}:joint=1")
+  config_checks.validate_config(config)
+  assert config.stage_order == ("regions", "align", "align_audio", "sft")
+  assert config.stages.sft.data == "joint_chat"
+  assert "vision" not in config.stages.sft.trainable
+  rows = [json.loads(line) for line in open(
+      os.path.join(joint_run_dir, "metrics.jsonl"), encoding="utf-8")]
+  trained = {r["stage"] for r in rows if "loss" in r}
+  assert trained == {"regions", "align", "align_audio", "sft"}
+  with open(os.path.join(joint_run_dir, "eval", "sft.json"),
+            encoding="utf-8") as f:
+    flat = json.dumps(json.load(f))
+  for key in ("test/acc/same_count", "test/acc/tone_count",
+              "test/acc/colour"):
+    assert key in flat, key

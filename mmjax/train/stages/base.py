@@ -19,14 +19,14 @@ from typing import Any, Callable, NamedTuple
 import ml_collections
 
 from mmjax import config as C
+from mmjax.data import formats
 
 # Every data format a stage may read (mmjax/data/formats.py, plus 'text': the
 # benchmark's texts, or the corpus of a text-only recipe, as LM windows).
 TEXT_FORMAT = "text"
-IMAGE_TEXT_FORMATS = ("shapes", "shapes_chat", "caption", "image_caption",
-                      "llava_conversations",
-                      # audio-text chats (the tones benchmark)
-                      "tones", "tones_chat", "audio_caption")
+# The chat formats: image-text, audio-text (tones) and image-audio-text
+# (shapes_tones) conversations.
+IMAGE_TEXT_FORMATS = formats.CHAT_FORMATS
 
 
 class StageModel(NamedTuple):
