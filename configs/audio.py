@@ -109,14 +109,14 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.stages = stages
   order = ("text_lm",) if args.text_lm else ()
   config.stage_order = order + ("align", "sft")
-  if args.joint:
-    _joint(config, cap)
   # 500 test clips hold ~1,600 questions: all are asked.
   config.eval.max_examples = 2000
   config.eval.batch_size = 64
   config.init_from = config_lib.init_from_groups(
       *(("vision", "connector") if args.joint else ()), "audio",
       "audio_connector", "llm")
+  if args.joint:
+    _joint(config, cap)
   return config
 
 

@@ -90,6 +90,11 @@ def make_connector(name: str, out_dim: int,
   return CONNECTORS[name].build(out_dim, tower, dtype, param_dtype)
 
 
+def one_token_frames(projector: str) -> int:
+  """The fewest log-mel frames (an even count) that give one audio token."""
+  return 2 * CONNECTORS[projector].stride
+
+
 def tokens_per_clip(tower: whisper.WhisperEncoderConfig, projector: str,
                     frames: int) -> int:
   """Placeholders of a clip of `frames` valid log-mel frames (host side).

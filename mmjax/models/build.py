@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mmjax.models import audio_fusion
 from mmjax.models import layout
 from mmjax.models import naflex as naflex_lib
 from mmjax.models.decoder import DecoderConfig, DecoderLM
@@ -55,14 +56,17 @@ def dummy_inputs(cfg: MLLMConfig, image_token_id: int
   images f32[1, 1, S, S, C] (or [1, 1, F, S, S, C] for video; a NaFlex
   tower gets `naflex` patch rows instead, `MLLM.encode_naflex`), image_mask
   bool[1, 1], image_token_mask / media_locations bool[1, L]; with audio
-  also audio f32[1, 1, 4, n_mels], audio_mask bool[1, 1, 4] and
+  also audio f32[1, 1, T, n_mels], audio_mask bool[1, 1, T] (T: the
+  shortest clip with one token, `audio_fusion.one_token_frames`) and
   audio_token_mask bool[1, L] (no images for an audio-only model).
   """
   side = cfg.side
-  # With MLLMConfig.audio, also a 4-frame clip (one audio token) so the
-  # audio groups are initialised; an audio-only model gets no image.
+  # With MLLMConfig.audio, also a clip of one audio token so the audio
+  # groups are initialised; an audio-only model gets no image.
   media = [layout.Media(side, side, cfg.frames)] if cfg.has_vision else []
-  clip = [layout.Audio(4)] if cfg.audio is not None else []
+  frames = (audio_fusion.one_token_frames(cfg.audio_projector)
+            if cfg.audio is not None else 0)
+  clip = [layout.Audio(frames)] if cfg.audio is not None else []
   ex = layout.assemble(cfg, [[5, 6]] + media + clip + [[7]], image_token_id,
                        v2pe_stride=256, audio_token_id=image_token_id)
   shape = (1, 1) + ((cfg.frames,) if cfg.frames > 1 else ()) + (
@@ -74,8 +78,9 @@ def dummy_inputs(cfg: MLLMConfig, image_token_id: int
          "image_token_mask": jnp.asarray(ex["image_token_mask"])[None],
          "media_locations": jnp.asarray(ex["media_locations"])[None]}
   if cfg.audio is not None:
-    out.update(audio=jnp.zeros((1, 1, 4, cfg.audio.n_mels), jnp.float32),
-               audio_mask=jnp.ones((1, 1, 4), bool),
+    out.update(audio=jnp.zeros((1, 1, frames, cfg.audio.n_mels),
+                               jnp.float32),
+               audio_mask=jnp.ones((1, 1, frames), bool),
                audio_token_mask=jnp.asarray(ex["audio_token_mask"])[None])
   if not cfg.has_vision:
     out.pop("images")

@@ -15,7 +15,8 @@ import pytest
 
 from mmjax import testing
 from mmjax.data.tokenizer import IMAGE_ID
-from mmjax.models import audio_fusion, layout, whisper, window_qformer
+from mmjax.models import (audio_fusion, build, layout, whisper,
+                          window_qformer)
 from mmjax.models.mllm import MLLM
 from mmjax.models.qformer import QFormerConfig
 
@@ -92,6 +93,12 @@ def test_salmonn_in_the_mllm_pads_nothing_into_its_tokens(salmonn_mllm):
   louder = logits(audio=jnp.asarray(feats + mask[..., None]))
   first = int(np.argmax(seq["audio_token_mask"]))
   assert np.abs(louder[0, first:] - ref[0, first:]).max() > 1e-3
+
+
+def test_the_recipes_init_builds_a_salmonn_model(salmonn_mllm):
+  abstract = jax.eval_shape(build.mllm_init(salmonn_mllm, IMAGE_ID),
+                            jax.random.key(0))
+  assert "ln_speech" in abstract["audio_connector"]
 
 
 def test_salmonn_needs_an_unpooled_tower():
