@@ -339,7 +339,8 @@ def _audio_chat(record: Mapping[str, Any], item: int, fmt: str) -> Chat:
                       {"role": "assistant", "content": answer}],
                 _images(record), _clips(record))
   if fmt == "joint_chat":
-    joint = list(zip(record["joint_questions"], record["joint_answers"]))
+    joint = list(zip(record.get("joint_questions", []),
+                     record.get("joint_answers", [])))
     if not joint:
       raise BadExample("empty", "the record has no joint questions")
     turns = []

@@ -79,6 +79,9 @@ def mel_filters(n_mels: int = 80, n_fft: int = N_FFT,
   return tri * (2.0 / (edges[2:] - edges[:-2]))[None, :]
 
 
+_BLOCK_FRAMES = 256  # STFT frames per block in `_power_mel`.
+
+
 @functools.lru_cache(maxsize=2)
 def _hann(n: int) -> np.ndarray:
   """Periodic Hann window (torch.hann_window's default)."""
@@ -94,10 +97,16 @@ def _power_mel(buffer: np.ndarray, n_mels: int) -> np.ndarray:
   x = np.pad(buffer, (half, half), mode="reflect")
   n_frames = len(buffer) // HOP  # 1 + len // HOP centred frames, minus one
   frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP]
-  frames = frames[:n_frames] * _hann(N_FFT)
-  spec = np.fft.rfft(frames, axis=-1)
-  power = spec.real ** 2 + spec.imag ** 2  # [F, 201]
-  return power @ mel_filters(n_mels)
+  frames = frames[:n_frames]
+  window, filters = _hann(N_FFT), mel_filters(n_mels)
+  out = np.empty((n_frames, n_mels))
+  # A block of frames at a time: its buffers stay in cache. The whole 30 s
+  # spectrum at once (9.6 MB, fresh pages every call) took 3x as long.
+  for start in range(0, n_frames, _BLOCK_FRAMES):
+    spec = np.fft.rfft(frames[start:start + _BLOCK_FRAMES] * window, axis=-1)
+    np.matmul(spec.real ** 2 + spec.imag ** 2, filters,  # power [F, 201]
+              out=out[start:start + _BLOCK_FRAMES])
+  return out
 
 
 def _check_audio(audio: np.ndarray) -> np.ndarray:
