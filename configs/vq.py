@@ -3,16 +3,17 @@
   python -m mmjax.main --config=configs/vq.py --workdir=W
 
 Args (comma-separated key=value after the colon):
-  steps=N      stage length (default 800)
+  steps=N      stage length (default 1200)
   batch=N      global batch (default 8)
-  codes=K      codebook size (default 256)
+  codes=K      codebook size (default 1024)
   levels=N     stride-2 levels: 64 px -> 64 / 2**N codes a side (default 2:
                16 x 16 codes)
 The shapes recipe's data and image size (64 px) are used as they are
 (configs/shapes.py); the tokenizer is config.model.vq, its stage
 config.stages.vq (docs/image-generation.md). The defaults are the measured
-run there: about 5 minutes on 2 CPU cores, test PSNR 26.0 dB with 99.6% of
-the codebook used per batch of 32.
+run there (1024 codes, conv widths 64 / 128, 1,200 steps): test PSNR 28.3
+dB with 87% of the codebook used per batch of 32 (256 codes, widths 32 / 64,
+800 steps: 26.0 dB).
 """
 import os
 
@@ -24,10 +25,11 @@ _SHAPES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                        "shapes.py")
 
 # Conv widths per level, coarsest last; `levels` takes the first N.
-_WIDTHS = (32, 64, 128, 128)
+_WIDTHS = (64, 128, 128, 128)
 
 
-def vq_model(codes: int = 256, levels: int = 2) -> ml_collections.ConfigDict:
+def vq_model(codes: int = 1024, levels: int = 2
+             ) -> ml_collections.ConfigDict:
   """The config.model.vq block (models/vq.py VQConfig)."""
   return ml_collections.ConfigDict(dict(
       codebook_size=codes, code_dim=32, channels=_WIDTHS[:levels],
@@ -54,7 +56,8 @@ def vq_stage(template: ml_collections.ConfigDict, steps: int
 
 def get_config(arg=None):
   """Returns the tokenizer recipe; see the module docstring for the args."""
-  args = config_lib.parse_arg(arg, steps=800, batch=8, codes=256, levels=2)
+  args = config_lib.parse_arg(arg, steps=1200, batch=8, codes=1024,
+                              levels=2)
   if not 1 <= args.levels <= len(_WIDTHS):
     raise config_lib.ConfigError(
         f"config arg levels={args.levels} must lie in [1, {len(_WIDTHS)}]")
