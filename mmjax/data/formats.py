@@ -231,16 +231,25 @@ def joint_qa(record: Mapping[str, Any]) -> list[tuple[str, str, str]]:
   return qa
 
 
+def clip_qa(record: Mapping[str, Any], fmt: str
+            ) -> list[tuple[str, str, str]]:
+  """(question, answer, qtype) of every item of a record under the
+  one-question audio formats: 'joint' (`joint_qa`) or 'tones' (the clip's
+  own questions)."""
+  if fmt == "joint":
+    return joint_qa(record)
+  return list(zip(*(clip_field(record, name)
+                    for name in ("questions", "answers", "qtypes"))))
+
+
 def num_items(record: Mapping[str, Any], fmt: str) -> int:
   """Examples one record gives under `fmt` (0 if it has no items)."""
   if fmt == "shapes":
     return len(record.get("questions", []))
-  if fmt == "tones":
-    return len(clip_field(record, "questions"))
+  if fmt in ("tones", "joint"):
+    return len(clip_qa(record, fmt))
   if fmt == "audio_caption":
     return len(clip_field(record, "captions"))
-  if fmt == "joint":
-    return len(joint_qa(record))
   if fmt == "preference":
     return len(record.get("pref_questions", []))
   if fmt in ("caption", "image_caption", "contrastive"):
@@ -333,30 +342,24 @@ def _audio_chat(record: Mapping[str, Any], item: int, fmt: str) -> Chat:
   """An audio format's example (module docstring)."""
   rid = str(record.get("id", "?"))
   both = f"{IMAGE_TOKEN}\n{AUDIO_TOKEN}"
-  if fmt == "joint":
-    question, answer, _ = joint_qa(record)[item]
-    return Chat(rid, [_user_with_media(question, both),
-                      {"role": "assistant", "content": answer}],
-                _images(record), _clips(record))
-  if fmt == "joint_chat":
-    joint = list(zip(record.get("joint_questions", []),
-                     record.get("joint_answers", [])))
-    if not joint:
+  if fmt in ("tones", "joint"):
+    question, answer, _ = clip_qa(record, fmt)[item]
+    marker = both if fmt == "joint" else AUDIO_TOKEN
+    turns = [_user_with_media(question, marker),
+             {"role": "assistant", "content": answer}]
+  elif fmt == "joint_chat":
+    qa = joint_qa(record)
+    n_joint = len(record.get("joint_questions", []))
+    if not n_joint:
       raise BadExample("empty", "the record has no joint questions")
     turns = []
-    for question, answer in joint:
-      turns += [{"role": "user", "content": question},
+    for k, (question, answer, _) in enumerate(qa[:n_joint]):
+      turns += [_user_with_media(question, both) if k == 0
+                else {"role": "user", "content": question},
                 {"role": "assistant", "content": answer}]
-    turns[0] = _user_with_media(joint[0][0], both)
-    others = [qa[:2] for qa in joint_qa(record)[len(joint):]]
-    if others:  # shuffled as shapes_chat shuffles
-      turns += shapes_chat_turns(rid, *zip(*others), marker=None)
-    return Chat(rid, turns, _images(record), _clips(record))
-  if fmt == "tones":
-    turns = [_user_with_media(clip_field(record, "questions")[item],
-                              AUDIO_TOKEN),
-             {"role": "assistant",
-              "content": clip_field(record, "answers")[item]}]
+    if qa[n_joint:]:  # the others shuffled as shapes_chat shuffles
+      turns += shapes_chat_turns(rid, *zip(*[x[:2] for x in qa[n_joint:]]),
+                                 marker=None)
   elif fmt == "tones_chat":
     turns = shapes_chat_turns(rid, clip_field(record, "questions"),
                               clip_field(record, "answers"),
@@ -365,7 +368,8 @@ def _audio_chat(record: Mapping[str, Any], item: int, fmt: str) -> Chat:
     turns = [_user_with_media(AUDIO_CAPTION_PROMPT, AUDIO_TOKEN),
              {"role": "assistant",
               "content": clip_field(record, "captions")[item]}]
-  return Chat(rid, turns, [], _clips(record))
+  images = _images(record) if fmt in ("joint", "joint_chat") else []
+  return Chat(rid, turns, images, _clips(record))
 
 
 def _grounding_turns(record: Mapping[str, Any], k: int

@@ -29,15 +29,6 @@ SPLIT = "test"
 DATASET_FORMATS = {"tones": "tones", "shapes_tones": "joint"}
 
 
-def record_qa(record: Mapping[str, Any], fmt: str
-              ) -> list[tuple[str, str, str]]:
-  """(question, answer, qtype) of every item of a record under `fmt`."""
-  if fmt == "joint":
-    return formats.joint_qa(record)
-  return list(zip(*(formats.clip_field(record, name)
-                    for name in ("questions", "answers", "qtypes"))))
-
-
 def clip_examples(model: MLLM, tokenizer: Any,
                   source: Sequence[Mapping[str, Any]], fmt: str,
                   max_examples: int | None):
@@ -82,7 +73,7 @@ def evaluate_clip_vqa(model: MLLM, params: Any, tokenizer: Any,
   """
   examples, prompts, clips, pixels = clip_examples(model, tokenizer, source,
                                                    fmt, max_examples)
-  qa = [record_qa(r, fmt)[i] for r, i in examples]
+  qa = [formats.clip_qa(r, fmt)[i] for r, i in examples]
   questions, answers, qtypes = ([x[k] for x in qa] for k in range(3))
   preds = decode.generate(
       model, params, prompts, pixels, image_token_id=tokenizer.image_id,

@@ -91,8 +91,8 @@ def make_connector(name: str, out_dim: int,
 
 
 def one_token_frames(projector: str) -> int:
-  """The fewest log-mel frames (an even count) that give one audio token."""
-  return 2 * CONNECTORS[projector].stride
+  """The fewest log-mel frames that give one audio token."""
+  return 2 * CONNECTORS[projector].stride - 1
 
 
 def tokens_per_clip(tower: whisper.WhisperEncoderConfig, projector: str,
@@ -110,7 +110,7 @@ def tokens_per_clip(tower: whisper.WhisperEncoderConfig, projector: str,
   if n == 0:
     raise ValueError(f"an audio clip of {frames} frame(s) gives no audio "
                      f"token; it needs at least "
-                     f"{2 * CONNECTORS[projector].stride - 1} frames.")
+                     f"{one_token_frames(projector)} frames.")
   return n
 
 
