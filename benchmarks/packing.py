@@ -20,13 +20,12 @@ max_len when its image still fits, else dropped (as the pipeline does), the
 same for both methods. Padding: batches of B examples in stream order, each
 padded to the smallest default bucket (`batching.default_buckets`: powers of
 two from 64, then max_len) holding its longest example -- what mmjax does
-without packing. Packing: `packing.first_fit` of a window of W = 4 B stream
-examples into B rows of max_len (the pipeline's default window), padded to
-the bucket of the longest row. The "packed" and "overflow" columns use a
-fixed window whose leftovers are dropped (the first packing pipeline, kept
-for comparison: overflow is the share that would be lost). The last column
-is what the pipeline does (`packing.Packer`): a window's leftovers come
-first in the next window, which reads only W - (leftovers) new examples.
+without packing. Packing: what `packing.Packer` does, on the lengths alone:
+a window of W = 4 B candidates (the pipeline's default), the previous
+window's leftovers first, placed into B rows of max_len tokens and at most
+`--pack_images` images by each policy of `packing.POLICIES` (first_fit,
+fill), rows padded to the bucket of the longest row; leftovers are carried
+into the next window, nothing is dropped.
 
 --time also times a training step (forward + backward) of the tiny decoder
 on padded and on packed batches of the same examples and reports real
@@ -49,6 +48,10 @@ _VISUAL = flags.DEFINE_list("visual_tokens", ["576", "144"],
                             "tokens per image, one table block each")
 _WINDOW = flags.DEFINE_integer("window_per_row", 4,
                                "packing window: stream examples per row")
+_PACK_IMAGES = flags.DEFINE_integer("pack_images", 4,
+                                    "images a packed row holds")
+_POLICY = flags.DEFINE_enum("time_policy", "fill", list(packing.POLICIES),
+                            "the packing policy --time measures")
 _TIME = flags.DEFINE_bool("time", False, "also time tokens/s (quiet machine)")
 _SEED = flags.DEFINE_integer("seed", 0, "length draw seed")
 
@@ -90,56 +93,42 @@ def padded_efficiency(lengths, batch: int, max_len: int) -> float:
   return real / slots
 
 
-def packed_batches(lengths, images, batch: int, max_len: int, window: int):
-  """Yields (row lengths list of lists, overflow count) per window."""
-  for k in range(len(lengths) // window):
-    part = slice(k * window, (k + 1) * window)
-    rows, overflow = packing.first_fit(
-        lengths[part].tolist(), images[part].tolist(), rows=batch,
-        capacity=max_len, max_images=4)
-    yield [[int(lengths[part][i]) for i in r] for r in rows], len(overflow)
-
-
-def carried_efficiency(lengths, images, batch: int, max_len: int,
-                       window: int) -> float:
-  """Real / all tokens when a window's overflow is carried into the next
-  window instead of dropped: `packing.Packer`'s policy on lengths alone."""
-  buckets = batching.default_buckets(max_len)
-  real = slots = 0
+def carried_batches(lengths, images, batch: int, max_len: int, window: int,
+                    policy: str, max_images: int):
+  """Yields the row lengths (a list per row) of each packed batch:
+  `packing.Packer`'s carry-over with `packing.POLICIES[policy]`."""
+  place = packing.POLICIES[policy]
   pending: list[int] = []
   nxt = 0
   while nxt + window - len(pending) <= len(lengths):
     take = window - len(pending)
     idx = pending + list(range(nxt, nxt + take))
     nxt += take
-    rows, overflow = packing.first_fit(
+    rows, overflow = place(
         [int(lengths[i]) for i in idx], [int(images[i]) for i in idx],
-        rows=batch, capacity=max_len, max_images=4)
+        rows=batch, capacity=max_len, max_images=max_images)
     pending = [idx[i] for i in overflow]
-    filled = [sum(int(lengths[idx[i]]) for i in r) for r in rows]
+    yield [[int(lengths[idx[i]]) for i in r] for r in rows]
+
+
+def carried_efficiency(lengths, images, batch: int, max_len: int,
+                       window: int, policy: str, max_images: int) -> float:
+  """Real / all tokens of the packed batches (`carried_batches`)."""
+  buckets = batching.default_buckets(max_len)
+  real = slots = 0
+  for rows in carried_batches(lengths, images, batch, max_len, window, policy,
+                              max_images):
+    filled = [sum(r) for r in rows]
     real += sum(filled)
     slots += batch * batching.bucket_length(max(filled), buckets)
   return real / slots
 
 
-def packed_efficiency(lengths, images, batch: int, max_len: int, window: int
-                      ) -> tuple[float, float]:
-  """(real / all tokens, share of examples overflowing their window)."""
-  buckets = batching.default_buckets(max_len)
-  real = slots = dropped = seen = 0
-  for rows, overflow in packed_batches(lengths, images, batch, max_len,
-                                       window):
-    filled = [sum(r) for r in rows]
-    real += sum(filled)
-    slots += batch * batching.bucket_length(max(filled), buckets)
-    dropped += overflow
-    seen += window
-  return real / slots, dropped / max(seen, 1)
-
-
 def table(examples: int, batch: int, max_lens, visual_tokens,
-          window_per_row: int, seed: int = 0) -> list[dict[str, float]]:
-  """One dict per (visual tokens, max_len): efficiencies and drop shares."""
+          window_per_row: int, seed: int = 0, pack_images: int = 4
+          ) -> list[dict[str, float]]:
+  """One dict per (visual tokens, max_len): padded and per-policy
+  efficiencies, the share dropped as too long."""
   text, images = draw(examples, seed)
   out = []
   for visual in visual_tokens:
@@ -147,20 +136,20 @@ def table(examples: int, batch: int, max_lens, visual_tokens,
       lengths, imgs, too_long = lengths_at(text, images, visual, max_len)
       if len(lengths) < batch * window_per_row:
         continue
-      eff, overflow = packed_efficiency(lengths, imgs, batch, max_len,
-                                        batch * window_per_row)
-      out.append(dict(visual_tokens=visual, max_len=max_len,
-                      mean_length=float(lengths.mean()),
-                      too_long=too_long / examples,
-                      padded=padded_efficiency(lengths, batch, max_len),
-                      packed=eff, overflow=overflow,
-                      carried=carried_efficiency(lengths, imgs, batch,
-                                                 max_len,
-                                                 batch * window_per_row)))
+      row = dict(visual_tokens=visual, max_len=max_len,
+                 mean_length=float(lengths.mean()),
+                 too_long=too_long / examples,
+                 padded=padded_efficiency(lengths, batch, max_len))
+      for policy in packing.POLICIES:
+        row[policy] = carried_efficiency(lengths, imgs, batch, max_len,
+                                         batch * window_per_row, policy,
+                                         pack_images)
+      out.append(row)
   return out
 
 
 def tokens_per_s(lengths, images, batch: int, max_len: int, window: int,
+                 policy: str = "fill", max_images: int = 4,
                  steps: int = 10) -> tuple[float, float]:
   """Real tokens/s of a tiny-decoder training step, (padded, packed)."""
   import jax  # pylint: disable=g-import-not-at-top  (only with --time)
@@ -194,7 +183,8 @@ def tokens_per_s(lengths, images, batch: int, max_len: int, window: int,
     seg = (np.arange(width)[None] < rows[:, None]).astype(np.int32)
     padded.append((jnp.ones((batch, width), jnp.int32), jnp.asarray(seg)))
   packed = []
-  for rows, _ in packed_batches(lengths, images, batch, max_len, window):
+  for rows in carried_batches(lengths, images, batch, max_len, window,
+                              policy, max_images):
     seg = np.zeros((batch, max_len), np.int32)
     for r, row in enumerate(rows):
       seg[r, :sum(row)] = np.repeat(np.arange(1, len(row) + 1), row)
@@ -208,23 +198,29 @@ def main(argv):
   del argv
   max_lens = [int(v) for v in _MAX_LENS.value]
   visual = [int(v) for v in _VISUAL.value]
+  policies = list(packing.POLICIES)
+  print(f"{_EXAMPLES.value} examples, batch {_BATCH.value}, window "
+        f"{_WINDOW.value} per row, <= {_PACK_IMAGES.value} images a row, "
+        f"seed {_SEED.value}")
   print("| visual tokens | max_len | mean length | dropped (image too long) "
-        "| padded (buckets) | packed | window overflow (dropped) "
-        "| packed, overflow carried |")
-  print("|---|---|---|---|---|---|---|---|")
+        "| padded (buckets) | " + " | ".join(f"packed: {p}" for p in policies)
+        + " |")
+  print("|---|---|---|---|---|" + "---|" * len(policies))
   for r in table(_EXAMPLES.value, _BATCH.value, max_lens, visual,
-                 _WINDOW.value, _SEED.value):
+                 _WINDOW.value, _SEED.value, _PACK_IMAGES.value):
     print(f"| {r['visual_tokens']} | {r['max_len']} | {r['mean_length']:.0f} "
-          f"| {r['too_long']:.1%} | {r['padded']:.1%} | {r['packed']:.1%} | "
-          f"{r['overflow']:.1%} | {r['carried']:.1%} |")
+          f"| {r['too_long']:.1%} | {r['padded']:.1%} | "
+          + " | ".join(f"{r[p]:.1%}" for p in policies) + " |")
   if _TIME.value:
     text, images = draw(_EXAMPLES.value, _SEED.value)
     for max_len in max_lens:
       lengths, imgs, _ = lengths_at(text, images, visual[0], max_len)
       pad, pack = tokens_per_s(lengths, imgs, _BATCH.value, max_len,
-                               _BATCH.value * _WINDOW.value)
-      print(f"max_len {max_len}: real tokens/s padded {pad:,.0f}, packed "
-            f"{pack:,.0f} ({pack / pad:.2f}x)")
+                               _BATCH.value * _WINDOW.value, _POLICY.value,
+                               _PACK_IMAGES.value)
+      print(f"max_len {max_len}, {visual[0]} visual tokens: real tokens/s "
+            f"padded {pad:,.0f}, packed ({_POLICY.value}) {pack:,.0f} "
+            f"({pack / pad:.2f}x)")
 
 
 if __name__ == "__main__":

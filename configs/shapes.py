@@ -132,6 +132,9 @@ def get_config(arg=None):
       # Several examples per row in training (segment ids, positions
       # restarting per example); docs/data.md "Packing".
       packing=False,
+      # How packed rows are filled: 'fill' (each row as full as the waiting
+      # examples allow) or 'first_fit' (stream order); mmjax/data/packing.py.
+      pack_policy="fill",
       text_seq_len=64,       # window of the text-only LM stage
       num_workers=0,
       max_skipped_fraction=0.5,  # more bad folder records than this: an error

@@ -295,8 +295,12 @@ def current_key(config: ml_collections.ConfigDict, key: str) -> str:
 
 # Keys added since runs were first written (dotted paths), with the values
 # that compute what a run without the key computed.
+# data.pack_policy: both are neutral here because unpacked runs ignore it;
+# a packed run written before it packed first-fit, and resuming it with
+# 'fill' is refused by its data state (pack_policy in the fingerprint).
 ADDED_KEYS = {"tokenizer": ("",), "chat_template": ("", "mmjax"),
-              "data.packing": (False,)}
+              "data.packing": (False,),
+              "data.pack_policy": ("first_fit", "fill")}
 
 
 def upgrade_legacy(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -416,6 +416,7 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   name_heldout: bool = True,
                   recolour: float = 0.0, packing: bool = False,
                   pack_window: int = 0, pack_images: int = 0,
+                  pack_policy: str = packing_lib.DEFAULT_POLICY,
                   audio_frames: int = 0) -> BatchIterator:
   """An iterator of this process's rows of each global batch (module doc).
 
@@ -445,6 +446,10 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
       (`formats.record_example`).
     recolour: regions, training: the chance that each object is painted a
       random colour, its colour not asked (`recolour.recolour_objects`).
+    packing: several examples per row (`packing` module doc).
+    pack_window: packing: candidates per global batch (0: 4 per row).
+    pack_images: packing: images a row holds (0: 4 x max_images).
+    pack_policy: packing: `packing.POLICIES` ('fill' or 'first_fit').
     audio_frames: audio formats: every batch's clips padded to this many
       log-mel frames (one program for every batch; a longer clip is a
       skipped `bad_audio` example); 0 = the longest clip of each batch.
@@ -516,6 +521,9 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                        f"{fmt!r} cannot be packed: use packing=False")
     per_batch = pack_window or packing_lib.DEFAULT_WINDOW_PER_ROW * batch_size
     pack_images = pack_images or 4 * max_images
+    if pack_policy not in packing_lib.POLICIES:
+      raise ValueError(f"pack_policy={pack_policy!r} is not one of "
+                       f"{sorted(packing_lib.POLICIES)}")
     if per_batch < batch_size or pack_images < max_images:
       raise ValueError(f"pack_window={per_batch} must be >= batch_size="
                        f"{batch_size} and pack_images={pack_images} >= "
@@ -549,8 +557,11 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     fingerprint["audio_frames"] = audio_frames
   if packing:  # Absent when off, likewise.
     fingerprint.update(pack_window=per_batch, pack_images=pack_images)
+    if pack_policy != "first_fit":  # the only policy before the key
+      fingerprint["pack_policy"] = pack_policy
   read = grain.ReadOptions(num_threads=read_threads,
                            prefetch_buffer_size=max(2, read_threads))
-  packer = packing_lib.Packer(collate, per_batch) if packing else None
+  packer = (packing_lib.Packer(collate, per_batch, pack_policy) if packing
+            else None)
   return BatchIterator(batches, num_workers=num_workers, read_options=read,
                        fingerprint=fingerprint, packer=packer, make_row=rows)

@@ -1,4 +1,4 @@
-"""Packing (data.packing): first-fit rows, segment ids, per-example
+"""Packing (data.packing): fill and first-fit rows, segment ids, per-example
 positions, resume, efficiency counts, refusals; packed == unpacked logits."""
 import json
 import os
@@ -42,6 +42,64 @@ def test_first_fit_places_in_order_and_counts_overflow():
   assert rows == [[0, 1], [2, 3, 4]] and overflow == [5]
 
 
+def test_fill_rows_opens_each_row_with_the_oldest_and_fills_it():
+  # First-fit puts 6 after 5 and strands 4 + 5 = 9 < 10 elsewhere; fill
+  # opens row 0 with item 0 (5) and finds 5 + 4 + 1 = 10.
+  lengths, images = [5, 6, 4, 3, 1, 7], [1, 1, 1, 0, 1, 1]
+  rows, left = packing.fill_rows(lengths, images, rows=2, capacity=10,
+                                 max_images=3)
+  assert rows == [[0, 2, 4], [1, 3]] and left == [5]
+  assert [sum(lengths[i] for i in r) for r in rows] == [10, 9]
+  # The image room binds: with 2 a row, 5 + 4 + 1 needs 3 images; 5 + 4
+  # and 5 + 3 + 1 tie at 9 (the first found is kept); row 1 is 6 + 3 + 1.
+  rows, left = packing.fill_rows(lengths, images, rows=2, capacity=10,
+                                 max_images=2)
+  assert rows == [[0, 2], [1, 3, 4]] and left == [5]
+
+
+def test_fill_rows_exact_on_small_cases():
+  # Against brute force: each row's fill is the best any subset of the
+  # waiting items (the oldest first, by rule) reaches.
+  import itertools  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    n, capacity, max_images = int(rng.integers(1, 9)), 20, 3
+    lengths = rng.integers(1, capacity + 1, n).tolist()
+    images = rng.integers(0, 2, n).tolist()
+    rows, left = packing.fill_rows(lengths, images, rows=2,
+                                   capacity=capacity, max_images=max_images)
+    placed = [i for r in rows for i in r]
+    assert sorted(placed + left) == list(range(n))
+    waiting = list(range(n))
+    for row in rows:
+      if not waiting:
+        assert row == []
+        continue
+      assert row[0] == waiting[0] == min(waiting)
+      assert sum(lengths[i] for i in row) <= capacity
+      assert sum(images[i] for i in row) <= max_images
+      best = max(sum(lengths[i] for i in (row[0],) + c)
+                 for k in range(len(waiting))
+                 for c in itertools.combinations(waiting[1:], k)
+                 if sum(lengths[i] for i in (row[0],) + c) <= capacity and
+                 sum(images[i] for i in (row[0],) + c) <= max_images)
+      assert sum(lengths[i] for i in row) == best
+      waiting = [i for i in waiting if i not in row]
+  # Coarse units on long rows never overflow them.
+  lengths = rng.integers(100, 900, 64).tolist()
+  rows, _ = packing.fill_rows(lengths, [1] * 64, rows=8, capacity=2048,
+                              max_images=4)
+  assert all(sum(lengths[i] for i in r) <= 2048 for r in rows)
+  assert np.mean([sum(lengths[i] for i in r) for r in rows]) > 0.97 * 2048
+
+
+def test_unknown_pack_policy(shapes):
+  source, tok = shapes
+  with pytest.raises(ValueError, match="pack_policy='best'"):
+    _iterator(source, tok, testing.tiny_mllm_config("projection"),
+              pack_policy="best")
+
+
 @pytest.mark.parametrize("positions", ["rope", "mrope", "v2pe"])
 def test_packed_batch_layout(shapes, positions):
   source, tok = shapes
@@ -50,7 +108,8 @@ def test_packed_batch_layout(shapes, positions):
                                   batch_size=12, seed=0, max_len=MAX_LEN,
                                   train=False)
   first = next(padded)      # the same 12 examples, one per row
-  it = _iterator(source, tok, cfg, train=False)
+  # First-fit keeps the stream order, which this test reads row by row.
+  it = _iterator(source, tok, cfg, train=False, pack_policy="first_fit")
   batch = next(it)
   seg = batch["segment_ids"]
   assert seg.shape == batch["tokens"].shape and (seg.max(1) >= 3).all()
@@ -134,7 +193,8 @@ def _sequences(batch, pad_id, segments):
   return out
 
 
-def test_carry_over_packs_every_example_once(shapes):
+@pytest.mark.parametrize("policy", ["fill", "first_fit"])
+def test_carry_over_packs_every_example_once(shapes, policy):
   # 2 rows of 256 tokens hold ~6 of the ~80-token examples: half of each
   # 12-example window is carried over, and the eval pass ends only when
   # nothing is pending.
@@ -144,7 +204,8 @@ def test_carry_over_packs_every_example_once(shapes):
                                   batch_size=8, seed=0, max_len=MAX_LEN,
                                   train=False)
   want = [s for b in padded for s in _sequences(b, tok.pad_id, False)]
-  it = _iterator(source, tok, cfg, batch_size=2, train=False)
+  it = _iterator(source, tok, cfg, batch_size=2, train=False,
+                 pack_policy=policy)
   batches, waits = [], {}
   for batch in it:
     batches.append(batch)
@@ -161,8 +222,15 @@ def test_carry_over_packs_every_example_once(shapes):
   # A row takes <= 4 images (pack_images), so the pass needs >= n / 8
   # batches, twice the 15 windows of 12 it reads.
   assert len(batches) >= len(want) / 8
-  # Oldest first: examples of the first window come before later ones.
-  assert got[:5] == want[:5]
+  if policy == "first_fit":  # in stream order
+    assert got[:5] == want[:5]
+  else:  # each row opens with the oldest example not yet placed
+    first = batches[0]
+    rows = [_sequences({k: v[r:r + 1] for k, v in first.items()}, tok.pad_id,
+                       True) for r in range(2)]
+    assert rows[0][0] == want[0]
+    assert rows[1][0] == min((s for s in want[:12] if s not in rows[0]),
+                             key=want.index)
 
 
 def test_packing_refusals(shapes):

@@ -131,6 +131,29 @@ def test_config_data_dataset_picks_the_builder(built):
     detail_builder.detail_config(image_size=64)
 
 
+def test_recipe_inputs_native_and_tiled():
+  path = os.path.join(REPO, "configs", "shapes_detail.py")
+  native = load_config(f"{path}:size=tiny,input=native")
+  assert native.model.vision.kind == "qwen2vl"
+  # The largest canvas, 256 x 128, at its own size: 16 x 8 merged tokens.
+  assert native.model.vision.max_pixels == 256 * 128
+  tiled = load_config(f"{path}:size=tiny,input=tiled,side=64")
+  assert tiled.model.tiling == "internvl" and tiled.model.max_tiles == 6
+  assert tiled.data.max_len == 160 + 7 * 64
+  for config in (native, tiled):
+    config_checks.validate_config(config)
+    assert "siglip" not in config.stage_order
+    assert config.stages.align.trainable[0] == "vision"
+  square = load_config(f"{path}:size=tiny")
+  assert "siglip" in square.stage_order
+  assert "vision" not in square.stages.sft.trainable
+  for bad, match in (("input=native,tower=0", "needs tower=1"),
+                     ("input=tiled,fusion=resampler", "needs tower=1"),
+                     ("input=naflex", "allowed values: square, native")):
+    with pytest.raises(ConfigError, match=match):
+      load_config(f"{path}:size=tiny,{bad}")
+
+
 def test_recipe_sets_side_and_refuses_regions_and_bad_sides():
   path = os.path.join(REPO, "configs", "shapes_detail.py")
   config = load_config(f"{path}:size=tiny,side=96")
@@ -155,12 +178,18 @@ def test_resolution_sweep_plans_validate():
                                    "/tmp/unused", size="tiny")
   finally:
     sys.path.remove(os.path.dirname(path))
-  sides = [(p.config.model.vision.image_size, p.config.model.projector)
-           for p in plans]
-  assert sides == [(64, "mlp"), (96, "mlp"), (128, "mlp"),
-                   (128, "pixel_shuffle")]
-  for p in plans:
+  inputs = [(p.config.model.vision.kind, p.config.model.vision.image_size,
+             p.config.model.projector, p.config.model.get("tiling", "none"))
+            for p in plans]
+  assert inputs == [("siglip", 64, "mlp", "none"), ("siglip", 96, "mlp", "none"),
+                    ("siglip", 128, "mlp", "none"),
+                    ("siglip", 128, "pixel_shuffle", "none"),
+                    ("qwen2vl", 32, "patch_merger", "none"),
+                    ("siglip", 64, "mlp", "internvl")]
+  for p in plans:  # one recipe: towers trained in align and sft, no siglip
     config_checks.validate_config(p.config)
+    assert p.config.stage_order == ("align", "sft", "dpo")
+    assert "vision" in p.config.stages.sft.trainable
 
 
 def test_legibility_reader_reads_native_and_loses_detail_when_small():

@@ -20,6 +20,7 @@ import ml_collections
 from mmjax import config as C
 from mmjax import parallel
 from mmjax.data import builders, datasets, text_pipeline
+from mmjax.data import packing as packing_lib
 from mmjax.models import build
 from mmjax.train import groups, lora
 from mmjax.train.stages import base
@@ -198,6 +199,10 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       # kinds and evaluation stay padded).
       packing=(train and bool(config.data.get("packing", False)) and
                config.stages[stage_name].loss == "lm"),
+      # How rows are filled (`packing.POLICIES`); runs written before the
+      # key packed first-fit (config.ADDED_KEYS).
+      pack_policy=str(config.data.get("pack_policy",
+                                      packing_lib.DEFAULT_POLICY)),
       # Clips padded to one frame count: one program for every batch.
       audio_frames=int(config.data.get("audio_frames", 0)),
       # Row lengths (a stage option, e.g. grpo's); None = powers of two.
