@@ -36,6 +36,15 @@ exits with status 2 and one line saying what to do. When the run's newest
 finished checkpoint cannot be read, a warning says so and the previous
 finished one is used.
 
+Text to image: a run of configs/t2i.py draws the --prompt (a caption, e.g.
+"two red circles and a blue square.") and writes the picture to --out
+(e.g. image.png); --guidance sets classifier-free guidance (default 3; 1 =
+off), --temperature / --top_k / --top_p sample the image codes (temperature
+1 unless given; mmjax.decoding.image_tokens). A caption longer than the
+model reads, one asking for more than six objects, or a guidance <= 0 exits
+2 with one line, as does --out for a run that does not draw or a drawing run
+without --out.
+
 Grounding: when the answer is a box `[x0, y0, x1, y1]` (0..1000 of the
 image side, `mmjax.data.grounding`), one more line gives it in pixels of
 the first image; --draw=out.png also writes that image with the box drawn
@@ -83,6 +92,11 @@ def _define_flags() -> None:
                    "between prints.")
   d.DEFINE_enum("resize", "square", ["square", "pad"], "Stretch to a square, "
                 "or pad then resize.")
+  d.DEFINE_string("out", None, "Text-to-image runs (configs/t2i.py): write "
+                  "the picture the --prompt describes to this file (e.g. "
+                  "image.png).")
+  d.DEFINE_float("guidance", 3.0, "Text-to-image: classifier-free guidance "
+                 "scale (> 0; 1 = off).")
   d.DEFINE_string("draw", None, "Write the first --image with the answer's "
                   "box drawn to this file (e.g. out.png); the answer must be "
                   "a box.")
@@ -90,18 +104,45 @@ def _define_flags() -> None:
 
 def _check_draw(path: str, n_images: int) -> None:
   """--draw's problems before a model is loaded (config.fail: exit 2)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   if not n_images:
     config_lib.fail(f"--draw={path} needs an --image to draw the box on; "
                     "give --image=PNG, or drop --draw")
+  _check_image_path("draw", path)
+
+
+def _check_image_path(flag: str, path: str) -> None:
+  """An image file we can write: a known extension in an existing folder."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   ext = os.path.splitext(path)[1].lower()
   if ext not in Image.registered_extensions():
-    config_lib.fail(f"--draw={path}: unknown image extension {ext!r}; use "
+    config_lib.fail(f"--{flag}={path}: unknown image extension {ext!r}; use "
                     "e.g. out.png or out.jpg")
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
-    config_lib.fail(f"--draw={path}: folder {folder} does not exist; create "
-                    "it or write elsewhere")
+    config_lib.fail(f"--{flag}={path}: folder {folder} does not exist; "
+                    "create it or write elsewhere")
+
+
+def _text_to_image(f) -> None:
+  """--out: draw the prompt with a configs/t2i.py run."""
+  from mmjax import inference  # pylint: disable=g-import-not-at-top
+  from mmjax.inference import text_to_image  # pylint: disable=g-import-not-at-top
+  fail = config_lib.fail
+  if f.image or f.video or f.audio:
+    fail("--out draws the --prompt; a text-to-image run takes no --image, "
+         "--video or --audio")
+  _check_image_path("out", f.out)
+  try:
+    temperature = f.temperature if f["temperature"].present else 1.0
+    sampling = inference.Sampling(temperature, f.top_k, f.top_p)
+    run = text_to_image.load_text_to_image(f.workdir)
+    image = run.draw([f.prompt], seed=f.seed, guidance=f.guidance,
+                     sampling=sampling)[0]
+    run.save_png(image, f.out)
+  except (inference.WorkdirError, config_lib.ConfigError, ValueError,
+          OSError) as e:
+    fail(str(e).split("\n")[0])
+  print(f"wrote {f.out} ({image.shape[1]}x{image.shape[0]})", flush=True)
 
 
 def _report_box(answer: str, stills, draw: str | None, resize: str) -> None:
@@ -140,6 +181,17 @@ def main(argv: Sequence[str]) -> None:
     fail("--prompt is required, e.g. --prompt=\"what colour is the square?\"")
   if (f.workdir is None) == (f.checkpoint is None):
     fail("give exactly one of --workdir=DIR and --checkpoint=PATH")
+  if f.out is not None:
+    if f.workdir is None:
+      fail("--out needs --workdir=DIR of a configs/t2i.py run")
+    _text_to_image(f)
+    return
+  if f.workdir is not None:
+    run_config = config_lib.read_run_config(f.workdir)
+    from mmjax.inference import text_to_image  # pylint: disable=g-import-not-at-top
+    if run_config is not None and text_to_image.is_text_to_image(run_config):
+      fail(f"{f.workdir} is a text-to-image run: it draws the --prompt; give "
+           "--out=image.png")
   if f.draw is not None:
     _check_draw(f.draw, len(f.image))
   from mmjax import inference  # pylint: disable=g-import-not-at-top  (after flag checks: a typo fails fast)

@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import io
 import math
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -251,6 +252,30 @@ def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
   background = _article(_BACKGROUND_WORDS[scene.background.kind])
   return [f"{short}.", f"{_pick(rng, _CAPTION_OPENERS)}{_join(details)}, on "
           f"{background} background."]
+
+_CAPTION_COUNTS = {**{w: i + 1 for i, w in enumerate(COUNT_WORDS)},
+                   "a": 1, "an": 1}
+# "two red circles", "a blue square": a count word or a/an, a colour, a
+# shape with its plural "s".
+_CAPTION_ITEM = re.compile(r"^(\w+) (\w+) (\w+?)s?$")
+
+
+def parse_caption(caption: str) -> collections.Counter | None:
+  """The objects a short caption (`captions(...)[0]`) names: "two red
+  circles and a blue square." -> Counter({("red", "circle"): 2, ("blue",
+  "square"): 1}); None when the text is not of that form."""
+  text = caption.strip().rstrip(".").replace(" and ", ", ")
+  asked = collections.Counter()
+  for item in (p.strip() for p in text.split(",") if p.strip()):
+    match = _CAPTION_ITEM.match(item)
+    if match is None:
+      return None
+    count, colour, shape = match.groups()
+    if (count not in _CAPTION_COUNTS or colour not in COLOURS or
+        shape not in SHAPES):
+      return None
+    asked[(colour, shape)] += _CAPTION_COUNTS[count]
+  return asked or None
 
 
 # The question templates: `questions` asks one of each type per image,

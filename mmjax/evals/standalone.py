@@ -13,13 +13,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mmjax import config as config_lib
 from mmjax.data import builders, datasets
 from mmjax.decoding.fastv import FastVConfig
 from mmjax.evals import audio_vqa
 from mmjax.evals import captions as captions_lib
 from mmjax.evals import grounding as grounding_lib
-from mmjax.evals import results, vqa
+from mmjax.evals import results, text_to_image, vqa
 from mmjax.inference import run as run_lib
+from mmjax.inference import text_to_image as t2i_lib
 
 SPLITS = ("test", "heldout", "validation")
 DEFAULT_CAPTIONS = 64  # `python -m mmjax.evaluate`'s, on a shapes run.
@@ -30,6 +32,11 @@ def _check_counts(**counts: int | None) -> None:
   for name, value in counts.items():
     if (value or 0) < 0:
       raise run_lib.InputError(f"{name}={value} must be >= 0")
+
+
+def _draws(workdir: str) -> bool:
+  config = config_lib.read_run_config(workdir)
+  return config is not None and t2i_lib.is_text_to_image(config)
 
 
 def evaluate_run(workdir: str | None, split: str, *,
@@ -71,6 +78,15 @@ def evaluate_run(workdir: str | None, split: str, *,
                                    f"{', '.join(SPLITS)}")
   _check_counts(max_examples=max_examples, batch_size=batch_size,
                 captions=captions, grounding=grounding)
+  if workdir and checkpoint is None and _draws(workdir):
+    # A configs/t2i.py run: its pictures, judged by the shapes checker.
+    if captions or grounding or fastv is not None:
+      raise run_lib.InputError(
+          "a text-to-image run is scored on the pictures it draws; "
+          "--captions, --grounding and FastV do not apply")
+    return text_to_image.evaluate_text_to_image(
+        workdir, split, n=200 if max_examples is None else max_examples,
+        batch_size=batch_size or 50)
   run = run_lib.load_run(workdir, checkpoint=checkpoint,
                              tokenizer=tokenizer)
   if run.text_only:

@@ -11,13 +11,12 @@ The encoder and decoder are the checkpoint's `params`; the codebook is its
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mmjax import parallel
+from mmjax.config import ConfigError
 from mmjax.inference import workdir as workdir_lib
 from mmjax.models import vq as vq_lib
 from mmjax.models import vq_codebook
@@ -47,20 +46,10 @@ def load_vq_tokenizer(workdir: str, stage: str = "vq") -> VQTokenizer:
   """The tokenizer of `stage`'s newest finished checkpoint in a workdir.
 
   Raises:
-    workdir_lib.WorkdirError: no finished checkpoint of that stage.
+    workdir_lib.WorkdirError: no VQ run or no finished checkpoint there.
   """
-  config = workdir_lib.read_config(workdir)
-  found = [d for d in workdir_lib.finished_checkpoints(workdir, config)
-           if os.path.basename(os.path.dirname(d)) == stage]
-  if not found:
-    raise workdir_lib.WorkdirError(
-        f"{workdir} has no finished checkpoint of stage {stage!r}: run "
-        "configs/vq.py (python -m mmjax.main) first")
-  state = parallel.restore_on_one_device(
-      os.path.join(found[0], "state"), keys=("params", "loss_state"))
-  # orbax gives the CodebookState back as a dict of its fields.
-  loss_state = state["loss_state"]
-  book = (loss_state["codebook"] if isinstance(loss_state, dict)
-          else vq_codebook.CodebookState(*loss_state).codebook)
-  return VQTokenizer(vq_lib.VQVAE(vq_stage.vq_config(config)),
-                     state["params"], jnp.asarray(book))
+  try:
+    cfg, params, codebook = vq_stage.load_trained(workdir, stage)
+  except ConfigError as e:
+    raise workdir_lib.WorkdirError(str(e)) from None
+  return VQTokenizer(vq_lib.VQVAE(cfg), params, codebook)

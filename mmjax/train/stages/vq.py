@@ -18,11 +18,16 @@ restarted_codes.
 """
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from mmjax import config as C
+from mmjax import parallel
 from mmjax.models import build
 from mmjax.models import vq as vq_lib
 from mmjax.models import vq_codebook
@@ -43,6 +48,45 @@ def vq_config(config: ml_collections.ConfigDict) -> vq_lib.VQConfig:
       codebook_size=int(d.codebook_size), code_dim=int(d.code_dim),
       channels=tuple(int(c) for c in d.channels),
       res_blocks=int(d.res_blocks))
+
+
+def load_trained(workdir: str, stage: str = "vq"
+                 ) -> tuple[vq_lib.VQConfig, Any, jax.Array]:
+  """(VQConfig, encoder/decoder params, codebook f32[K, D]) of the newest
+  finished checkpoint of a run's `vq` stage (the codebook is that stage's
+  loss state).
+
+  Raises:
+    C.ConfigError: the workdir holds no such run or checkpoint (one line).
+  """
+  run = C.read_run_config(workdir)
+  if run is None or "vq" not in run.get("model", {}):
+    raise C.ConfigError(
+        f"{workdir} holds no VQ tokenizer run (a config.json with model.vq): "
+        "train one with python -m mmjax.main --config=configs/vq.py")
+  directory = os.path.join(workdir, "checkpoints", stage)
+  steps = sorted((int(s) for s in (os.listdir(directory)
+                                   if os.path.isdir(directory) else [])
+                  if s.isdigit()), reverse=True)
+  for step in steps:
+    try:
+      with open(os.path.join(directory, str(step), "meta", "metadata"),
+                encoding="utf-8") as f:
+        finished = json.load(f).get("finished")
+    except (OSError, ValueError):
+      continue  # unreadable: an older step may be whole
+    if finished:
+      state = parallel.restore_on_one_device(
+          os.path.join(directory, str(step), "state"),
+          keys=("params", "loss_state"))
+      # orbax gives the CodebookState back as a dict of its fields.
+      book = state["loss_state"]
+      book = (book["codebook"] if isinstance(book, dict)
+              else vq_codebook.CodebookState(*book).codebook)
+      return vq_config(run), state["params"], jnp.asarray(book)
+  raise C.ConfigError(
+      f"{workdir} has no finished checkpoint of stage {stage!r}: run "
+      "configs/vq.py (python -m mmjax.main) to the end of the stage")
 
 
 def _model(config: ml_collections.ConfigDict, stage_name: str

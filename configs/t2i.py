@@ -1,0 +1,50 @@
+"""Text -> image on shapes: an LM writes the VQ codes of a caption's image.
+
+  python -m mmjax.main --config=configs/vq.py --workdir=runs/vq     # tokenizer
+  python -m mmjax.main --config=configs/t2i.py:tokenizer=runs/vq --workdir=runs/t2i
+  python -m mmjax.generate --workdir=runs/t2i --prompt="a red circle." --out=image.png
+
+Args (comma-separated key=value after the colon):
+  tokenizer=DIR  the workdir of a finished configs/vq.py run (default runs/vq)
+  codes=K, levels=N  the tokenizer's args (configs/vq.py's defaults: 1024, 2)
+  size=S         the LM's size (sizes.py: tiny, small; default small)
+  steps=N        stage length (default 2000)
+  batch=N        global batch (default 16)
+One stage, `t2i` (train/stages/t2i.py), on the shapes recipe's images and
+captions (the 'contrastive' format: both captions of every training image,
+32 ids at most); the tokenizer is frozen, 10% of the captions are dropped
+for classifier-free guidance. docs/image-generation.md.
+"""
+import os
+
+import ml_collections
+
+from mmjax import config as config_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config(arg=None):
+  """Returns the text-to-image recipe; see the module docstring."""
+  args = config_lib.parse_arg(arg, tokenizer="runs/vq", codes=1024, levels=2,
+                              size="small", steps=2000, batch=16)
+  vq_recipe = config_lib.load_config(
+      os.path.join(_HERE, "vq.py") + f":codes={args.codes},levels="
+      f"{args.levels}")
+  shapes = config_lib.load_config(
+      os.path.join(_HERE, "shapes.py") + f":size={args.size}")
+  config = vq_recipe
+  config.model.lm = shapes.model.lm
+  stage = ml_collections.ConfigDict(config.stages.vq.to_dict())
+  for key in ("commitment", "decay", "dead_threshold", "recon"):
+    del stage[key]
+  stage.update(loss="t2i", steps=args.steps, trainable=("llm",),
+               tokenizer=args.tokenizer, cfg_dropout=0.1)
+  stage.optimizer.lr = 1e-3
+  stage.optimizer.weight_decay = 0.01
+  stage.optimizer.lr_mult = ml_collections.ConfigDict({"llm": 1.0})
+  stage.schedule.warmup_steps = min(100, max(1, args.steps // 10))
+  config.stages = ml_collections.ConfigDict({"t2i": stage})
+  config.stage_order = ("t2i",)
+  config.batch_size = args.batch
+  return config

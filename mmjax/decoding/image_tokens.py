@@ -1,0 +1,108 @@
+"""Writing an image's codes: the compiled decode loop of a text-to-image LM,
+with classifier-free guidance and sampling over the image codes only.
+
+  codes = generate_codes(model, params, prompts, jax.random.key(0),
+                         guidance=3.0, sampling=Sampling(temperature=1.0))
+  # prompts int32[B, P] (captions padded with PAD_ID) -> codes int32[B, N]
+
+After the caption and <boi> (one prefill), the loop writes exactly N codes
+(models/text_to_image.py) and then <eoi> by rule, so only the K code logits
+are ever sampled: temperature, top-k and top-p act on the image vocabulary
+alone. Guidance runs each prompt twice, with its caption and with padding
+only (the unconditional model the `t2i` stage trains by dropping 10% of
+the captions), and samples from u + s (c - u) (c, u: the two rows' code
+logits, s = `guidance`; s = 1 is the conditional model alone, no second
+row). Both rows share the KV-cache layout: the batch is [cond; uncond].
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from mmjax.data.tokenizer import PAD_ID
+from mmjax.decoding.sampling import Sampling, sample_tokens
+from mmjax.models.decoder import init_kv_cache
+from mmjax.models.text_to_image import TextToImageLM
+
+
+def guided_logits(cond: jax.Array, uncond: jax.Array, scale: float
+                  ) -> jax.Array:
+  """Classifier-free guidance: uncond + scale * (cond - uncond), f32[B, K]."""
+  return uncond + scale * (cond - uncond)
+
+
+def check_request(model: TextToImageLM, prompt_len: int, guidance: float
+                  ) -> None:
+  """ValueError (one line) for a request the model cannot serve."""
+  if not guidance > 0:
+    raise ValueError(f"guidance={guidance} must be > 0 (1 = no guidance; "
+                     "larger follows the caption more)")
+  if prompt_len > model.prompt_len:
+    raise ValueError(
+        f"the caption is {prompt_len} tokens, but the model reads at most "
+        f"{model.prompt_len} before an image ({model.n_codes} codes): "
+        "shorten it")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "guidance", "sampling"))
+def _generate(model: TextToImageLM, params, prompts: jax.Array,
+              key: jax.Array, guidance: float, sampling: Sampling
+              ) -> jax.Array:
+  b, p = prompts.shape
+  guided = guidance != 1.0
+  rows = jnp.concatenate([prompts, jnp.full_like(prompts, PAD_ID)]) if (
+      guided) else prompts
+  vocab, n = model.vocab, model.n_codes
+  lo, hi = vocab.first_code_id, vocab.first_code_id + vocab.codes
+  cache = init_kv_cache(model.lm, rows.shape[0], p + 1 + n)
+  start = jnp.concatenate(
+      [rows, jnp.full((rows.shape[0], 1), vocab.boi_id, jnp.int32)], axis=1)
+  logits, cache = model.apply({"params": params}, start, cache=cache,
+                              cache_index=0)
+
+  def code_logits(logits):  # last position, image codes only: [B, K]
+    last = logits[:, -1, lo:hi].astype(jnp.float32)
+    return guided_logits(last[:b], last[b:], guidance) if guided else last
+
+  def step(i, carry):
+    cache, logits, codes = carry  # logits: the last position's, [R, 1, V]
+    keys = jax.random.split(jax.random.fold_in(key, i), b)
+    code = sample_tokens(code_logits(logits), keys, sampling)  # int32[B]
+    codes = codes.at[:, i].set(code)
+    ids = vocab.code_ids(code)
+    ids = jnp.concatenate([ids, ids]) if guided else ids
+    logits, cache = model.apply({"params": params}, ids[:, None],
+                                cache=cache, cache_index=p + 1 + i)
+    return cache, logits, codes
+
+  codes = jnp.zeros((b, n), jnp.int32)
+  _, _, codes = jax.lax.fori_loop(0, n, step,
+                                  (cache, logits[:, -1:], codes))
+  return codes
+
+
+def generate_codes(model: TextToImageLM, params, prompts: jax.Array,
+                   key: jax.Array, *, guidance: float = 3.0,
+                   sampling: Sampling = Sampling(temperature=1.0)
+                   ) -> jax.Array:
+  """Codes int32[B, N] of one image per caption.
+
+  Args:
+    model: the `t2i` stage's model (train/stages/t2i.text_to_image_lm).
+    params: its parameters (the `llm` group, under 'llm').
+    prompts: int32[B, P'] caption ids padded with PAD_ID, P' <= P; shorter
+      ones are padded to P (as training saw them).
+    key: the sampling key (one stream per row and step).
+    guidance: classifier-free guidance scale s > 0 (1 = off).
+    sampling: temperature (0 = greedy), top_k, top_p over the K codes.
+
+  Raises:
+    ValueError: guidance <= 0, or a caption longer than the model's P.
+  """
+  prompts = jnp.asarray(prompts, jnp.int32)
+  check_request(model, prompts.shape[1], guidance)
+  pad = model.prompt_len - prompts.shape[1]
+  prompts = jnp.pad(prompts, ((0, 0), (0, pad)), constant_values=PAD_ID)
+  return _generate(model, params, prompts, key, float(guidance), sampling)

@@ -1,0 +1,121 @@
+"""A trained text-to-image run (configs/t2i.py): captions in, pictures out.
+
+  run = load_text_to_image("runs/t2i")
+  images = run.draw(["two red circles and a blue square."], seed=0,
+                    guidance=3.0)                    # uint8[1, 64, 64, 3]
+  run.save_png(images[0], "image.png")
+
+The LM is the run's `llm` parameters, the VQ tokenizer its `t2i` stage's
+loss state (the tokenizer run it trained with, frozen in the checkpoint),
+the caption tokenizer the shapes dataset's. Captions are encoded as the
+training pipeline encoded them (`formats.caption_tokens`: ids, </s>,
+padding to P); a caption longer than P is refused, not cut.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax import parallel
+from mmjax.data import formats, shapes
+from mmjax.decoding import image_tokens
+from mmjax.decoding.sampling import Sampling
+from mmjax.inference import workdir as workdir_lib
+from mmjax.models.text_to_image import TextToImageLM
+from mmjax.train.stages import t2i as t2i_stage
+
+STAGE_KIND = "t2i"
+
+
+def is_text_to_image(config) -> bool:
+  """Whether a run's last stage is a `t2i` stage."""
+  order = list(config.get("stage_order", ()))
+  return bool(order) and config.stages[order[-1]].get("loss") == STAGE_KIND
+
+
+def check_caption(caption: str) -> None:
+  """ValueError (one line) for a caption asking for more objects than a
+  shapes picture holds (counted when it has the short-caption form)."""
+  asked = shapes.parse_caption(caption)
+  if asked is not None and sum(asked.values()) > shapes.MAX_OBJECTS:
+    raise ValueError(
+        f"the prompt asks for {sum(asked.values())} objects; a picture holds "
+        f"at most {shapes.MAX_OBJECTS} (the model never saw more): ask for "
+        "fewer")
+
+
+@dataclasses.dataclass
+class TextToImageRun:
+  """What generation needs from a `t2i` run."""
+  model: TextToImageLM
+  params: Any            # {'llm': ...}
+  vq: dict[str, Any]     # {'params', 'codebook'}: the frozen tokenizer
+  tokenizer: Any         # the caption tokenizer
+  config: Any
+
+  def prompt_ids(self, captions: Sequence[str]) -> np.ndarray:
+    """int32[B, P]: each caption as training read it.
+
+    Raises:
+      ValueError: an empty caption, one longer than P tokens, or one asking
+        for more objects than a picture holds.
+    """
+    rows = []
+    for caption in captions:
+      if not caption.strip():
+        raise ValueError("the prompt is empty: describe the picture, e.g. "
+                         "'a red circle and a blue star.'")
+      check_caption(caption)
+      n = len(self.tokenizer.encode(caption)) + 1  # and </s>
+      image_tokens.check_request(self.model, n, 1.0)
+      rows.append(formats.caption_tokens(self.tokenizer, caption,
+                                         self.model.prompt_len)[0])
+    return np.stack(rows)
+
+  def draw(self, captions: Sequence[str], *, seed: int = 0,
+           guidance: float = 3.0,
+           sampling: Sampling = Sampling(temperature=1.0)) -> np.ndarray:
+    """uint8[B, S, S, 3]: one picture per caption."""
+    ids = self.prompt_ids(captions)
+    codes = image_tokens.generate_codes(
+        self.model, self.params, ids, jax.random.key(seed),
+        guidance=guidance, sampling=sampling)
+    return to_uint8(self.model.decode_codes(self.vq, codes))
+
+  @staticmethod
+  def save_png(image: np.ndarray, path: str) -> str:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.asarray(image, np.uint8)).save(path)
+    return path
+
+
+def to_uint8(images: jax.Array) -> np.ndarray:
+  """f32[..., 3] in [-1, 1] (the pipeline's units) -> uint8 pixels."""
+  x = (jnp.clip(images, -1.0, 1.0) + 1.0) * 127.5
+  return np.asarray(jnp.round(x)).astype(np.uint8)
+
+
+def load_text_to_image(workdir: str) -> TextToImageRun:
+  """The newest finished checkpoint of a `t2i` run.
+
+  Raises:
+    workdir_lib.WorkdirError: no such run or no finished checkpoint.
+  """
+  config = workdir_lib.read_config(workdir)
+  if not is_text_to_image(config):
+    raise workdir_lib.WorkdirError(
+        f"{workdir} is not a text-to-image run (its last stage is not "
+        f"loss='{STAGE_KIND}'): train one with configs/t2i.py")
+  step_dir = workdir_lib.final_checkpoint(workdir, config)
+  state = parallel.restore_on_one_device(
+      os.path.join(step_dir, "state"), keys=("params", "loss_state"))
+  model = t2i_stage.text_to_image_lm(config)
+  return TextToImageRun(
+      model=model, params=state["params"], vq=state["loss_state"],
+      tokenizer=workdir_lib.find_tokenizer(workdir, config), config=config)

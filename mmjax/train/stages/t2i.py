@@ -1,0 +1,131 @@
+"""Stage kind `t2i`: a decoder LM learns to write an image's VQ codes after
+its caption, in one vocabulary of text and image codes (Chameleon, Emu3).
+
+The model is a `DecoderLM` of config.model.lm whose vocabulary is
+`image_vocab(config)` (text ids, <boi>, <eoi>, the K codes); its parameters
+are the `llm` group. Each training sequence, from a 'contrastive' batch
+(an image and its caption, padded to P = config.model.text.max_len):
+
+  inputs   caption (P ids, padding kept) <boi> code_1 ... code_N
+  targets                                code_1 ... code_N <eoi>
+
+N = (side / f)^2 codes of the frozen tokenizer (f its downsampling), read
+from the finished `vq` run named by the stage option `tokenizer` (a
+workdir). The tokenizer (encoder params and codebook) rides along as the
+stage's loss state: checkpointed with the LM, never trained, so a `t2i` run
+holds everything generation needs. With probability `cfg_dropout` (0.1) a
+caption is replaced by padding only: the unconditional model that
+classifier-free guidance needs at inference (decoding/image_tokens.py).
+
+Loss: cross-entropy over the N + 1 targets (the whole vocabulary).
+Metrics: loss, code_accuracy (argmax = the code).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mmjax import config as C
+from mmjax.data.tokenizer import PAD_ID
+from mmjax.models.decoder import DecoderConfig
+from mmjax.models.image_vocab import ImageVocab
+from mmjax.models.text_to_image import TextToImageLM
+from mmjax.train import groups
+from mmjax.train import trainer as trainer_lib
+from mmjax.train.stages import base
+from mmjax.train.stages import vq as vq_stage
+from mmjax.train.stages.contrastive import single_image
+
+_OPTIONS = {"tokenizer": "", "cfg_dropout": 0.1}
+
+
+def image_vocab(config: ml_collections.ConfigDict) -> ImageVocab:
+  """Text ids of config.model.lm, then <boi>, <eoi>, config.model.vq's codes."""
+  return ImageVocab(int(config.model.lm.vocab_size),
+                    int(config.model.vq.codebook_size))
+
+
+def text_to_image_lm(config: ml_collections.ConfigDict) -> TextToImageLM:
+  """The stage's model: config.model.lm with the text + image-code
+  vocabulary, captions of config.model.text.max_len ids, images of
+  config.model.vision.image_size pixels."""
+  vocab = image_vocab(config)
+  lm = dict(config.model.lm.to_dict(), vocab_size=vocab.size)
+  return TextToImageLM(
+      lm=DecoderConfig.from_dict(lm), vq=vq_stage.vq_config(config),
+      vocab=vocab, prompt_len=int(config.model.text.max_len),
+      side=int(config.model.vision.image_size))
+
+
+def _model(config: ml_collections.ConfigDict, stage_name: str
+           ) -> base.StageModel:
+  del stage_name
+  model = text_to_image_lm(config)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  return base.StageModel(model,
+                         lambda rng: model.init(rng, tokens)["params"],
+                         groups.prefix_mapper({"llm": "llm"}))
+
+
+def load_tokenizer(config: ml_collections.ConfigDict, stage_name: str
+                   ) -> dict[str, jax.Array]:
+  """{'params', 'codebook'} of the stage's `tokenizer` run, checked against
+  config.model.vq."""
+  workdir = config.stages[stage_name].get("tokenizer", "")
+  cfg, params, codebook = vq_stage.load_trained(workdir)
+  if cfg != vq_stage.vq_config(config):
+    raise C.ConfigError(
+        f"config.stages.{stage_name}.tokenizer={workdir!r} was trained with "
+        f"{cfg}, but config.model.vq is {vq_stage.vq_config(config)}: give "
+        "configs/t2i.py the args the tokenizer was trained with (codes, "
+        "levels)")
+  return {"params": params, "codebook": codebook}
+
+
+def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
+  dropout = float(stage.get("cfg_dropout", 0.1))
+
+  def loss_fn(params, batch, rng, tokenizer):
+    images = single_image(batch["images"]).astype(jnp.float32)
+    codes = model.encode_codes(tokenizer, images)
+    prompts = batch["text_tokens"].astype(jnp.int32)
+    # The unconditional model of classifier-free guidance: no caption.
+    dropped = jax.random.bernoulli(rng, dropout, (prompts.shape[0],))
+    prompts = jnp.where(dropped[:, None], PAD_ID, prompts)
+    inputs, targets = model.sequences(prompts, codes)
+    logits, _ = model.apply({"params": params}, inputs)
+    logits = logits[:, model.prompt_len:]  # from <boi> on: [b, N + 1, V]
+    w = jnp.broadcast_to(batch["valid"].astype(jnp.float32)[:, None],
+                         targets.shape)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    loss = (ce * w).sum() / jnp.maximum(w.sum(), 1.0)
+    hit = (jnp.argmax(logits, -1) == targets)[:, :-1].astype(jnp.float32)
+    accuracy = (hit * w[:, :-1]).sum() / jnp.maximum(w[:, :-1].sum(), 1.0)
+    return loss, {"loss": loss, "code_accuracy": accuracy,
+                  trainer_lib.LOSS_STATE: tokenizer}
+  return loss_fn
+
+
+def _checks(config, path: str, stage) -> list[C.Check]:
+  del config
+  name = path.split(".", 1)[1]
+  return [
+      C.check_that(
+          lambda c: "vq" in c.model and "text" in c.model,
+          lambda c: f"config.{path}.loss='t2i' needs config.model.vq (the "
+          "tokenizer's sizes) and config.model.text.max_len (the caption "
+          "length): use configs/t2i.py"),
+      C.check_that(
+          lambda c: bool(c.stages[name].get("tokenizer")),
+          lambda c: f"config.{path}.tokenizer is empty: give the workdir of a "
+          "finished configs/vq.py run (e.g. runs/vq)"),
+  ] + ([C.check_number(f"{path}.cfg_dropout", 0.0, 1.0)]
+         if "cfg_dropout" in stage else [])
+
+
+KIND = base.register(base.StageKind(
+    name="t2i", families=("mllm",), data_formats=("contrastive",),
+    make_model=_model, make_loss=_loss, initial_loss_state=load_tokenizer,
+    options=_OPTIONS, checks=_checks))

@@ -1,0 +1,102 @@
+"""The text-to-image decode loop: cached greedy decoding equals re-running
+the whole sequence, guidance mixes the two rows' code logits, only image
+codes are sampled, bad requests are refused."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax.data.tokenizer import PAD_ID
+from mmjax.decoding import image_tokens
+from mmjax.decoding.sampling import Sampling
+from mmjax.models import vq as vq_lib
+from mmjax.models.decoder import DecoderConfig
+from mmjax.models.image_vocab import ImageVocab
+from mmjax.models.text_to_image import TextToImageLM
+
+VOCAB = ImageVocab(text_size=40, codes=16)
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  lm = DecoderConfig(vocab_size=VOCAB.size, d_model=32, n_layers=2,
+                     n_heads=4, n_kv_heads=2, mlp_dim=64)
+  model = TextToImageLM(lm=lm, vq=vq_lib.VQConfig(codebook_size=16,
+                                                  channels=(8, 8)),
+                        vocab=VOCAB, prompt_len=6, side=16)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  # Larger weights: logits far from uniform, so argmax is not a tie.
+  params = jax.tree.map(lambda x: x * 3.0, params)["params"]
+  return model, params
+
+
+def _full_logits(model, params, prompts, codes):
+  """Code logits at every image position, recomputed without a cache."""
+  inputs, _ = model.sequences(prompts, codes)
+  logits, _ = model.apply({"params": params}, inputs)
+  lo = VOCAB.first_code_id
+  return logits[:, model.prompt_len:-1, lo:lo + VOCAB.codes]
+
+
+def test_vocabulary_layout():
+  assert (VOCAB.boi_id, VOCAB.eoi_id, VOCAB.first_code_id, VOCAB.size) == (
+      40, 41, 42, 58)
+  np.testing.assert_array_equal(VOCAB.codes_of(VOCAB.code_ids([0, 15])),
+                                [0, 15])
+  with pytest.raises(ValueError, match="codes >= 2"):
+    ImageVocab(text_size=10, codes=1)
+
+
+def test_greedy_equals_rerunning_the_sequence(model_and_params):
+  model, params = model_and_params
+  prompts = jnp.array([[5, 6, 7, PAD_ID, PAD_ID, PAD_ID],
+                       [9, 3, 2, 8, 1, PAD_ID]], jnp.int32)
+  codes = image_tokens.generate_codes(model, params, prompts,
+                                      jax.random.key(1), guidance=1.0,
+                                      sampling=Sampling(temperature=0.0))
+  assert codes.shape == (2, model.n_codes) == (2, 16)
+  assert len(np.unique(np.asarray(codes))) > 1  # not a constant image
+  full = _full_logits(model, params, prompts, codes)
+  np.testing.assert_array_equal(np.argmax(full, -1), codes)
+
+
+def test_guidance_mixes_conditional_and_unconditional(model_and_params):
+  model, params = model_and_params
+  prompts = jnp.array([[5, 6, 7, 8, 9, 10]], jnp.int32)
+  scale = 2.5
+  codes = image_tokens.generate_codes(model, params, prompts,
+                                      jax.random.key(2), guidance=scale,
+                                      sampling=Sampling(temperature=0.0))
+  cond = _full_logits(model, params, prompts, codes)
+  uncond = _full_logits(model, params, jnp.full_like(prompts, PAD_ID), codes)
+  mixed = image_tokens.guided_logits(cond, uncond, scale)
+  np.testing.assert_array_equal(np.argmax(mixed, -1), codes)
+  # Guidance changes the image (it would not if it were ignored).
+  plain = image_tokens.generate_codes(model, params, prompts,
+                                      jax.random.key(2), guidance=1.0,
+                                      sampling=Sampling(temperature=0.0))
+  assert (np.asarray(plain) != np.asarray(codes)).any()
+
+
+def test_sampling_draws_codes_only_and_follows_the_key(model_and_params):
+  model, params = model_and_params
+  prompts = jnp.array([[5, 6, PAD_ID, PAD_ID, PAD_ID, PAD_ID]] * 4, jnp.int32)
+  sample = lambda k: np.asarray(image_tokens.generate_codes(
+      model, params, prompts, jax.random.key(k), guidance=2.0,
+      sampling=Sampling(temperature=1.0, top_k=5)))
+  a, b = sample(3), sample(3)
+  np.testing.assert_array_equal(a, b)
+  assert (a != sample(4)).any() and (a[0] != a[1]).any()  # rows differ too
+  assert a.min() >= 0 and a.max() < VOCAB.codes
+
+
+def test_bad_requests(model_and_params):
+  model, params = model_and_params
+  prompts = jnp.zeros((1, 3), jnp.int32)
+  for scale in (0.0, -1.0):
+    with pytest.raises(ValueError, match="guidance=.* must be > 0"):
+      image_tokens.generate_codes(model, params, prompts, jax.random.key(0),
+                                  guidance=scale)
+  with pytest.raises(ValueError, match="the model reads at most 6"):
+    image_tokens.generate_codes(model, params, jnp.zeros((1, 7), jnp.int32),
+                                jax.random.key(0))

@@ -1,0 +1,116 @@
+"""Text to image in the one loop: a tiny tokenizer run, then a `t2i` run on
+it (the codes' loss falls, the tokenizer rides frozen in the checkpoint),
+then `python -m mmjax.generate --out` draws a caption and `python -m
+mmjax.evaluate` scores pictures with the independent checker; bad input
+exits 2 with one line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mmjax import config as config_lib
+from mmjax.inference import text_to_image as t2i_lib
+from mmjax.train import config_checks, recipe
+from mmjax.train import metrics as metrics_lib
+from tests.conftest import REPO
+
+
+def _small_data(config, data_dir):
+  config.data.update(data_dir=data_dir, num_train=32, num_validation=8,
+                     num_test=6, num_heldout=4)
+  config.update(log_every=2, eval_batches=1, progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("t2i")
+  data_dir = str(root / "data")
+  vq = config_lib.load_config(os.path.join(REPO, "configs/vq.py") +
+                              ":steps=6,batch=8,codes=32,levels=3")
+  vq.model.vq.channels = (8, 8, 16)
+  vq.model.vq.res_blocks = 1
+  _small_data(vq, data_dir)
+  recipe.run_recipe(vq, str(root / "vq"), verbose=False)
+  t2i = config_lib.load_config(
+      os.path.join(REPO, "configs/t2i.py") +
+      f":tokenizer={root / 'vq'},steps=30,batch=8,codes=32,levels=3,"
+      "size=tiny")
+  t2i.model.vq.channels = (8, 8, 16)
+  t2i.model.vq.res_blocks = 1
+  _small_data(t2i, data_dir)
+  config_checks.validate_config(t2i)
+  (_, result, _), = recipe.run_recipe(t2i, str(root / "t2i"), verbose=False)
+  return root, t2i, result
+
+
+def test_t2i_stage_learns_the_codes(runs):
+  root, config, result = runs
+  train = [r for r in metrics_lib.read_metrics(str(root / "t2i"))
+           if "loss" in r]
+  assert {"loss", "code_accuracy"} <= set(train[0])
+  # 8 x 8 codes of 32: the loss starts near log(32 + 2 + text vocab).
+  assert train[-1]["loss"] < train[0]["loss"] - 1.0
+  assert all(p.startswith("llm/") for p in result.global_params)
+  run = t2i_lib.load_text_to_image(str(root / "t2i"))
+  assert run.model.n_codes == 64 and run.model.vocab.codes == 32
+  assert run.model.lm.vocab_size == config.model.lm.vocab_size + 2 + 32
+  images = run.draw(["a red circle.", "two blue stars."], seed=1)
+  assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+
+
+def _cli(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args],
+                        capture_output=True, text=True, cwd=REPO,
+                        check=False, env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_generate_writes_the_picture_and_refuses_bad_input(runs):
+  root, _, _ = runs
+  work, out = str(root / "t2i"), str(root / "drawn.png")
+  proc = _cli("mmjax.generate", f"--workdir={work}",
+              "--prompt=a red circle and a blue star.", f"--out={out}",
+              "--guidance=2")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  assert Image.open(out).size == (64, 64)
+  for args, message in (
+      (["--prompt=six red circles and a blue star.", f"--out={out}"],
+       "asks for 7 objects"),
+      (["--prompt=a red circle.", f"--out={out}", "--guidance=0"],
+       "guidance=0.0 must be > 0"),
+      (["--prompt=" + "a red circle and " * 12 + "a star.", f"--out={out}"],
+       "the model reads at most 32"),
+      (["--prompt=a red circle."], "give --out=image.png"),
+      (["--prompt=a red circle.", f"--out={root}/none/x.png"],
+       "does not exist"),
+      (["--prompt=a red circle.", f"--out={out}", "--image=x.png"],
+       "takes no --image")):
+    proc = _cli("mmjax.generate", f"--workdir={work}", *args)
+    assert proc.returncode == 2, (args, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], (args, lines)
+  proc = _cli("mmjax.generate", f"--workdir={root / 'vq'}",
+              "--prompt=a red circle.", f"--out={out}")
+  assert proc.returncode == 2 and "not a text-to-image run" in proc.stderr
+
+
+def test_evaluate_scores_pictures_with_the_checker(runs):
+  root, _, _ = runs
+  work = str(root / "t2i")
+  proc = _cli("mmjax.evaluate", f"--workdir={work}", "--split=test",
+              "--max_examples=6")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(os.path.join(work, "eval", "t2i_test.json"),
+            encoding="utf-8") as f:
+    m = json.load(f)
+  assert m["pictures"] == 6
+  # The checker reads the renderer's own pictures right; a 30-step model
+  # draws nothing it can confirm.
+  assert m["renders/pairs"] >= 5 / 6
+  assert 0 <= m["generated/pairs"] <= 1
+  assert os.path.exists(m["grid"])
+  proc = _cli("mmjax.evaluate", f"--workdir={work}", "--grounding=4")
+  assert proc.returncode == 2 and "do not apply" in proc.stderr
