@@ -11,7 +11,8 @@ it is saturated (`MIN_CHROMA`: the backgrounds are greys); each connected
 region of one colour (8-neighbours, at least `MIN_AREA` pixels) is one
 object. Shape is a k-nearest-neighbour vote over regions of pictures the
 shapes renderer drew (`fit_on_renders`: its own object labels, matched to
-the regions by their boxes), each region cropped to its box, padded square
+the regions by their boxes; each render also Gaussian-blurred, as a drawn
+picture's edges are soft), each region cropped to its box, padded square
 and resized to `MASK_SIDE`^2: nothing the checker knows comes from a
 trained MLLM or image generator. Its accuracy on renders and on the VQ
 tokenizer's reconstructions of them is measured beside every generation
@@ -24,7 +25,7 @@ import dataclasses
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from mmjax.data import shapes
@@ -35,6 +36,11 @@ MIN_CHROMA = 60             # max - min channel: backgrounds stay below ~30
 MIN_AREA = 5                # pixels; smaller regions are specks
 MASK_SIDE = 16
 K_NEIGHBOURS = 5
+# Each render is fitted as drawn and Gaussian-blurred at these radii (px):
+# a generated picture's edges are soft. Measured on 300 test pictures: the
+# VQ tokenizer's reconstructions are read right 0.77 (sharp renders only)
+# -> 0.92 (these), the renders themselves 0.997 either way.
+BLUR_RADII = (0.0, 0.7, 1.0)
 
 _PALETTE = np.array([shapes.COLOUR_RGB[c] for c in COLOURS], np.float32)
 
@@ -89,18 +95,25 @@ class ShapeChecker:
 
   @classmethod
   def fit_on_renders(cls, n_images: int = 1500, split: str = "train",
-                     seed: int = 0, image_size: int = 64) -> ShapeChecker:
-    """Fits on the regions of `n_images` shapes renders of a split, each
-    labelled with the renderer's object whose box holds its centre."""
+                     seed: int = 0, image_size: int = 64,
+                     blur_radii: Sequence[float] = BLUR_RADII
+                     ) -> ShapeChecker:
+    """Fits on the regions of `n_images` shapes renders of a split (each
+    also blurred at `blur_radii`), each labelled with the renderer's object
+    whose box holds its centre."""
     features, labels = [], []
     for i in range(n_images):
       ex = shapes.example(split, i, seed=seed, image_size=image_size)
       objects = shapes_objects(ex)
-      for colour, mask in regions(ex["image"]):
-        shape = _label_of(colour, mask, objects)
-        if shape is not None:
-          features.append(mask_features(mask))
-          labels.append(SHAPES.index(shape))
+      for radius in blur_radii:
+        image = ex["image"] if radius == 0 else np.asarray(
+            Image.fromarray(ex["image"]).filter(
+                ImageFilter.GaussianBlur(radius)))
+        for colour, mask in regions(image):
+          shape = _label_of(colour, mask, objects)
+          if shape is not None:
+            features.append(mask_features(mask))
+            labels.append(SHAPES.index(shape))
     return cls(np.stack(features), np.asarray(labels))
 
   def shapes_of(self, masks: Sequence[np.ndarray]) -> list[str]:

@@ -8,9 +8,10 @@ Prompts are the short captions ("two red circles and a blue square.") of
 the split's first n records: `test` pairs colours and shapes as training
 did (held-in prompts, unseen pictures), `heldout` names the colour x shape
 pairs training never showed. One picture per caption (seed, guidance,
-sampling as given); per picture the checker's four agreements
-(`shape_checker.agreement`: pairs, colours, shapes, counts), averaged with
-their standard errors. Beside them, the same checker on the records' own
+sampling as given); per picture the checker's agreements
+(`shape_checker.agreement`: pairs, colours, shapes, counts; and
+colours_and_shapes: both the asked colours and the asked shapes, what
+issue 27's target counts), averaged with their standard errors. Beside them, the same checker on the records' own
 renders and on the tokenizer's reconstructions of them: the checker's
 accuracy, and the best a generator could score through this tokenizer.
 A grid of the first pictures (caption, render, generated) is written to
@@ -32,7 +33,7 @@ from mmjax.evals import shape_checker
 from mmjax.inference import text_to_image as t2i_lib
 from mmjax.models import build
 
-KEYS = ("pairs", "colours", "shapes", "counts")
+KEYS = ("colours_and_shapes", "pairs", "colours", "shapes", "counts")
 GRID_PICTURES = 16
 
 
@@ -46,7 +47,9 @@ def _rate(values) -> tuple[float, float]:
 def _scores(checker, asked, images) -> dict[str, list[bool]]:
   out = {k: [] for k in KEYS}
   for want, image in zip(asked, images):
-    for k, v in shape_checker.agreement(want, checker.objects(image)).items():
+    a = shape_checker.agreement(want, checker.objects(image))
+    a["colours_and_shapes"] = a["colours"] and a["shapes"]
+    for k, v in a.items():
       out[k].append(v)
   return out
 
@@ -128,8 +131,8 @@ def _markdown(m: dict[str, Any], captions) -> str:
   lines = [f"# Text to image: {m['split']} captions ({m['pictures']} "
            f"pictures, guidance {m['guidance']}, temperature "
            f"{m['temperature']})", "",
-           "| pictures | pairs | colours | shapes | counts |",
-           "|---|---|---|---|---|"]
+           "| pictures | colours and shapes | pairs | colours | shapes | "
+           "counts |", "|---|---|---|---|---|---|"]
   for name in ("generated", "renders", "reconstructions"):
     cells = " | ".join(f"{m[f'{name}/{k}']:.3f} +- {m[f'{name}/{k}_se']:.3f}"
                        for k in KEYS)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -114,3 +115,17 @@ def test_evaluate_scores_pictures_with_the_checker(runs):
   assert os.path.exists(m["grid"])
   proc = _cli("mmjax.evaluate", f"--workdir={work}", "--grounding=4")
   assert proc.returncode == 2 and "do not apply" in proc.stderr
+
+
+def test_a_tokenizer_of_other_sizes_or_none_is_one_line(runs, tmp_path):
+  root, config, _ = runs
+  from mmjax.train.stages import t2i  # pylint: disable=g-import-not-at-top
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.model.vq.codebook_size = 64
+  with pytest.raises(config_lib.ConfigError, match="was trained with"):
+    t2i.load_tokenizer(other, "t2i")
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.stages.t2i.tokenizer = str(tmp_path / "nothing")
+  with pytest.raises(config_lib.ConfigError, match="holds no run"):
+    config_checks.validate_config(other)
+  assert os.path.isdir(root / "vq")

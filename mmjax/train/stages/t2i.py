@@ -121,6 +121,12 @@ def _checks(config, path: str, stage) -> list[C.Check]:
           lambda c: bool(c.stages[name].get("tokenizer")),
           lambda c: f"config.{path}.tokenizer is empty: give the workdir of a "
           "finished configs/vq.py run (e.g. runs/vq)"),
+      C.check_that(
+          lambda c: C.read_run_config(c.stages[name].tokenizer) is not None,
+          lambda c: f"config.{path}.tokenizer={c.stages[name].tokenizer!r} "
+          "holds no run (no config.json): train the tokenizer first, python "
+          "-m mmjax.main --config=configs/vq.py --workdir="
+          f"{c.stages[name].tokenizer}"),
   ] + ([C.check_number(f"{path}.cfg_dropout", 0.0, 1.0)]
          if "cfg_dropout" in stage else [])
 
