@@ -27,7 +27,7 @@ import ml_collections
 
 from mmjax.config import ConfigError, get_path
 from mmjax.data import (builders, chat_templates, detail_builder,
-                        hf_tokenizer, shapes, shapes_tones,
+                        hf_tokenizer, shapes, shapes_detail, shapes_tones,
                         shapes_tones_builder, tones, tones_builder)
 from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
 
@@ -67,6 +67,18 @@ BENCHMARK_TEXTS = {"shapes": shapes.benchmark_texts,
 # Synthetic datasets whose images are not square: no `regions` stage (its
 # boxes are fractions of a square image).
 NON_SQUARE_DATASETS = ("shapes_detail",)
+# (height, width) of every picture a synthetic dataset draws, where they are
+# not config.data.image_size squares.
+DRAWN_SIZES = {"shapes_detail": tuple((h, w) for w, h in
+                                      shapes_detail.CANVASES)}
+
+
+def drawn_sizes(config: ml_collections.ConfigDict
+                ) -> tuple[tuple[int, int], ...]:
+  """(height, width) of the pictures config.data.dataset draws."""
+  side = int(config.data.get("image_size", 64))
+  return DRAWN_SIZES.get(config.data.get("dataset", "shapes"),
+                         ((side, side),))
 
 
 def _synthetic(config: ml_collections.ConfigDict

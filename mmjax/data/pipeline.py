@@ -121,6 +121,27 @@ def _classify(error: Exception) -> str:
   return "malformed"
 
 
+def media_items(cfg: MLLMConfig, height: int, width: int
+                ) -> list[tuple[int, int]]:
+  """(h, w) of each item the model reads of one height x width image: the
+  image at its own resized size (a native-resolution or NaFlex tower), its
+  InternVL tiles, else one square of the tower's side."""
+  if native_lib.takes_native(cfg):  # each image at its own size
+    return [native_lib.size_for(cfg.vision, height, width)]
+  if naflex_lib.takes_naflex(cfg):  # aspect kept, patch budget
+    return [naflex_lib.size_for(cfg.vision, height, width)]
+  side = cfg.side
+  if tiling_lib.takes_tiles(cfg):  # InternVL: tiles of the side
+    return [(side, side)] * tiling_lib.tile_count(cfg, height, width)
+  return [(side, side)]
+
+
+def visual_tokens(cfg: MLLMConfig, height: int, width: int) -> int:
+  """Visual tokens the LM reads for one height x width image."""
+  return sum(layout.visual_tokens(cfg, h, w)
+             for h, w in media_items(cfg, height, width))
+
+
 class _RowMaker:
   """Global row index -> a prepared example (grain map; runs in workers).
 
@@ -216,21 +237,14 @@ class _RowMaker:
       out["audio"] = audio_batch.clip_features(self.cfg, clips,
                                                self.audio_frames)
     items = None  # per image the (h, w) of the items the model reads
-    if native_lib.takes_native(self.cfg):  # each image at its own size
-      sizes = [native_lib.size_for(self.cfg.vision, *im.shape[:2])
-               for im in rgb]
-      out["media_sizes"] = sizes
+    if native_lib.takes_native(self.cfg):
+      out["media_sizes"] = [native_lib.size_for(self.cfg.vision,
+                                                *im.shape[:2]) for im in rgb]
       out["downscaled"] = sum(im.shape[0] * im.shape[1] >
                               self.cfg.vision.max_pixels for im in rgb)
-      items = [[size] for size in sizes]
-    elif naflex_lib.takes_naflex(self.cfg):  # aspect kept, patch budget
-      items = [[naflex_lib.size_for(self.cfg.vision, *im.shape[:2])]
-               for im in rgb]
-    elif tiling_lib.takes_tiles(self.cfg):  # InternVL: tiles of the side
-      side = self.cfg.side
-      items = [[(side, side)] * tiling_lib.tile_count(self.cfg,
-                                                      *im.shape[:2])
-               for im in rgb]
+    if (native_lib.takes_native(self.cfg) or
+        naflex_lib.takes_naflex(self.cfg) or tiling_lib.takes_tiles(self.cfg)):
+      items = [media_items(self.cfg, *im.shape[:2]) for im in rgb]
     if isinstance(example, formats.RegionTargets):
       out["boxes"], out["labels"] = example.boxes, example.labels
       return out

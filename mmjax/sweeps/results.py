@@ -5,7 +5,9 @@ Per variant, from its workdir and config:
                          yes-rate from eval/<stage>.json of the last stage
                          that evaluated (`eval_stage`)
   visual_tokens          visual embeddings the LM sees per image (in the
-                         token stream, or through cross-attention)
+                         token stream, or through cross-attention; the mean
+                         over the sizes the dataset draws, for a tower that
+                         reads each picture at its own size or in tiles)
   seq_tokens             sequence positions one image takes
   params                 parameters of the model that answers (the MLLM; no
                          SigLIP text tower or Q-Former pretraining heads)
@@ -68,6 +70,7 @@ def model_facts(config) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from mmjax.data.tokenizer import IMAGE_ID  # pylint: disable=g-import-not-at-top
+  from mmjax.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
   from mmjax.models import build, layout  # pylint: disable=g-import-not-at-top
   facts: dict[str, Any] = {}
   model = build.build_model(config)
@@ -75,9 +78,15 @@ def model_facts(config) -> dict[str, Any]:
     cfg = model.cfg
     side = cfg.side
     facts["seq_tokens"] = layout.placeholder_tokens(cfg, side, side)
-    facts["visual_tokens"] = (cfg.resampler.n_latents
-                              if cfg.fusion == "cross_attention"
-                              else layout.visual_tokens(cfg, side, side))
+    # The mean over the pictures the dataset draws, as the model reads them
+    # (a native tower or tiles: each picture its own count).
+    sizes = datasets.drawn_sizes(config)
+    facts["visual_tokens"] = (
+        cfg.resampler.n_latents if cfg.fusion == "cross_attention" else
+        round(sum(pipeline.visual_tokens(cfg, h, w) for h, w in sizes)
+              / len(sizes)))
+    if pipeline.media_items(cfg, *sizes[0]) != [(side, side)]:
+      facts["seq_tokens"] = facts["visual_tokens"]
     init = build.mllm_init(model, IMAGE_ID)
   else:
     init = build.decoder_init(model, config.data.seq_len)
