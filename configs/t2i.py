@@ -7,8 +7,8 @@
 Args (comma-separated key=value after the colon):
   tokenizer=DIR  the workdir of a finished configs/vq.py run (default runs/vq)
   codes=K, levels=N  the tokenizer's args (configs/vq.py's defaults: 1024, 2)
-  size=S         the LM's size (sizes.py: tiny, small; default small)
-  steps=N        stage length (default 2000)
+  size=S         the LM's size (sizes.py: tiny, small; default tiny)
+  steps=N        stage length (default 1500)
   batch=N        global batch (default 16)
 One stage, `t2i` (train/stages/t2i.py), on the shapes recipe's images and
 captions (the 'contrastive' format: both captions of every training image,
@@ -27,7 +27,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config(arg=None):
   """Returns the text-to-image recipe; see the module docstring."""
   args = config_lib.parse_arg(arg, tokenizer="runs/vq", codes=1024, levels=2,
-                              size="small", steps=2000, batch=16)
+                              size="tiny", steps=1500, batch=16)
   vq_recipe = config_lib.load_config(
       os.path.join(_HERE, "vq.py") + f":codes={args.codes},levels="
       f"{args.levels}")
