@@ -126,3 +126,10 @@ def preprocess(image: np.ndarray, side: int, *, resize: str = "square",
   """
   rgb = to_rgb(image)
   return normalize(resize_square(rgb, side, resize, pad_colour(kind)), kind)
+
+
+def to_uint8(images) -> np.ndarray:
+  """Pixels in the pipeline's [-1, 1] units (clipped) -> uint8, e.g. a
+  decoded image: the inverse of the siglip normalisation, rounded."""
+  x = (np.clip(np.asarray(images, np.float32), -1.0, 1.0) + 1.0) * 127.5
+  return np.round(x).astype(np.uint8)

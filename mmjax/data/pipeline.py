@@ -237,14 +237,13 @@ class _RowMaker:
       out["audio"] = audio_batch.clip_features(self.cfg, clips,
                                                self.audio_frames)
     items = None  # per image the (h, w) of the items the model reads
-    if native_lib.takes_native(self.cfg):
-      out["media_sizes"] = [native_lib.size_for(self.cfg.vision,
-                                                *im.shape[:2]) for im in rgb]
-      out["downscaled"] = sum(im.shape[0] * im.shape[1] >
-                              self.cfg.vision.max_pixels for im in rgb)
     if (native_lib.takes_native(self.cfg) or
         naflex_lib.takes_naflex(self.cfg) or tiling_lib.takes_tiles(self.cfg)):
       items = [media_items(self.cfg, *im.shape[:2]) for im in rgb]
+    if native_lib.takes_native(self.cfg):  # one item: the resized image
+      out["media_sizes"] = [item[0] for item in items]
+      out["downscaled"] = sum(im.shape[0] * im.shape[1] >
+                              self.cfg.vision.max_pixels for im in rgb)
     if isinstance(example, formats.RegionTargets):
       out["boxes"], out["labels"] = example.boxes, example.labels
       return out

@@ -33,10 +33,12 @@ def guided_logits(cond: jax.Array, uncond: jax.Array, scale: float
   return uncond + scale * (cond - uncond)
 
 
-def check_request(model: TextToImageLM, prompt_len: int, guidance: float
-                  ) -> None:
-  """ValueError (one line) for a request the model cannot serve."""
-  if not guidance > 0:
+def check_request(model: TextToImageLM, prompt_len: int,
+                  guidance: float | None = None) -> None:
+  """ValueError (one line) for a request the model cannot serve: a caption
+  of prompt_len ids longer than its P, or a guidance scale <= 0 (None: the
+  caption alone is checked)."""
+  if guidance is not None and not guidance > 0:
     raise ValueError(f"guidance={guidance} must be > 0 (1 = no guidance; "
                      "larger follows the caption more)")
   if prompt_len > model.prompt_len:

@@ -79,7 +79,7 @@ def evaluate_text_to_image(workdir: str, split: str = "test", *,
                                              kind=kind)
                        for r in records[lo:lo + batch_size]])
     codes = run.model.encode_codes(run.vq, pixels)
-    recon.append(t2i_lib.to_uint8(run.model.decode_codes(run.vq, codes)))
+    recon.append(images_lib.to_uint8(run.model.decode_codes(run.vq, codes)))
   drawn, recon = np.concatenate(drawn), np.concatenate(recon)
   renders = [np.asarray(r["image"]) for r in records]
   metrics: dict[str, Any] = {"split": split, "pictures": n,

@@ -89,7 +89,7 @@ def write_grid(workdir: str, path: str, n: int = 8, split: str = "test",
   images = jnp.asarray(next(batches))
   recon = jnp.clip(tok.decode(tok.encode(images)), -1.0, 1.0)
   rows = [np.concatenate(list(np.asarray(x)), 1) for x in (images, recon)]
-  grid = np.round((np.concatenate(rows, 0) + 1.0) * 127.5).astype(np.uint8)
+  grid = images_lib.to_uint8(np.concatenate(rows, 0))
   img = Image.fromarray(grid)
   img.resize((img.width * scale, img.height * scale),
              Image.NEAREST).save(path)

@@ -18,11 +18,11 @@ import os
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mmjax import parallel
 from mmjax.data import formats, shapes
+from mmjax.data import images as images_lib
 from mmjax.decoding import image_tokens
 from mmjax.decoding.sampling import Sampling
 from mmjax.inference import workdir as workdir_lib
@@ -72,7 +72,7 @@ class TextToImageRun:
                          "'a red circle and a blue star.'")
       check_caption(caption)
       n = len(self.tokenizer.encode(caption)) + 1  # and </s>
-      image_tokens.check_request(self.model, n, 1.0)
+      image_tokens.check_request(self.model, n)
       rows.append(formats.caption_tokens(self.tokenizer, caption,
                                          self.model.prompt_len)[0])
     return np.stack(rows)
@@ -85,7 +85,7 @@ class TextToImageRun:
     codes = image_tokens.generate_codes(
         self.model, self.params, ids, jax.random.key(seed),
         guidance=guidance, sampling=sampling)
-    return to_uint8(self.model.decode_codes(self.vq, codes))
+    return images_lib.to_uint8(self.model.decode_codes(self.vq, codes))
 
   @staticmethod
   def save_png(image: np.ndarray, path: str) -> str:
@@ -93,12 +93,6 @@ class TextToImageRun:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
     return path
-
-
-def to_uint8(images: jax.Array) -> np.ndarray:
-  """f32[..., 3] in [-1, 1] (the pipeline's units) -> uint8 pixels."""
-  x = (jnp.clip(images, -1.0, 1.0) + 1.0) * 127.5
-  return np.asarray(jnp.round(x)).astype(np.uint8)
 
 
 def load_text_to_image(workdir: str) -> TextToImageRun:

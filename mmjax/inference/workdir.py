@@ -46,6 +46,7 @@ from mmjax.models import build, remat
 from mmjax.models.decoder import DecoderConfig
 from mmjax.models.mllm import MLLM, mllm_config_from_dict
 from mmjax.models.text_lm import TextLM, TextLMConfig, text_lm_init
+from mmjax.train import checkpoint as checkpoint_lib
 from mmjax.train import groups, stages
 
 
@@ -83,7 +84,7 @@ def _read_json(path: str) -> Any:
 
 
 def _read_meta(step_dir: str) -> dict[str, Any] | None:
-  return _read_json(os.path.join(step_dir, "meta", "metadata"))
+  return checkpoint_lib.read_meta(step_dir)
 
 
 class UnreadableCheckpointError(WorkdirError):
@@ -111,23 +112,9 @@ def finished_checkpoints(workdir: str, config: ml_collections.ConfigDict,
   first unfinished one (a stage still running has none). A step whose
   metadata cannot be read is skipped with a warning.
   """
-  found = []
-  for stage in reversed(list(config.stage_order)):
-    directory = os.path.join(workdir, "checkpoints", stage)
-    steps = sorted((int(s) for s in (os.listdir(directory)
-                                     if os.path.isdir(directory) else [])
-                    if s.isdigit()), reverse=True)
-    for step in steps:
-      step_dir = os.path.join(directory, str(step))
-      meta = _read_meta(step_dir)
-      if meta is None:
-        on_warning(f"checkpoint {step_dir} has no readable metadata "
-                   "(truncated?); skipped")
-        continue
-      if not meta.get("finished"):
-        break  # this stage did not finish after its newest finished step
-      found.append(step_dir)
-  return found
+  return [step_dir for stage in reversed(list(config.stage_order))
+          for step_dir in checkpoint_lib.finished_steps(workdir, stage,
+                                                         on_warning)]
 
 
 def _no_finished_checkpoint(workdir: str) -> WorkdirError:

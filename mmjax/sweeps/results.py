@@ -77,16 +77,16 @@ def model_facts(config) -> dict[str, Any]:
   if config.get("family") == "mllm":
     cfg = model.cfg
     side = cfg.side
-    facts["seq_tokens"] = layout.placeholder_tokens(cfg, side, side)
     # The mean over the pictures the dataset draws, as the model reads them
     # (a native tower or tiles: each picture its own count).
     sizes = datasets.drawn_sizes(config)
-    facts["visual_tokens"] = (
-        cfg.resampler.n_latents if cfg.fusion == "cross_attention" else
-        round(sum(pipeline.visual_tokens(cfg, h, w) for h, w in sizes)
-              / len(sizes)))
-    if pipeline.media_items(cfg, *sizes[0]) != [(side, side)]:
-      facts["seq_tokens"] = facts["visual_tokens"]
+    visual = round(sum(pipeline.visual_tokens(cfg, h, w) for h, w in sizes)
+                   / len(sizes))
+    if cfg.fusion == "cross_attention":  # latents beside one marker token
+      facts["visual_tokens"] = cfg.resampler.n_latents
+      facts["seq_tokens"] = layout.placeholder_tokens(cfg, side, side)
+    else:
+      facts["visual_tokens"] = facts["seq_tokens"] = visual
     init = build.mllm_init(model, IMAGE_ID)
   else:
     init = build.decoder_init(model, config.data.seq_len)

@@ -8,6 +8,7 @@ refuses as damaged), with a warning.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Mapping
 
@@ -195,6 +196,42 @@ class StageCheckpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def read_meta(step_dir: str) -> dict[str, Any] | None:
+  """A stage step's metadata (STEP/meta/metadata), None if unreadable."""
+  try:
+    with open(os.path.join(step_dir, "meta", "metadata"),
+              encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def finished_steps(workdir: str, stage: str,
+                   on_warning: Callable[[str], None] | None = None
+                   ) -> list[str]:
+  """A stage's finished step directories (WORKDIR/checkpoints/STAGE/N),
+  newest first: from its newest step with readable metadata back to its
+  first unfinished one (a stage still running has none). A step whose
+  metadata cannot be read is skipped (`on_warning` is told)."""
+  directory = os.path.join(workdir, "checkpoints", stage)
+  steps = sorted((int(s) for s in (os.listdir(directory)
+                                   if os.path.isdir(directory) else [])
+                  if s.isdigit()), reverse=True)
+  found = []
+  for step in steps:
+    step_dir = os.path.join(directory, str(step))
+    meta = read_meta(step_dir)
+    if meta is None:
+      if on_warning is not None:
+        on_warning(f"checkpoint {step_dir} has no readable metadata "
+                   "(truncated?); skipped")
+      continue
+    if not meta.get("finished"):
+      break  # this stage did not finish after its newest finished step
+    found.append(step_dir)
+  return found
 
 
 def _short(e: Exception) -> str:

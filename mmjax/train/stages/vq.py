@@ -18,7 +18,6 @@ restarted_codes.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -31,6 +30,7 @@ from mmjax import parallel
 from mmjax.models import build
 from mmjax.models import vq as vq_lib
 from mmjax.models import vq_codebook
+from mmjax.train import checkpoint as checkpoint_lib
 from mmjax.train import groups
 from mmjax.train import trainer as trainer_lib
 from mmjax.train.stages import base
@@ -64,29 +64,18 @@ def load_trained(workdir: str, stage: str = "vq"
     raise C.ConfigError(
         f"{workdir} holds no VQ tokenizer run (a config.json with model.vq): "
         "train one with python -m mmjax.main --config=configs/vq.py")
-  directory = os.path.join(workdir, "checkpoints", stage)
-  steps = sorted((int(s) for s in (os.listdir(directory)
-                                   if os.path.isdir(directory) else [])
-                  if s.isdigit()), reverse=True)
-  for step in steps:
-    try:
-      with open(os.path.join(directory, str(step), "meta", "metadata"),
-                encoding="utf-8") as f:
-        finished = json.load(f).get("finished")
-    except (OSError, ValueError):
-      continue  # unreadable: an older step may be whole
-    if finished:
-      state = parallel.restore_on_one_device(
-          os.path.join(directory, str(step), "state"),
-          keys=("params", "loss_state"))
-      # orbax gives the CodebookState back as a dict of its fields.
-      book = state["loss_state"]
-      book = (book["codebook"] if isinstance(book, dict)
-              else vq_codebook.CodebookState(*book).codebook)
-      return vq_config(run), state["params"], jnp.asarray(book)
-  raise C.ConfigError(
-      f"{workdir} has no finished checkpoint of stage {stage!r}: run "
-      "configs/vq.py (python -m mmjax.main) to the end of the stage")
+  found = checkpoint_lib.finished_steps(workdir, stage)
+  if not found:
+    raise C.ConfigError(
+        f"{workdir} has no finished checkpoint of stage {stage!r}: run "
+        "configs/vq.py (python -m mmjax.main) to the end of the stage")
+  state = parallel.restore_on_one_device(
+      os.path.join(found[0], "state"), keys=("params", "loss_state"))
+  # orbax gives the CodebookState back as a dict of its fields.
+  book = state["loss_state"]
+  book = (book["codebook"] if isinstance(book, dict)
+          else vq_codebook.CodebookState(*book).codebook)
+  return vq_config(run), state["params"], jnp.asarray(book)
 
 
 def _model(config: ml_collections.ConfigDict, stage_name: str
