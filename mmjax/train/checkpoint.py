@@ -129,7 +129,8 @@ class StageCheckpointer:
 
   def restore_latest(
       self, abstract_state: Any,
-      restore_data: Callable[[dict[str, Any]], None] | None = None
+      restore_data: Callable[[dict[str, Any]], None] | None = None,
+      data_needed_below: int | None = None
   ) -> tuple[int, Any, dict, dict] | None:
     """Restores the newest good step onto `abstract_state`'s shardings.
 
@@ -139,6 +140,10 @@ class StageCheckpointer:
         (e.g. the iterator's set_state); an error from it makes the step
         unreadable like a corrupt file, except IncompatibleCheckpointError,
         which propagates.
+      data_needed_below: a step at or past it is not handed to
+        `restore_data`: the stage has no batches left to replay from there
+        (its last step), so its data settings may have changed since (a
+        later stage's max_len) without refusing the finished stage.
 
     Returns:
       (step, state, data_state, meta), or None when no step is readable.
@@ -154,7 +159,8 @@ class StageCheckpointer:
                 abstract_state, restore_args=restore_args),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
-        if restore_data is not None:
+        if restore_data is not None and (data_needed_below is None or
+                                         step < data_needed_below):
           restore_data(out["data"])
         self._set_aside(unreadable)
         return step, out["state"], out["data"], out["meta"]

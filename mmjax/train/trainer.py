@@ -284,7 +284,8 @@ def run_stage(config: ml_collections.ConfigDict, stage_name: str, task: Task,
   # The data state is restored with the step: a damaged one makes the step
   # unreadable, so the previous good step is used.
   restored = ckpt.restore_latest(
-      target, restore_data=_data_state_restorer(task.train_iterator))
+      target, restore_data=_data_state_restorer(task.train_iterator),
+      data_needed_below=total)
   resumed_from = None
   final_metrics: dict[str, float] = {}
   if restored is None:

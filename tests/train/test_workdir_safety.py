@@ -13,11 +13,13 @@ import tempfile
 import time
 
 import grain
+import jax
 import numpy as np
 import pytest
 
 from mmjax import config as config_lib
 from mmjax.data import pipeline, text_pipeline
+from mmjax.train import checkpoint as ckpt_lib
 from mmjax.train import metrics as metrics_lib
 from mmjax.train import recipe, stages
 from tests.conftest import REPO
@@ -253,6 +255,35 @@ def test_damaged_shapes_pipeline_state_is_refused():
       it.set_state(damaged)
   with pytest.raises(ValueError, match="saved by another pipeline"):
     it.set_state(dict(good, batch_size=4))  # not damaged: another pipeline
+
+
+def test_a_finished_step_is_restored_without_its_data_state(tmp_path):
+  """A stage past its last step replays no batch: a later stage's data
+  settings (max_len) may have changed; an unfinished one is still checked."""
+  ckpt = ckpt_lib.StageCheckpointer(str(tmp_path), async_save=False)
+  state = {"w": np.arange(3, dtype=np.float32)}
+  for step in (4, 8):
+    ckpt.save(step, state, {"max_len": 224}, {"step": step})
+  ckpt.wait()
+  abstract = {"w": jax.ShapeDtypeStruct(
+      (3,), np.float32, sharding=jax.sharding.SingleDeviceSharding(
+          jax.devices()[0]))}
+  seen = []
+
+  def another_pipeline(data_state):
+    seen.append(data_state["max_len"])
+    raise ckpt_lib.IncompatibleCheckpointError("saved by another pipeline")
+
+  step, restored, _, _ = ckpt.restore_latest(
+      abstract, restore_data=another_pipeline, data_needed_below=8)
+  assert step == 8 and seen == []
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  # Resumed short of its end (steps raised to 12), the state is checked.
+  with pytest.raises(ckpt_lib.IncompatibleCheckpointError,
+                     match="another pipeline"):
+    ckpt.restore_latest(abstract, restore_data=another_pipeline,
+                        data_needed_below=12)
+  assert seen == [224]
 
 
 def test_damaged_text_pipeline_state_is_refused():
