@@ -88,12 +88,21 @@ AUDIO_CAPTION_PROMPT = "describe the sound."
 # The cell of a 3 x 3 grid an object's box centre falls in, row-major.
 PLACES = tuple(f"{row} {col}" for row in ("top", "middle", "bottom")
                for col in ("left", "centre", "right"))
+# Each edge of an object's box (x0, y0, x1, y1, x1 and y1 exclusive) as one
+# of EDGE_BINS equal bins of the image side: bin i holds the coordinates
+# i / EDGE_BINS .. (i + 1) / EDGE_BINS of the side (2 px of a 64-px image).
+EDGE_BINS = 32
+BOX_EDGES = ("left", "top", "right", "bottom")
+_EDGE_CLASSES = tuple(f"{i}/{EDGE_BINS}" for i in range(EDGE_BINS))
 # The classes a `regions` example labels each object with: attribute ->
 # class names (ids are indices), in the order of RegionTargets.labels. An
-# object's record gives its shape and colour; its place comes from its box
-# (a head that must say where each object is keeps position in the tokens,
-# which spatial questions need).
-REGION_ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "place": PLACES}
+# object's record gives its shape and colour; its place and box edges come
+# from its box (a head that must say where each object is keeps position in
+# the tokens: an LM reads it there to say where an object is, which it
+# does not learn from the ViT's own position embedding; docs/evaluation.md
+# "Grounding").
+REGION_ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "place": PLACES,
+                     **{edge: _EDGE_CLASSES for edge in BOX_EDGES}}
 MAX_REGIONS = 8  # Objects per image a regions batch holds (shapes: <= 6).
 # Roles whose turns are answers (`Tokenizer.encode_chat` accepts both).
 _ANSWER_ROLES = ("assistant", "gpt")
@@ -143,7 +152,8 @@ class RegionTargets:
   """An image, its objects' boxes and their class ids (region supervision).
 
   boxes: f32[K, 4] (x0, y0, x1, y1) as fractions of the image's width and
-  height; labels: int32[K, len(REGION_ATTRIBUTES)] (shape, colour, place).
+  height; labels: int32[K, len(REGION_ATTRIBUTES)] (shape, colour, place,
+  the four box edges' bins).
   """
   record_id: str
   image: np.ndarray
@@ -174,7 +184,10 @@ def _region_targets(rid: str, record: Mapping[str, Any]) -> RegionTargets:
       x0, y0, x1, y1 = (float(v) for v in obj["bbox"])
       col = min(int((x0 + x1) / 2 / width * 3), 2)
       row = min(int((y0 + y1) / 2 / height * 3), 2)
-      named = {**obj, "place": PLACES[3 * row + col]}
+      edges = (x0 / width, y0 / height, x1 / width, y1 / height)
+      named = {**obj, "place": PLACES[3 * row + col], **{
+          edge: _EDGE_CLASSES[min(max(int(v * EDGE_BINS), 0), EDGE_BINS - 1)]
+          for edge, v in zip(BOX_EDGES, edges)}}
       ids = [classes.index(named[name])
              for name, classes in REGION_ATTRIBUTES.items()]
     except (KeyError, ValueError, TypeError) as e:

@@ -31,14 +31,23 @@ SPLITS = vqa.SPLITS  # what the `grounding` evaluator after a stage scores
 
 def grounding_metrics(predictions: Sequence[str],
                       boxes: Sequence[Sequence[int]],
-                      threshold: float = THRESHOLD) -> dict[str, float | int]:
+                      threshold: float = THRESHOLD,
+                      image_boxes: Sequence[Sequence[Sequence[int]]] | None
+                      = None) -> dict[str, float | int]:
   """Scores answer texts against gold boxes (both in 0..1000).
+
+  Args:
+    image_boxes: optional, per question every object's box in its image
+      (the named one among them): adds "any_object@0.5".
 
   Returns:
     {"acc@0.5": share with IoU >= threshold, "se@0.5": its binomial
     standard error (`vqa.standard_error`), "miou": mean IoU (unparsed
     answers count 0), "parsed": share of answers that are a box, "count"}
-    (the "0.5" in the names is the threshold's).
+    (the "0.5" in the names is the threshold's); with image_boxes also
+    "any_object@0.5": the share whose box is on *some* object of the image
+    (IoU >= threshold with any): far above acc, the model finds objects but
+    not the one named; near it, it does not put boxes on objects at all.
   """
   if len(predictions) != len(boxes):
     raise ValueError(f"{len(predictions)} predictions for {len(boxes)} boxes")
@@ -47,12 +56,20 @@ def grounding_metrics(predictions: Sequence[str],
                      for p, b in zip(parsed, boxes)], np.float64)
   n = len(ious)
   acc = float(np.mean(ious >= threshold)) if n else 0.0
-  return {f"acc@{threshold:g}": acc,
-          f"se@{threshold:g}": vqa.standard_error(acc, n),
-          "miou": float(ious.mean()) if n else 0.0,
-          "parsed": float(np.mean([p is not None for p in parsed]))
-                    if n else 0.0,
-          "count": n}
+  out = {f"acc@{threshold:g}": acc,
+         f"se@{threshold:g}": vqa.standard_error(acc, n),
+         "miou": float(ious.mean()) if n else 0.0,
+         "parsed": float(np.mean([p is not None for p in parsed]))
+                   if n else 0.0,
+         "count": n}
+  if image_boxes is not None:
+    if len(image_boxes) != n:
+      raise ValueError(f"{len(image_boxes)} images' boxes for {n} answers")
+    on_any = [p is not None and any(grounding.iou(p, b) >= threshold
+                                    for b in others)
+              for p, others in zip(parsed, image_boxes)]
+    out[f"any_object@{threshold:g}"] = float(np.mean(on_any)) if n else 0.0
+  return out
 
 
 def grounding_examples(source: Sequence[Mapping[str, Any]],
@@ -68,6 +85,13 @@ def grounding_examples(source: Sequence[Mapping[str, Any]],
     for question, answer, box in grounding.record_grounding_qa(record, 1):
       out.append((record, question, answer, box))
   return out
+
+
+def _object_boxes(record: Mapping[str, Any]) -> list[grounding.Box]:
+  """Every object's box in a record's image, in 0..1000."""
+  height, width = np.shape(record["image"])[:2]
+  return [grounding.normalise_box(o["bbox"], (width, height))
+          for o in grounding.record_objects(record)]
 
 
 def answer_tokens(tokenizer: Tokenizer) -> int:
@@ -107,8 +131,10 @@ def evaluate_shapes_grounding(model: MLLM, params: Any, cfg: MLLMConfig,
       max_new_tokens=max_new_tokens or answer_tokens(tokenizer),
       fastv=fastv) if examples else []
   boxes = [box for *_, box in examples]
+  image_boxes = [_object_boxes(r) for r, *_ in examples]
   metrics: dict[str, Any] = {
-      f"grounding/{k}": v for k, v in grounding_metrics(preds, boxes).items()}
+      f"grounding/{k}": v for k, v in grounding_metrics(
+          preds, boxes, image_boxes=image_boxes).items()}
   samples = []
   for (_, q, a, box), p in list(zip(examples, preds))[:num_samples]:
     found = grounding.parse_box(p)

@@ -35,6 +35,16 @@ def test_grounding_metrics_by_hand():
   assert empty["count"] == 0 and empty["acc@0.5"] == 0.0
   with pytest.raises(ValueError, match="2 predictions for 1 boxes"):
     grounding_eval.grounding_metrics(["a", "b"], gold[:1])
+  # On some object of the image: the 3rd and 4th answers sit on other
+  # objects there (IoU 1), so 4 of 5 answers are on an object.
+  others = [(50, 0, 150, 100), (200, 200, 300, 300)]
+  on_objects = grounding_eval.grounding_metrics(
+      preds, gold, image_boxes=[[g, *others] for g in gold])
+  assert on_objects["any_object@0.5"] == pytest.approx(4 / 5)
+  assert on_objects["acc@0.5"] == m["acc@0.5"]
+  alone = grounding_eval.grounding_metrics(
+      preds, gold, image_boxes=[[g] for g in gold])
+  assert alone["any_object@0.5"] == pytest.approx(2 / 5)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +67,10 @@ def test_evaluator_end_to_end_on_a_random_model(data):
     for key in KEYS:
       assert f"{split}/grounding/{key}" in m, (split, key)
     assert m[f"{split}/grounding/count"] == 5
-    for key in ("acc@0.5", "miou", "parsed"):
+    for key in ("acc@0.5", "miou", "parsed", "any_object@0.5"):
       assert 0.0 <= m[f"{split}/grounding/{key}"] <= 1.0
+    assert (m[f"{split}/grounding/any_object@0.5"] >=
+            m[f"{split}/grounding/acc@0.5"])
     samples = m[f"{split}/grounding/samples"]
     assert len(samples) == 4
     for s in samples:

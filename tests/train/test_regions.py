@@ -40,7 +40,8 @@ def test_regions_batch_matches_the_records_objects(shapes):
       max_len=32, train=False))
   grid = cfg.side // cfg.vision.patch_size
   assert batch["region_weights"].shape == (8, formats.MAX_REGIONS, grid ** 2)
-  assert batch["region_labels"].shape == (8, formats.MAX_REGIONS, 3)
+  assert batch["region_labels"].shape == (
+      8, formats.MAX_REGIONS, len(formats.REGION_ATTRIBUTES))
   # Every real object: weights sum to 1 and cover the patch of its centre;
   # the labels are its shape and colour. Padding rows are all zero.
   seen = 0
@@ -74,6 +75,15 @@ def test_region_targets_follow_the_objects(shapes):
     row, col = divmod(int(place), 3)  # centre pixel vs box centre: +-1 px
     assert abs(x / side * 3 - (col + 0.5)) <= 0.5 + 3 / side
     assert abs(y / side * 3 - (row + 0.5)) <= 0.5 + 3 / side
+  # Each box edge's bin holds the edge: bin i covers i/32 .. (i+1)/32 of the
+  # side, and an edge on the image's far side (x1 = side) is the last bin.
+  columns = list(formats.REGION_ATTRIBUTES)
+  assert columns[3:] == ["left", "top", "right", "bottom"]
+  bins = formats.EDGE_BINS
+  for obj, labels in zip(objects, ex.labels):
+    for v, b in zip(obj["bbox"], labels[3:]):
+      assert b == min(int(v / side * bins), bins - 1)
+      assert b / bins <= v / side <= (b + 1) / bins
 
 
 def test_bad_region_records_are_named():
@@ -148,7 +158,7 @@ def test_unknown_attribute_is_one_config_error():
   config = testing.tiny_recipe("projection")
   config.stages.regions.attributes = ("size",)
   with pytest.raises(ConfigError, match="give a non-empty tuple of shape, "
-                     "colour, place"):
+                     "colour, place, left, top, right, bottom"):
     config_checks.validate_config(config)
 
 

@@ -6,9 +6,11 @@ each box's token average (`models/region_head.py`); the tower is the global
 `vision` group, the head `region_head` (used by no other stage). Contrastive
 captions let a tower tell images apart by colour and position alone; this
 loss makes every object's tokens say what the object is (option
-`attributes`, any of `formats.REGION_ATTRIBUTES`: shape, colour, and the 3 x
-3 place of its box centre; default shape and colour; docs/recipes.md "What
-makes the model see").
+`attributes`, any of `formats.REGION_ATTRIBUTES`: shape, colour, the 3 x
+3 place of its box centre, and each edge of its box (left, top, right,
+bottom: one of `formats.EDGE_BINS` bins of the side); default shape and
+colour; docs/recipes.md "What makes the model see", docs/evaluation.md
+"Grounding").
 
 Loss: the mean over attributes of the cross-entropy over real objects;
 metrics `<attribute>_accuracy`. Option `per_token` (default False): every
