@@ -10,9 +10,12 @@ official benchmark read from its local files.
 VQA exact match by question type, POPE-style yes/no metrics and the
 absent-object yes-rate (and BLEU-4 / token F1 of --captions captions, and
 box accuracy at IoU >= 0.5 / mean IoU of --grounding referring questions), with
-greedy answers from the KV-cache decode loop; optional FastV pruning.
+greedy answers from the KV-cache decode loop; optional FastV pruning and
+visual contrastive decoding (--contrast_alpha=1: answers contrasted with
+those about a noised image, docs/evaluation.md "Contrastive decoding").
 Writes WORKDIR/eval/final_<split>.json and .md (<stage>_<step>_<split> for a
-checkpoint) and prints the markdown. The library call is
+checkpoint; a `_contrast` suffix with --contrast_alpha) and prints the
+markdown. The library call is
 `mmjax.evals.evaluate_run`.
 
 With --benchmark (vqav2, textvqa, gqa, pope, mmbench, mme: docs/evaluation.md
@@ -32,7 +35,8 @@ from absl import app, flags, logging
 from mmjax import config as config_lib
 
 SPLITS = ("test", "heldout", "validation")  # = mmjax.evals.standalone.SPLITS
-SHAPES_ONLY = ("max_examples", "captions", "grounding")
+SHAPES_ONLY = ("max_examples", "captions", "grounding", "contrast_alpha",
+               "contrast_beta", "contrast_keep")
 BENCHMARK_ONLY = ("data", "limit", "max_new_tokens")
 
 
@@ -59,6 +63,12 @@ def main(argv: Sequence[str]) -> None:
   from mmjax import inference  # pylint: disable=g-import-not-at-top
   fastv = inference.FastVConfig(f.fastv_k, f.fastv_r) if f.fastv_k else None
   try:
+    contrast = (inference.Contrast(f.contrast_alpha, f.contrast_beta,
+                                   f.contrast_keep)
+                if f.contrast_alpha else None)
+  except ValueError as e:
+    config_lib.fail(f"--{e}".replace("contrast ", "contrast_"))
+  try:
     if f.benchmark:
       _, markdown = evals.evaluate_benchmark(
           f.workdir, f.benchmark, f.data, split=f.split,
@@ -71,7 +81,7 @@ def main(argv: Sequence[str]) -> None:
         f.workdir, f.split or "test", checkpoint=f.checkpoint,
         max_examples=f.max_examples, batch_size=f.batch_size,
         captions=f.captions, grounding=f.grounding, fastv=fastv,
-        tokenizer=f.tokenizer)
+        tokenizer=f.tokenizer, contrast=contrast)
   except (inference.WorkdirError, config_lib.ConfigError, ValueError) as e:
     config_lib.fail(str(e))
   print(markdown, flush=True)
@@ -126,6 +136,13 @@ def _define_flags() -> None:
   flags.DEFINE_integer("fastv_k", 0, "FastV: prune after layer k-1 (0 = off).")
   flags.DEFINE_float("fastv_r", 0.5, "FastV: fraction of image tokens "
                      "dropped.")
+  flags.DEFINE_float("contrast_alpha", 0.0, "Visual contrastive decoding: "
+                     "weight of the contrast with a noised image (0 = off; "
+                     "VCD's default 1).")
+  flags.DEFINE_float("contrast_beta", 0.1, "Contrastive decoding: "
+                     "plausibility cut in (0, 1].")
+  flags.DEFINE_float("contrast_keep", 0.3, "Contrastive decoding: share of "
+                     "the image left under the noise, in [0, 1).")
   flags.DEFINE_string("tokenizer", None, "A tokenizer.model or a Hugging "
                       "Face tokenizer dir (default: the workdir's, else the "
                       "dataset's).")

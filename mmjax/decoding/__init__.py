@@ -8,7 +8,8 @@
 
 Modules: decode (prepare_batch, prefill + compiled decode loop, generate),
 sampling (greedy, temperature, top-k, top-p), fastv (pruning image tokens at
-prefill).
+prefill), contrastive (visual contrastive decoding: answers contrasted with
+those about a noised image).
 
 Where it sits: below `train`. It depends only on `mmjax.models` and
 `mmjax.data`; `train` (the grpo stage's rollouts), `inference` (loading a run,

@@ -47,6 +47,7 @@ import numpy as np
 
 from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
+from mmjax.decoding import contrastive
 from mmjax.decoding import fastv as fastv_lib
 from mmjax.decoding.sampling import Sampling, sample_tokens
 from mmjax.models import layout
@@ -243,9 +244,23 @@ def _step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
 
 
 def _finish_step(ctx: Context, state: DecodeState, logits: jax.Array,
-                 sampling: Sampling) -> tuple[jax.Array, jax.Array]:
-  """Samples token `state.step` from logits f32[B, V]: (tokens, done)."""
-  nxt = sample_tokens(logits, _step_keys(ctx.row_keys, state.step), sampling)
+                 sampling: Sampling,
+                 contrast: contrastive.Contrast | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Samples token `state.step` from logits f32[B, V]: (tokens, done).
+
+  With `contrast` the batch is (prompts with images; the same with noised
+  images): one token per pair from the contrasted logits, fed to both rows.
+  """
+  keys = _step_keys(ctx.row_keys, state.step)
+  if contrast is None:
+    nxt = sample_tokens(logits, keys, sampling)
+  else:
+    half = logits.shape[0] // 2
+    nxt = sample_tokens(contrastive.combine(logits, contrast.alpha,
+                                            contrast.beta),
+                        keys[:half], sampling)
+    nxt = jnp.concatenate([nxt, nxt])
   nxt = jnp.where(state.done, ctx.pad_id, nxt)
   tokens = jax.lax.dynamic_update_slice(state.tokens, nxt[:, None],
                                         (0, state.step))
@@ -253,12 +268,14 @@ def _finish_step(ctx: Context, state: DecodeState, logits: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "model", "max_new_tokens", "sampling", "fastv", "pruned_len"))
+    "model", "max_new_tokens", "sampling", "fastv", "pruned_len", "contrast"))
 def prefill(model: MLLM, params: Any, batch: dict[str, Any],
             stop_ids: jax.Array, pad_id: jax.Array, seed: jax.Array, *,
             max_new_tokens: int, sampling: Sampling,
             fastv: fastv_lib.FastVConfig | None = None,
-            pruned_len: int | None = None) -> tuple[DecodeState, Context]:
+            pruned_len: int | None = None,
+            contrast: contrastive.Contrast | None = None
+            ) -> tuple[DecodeState, Context]:
   """Runs the prompts into a KV cache and samples the first token.
 
   Args:
@@ -271,6 +288,8 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
     max_new_tokens: N, the token buffer (the cache holds P + N slots).
     fastv, pruned_len: FastV config and its static pruned prompt length
       (`fastv.pruned_length`).
+    contrast: the batch's second half is its first half with noised images
+      (`generate` lays it out); tokens come from the contrasted logits.
 
   Returns:
     (state after one generated token, decoding context).
@@ -323,7 +342,7 @@ def prefill(model: MLLM, params: Any, batch: dict[str, Any],
       cache=cache, kv_valid=kv_valid,
       tokens=jnp.full((b, max_new_tokens), ctx.pad_id, jnp.int32),
       step=jnp.int32(0), done=batch["done"])
-  tokens, done = _finish_step(ctx, state, logits[:, -1], sampling)
+  tokens, done = _finish_step(ctx, state, logits[:, -1], sampling, contrast)
   return state._replace(tokens=tokens, done=done, step=jnp.int32(1)), ctx
 
 
@@ -334,10 +353,11 @@ def _positions(cfg: MLLMConfig, ctx: Context, s: jax.Array) -> jax.Array:
   return (ctx.start + s.astype(ctx.start.dtype))[:, None]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampling"),
+@functools.partial(jax.jit, static_argnames=("model", "sampling", "contrast"),
                    donate_argnames=("state",))
 def decode(model: MLLM, params: Any, ctx: Context, state: DecodeState,
-           until: jax.Array, *, sampling: Sampling) -> DecodeState:
+           until: jax.Array, *, sampling: Sampling,
+           contrast: contrastive.Contrast | None = None) -> DecodeState:
   """Generates until `until` tokens exist or every row is done (one loop)."""
   cfg = model.cfg
   until = jnp.minimum(until, state.tokens.shape[1])
@@ -360,7 +380,8 @@ def decode(model: MLLM, params: Any, ctx: Context, state: DecodeState,
         attention_mask=kv_valid[:, None, :], cache=state.cache,
         cache_index=slot, **media_kw)
     state = state._replace(cache=cache, kv_valid=kv_valid)
-    tokens, done = _finish_step(ctx, state, logits[:, -1], sampling)
+    tokens, done = _finish_step(ctx, state, logits[:, -1], sampling,
+                                contrast)
     return state._replace(tokens=tokens, done=done, step=state.step + 1)
 
   return jax.lax.while_loop(cond, body, state)
@@ -385,8 +406,8 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
              max_len: int | None = None, chunk: int | None = None,
              on_tokens: Callable[[list[list[int]]], None] | None = None,
              audio: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]
-             | None = None, audio_token_id: int | None = None
-             ) -> Generation:
+             | None = None, audio_token_id: int | None = None,
+             contrast: contrastive.Contrast | None = None) -> Generation:
   """Batched generation with a KV cache (module docstring).
 
   Args:
@@ -413,10 +434,18 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
       batch's real rows (stop ids cut off).
     audio, audio_token_id: per example the clips of its `layout.Audio`
       pieces and the `<audio>` id (`prepare_batch`).
+    contrast: visual contrastive decoding (`mmjax.decoding.contrastive`):
+      each program runs its batch_size prompts twice, the second time with
+      noised images, and both copies take the contrasted choice.
 
   Returns:
     A Generation: one token list and text per prompt.
   """
+  if contrast is not None and (images is None or fastv is not None
+                               or audio is not None):
+    raise ValueError("contrastive decoding contrasts the images with noised "
+                     "copies: it needs images, and does not combine with "
+                     "FastV or audio clips")
   if max_new_tokens < 1 or batch_size < 1 or (
       images is not None and len(images) != len(prompts)):
     raise ValueError(f"need max_new_tokens={max_new_tokens} >= 1, batch_size="
@@ -434,10 +463,15 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
   out: list[list[int]] = []
   for first in range(0, len(prompts), batch_size):
     rows = list(range(first, min(first + batch_size, len(prompts))))
-    batch = prepare_batch(model.cfg, prompts, images, rows,
-                          image_token_id=image_token_id, pad_id=pad_id,
-                          v2pe_stride=v2pe_stride, batch_size=batch_size,
-                          audio=audio, audio_token_id=audio_token_id)
+    if contrast is None:
+      batch = prepare_batch(model.cfg, prompts, images, rows,
+                            image_token_id=image_token_id, pad_id=pad_id,
+                            v2pe_stride=v2pe_stride, batch_size=batch_size,
+                            audio=audio, audio_token_id=audio_token_id)
+    else:
+      batch = _contrast_batch(model.cfg, prompts, images, rows, contrast,
+                              image_token_id=image_token_id, pad_id=pad_id,
+                              v2pe_stride=v2pe_stride, batch_size=batch_size)
     if max_len is not None:
       check_fits(batch["lengths"][:len(rows)], max_new_tokens, max_len, rows)
     pruned_len = None
@@ -446,7 +480,7 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
     state, ctx = prefill(model, params, batch, stop_arr, np.int32(pad_id),
                          np.int32(seed), max_new_tokens=max_new_tokens,
                          sampling=sampling, fastv=fastv,
-                         pruned_len=pruned_len)
+                         pruned_len=pruned_len, contrast=contrast)
     step = 1
     while True:
       if on_tokens is not None:
@@ -456,13 +490,30 @@ def generate(model: MLLM, params: Any, prompts: Sequence[Sequence[Piece]],
         break
       step = min(step + (chunk or max_new_tokens), max_new_tokens)
       state = decode(model, params, ctx, state, np.int32(step),
-                     sampling=sampling)
+                     sampling=sampling, contrast=contrast)
       step = int(state.step)
     tokens = np.asarray(state.tokens)[:len(rows)]
     out += [_cut(t, stops) for t in tokens]
   texts = ([tokenizer.decode(t).strip().lower() for t in out]
            if tokenizer is not None else [""] * len(out))
   return Generation(out, texts)
+
+
+def _contrast_batch(cfg: MLLMConfig, prompts: Sequence[Sequence[Piece]],
+                    images: Sequence[np.ndarray], rows: list[int],
+                    contrast: contrastive.Contrast, *, batch_size: int,
+                    **layout_kw) -> dict[str, Any]:
+  """prompts[rows] padded to batch_size rows, then the same rows with noised
+  images: 2 * batch_size rows, row i and row batch_size + i one pair."""
+  fill = rows + [rows[0]] * (batch_size - len(rows))
+  twice = [prompts[i] for i in fill] * 2
+  media = [images[i] for i in fill]
+  media += contrastive.noised(media, contrast.keep, contrast.seed, fill)
+  batch = prepare_batch(cfg, twice, media, range(2 * batch_size),
+                        batch_size=2 * batch_size, **layout_kw)
+  batch["row_ids"] = np.asarray(fill * 2, np.int32)
+  batch["done"] = np.tile(np.arange(batch_size) >= len(rows), 2)
+  return batch
 
 
 def check_fits(lengths: Sequence[int], max_new_tokens: int, max_len: int,
@@ -484,7 +535,9 @@ def greedy_generate(model: MLLM, params: Any,
                     image_token_id: int, max_new_tokens: int, stop_id: int,
                     tokenizer: Any = None, batch_size: int = 8,
                     pad_id: int = 0, v2pe_stride: int = V2PE_DEFAULT_STRIDE,
-                    fastv: fastv_lib.FastVConfig | None = None) -> Generation:
+                    fastv: fastv_lib.FastVConfig | None = None,
+                    contrast: contrastive.Contrast | None = None
+                    ) -> Generation:
   """Batched greedy decoding with a KV cache (`generate`), one stop id.
 
   Args:
@@ -502,6 +555,7 @@ def greedy_generate(model: MLLM, params: Any,
     pad_id: the id in unused slots.
     v2pe_stride: the fixed V2PE inference stride.
     fastv: prune image tokens at prefill.
+    contrast: visual contrastive decoding (`generate`).
 
   Returns:
     A Generation: one token list and text per prompt.
@@ -510,7 +564,7 @@ def greedy_generate(model: MLLM, params: Any,
       model, params, prompts, images, image_token_id=image_token_id,
       max_new_tokens=max_new_tokens, stop_ids=[stop_id], tokenizer=tokenizer,
       batch_size=batch_size, pad_id=pad_id, v2pe_stride=v2pe_stride,
-      fastv=fastv)
+      fastv=fastv, contrast=contrast)
 
 
 def prefill_flops(model: MLLM, params: Any, batch: dict[str, Any], *,

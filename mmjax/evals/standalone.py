@@ -15,6 +15,7 @@ from typing import Any
 
 from mmjax import config as config_lib
 from mmjax.data import builders, datasets
+from mmjax.decoding.contrastive import Contrast
 from mmjax.decoding.fastv import FastVConfig
 from mmjax.evals import audio_vqa
 from mmjax.evals import captions as captions_lib
@@ -43,7 +44,9 @@ def evaluate_run(workdir: str | None, split: str, *,
                  checkpoint: str | None = None, max_examples: int | None = None,
                  batch_size: int | None = None, captions: int | None = 0,
                  grounding: int = 0, fastv: FastVConfig | None = None,
-                 tokenizer: str | None = None) -> tuple[dict[str, Any], str]:
+                 tokenizer: str | None = None,
+                 contrast: Contrast | None = None
+                 ) -> tuple[dict[str, Any], str]:
   """Evaluates a run's final parameters on one shapes split.
 
   A run on a dataset of clips (`audio_vqa.DATASET_FORMATS`: tones,
@@ -62,6 +65,8 @@ def evaluate_run(workdir: str | None, split: str, *,
       answered by a box (0: no grounding metrics; evaluator `grounding`).
     fastv: prune image tokens at prefill.
     tokenizer: an explicit tokenizer path.
+    contrast: visual contrastive decoding of the VQA answers
+      (`mmjax.decoding.contrastive`; shapes questions only).
 
   Raises:
     InputError: a negative count, or nothing to evaluate (then nothing is
@@ -80,10 +85,11 @@ def evaluate_run(workdir: str | None, split: str, *,
                 captions=captions, grounding=grounding)
   if workdir and checkpoint is None and _draws(workdir):
     # A configs/t2i.py run: its pictures, judged by the shapes checker.
-    if captions or grounding or fastv is not None:
+    if captions or grounding or fastv is not None or contrast is not None:
       raise run_lib.InputError(
           "a text-to-image run is scored on the pictures it draws; "
-          "--captions, --grounding and FastV do not apply")
+          "--captions, --grounding, FastV and contrastive decoding do not "
+          "apply")
     return text_to_image.evaluate_text_to_image(
         workdir, split, n=200 if max_examples is None else max_examples,
         batch_size=batch_size or 50)
@@ -114,7 +120,7 @@ def evaluate_run(workdir: str | None, split: str, *,
     captions = 0 if clip_format else DEFAULT_CAPTIONS
   if clip_format is not None:
     shapes_only = {"captions": captions, "grounding": grounding,
-                   "fastv": fastv}
+                   "fastv": fastv, "contrast": contrast}
     asked = [k for k, v in shapes_only.items() if v]
     if asked:
       raise run_lib.InputError(
@@ -128,7 +134,8 @@ def evaluate_run(workdir: str | None, split: str, *,
     metrics = vqa.evaluate_shapes_vqa(
         run.model, run.params, run.cfg, run.tokenizer, source,
         max_examples=max_examples or None, batch_size=batch_size,
-        max_new_tokens=config.eval.max_new_tokens, fastv=fastv)
+        max_new_tokens=config.eval.max_new_tokens, fastv=fastv,
+        contrast=contrast)
   if not metrics.get("count/all"):
     # A result over no examples would replace a real one with nothing.
     raise run_lib.InputError(
@@ -145,10 +152,15 @@ def evaluate_run(workdir: str | None, split: str, *,
   metrics["checkpoint"] = run.checkpoint
   if fastv is not None:
     metrics["fastv"] = f"k={fastv.k} r={fastv.r}"
+  if contrast is not None:
+    metrics["contrast"] = (f"alpha={contrast.alpha} beta={contrast.beta} "
+                           f"keep={contrast.keep}")
   name = f"final_{split}"
   if checkpoint is not None:
     stage_dir, step = os.path.split(run.checkpoint)
     name = f"{os.path.basename(stage_dir)}_{step}_{split}"
+  if contrast is not None:  # beside the plain result, not over it
+    name += "_contrast"
   markdown = results.write_results(run.workdir, name, metrics)
   with open(os.path.join(run.workdir, "eval", f"{name}.md"), "w",
             encoding="utf-8") as f:

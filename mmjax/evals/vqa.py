@@ -18,6 +18,7 @@ from mmjax.data import native_resolution as native_lib
 from mmjax.data.shapes import QTYPES
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.decoding import decode
+from mmjax.decoding.contrastive import Contrast
 from mmjax.decoding.fastv import FastVConfig
 from mmjax.evals import registry
 from mmjax.inference import media as media_lib
@@ -136,15 +137,15 @@ def fit_prompts(prompts: Sequence[Sequence[Piece]], media: Sequence[Any]
 def greedy_answers(model: MLLM, params: Any, tokenizer: Tokenizer,
                    prompts: Sequence[Sequence[Piece]],
                    pixels: Sequence[np.ndarray], *, batch_size: int,
-                   max_new_tokens: int, fastv: FastVConfig | None = None
-                   ) -> list[str]:
+                   max_new_tokens: int, fastv: FastVConfig | None = None,
+                   contrast: Contrast | None = None) -> list[str]:
   """Greedy answers (KV cache, batched, stopping at the end of turn) of
   prompts about images: what every shapes evaluator decodes with."""
   return decode.greedy_generate(
       model, params, prompts, pixels, image_token_id=tokenizer.image_id,
       max_new_tokens=max_new_tokens, stop_id=tokenizer.end_of_turn_id,
       tokenizer=tokenizer, batch_size=batch_size, pad_id=tokenizer.pad_id,
-      fastv=fastv).texts
+      fastv=fastv, contrast=contrast).texts
 
 
 def shapes_examples(cfg: MLLMConfig, tokenizer: Tokenizer,
@@ -178,7 +179,8 @@ def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
                         max_examples: int | None = None, batch_size: int = 8,
                         max_new_tokens: int = 4, resize: str = "square",
                         num_samples: int = 8,
-                        fastv: FastVConfig | None = None) -> dict[str, Any]:
+                        fastv: FastVConfig | None = None,
+                        contrast: Contrast | None = None) -> dict[str, Any]:
   """Greedy answers to every question of shapes records, scored.
 
   Each (record, question) is one example, prompted as training prompts it
@@ -198,7 +200,7 @@ def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
                                 for key in ("questions", "answers", "qtypes"))
   preds = greedy_answers(model, params, tokenizer, prompts, pixels,
                          batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         fastv=fastv)
+                         fastv=fastv, contrast=contrast)
   metrics: dict[str, Any] = dict(vqa_accuracy(preds, answers, qtypes))
   exist = [i for i, q in enumerate(qtypes) if q == "existence"]
   pope = yes_no_metrics([preds[i] for i in exist], [answers[i] for i in exist])

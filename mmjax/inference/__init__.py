@@ -20,6 +20,7 @@ loop itself (prefill + compiled decode loop, sampling, FastV) lives in
 """
 from mmjax.decoding.decode import (Generation, PromptTooLongError, generate,
                                    greedy_generate, prepare_batch)
+from mmjax.decoding.contrastive import Contrast
 from mmjax.decoding.fastv import FastVConfig
 from mmjax.decoding.sampling import Sampling
 from mmjax.inference.prompts import InputError, prompt_pieces, user_turn

@@ -35,6 +35,7 @@ import numpy as np
 from mmjax.data import native_resolution as native_lib
 from mmjax.data.tokenizer import AUDIO_TOKEN, IMAGE_ID, Tokenizer
 from mmjax.decoding import decode
+from mmjax.decoding.contrastive import Contrast
 from mmjax.decoding.fastv import FastVConfig
 from mmjax.decoding.sampling import Sampling
 from mmjax.inference import image_markers, prompts
@@ -159,7 +160,8 @@ class Run:
                max_new_tokens: int = 32, sampling: Sampling = Sampling(),
                seed: int = 0, batch_size: int = 8,
                fastv: FastVConfig | None = None, resize: str = "square",
-               stop_ids: Sequence[int] | None = None) -> decode.Generation:
+               stop_ids: Sequence[int] | None = None,
+               contrast: Contrast | None = None) -> decode.Generation:
     """Answers (or continuations) of a batch of prompts.
 
     Args:
@@ -173,6 +175,8 @@ class Run:
       batch_size: rows per compiled program.
       resize: as `ask`.
       stop_ids: replaces the run's (`<|end|>` and EOS, or EOS).
+      contrast: visual contrastive decoding (`mmjax.decoding.contrastive`;
+        every prompt needs an image).
 
     Returns:
       decode.Generation: per prompt the new token ids (stop id cut off) and
@@ -206,7 +210,7 @@ class Run:
         max_new_tokens=max_new_tokens,
         stop_ids=self.stop_ids if stop_ids is None else stop_ids,
         sampling=sampling, seed=seed, fastv=fastv, batch_size=batch_size,
-        pad_id=self.pad_id, max_len=self.max_len)
+        pad_id=self.pad_id, max_len=self.max_len, contrast=contrast)
     texts = ([self.tokenizer.decode(t).strip() for t in out.tokens]
              if self.tokenizer is not None else out.texts)
     return decode.Generation(out.tokens, texts)

@@ -89,6 +89,28 @@ def test_evaluate_negative_counts_exit_2_and_keep_the_result(run_dir, flag):
     standalone.evaluate_run(run_dir, "test", **{name: int(value)})
 
 
+def test_evaluate_bad_contrast_exits_2():
+  line = helpers.one_error_line(helpers.run_cli(
+      "mmjax.evaluate", "--workdir=nowhere", "--contrast_alpha=-1"))
+  assert "--contrast_alpha=-1.0 must be > 0" in line
+
+
+def test_contrastive_evaluation_is_written_beside_the_plain_one(run_dir):
+  from mmjax.decoding.contrastive import Contrast  # pylint: disable=g-import-not-at-top
+  previous = os.path.join(run_dir, "eval", "final_validation.json")
+  os.makedirs(os.path.dirname(previous), exist_ok=True)
+  with open(previous, "w") as f:
+    json.dump({"count/all": 6}, f)
+  metrics, _ = standalone.evaluate_run(run_dir, "validation", max_examples=6,
+                                       captions=0, contrast=Contrast())
+  assert metrics["count/all"] == 6
+  assert metrics["contrast"] == "alpha=1.0 beta=0.1 keep=0.3"
+  assert os.path.exists(os.path.join(run_dir, "eval",
+                                     "final_validation_contrast.json"))
+  with open(previous) as f:
+    assert json.load(f) == {"count/all": 6}
+
+
 def test_evaluation_of_nothing_writes_nothing(run_dir, monkeypatch):
   previous = os.path.join(run_dir, "eval", "final_heldout.json")
   os.makedirs(os.path.dirname(previous), exist_ok=True)

@@ -61,10 +61,18 @@ def _forward(model, params, batch):
 def reference(model, params, prompts, images, generated, shift=0):
   """Greedy next tokens of every unpadded sequence prompt + generated[:k].
 
+  `shift` moves the generated tokens' positions (a wrong layout).
+  """
+  return [[int(t) for t in jnp.argmax(row, -1)] for row in reference_logits(
+      model, params, prompts, images, generated, shift)]
+
+
+def reference_logits(model, params, prompts, images, generated, shift=0):
+  """Per sequence, the logits f32[len(g), V] before each generated token.
+
   One full forward (no cache) over each sequence, right-padded into one
   batch: under the causal mask the logits at the slot before generated
   token k are those of the sequence prompt + generated[:k] at its last slot.
-  `shift` moves the generated tokens' positions (a wrong layout).
   """
   seqs = [layout.assemble(model.cfg, list(p) + [g], IMAGE_ID, v2pe_stride=64)
           for p, g in zip(prompts, generated)]
@@ -84,8 +92,7 @@ def reference(model, params, prompts, images, generated, shift=0):
   out = []
   for i, (s, g) in enumerate(zip(seqs, generated)):
     n = len(s["tokens"])
-    out.append([int(t) for t in
-                jnp.argmax(logits[i, n - len(g) - 1:n - 1], -1)])
+    out.append(logits[i, n - len(g) - 1:n - 1])
   return out
 
 
