@@ -23,6 +23,10 @@ def test_reports_the_four_groups(tmp_path):
     for acc, n in re.findall(r"(\d\.\d{3}) \(n=(\d+)\)", line):
       assert 0.0 <= float(acc) <= 1.0 and int(n) > 0
   assert '"yes", other' in test
+  pairs, = [l for l in proc.stdout.splitlines()
+            if l.startswith("heldout colour / shape: ")]
+  assert re.search(r"of (a held-out-pair object|other objects) "
+                   r"\d\.\d{3} \(n=\d+\)", pairs), pairs
   assert "names a held-out pair" not in test.split('"yes"')[-1]
   bad = subprocess.run([sys.executable, "experiments/heldout_existence.py",
                         f"--workdir={tmp_path}"], cwd=REPO,
