@@ -10,6 +10,9 @@ Args (comma-separated key=value after the colon):
   size=S         the LM's size (sizes.py: tiny, small; default tiny)
   steps=N        stage length (default 1500)
   batch=N        global batch (default 16)
+  plain=0|1      flatten each training picture's background to its mean
+                 colour before encoding (default 0; the t2i stage's
+                 `plain_background`)
 One stage, `t2i` (train/stages/t2i.py), on the shapes recipe's images and
 captions (the 'contrastive' format: both captions of every training image,
 32 ids at most); the tokenizer is frozen, 10% of the captions are dropped
@@ -27,7 +30,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config(arg=None):
   """Returns the text-to-image recipe; see the module docstring."""
   args = config_lib.parse_arg(arg, tokenizer="runs/vq", codes=1024, levels=2,
-                              size="tiny", steps=1500, batch=16)
+                              size="tiny", steps=1500, batch=16, plain=0)
   vq_recipe = config_lib.load_config(
       os.path.join(_HERE, "vq.py") + f":codes={args.codes},levels="
       f"{args.levels}")
@@ -39,7 +42,8 @@ def get_config(arg=None):
   for key in ("commitment", "decay", "dead_threshold", "recon"):
     del stage[key]
   stage.update(loss="t2i", steps=args.steps, trainable=("llm",),
-               tokenizer=args.tokenizer, cfg_dropout=0.1)
+               tokenizer=args.tokenizer, cfg_dropout=0.1,
+               plain_background=bool(int(args.plain)))
   stage.optimizer.lr = 1e-3
   stage.optimizer.weight_decay = 0.01
   stage.optimizer.lr_mult = ml_collections.ConfigDict({"llm": 1.0})

@@ -129,3 +129,24 @@ def test_a_tokenizer_of_other_sizes_or_none_is_one_line(runs, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="holds no run"):
     config_checks.validate_config(other)
   assert os.path.isdir(root / "vq")
+
+
+def test_flatten_background_keeps_the_objects_and_flattens_the_rest():
+  from mmjax.data import images as images_lib, shapes  # pylint: disable=g-import-not-at-top
+  from mmjax.train.stages import t2i  # pylint: disable=g-import-not-at-top
+  kinds = set()
+  for index in range(40):
+    scene = shapes.example_scene("train", index)
+    if scene.background.kind == "plain" or scene.background.kind in kinds:
+      continue
+    kinds.add(scene.background.kind)
+    rgb = shapes.draw(scene)
+    palette = np.array(list(shapes.COLOUR_RGB.values()))
+    drawn = (rgb[:, :, None, :] == palette[None, None]).all(-1).any(-1)
+    pixels = images_lib.normalize(rgb)[None]
+    flat = np.asarray(t2i.flatten_background(pixels))[0]
+    np.testing.assert_array_equal(flat[drawn], pixels[0][drawn])
+    background = flat[~drawn]
+    assert np.ptp(background, axis=0).max() < 1e-6   # one colour
+    assert np.ptp(pixels[0][~drawn], axis=0).max() > 0.04  # was textured
+  assert kinds == {"noise", "stripes", "checker"}

@@ -16,6 +16,10 @@ stage's loss state: checkpointed with the LM, never trained, so a `t2i` run
 holds everything generation needs. With probability `cfg_dropout` (0.1) a
 caption is replaced by padding only: the unconditional model that
 classifier-free guidance needs at inference (decoding/image_tokens.py).
+With the option `plain_background` (False) every picture's background (its
+unsaturated pixels: the shapes backgrounds are greys, the palette colours
+are saturated) is flattened to its mean before encoding, so the LM learns
+the objects' codes instead of the textures' noise (docs/image-generation.md).
 
 Loss: cross-entropy over the N + 1 targets (the whole vocabulary).
 Metrics: loss, code_accuracy (argmax = the code).
@@ -38,7 +42,21 @@ from mmjax.train.stages import base
 from mmjax.train.stages import vq as vq_stage
 from mmjax.train.stages.contrastive import single_image
 
-_OPTIONS = {"tokenizer": "", "cfg_dropout": 0.1}
+_OPTIONS = {"tokenizer": "", "cfg_dropout": 0.1, "plain_background": False}
+# A pixel is background when max - min over its channels is below this, in
+# the pipeline's [-1, 1] units (60 / 255 in [0, 1]: shapes backgrounds are
+# greys tinted by <= 8 with textures of contrast <= 15; the palette's least
+# saturated colour, green or purple, has 130; the checker's rule too).
+_SATURATED = 2 * 60 / 255
+
+
+def flatten_background(images: jax.Array) -> jax.Array:
+  """images f32[b, S, S, 3] in [-1, 1] -> the same with every unsaturated
+  pixel set to the mean of its image's unsaturated pixels."""
+  background = (images.max(-1) - images.min(-1) < _SATURATED)[..., None]
+  mean = (jnp.sum(images * background, (1, 2), keepdims=True)
+          / jnp.maximum(jnp.sum(background, (1, 2), keepdims=True), 1.0))
+  return jnp.where(background, mean, images)
 
 
 def image_vocab(config: ml_collections.ConfigDict) -> ImageVocab:
@@ -86,9 +104,12 @@ def load_tokenizer(config: ml_collections.ConfigDict, stage_name: str
 
 def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
   dropout = float(stage.get("cfg_dropout", 0.1))
+  plain = bool(stage.get("plain_background", False))
 
   def loss_fn(params, batch, rng, tokenizer):
     images = single_image(batch["images"]).astype(jnp.float32)
+    if plain:
+      images = flatten_background(images)
     codes = model.encode_codes(tokenizer, images)
     prompts = batch["text_tokens"].astype(jnp.int32)
     # The unconditional model of classifier-free guidance: no caption.
