@@ -10,6 +10,8 @@ Args (comma-separated key=value after the colon):
   size=S         the LM's size (sizes.py: tiny, small; default tiny)
   steps=N        stage length (default 1500)
   batch=N        global batch (default 16)
+  positions=P    none | sincos2d: each code slot also carries the row and
+                 column of the code it predicts (config.model.code_positions)
   plain=0|1      flatten each training picture's background to its mean
                  colour before encoding (default 0; the t2i stage's
                  `plain_background`)
@@ -30,7 +32,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config(arg=None):
   """Returns the text-to-image recipe; see the module docstring."""
   args = config_lib.parse_arg(arg, tokenizer="runs/vq", codes=1024, levels=2,
-                              size="tiny", steps=1500, batch=16, plain=0)
+                              size="tiny", steps=1500, batch=16, plain=0,
+                              positions="none")
   vq_recipe = config_lib.load_config(
       os.path.join(_HERE, "vq.py") + f":codes={args.codes},levels="
       f"{args.levels}")
@@ -38,6 +41,7 @@ def get_config(arg=None):
       os.path.join(_HERE, "shapes.py") + f":size={args.size}")
   config = vq_recipe
   config.model.lm = shapes.model.lm
+  config.model.code_positions = args.positions
   stage = ml_collections.ConfigDict(config.stages.vq.to_dict())
   for key in ("commitment", "decay", "dead_threshold", "recon"):
     del stage[key]

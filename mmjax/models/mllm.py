@@ -558,6 +558,8 @@ def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:
   qformer = d.pop("qformer", None)
   d.pop("text", None)  # the SigLIP text tower of contrastive stages
   d.pop("vq", None)  # the VQ image tokenizer of `vq` stages (models/vq.py)
+  # Where the `t2i` stage's LM writes each code (models/text_to_image.py).
+  d.pop("code_positions", None)
   fusion = d.get("fusion")
   allowed = {f.name for f in dataclasses.fields(MLLMConfig)}
   unknown = sorted(set(d) - allowed)

@@ -8,7 +8,11 @@ Emu3): the model of the `t2i` stage and of image generation.
 
 A sequence is the caption (P ids, padding kept), <boi>, then the image's
 N = (side / f)^2 codes in row-major order (f: the tokenizer's downsampling);
-<eoi> follows the last code. The tokenizer is not a parameter of this
+<eoi> follows the last code. With `code_positions='sincos2d'` every slot from
+<boi> on also carries the row and column of the code it predicts (a fixed
+2-D sine-cosine table, `visual_positions.sincos_2d`, scaled by 1/sqrt(D)):
+1-D RoPE alone leaves the LM to learn that the code above lies `grid` slots
+back. The tokenizer is not a parameter of this
 module: its encoder params and codebook are passed in (`encode_codes`),
 frozen (train/stages/t2i.py keeps them in the stage's loss state).
 """
@@ -20,10 +24,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import visual_positions
 from mmjax.models import vq as vq_lib
 from mmjax.models import vq_codebook
 from mmjax.models.decoder import DecoderConfig, DecoderLM
 from mmjax.models.image_vocab import ImageVocab
+
+
+CODE_POSITIONS = ("none", "sincos2d")
 
 
 class TextToImageLM(nn.Module):
@@ -35,17 +43,22 @@ class TextToImageLM(nn.Module):
     vocab: text ids, <boi>, <eoi>, then the K codes.
     prompt_len: P, caption ids before <boi>.
     side: the image side in pixels.
+    code_positions: 'none' or 'sincos2d' (module docstring; no parameters).
   """
   lm: DecoderConfig
   vq: vq_lib.VQConfig
   vocab: ImageVocab
   prompt_len: int
   side: int
+  code_positions: str = "none"
 
   def setup(self):
     if self.lm.vocab_size != self.vocab.size:
       raise ValueError(f"lm.vocab_size={self.lm.vocab_size} != the text + "
                        f"image vocabulary's {self.vocab.size}")
+    if self.code_positions not in CODE_POSITIONS:
+      raise ValueError(f"code_positions={self.code_positions!r}; choose one "
+                       f"of {', '.join(CODE_POSITIONS)}")
     self.llm = DecoderLM(self.lm)
 
   @property
@@ -64,8 +77,24 @@ class TextToImageLM(nn.Module):
     return self.prompt_len + 1 + self.n_codes
 
   def __call__(self, tokens: jax.Array, **kwargs) -> tuple[jax.Array, Any]:
-    """DecoderLM over int32[B, L] ids (kwargs: cache, cache_index, ...)."""
-    return self.llm(tokens, **kwargs)
+    """DecoderLM over int32[B, L] ids (kwargs: cache, cache_index, ...);
+    the ids sit at slots cache_index (0 without a cache) onwards."""
+    if self.code_positions == "none":
+      return self.llm(tokens, **kwargs)
+    first = kwargs.get("cache_index")
+    slots = (0 if first is None else first) + jnp.arange(tokens.shape[1])
+    return self.llm(embeddings=self.llm.embed_tokens(tokens)
+                    + self.code_grid(slots), **kwargs)
+
+  def code_grid(self, slots: jax.Array) -> jax.Array:
+    """f32[L, D]: slot P + j (j < N) gets code j's row and column, the
+    rest 0 (the caption, and the last code, which predicts <eoi>)."""
+    d = self.lm.d_model
+    table = visual_positions.sincos_2d((self.grid, self.grid), d) / d ** 0.5
+    j = slots - self.prompt_len
+    inside = (j >= 0) & (j < self.n_codes)
+    rows = table[jnp.clip(j, 0, self.n_codes - 1)]
+    return jnp.where(inside[:, None], rows, 0.0).astype(jnp.dtype(self.lm.dtype))
 
   def encode_codes(self, tokenizer: dict[str, Any], images: jax.Array
                    ) -> jax.Array:

@@ -60,6 +60,31 @@ def test_greedy_equals_rerunning_the_sequence(model_and_params):
   np.testing.assert_array_equal(np.argmax(full, -1), codes)
 
 
+def test_code_positions_in_cached_generation_and_in_training_agree(
+    model_and_params):
+  """With the codes' row and column in their slots (sincos2d) the cached
+  decode loop adds them where a full training forward does, and they change
+  what is drawn."""
+  plain_model, params = model_and_params
+  model = plain_model.clone(code_positions="sincos2d")
+  prompts = jnp.array([[5, 6, 7, PAD_ID, PAD_ID, PAD_ID]], jnp.int32)
+  greedy = dict(guidance=1.0, sampling=Sampling(temperature=0.0))
+  codes = image_tokens.generate_codes(model, params, prompts,
+                                      jax.random.key(1), **greedy)
+  full = _full_logits(model, params, prompts, codes)
+  np.testing.assert_array_equal(np.argmax(full, -1), codes)
+  assert not np.array_equal(codes, image_tokens.generate_codes(
+      plain_model, params, prompts, jax.random.key(1), **greedy))
+  grid = np.asarray(model.bind({"params": params}).code_grid(jnp.arange(
+      model.seq_len)))
+  p, n = model.prompt_len, model.n_codes
+  assert not grid[:p].any() and not grid[p + n:].any()
+  assert len({tuple(r) for r in grid[p:p + n]}) == n  # one place per code
+  with pytest.raises(ValueError, match="code_positions='rope2d'; choose"):
+    plain_model.clone(code_positions="rope2d").init(
+        jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
 def test_guidance_mixes_conditional_and_unconditional(model_and_params):
   model, params = model_and_params
   prompts = jnp.array([[5, 6, 7, 8, 9, 10]], jnp.int32)

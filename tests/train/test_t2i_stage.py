@@ -129,6 +129,11 @@ def test_a_tokenizer_of_other_sizes_or_none_is_one_line(runs, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="holds no run"):
     config_checks.validate_config(other)
   assert os.path.isdir(root / "vq")
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.model.code_positions = "rope2d"
+  with pytest.raises(config_lib.ConfigError, match=(
+      "config.model.code_positions='rope2d': choose one of none, sincos2d")):
+    config_checks.validate_config(other)
 
 
 def test_flatten_background_keeps_the_objects_and_flattens_the_rest():

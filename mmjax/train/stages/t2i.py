@@ -35,7 +35,7 @@ from mmjax import config as C
 from mmjax.data.tokenizer import PAD_ID
 from mmjax.models.decoder import DecoderConfig
 from mmjax.models.image_vocab import ImageVocab
-from mmjax.models.text_to_image import TextToImageLM
+from mmjax.models.text_to_image import CODE_POSITIONS, TextToImageLM
 from mmjax.train import groups
 from mmjax.train import trainer as trainer_lib
 from mmjax.train.stages import base
@@ -74,7 +74,8 @@ def text_to_image_lm(config: ml_collections.ConfigDict) -> TextToImageLM:
   return TextToImageLM(
       lm=DecoderConfig.from_dict(lm), vq=vq_stage.vq_config(config),
       vocab=vocab, prompt_len=int(config.model.text.max_len),
-      side=int(config.model.vision.image_size))
+      side=int(config.model.vision.image_size),
+      code_positions=str(config.model.get("code_positions", "none")))
 
 
 def _model(config: ml_collections.ConfigDict, stage_name: str
@@ -148,6 +149,11 @@ def _checks(config, path: str, stage) -> list[C.Check]:
           "holds no run (no config.json): train the tokenizer first, python "
           "-m mmjax.main --config=configs/vq.py --workdir="
           f"{c.stages[name].tokenizer}"),
+      C.check_that(
+          lambda c: c.model.get("code_positions", "none") in CODE_POSITIONS,
+          lambda c: f"config.model.code_positions="
+          f"{c.model.get('code_positions')!r}: choose one of "
+          f"{', '.join(CODE_POSITIONS)}"),
   ] + ([C.check_number(f"{path}.cfg_dropout", 0.0, 1.0)]
          if "cfg_dropout" in stage else [])
 
