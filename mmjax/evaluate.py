@@ -33,10 +33,11 @@ from typing import Sequence
 from absl import app, flags, logging
 
 from mmjax import config as config_lib
+from mmjax import contrast_flags
 
 SPLITS = ("test", "heldout", "validation")  # = mmjax.evals.standalone.SPLITS
-SHAPES_ONLY = ("max_examples", "captions", "grounding", "contrast_alpha",
-               "contrast_beta", "contrast_keep")
+SHAPES_ONLY = ("max_examples", "captions", "grounding",
+               *contrast_flags.NAMES)
 BENCHMARK_ONLY = ("data", "limit", "max_new_tokens")
 
 
@@ -63,11 +64,9 @@ def main(argv: Sequence[str]) -> None:
   from mmjax import inference  # pylint: disable=g-import-not-at-top
   fastv = inference.FastVConfig(f.fastv_k, f.fastv_r) if f.fastv_k else None
   try:
-    contrast = (inference.Contrast(f.contrast_alpha, f.contrast_beta,
-                                   f.contrast_keep)
-                if f.contrast_alpha else None)
+    contrast = contrast_flags.from_flags(f)
   except ValueError as e:
-    config_lib.fail(f"--{e}".replace("contrast ", "contrast_"))
+    config_lib.fail(str(e))
   try:
     if f.benchmark:
       _, markdown = evals.evaluate_benchmark(
@@ -136,13 +135,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("fastv_k", 0, "FastV: prune after layer k-1 (0 = off).")
   flags.DEFINE_float("fastv_r", 0.5, "FastV: fraction of image tokens "
                      "dropped.")
-  flags.DEFINE_float("contrast_alpha", 0.0, "Visual contrastive decoding: "
-                     "weight of the contrast with a noised image (0 = off; "
-                     "VCD's default 1).")
-  flags.DEFINE_float("contrast_beta", 0.1, "Contrastive decoding: "
-                     "plausibility cut in (0, 1].")
-  flags.DEFINE_float("contrast_keep", 0.3, "Contrastive decoding: share of "
-                     "the image left under the noise, in [0, 1).")
+  contrast_flags.define_flags()
   flags.DEFINE_string("tokenizer", None, "A tokenizer.model or a Hugging "
                       "Face tokenizer dir (default: the workdir's, else the "
                       "dataset's).")

@@ -36,6 +36,10 @@ exits with status 2 and one line saying what to do. When the run's newest
 finished checkpoint cannot be read, a warning says so and the previous
 finished one is used.
 
+--contrast_alpha=1 answers with visual contrastive decoding (each token
+chosen against the answer about a noised copy of the image; needs --image;
+docs/evaluation.md "Contrastive decoding").
+
 Text to image: a run of configs/t2i.py draws the --prompt (a caption, e.g.
 "two red circles and a blue square.") and writes the picture to --out
 (e.g. image.png); --guidance sets classifier-free guidance (default 3; 1 =
@@ -59,6 +63,7 @@ from typing import Sequence
 from absl import app, flags, logging
 
 from mmjax import config as config_lib
+from mmjax import contrast_flags
 
 def _define_flags() -> None:
   """The command line's flags (defined only when run as a program)."""
@@ -88,6 +93,7 @@ def _define_flags() -> None:
   d.DEFINE_integer("fastv_k", 0, "FastV: prune image tokens after layer k-1 "
                    "(0 = off).")
   d.DEFINE_float("fastv_r", 0.5, "FastV: fraction of image tokens dropped.")
+  contrast_flags.define_flags()
   d.DEFINE_integer("stream_chunk", 4, "Tokens per compiled decode call "
                    "between prints.")
   d.DEFINE_enum("resize", "square", ["square", "pad"], "Stretch to a square, "
@@ -197,6 +203,13 @@ def main(argv: Sequence[str]) -> None:
   from mmjax import inference  # pylint: disable=g-import-not-at-top  (after flag checks: a typo fails fast)
   from mmjax.inference import media as media_lib  # pylint: disable=g-import-not-at-top
   from mmjax.inference import run as run_lib  # pylint: disable=g-import-not-at-top
+  try:
+    contrast = contrast_flags.from_flags(f)
+  except ValueError as e:
+    fail(str(e))
+  if contrast is not None and not f.image:
+    fail(f"--contrast_alpha={f.contrast_alpha} contrasts the answer about "
+         "an --image with one about a noised copy: give --image=PNG")
   try:  # Images and prompt first: bad input fails before a model is loaded.
     stills = [media_lib.read_image(p) for p in f.image]
     video = media_lib.read_video(f.video) if f.video else None
@@ -218,7 +231,8 @@ def main(argv: Sequence[str]) -> None:
     answer = run.answer(f.prompt, media, max_new_tokens=f.max_new_tokens,
                sampling=sampling, seed=f.seed, fastv=fastv,
                chunk=f.stream_chunk,
-               on_text=lambda t: print(t, end="", flush=True), clips=clips)
+               on_text=lambda t: print(t, end="", flush=True), clips=clips,
+               contrast=contrast)
   except (inference.InputError, inference.WorkdirError,
           config_lib.ConfigError, ValueError) as e:  # sizes, lengths, flags
     fail(str(e).split("\n")[0])

@@ -98,8 +98,8 @@ class Run:
   def ask(self, images: Any, prompt: str, *, max_new_tokens: int = 32,
           sampling: Sampling = Sampling(), seed: int = 0,
           fastv: FastVConfig | None = None, resize: str = "square",
-          chunk: int = 4, on_text: Callable[[str], None] | None = None
-          ) -> str:
+          chunk: int = 4, on_text: Callable[[str], None] | None = None,
+          contrast: Contrast | None = None) -> str:
     """The model's answer to one prompt about images (greedy by default).
 
     Args:
@@ -108,20 +108,23 @@ class Run:
       prompt: the user's text; `<image>` markers place the images (none:
         one `<image>` per image before the text, as the recipe trains). A
         text LM continues it. Empty only with images (else InputError).
-      max_new_tokens, sampling, seed, fastv: as `decode.generate`.
+      max_new_tokens, sampling, seed, fastv, contrast: as
+        `decode.generate` (contrast needs an image).
       resize: 'square' (stretch) or 'pad' (keep the aspect, then resize).
       chunk: tokens per compiled decode call between `on_text` calls.
       on_text: gets each new piece of the answer as decoding goes.
     """
     return self.answer(prompt, self.prepare_media(images, resize=resize),
                        max_new_tokens=max_new_tokens, sampling=sampling,
-                       seed=seed, fastv=fastv, chunk=chunk, on_text=on_text)
+                       seed=seed, fastv=fastv, chunk=chunk, on_text=on_text,
+                       contrast=contrast)
 
   def answer(self, prompt: str, media: np.ndarray | None, *,
              max_new_tokens: int = 32, sampling: Sampling = Sampling(),
              seed: int = 0, fastv: FastVConfig | None = None, chunk: int = 4,
              on_text: Callable[[str], None] | None = None,
-             clips: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> str:
+             clips: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+             contrast: Contrast | None = None) -> str:
     """`ask` with media already preprocessed: f32[M, S, S, 3] (or
     [M, F, S, S, 3] for video; `media.media_arrays`), a list of any-size
     items for a native-resolution model (`media.native_media`), the tiles of
@@ -150,7 +153,8 @@ class Run:
         sampling=sampling, seed=seed, fastv=fastv, batch_size=1,
         pad_id=self.pad_id, max_len=self.max_len, chunk=chunk,
         on_tokens=stream, audio=[list(clips)] if clips else None,
-        audio_token_id=getattr(tok, "audio_id", None) if clips else None)
+        audio_token_id=getattr(tok, "audio_id", None) if clips else None,
+        contrast=contrast)
     text = tok.decode(out.tokens[0]).strip()
     if on_text is not None and text.startswith(shown[0]):
       on_text(text[len(shown[0]):])

@@ -89,10 +89,25 @@ def test_evaluate_negative_counts_exit_2_and_keep_the_result(run_dir, flag):
     standalone.evaluate_run(run_dir, "test", **{name: int(value)})
 
 
-def test_evaluate_bad_contrast_exits_2():
+@pytest.mark.parametrize("module, args", [
+    ("mmjax.evaluate", ()), ("mmjax.generate", ("--prompt=what?",))])
+def test_bad_contrast_exits_2(module, args):
   line = helpers.one_error_line(helpers.run_cli(
-      "mmjax.evaluate", "--workdir=nowhere", "--contrast_alpha=-1"))
+      module, "--workdir=nowhere", *args, "--contrast_alpha=-1"))
   assert "--contrast_alpha=-1.0 must be > 0" in line
+
+
+def test_generate_with_contrast_answers_about_the_image(run_dir, tmp_path):
+  image = draw_png(tmp_path / "a.png")
+  proc = helpers.run_cli("mmjax.generate", f"--workdir={run_dir}",
+                         f"--image={image}", "--prompt=what shape?",
+                         "--max_new_tokens=3", "--contrast_alpha=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip()
+  line = helpers.one_error_line(helpers.run_cli(
+      "mmjax.generate", f"--workdir={run_dir}", "--prompt=what shape?",
+      "--contrast_alpha=1"))
+  assert "give --image=PNG" in line
 
 
 def test_contrastive_evaluation_is_written_beside_the_plain_one(run_dir):
