@@ -35,6 +35,10 @@ BACKGROUNDS = ("plain", "noise", "stripes", "checker")
 COLOUR_RGB = {"red": (220, 40, 40), "green": (30, 160, 60),
               "blue": (40, 80, 220), "yellow": (235, 205, 30),
               "purple": (140, 50, 180), "orange": (245, 135, 25)}
+# Chroma (max - min channel, 0..255) that tells an object pixel from the
+# background: every palette colour has >= 130, the backgrounds (greys tinted
+# by <= 8, textures of contrast <= 15) stay below ~30.
+OBJECT_MIN_CHROMA = 60
 # Circumradius of each size, as a fraction of the image side.
 SIZE_RADIUS = {"small": 0.08, "medium": 0.11, "large": 0.15}
 ALL_PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES)

@@ -32,7 +32,7 @@ from mmjax.data import shapes
 from mmjax.data.text_corpus import COLOURS, SHAPES
 
 MAX_COLOUR_DISTANCE = 90.0  # RGB distance to the nearest palette colour
-MIN_CHROMA = 60             # max - min channel: backgrounds stay below ~30
+MIN_CHROMA = shapes.OBJECT_MIN_CHROMA  # max - min channel: backgrounds stay below ~30
 MIN_AREA = 5                # pixels; smaller regions are specks
 MASK_SIDE = 16
 K_NEIGHBOURS = 5

@@ -32,6 +32,7 @@ import ml_collections
 import optax
 
 from mmjax import config as C
+from mmjax.data import shapes
 from mmjax.data.tokenizer import PAD_ID
 from mmjax.models.decoder import DecoderConfig
 from mmjax.models.image_vocab import ImageVocab
@@ -43,11 +44,10 @@ from mmjax.train.stages import vq as vq_stage
 from mmjax.train.stages.contrastive import single_image
 
 _OPTIONS = {"tokenizer": "", "cfg_dropout": 0.1, "plain_background": False}
-# A pixel is background when max - min over its channels is below this, in
-# the pipeline's [-1, 1] units (60 / 255 in [0, 1]: shapes backgrounds are
-# greys tinted by <= 8 with textures of contrast <= 15; the palette's least
-# saturated colour, green or purple, has 130; the checker's rule too).
-_SATURATED = 2 * 60 / 255
+# A pixel is background when max - min over its channels is below the
+# shapes renderer's object chroma (the checker's rule too), in the
+# pipeline's [-1, 1] units.
+_SATURATED = 2 * shapes.OBJECT_MIN_CHROMA / 255
 
 
 def flatten_background(images: jax.Array) -> jax.Array:
