@@ -118,6 +118,10 @@ def get_config(arg=None):
       # y1]", 0..1000) added to each shapes_chat chat, up to this many per
       # image; 0 = off (docs/evaluation.md "Grounding").
       grounding_questions=0,
+      # True: each shapes_chat chat also asks "describe the image with
+      # boxes." -> every object named and boxed ("a red circle [125, 250,
+      # 391, 516] and a blue star [...]."); about 24 tokens per object.
+      grounded_captions=False,
       # More questions of the five types per training chat, drawn from all
       # an image allows (`shapes.extra_questions`); 0 = the record's own.
       # Six: every image pass teaches about twice as many answers (measured

@@ -2,14 +2,15 @@
 official benchmark read from its local files.
 
   python -m mmjax.evaluate --workdir=DIR --split=test [--captions=64]
-      [--grounding=200]
+      [--grounding=200] [--grounded_captions=200]
   python -m mmjax.evaluate --checkpoint=DIR/checkpoints/sft/600 --split=heldout
   python -m mmjax.evaluate --workdir=DIR --benchmark=pope --data=/data/pope
       [--split=adversarial] [--limit=500]
 
 VQA exact match by question type, POPE-style yes/no metrics and the
 absent-object yes-rate (and BLEU-4 / token F1 of --captions captions, and
-box accuracy at IoU >= 0.5 / mean IoU of --grounding referring questions), with
+box accuracy at IoU >= 0.5 / mean IoU of --grounding referring questions, and
+the objects named and boxed in --grounded_captions grounded captions), with
 greedy answers from the KV-cache decode loop; optional FastV pruning and
 visual contrastive decoding (--contrast_alpha=1: answers contrasted with
 those about a noised image, docs/evaluation.md "Contrastive decoding").
@@ -36,7 +37,7 @@ from mmjax import config as config_lib
 from mmjax import contrast_flags
 
 SPLITS = ("test", "heldout", "validation")  # = mmjax.evals.standalone.SPLITS
-SHAPES_ONLY = ("max_examples", "captions", "grounding",
+SHAPES_ONLY = ("max_examples", "captions", "grounding", "grounded_captions",
                *contrast_flags.NAMES)
 BENCHMARK_ONLY = ("data", "limit", "max_new_tokens")
 
@@ -51,6 +52,7 @@ def main(argv: Sequence[str]) -> None:
                         ("batch_size", "0 = config.eval.batch_size"),
                         ("captions", "0 = none"),
                         ("grounding", "0 = none"),
+                        ("grounded_captions", "0 = none"),
                         ("limit", "0 = every question"),
                         ("max_new_tokens", "0 = the benchmark's")):
     if (f[name].value or 0) < 0:
@@ -80,7 +82,8 @@ def main(argv: Sequence[str]) -> None:
         f.workdir, f.split or "test", checkpoint=f.checkpoint,
         max_examples=f.max_examples, batch_size=f.batch_size,
         captions=f.captions, grounding=f.grounding, fastv=fastv,
-        tokenizer=f.tokenizer, contrast=contrast)
+        tokenizer=f.tokenizer, contrast=contrast,
+        grounded_captions=f.grounded_captions)
   except (inference.WorkdirError, config_lib.ConfigError, ValueError) as e:
     config_lib.fail(str(e))
   print(markdown, flush=True)
@@ -132,6 +135,9 @@ def _define_flags() -> None:
                        "none on a run of clips).")
   flags.DEFINE_integer("grounding", 0, "Referring questions (one per record)"
                        " answered by a box, scored by IoU (0 = none).")
+  flags.DEFINE_integer("grounded_captions", 0, "Records asked 'describe the "
+                       "image with boxes.', scored by the objects named and "
+                       "boxed at IoU >= 0.5 (0 = none).")
   flags.DEFINE_integer("fastv_k", 0, "FastV: prune after layer k-1 (0 = off).")
   flags.DEFINE_float("fastv_r", 0.5, "FastV: fraction of image tokens "
                      "dropped.")

@@ -51,9 +51,11 @@ without --out.
 
 Grounding: when the answer is a box `[x0, y0, x1, y1]` (0..1000 of the
 image side, `mmjax.data.grounding`), one more line gives it in pixels of
-the first image; --draw=out.png also writes that image with the box drawn
-(an answer that is no box then exits 2 after the answer, as does --draw
-without --image).
+the first image; a grounded caption ("describe the image with boxes." ->
+"a red circle [...] and a blue star [...].") gives one such line per
+object. --draw=out.png also writes that image with the boxes drawn (an
+answer without a box then exits 2 after the answer, as does --draw without
+--image).
 """
 from __future__ import annotations
 
@@ -104,8 +106,8 @@ def _define_flags() -> None:
   d.DEFINE_float("guidance", 3.0, "Text-to-image: classifier-free guidance "
                  "scale (> 0; 1 = off).")
   d.DEFINE_string("draw", None, "Write the first --image with the answer's "
-                  "box drawn to this file (e.g. out.png); the answer must be "
-                  "a box.")
+                  "boxes drawn to this file (e.g. out.png); the answer must "
+                  "be a box or a grounded caption.")
 
 
 def _check_draw(path: str, n_images: int) -> None:
@@ -152,25 +154,31 @@ def _text_to_image(f) -> None:
 
 
 def _report_box(answer: str, stills, draw: str | None, resize: str) -> None:
-  """The box line when the answer is a box, and --draw's picture."""
+  """A box line per box of the answer (a box, or a grounded caption's
+  mentions), and --draw's picture."""
   from mmjax.data import grounding  # pylint: disable=g-import-not-at-top
   box = grounding.parse_box(answer)
-  if box is None:
+  named = ([("", box)] if box is not None else
+           [(f"{c} {s}: ", b) for c, s, b in grounding.parse_mentions(answer)])
+  if not named:
     if draw:
       config_lib.fail(f"--draw={draw}: the answer {answer!r} is no box "
                       "[x0, y0, x1, y1] (0..1000), so there is nothing to "
-                      "draw; ask \"where is the <colour> <shape>?\"")
+                      "draw; ask \"where is the <colour> <shape>?\" or "
+                      f"\"{grounding.GROUNDED_CAPTION_PROMPT}\"")
     return
-  line = f"box: {grounding.format_box(box)} (0..1000)"
-  if stills:
-    height, width = stills[0].shape[:2]
-    pixels = grounding.box_to_pixels(box, width, height, resize)
-    line += (f" = pixels {grounding.format_box(pixels)} of a {width}x{height}"
-             " image")
-  print(line, flush=True)
+  for name, box in named:
+    line = f"box: {name}{grounding.format_box(box)} (0..1000)"
+    if stills:
+      height, width = stills[0].shape[:2]
+      pixels = grounding.box_to_pixels(box, width, height, resize)
+      line += (f" = pixels {grounding.format_box(pixels)} of a "
+               f"{width}x{height} image")
+    print(line, flush=True)
   if draw:
     try:
-      grounding.draw_box(stills[0], box, draw, resize=resize)
+      grounding.draw_box(stills[0], [b for _, b in named], draw,
+                         resize=resize)
     except (OSError, ValueError) as e:
       config_lib.fail(f"--draw={draw}: cannot write it ({e})")
 

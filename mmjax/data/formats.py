@@ -396,6 +396,18 @@ def _grounding_turns(record: Mapping[str, Any], k: int
   return [(q, a) for q, a, _ in grounding.record_grounding_qa(record, k)]
 
 
+def _grounded_caption_turn(record: Mapping[str, Any], on: bool
+                           ) -> list[tuple[str, str]]:
+  """The (prompt, grounded caption) pair of a shapes record (none: off)."""
+  if not on:
+    return []
+  if "objects" not in record or record.get("image") is None:
+    raise BadExample("malformed", "a grounded caption needs the record's "
+                     "image and 'objects' (shapes records have both)")
+  return [(grounding.GROUNDED_CAPTION_PROMPT,
+           grounding.record_grounded_caption(record))]
+
+
 def _record_scene(record: Mapping[str, Any], what: str) -> shapes.Scene:
   """The scene of a shapes record (its objects; BadExample without)."""
   if "objects" not in record or record.get("image") is None:
@@ -438,12 +450,15 @@ def _own_questions(record: Mapping[str, Any], questions: list[str],
 
 def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
                    grounding_questions: int = 0, extra_questions: int = 0,
-                   name_heldout: bool = True
+                   name_heldout: bool = True, grounded_captions: bool = False
                    ) -> Chat | PreferencePair | CaptionText | RegionTargets:
   """The `item`-th example of a decoded record under `fmt`.
 
   grounding_questions: shapes_chat only: add up to this many referring
   questions answered by a box (`grounding.grounding_qa`); 0 = none.
+  grounded_captions: shapes_chat only: add the turn "describe the image
+  with boxes." answered by every object named and boxed
+  (`grounding.grounded_caption`).
   extra_questions: shapes_chat only: add up to this many more questions of
   the record's five types (`shapes.extra_questions`); 0 = none.
   name_heldout: shapes_chat and preference: False swaps every question
@@ -466,7 +481,8 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
         rid, questions, answers,
         _extra_question_turns(record, extra_questions, questions,
                               name_heldout) +
-        _grounding_turns(record, grounding_questions)), _images(record))
+        _grounding_turns(record, grounding_questions) +
+        _grounded_caption_turn(record, grounded_captions)), _images(record))
   if fmt in ("caption", "image_caption"):
     turns = [_user_with_media(CAPTION_PROMPT),
              {"role": "assistant", "content": _captions(record)[item]}]

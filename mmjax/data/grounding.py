@@ -4,6 +4,10 @@
   # [("where is the red circle?", "[125, 250, 391, 516]", (8, 16, 25, 33))]
   parse_box("[125, 250, 391, 516].")   # -> (125, 250, 391, 516)
   iou((0, 0, 10, 10), (5, 0, 15, 10))  # -> 1/3
+  grounded_caption(objects, side=64)
+  # "a red circle [125, 250, 391, 516] and a blue star [625, 625, 938, 938]."
+  parse_mentions("a red circle [125, 250, 391, 516].")
+  # [("red", "circle", (125, 250, 391, 516))]
 
 Boxes are text, as Qwen2-VL and Shikra write them: `[x0, y0, x1, y1]`, each
 coordinate an integer in 0..1000, the pixel coordinate divided by the
@@ -16,6 +20,10 @@ shapes records' `bbox` says.
 A question names an object by colour and shape (`where is the red circle?`)
 and is asked only when that pair occurs once in the image, so the answer is
 one box. The question type is `QTYPE` ("grounding").
+
+A grounded caption (Kosmos-2's grounded description, in Shikra's text form)
+names every object of the image in reading order, each followed by its box;
+the prompt is `GROUNDED_CAPTION_PROMPT`.
 """
 from __future__ import annotations
 
@@ -26,15 +34,24 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mmjax.data.text_corpus import COLOURS, SHAPES
+
 QTYPE = "grounding"
 SCALE = 1000  # Box coordinates run 0..SCALE (Qwen2-VL).
 QUESTION = "where is the {colour} {shape}?"
 Box = tuple[int, int, int, int]
+GROUNDED_CAPTION_PROMPT = "describe the image with boxes."
 
 # Four integers, separated by commas, in square brackets; spaces anywhere
 # and a trailing '.' are fine.
 _BOX_RE = re.compile(r"^\[\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*"
                      r"(-?\d+)\s*\]\s*\.?$")
+
+
+# "<colour> <shape> [x0, y0, x1, y1]" anywhere in a text (a grounded caption).
+_MENTION_RE = re.compile(
+    r"\b(" + "|".join(COLOURS) + r")\s+(" + "|".join(SHAPES) +
+    r")\s*\[\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
 
 
 def _sides(side: int | Sequence[int]) -> tuple[int, int]:
@@ -76,10 +93,58 @@ def parse_box(text: str) -> Box | None:
   if match is None:
     return None
   box = tuple(int(v) for v in match.groups())
+  return box if _valid(box) else None
+
+
+def _valid(box: Sequence[int]) -> bool:
   x0, y0, x1, y1 = box
-  if not (0 <= x0 <= x1 <= SCALE and 0 <= y0 <= y1 <= SCALE):
-    return None
-  return box
+  return 0 <= x0 <= x1 <= SCALE and 0 <= y0 <= y1 <= SCALE
+
+
+def grounded_caption(objects: Sequence[Mapping[str, Any]],
+                     side: int | Sequence[int]) -> str:
+  """Every object named and boxed, in reading order (top to bottom by box
+  centre row in 8 bands of the image, then left to right):
+  "a red circle [125, 250, 391, 516], a blue star [...] and a green square
+  [...]." An empty scene gives "".
+
+  Args:
+    objects: the record's objects (`record_objects`): colour, shape, bbox.
+    side: the image's side in pixels, or (width, height).
+  """
+  width, height = _sides(side)
+  def reading_order(obj):
+    x0, y0, x1, y1 = obj["bbox"]
+    # Bands, so that two objects side by side read left to right even when
+    # one sits a pixel higher.
+    return (int((y0 + y1) / 2 / height * 8), (x0 + x1) / 2)
+  mentions = []
+  for obj in sorted(objects, key=reading_order):
+    article = "an" if obj["colour"][0] in "aeiou" else "a"
+    mentions.append(f"{article} {obj['colour']} {obj['shape']} "
+                    f"{box_text(obj['bbox'], (width, height))}")
+  if not mentions:
+    return ""
+  if len(mentions) == 1:
+    return mentions[0] + "."
+  return ", ".join(mentions[:-1]) + " and " + mentions[-1] + "."
+
+
+def record_grounded_caption(record: Mapping[str, Any]) -> str:
+  """`grounded_caption` of a decoded shapes record (its image sets the side)."""
+  height, width = np.shape(record["image"])[:2]
+  return grounded_caption(record_objects(record), (width, height))
+
+
+def parse_mentions(text: str) -> list[tuple[str, str, Box]]:
+  """(colour, shape, box) of every "<colour> <shape> [x0, y0, x1, y1]" in a
+  text, in order; boxes out of order or outside 0..1000 are left out."""
+  out = []
+  for match in _MENTION_RE.finditer(text):
+    box = tuple(int(v) for v in match.groups()[2:])
+    if _valid(box):
+      out.append((match.group(1), match.group(2), box))
+  return out
 
 
 def box_to_pixels(box: Sequence[float], width: int, height: int,
@@ -170,14 +235,15 @@ def record_grounding_qa(record: Mapping[str, Any], k: int
                       str(record.get("id", "?")), k)
 
 
-def draw_box(image: Any, box: Sequence[float], path: str, *,
-             colour: str | tuple[int, int, int] = (255, 0, 255),
+def draw_box(image: Any, box: Sequence[float] | Sequence[Sequence[float]],
+             path: str, *, colour: str | tuple[int, int, int] = (255, 0, 255),
              width: int | None = None, resize: str = "square") -> str:
-  """Writes the image with a 0..1000 box drawn on it; returns the path.
+  """Writes the image with 0..1000 boxes drawn on it; returns the path.
 
   Args:
     image: a file path, a PIL image or uint8[H, W, 3].
-    box: (x0, y0, x1, y1) in 0..1000 (`parse_box` of an answer).
+    box: (x0, y0, x1, y1) in 0..1000 (`parse_box` of an answer), or a list
+      of such boxes (the mentions of a grounded caption).
     path: the output file (its extension picks the format, e.g. .png).
     colour: the outline colour (default magenta: visible on the shapes).
     width: outline width in pixels (default: 1 per 64 px of the short side).
@@ -192,10 +258,13 @@ def draw_box(image: Any, box: Sequence[float], path: str, *,
   else:
     picture = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
   w, h = picture.size
-  x0, y0, x1, y1 = box_to_pixels(box, w, h, resize)
   line = width or max(1, min(w, h) // 64)
-  # PIL's rectangle includes its end pixel; the box's x1, y1 are exclusive.
-  ImageDraw.Draw(picture).rectangle(
-      [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=line)
+  boxes = [box] if np.ndim(box) == 1 else list(box)
+  pen = ImageDraw.Draw(picture)
+  for one in boxes:
+    x0, y0, x1, y1 = box_to_pixels(one, w, h, resize)
+    # PIL's rectangle includes its end pixel; the box's x1, y1 are exclusive.
+    pen.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour,
+                  width=line)
   picture.save(path)
   return path

@@ -154,9 +154,10 @@ class _RowMaker:
                train: bool, on_bad_record: str, v2pe_eval_stride: int | None,
                grounding_questions: int = 0, extra_questions: int = 0,
                name_heldout: bool = True, recolour: float = 0.0,
-               audio_frames: int = 0):
+               audio_frames: int = 0, grounded_captions: bool = False):
     self.source, self.index, self.fmt, self.cfg = source, index, fmt, cfg
     self.grounding_questions = grounding_questions
+    self.grounded_captions = grounded_captions
     self.extra_questions = extra_questions
     self.name_heldout = name_heldout
     self.recolour = recolour
@@ -218,7 +219,8 @@ class _RowMaker:
                attempt: int) -> dict[str, Any]:
     example = formats.record_example(
         record, item, self.fmt, grounding_questions=self.grounding_questions,
-        extra_questions=self.extra_questions, name_heldout=self.name_heldout)
+        extra_questions=self.extra_questions, name_heldout=self.name_heldout,
+        grounded_captions=self.grounded_captions)
     if isinstance(example, formats.RegionTargets) and self.recolour:
       # Drawn per (seed, row, attempt): the same on resume.
       example = recolour_lib.recolour_objects(
@@ -430,7 +432,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   recolour: float = 0.0, packing: bool = False,
                   pack_window: int = 0, pack_images: int = 0,
                   pack_policy: str = packing_lib.DEFAULT_POLICY,
-                  audio_frames: int = 0) -> BatchIterator:
+                  audio_frames: int = 0,
+                  grounded_captions: bool = False) -> BatchIterator:
   """An iterator of this process's rows of each global batch (module doc).
 
   Args:
@@ -466,6 +469,9 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     audio_frames: audio formats: every batch's clips padded to this many
       log-mel frames (one program for every batch; a longer clip is a
       skipped `bad_audio` example); 0 = the longest clip of each batch.
+    grounded_captions: shapes_chat: each chat also asks "describe the image
+      with boxes." answered by every object named and boxed
+      (`grounding.grounded_caption`).
   """
   formats.check_format(fmt)
   if on_bad_record not in ON_BAD_RECORD:
@@ -489,6 +495,9 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                       ("extra_questions", extra_questions)):
     if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
       raise ValueError(f"{name}={value!r} must be an int >= 0")
+  if not isinstance(grounded_captions, bool):
+    raise ValueError(f"grounded_captions={grounded_captions!r} must be True "
+                     "or False")
   if not name_heldout and not (fmt in ("shapes_chat", "preference") and
                                 train):
     raise ValueError("name_heldout=False swaps questions of training "
@@ -513,7 +522,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                    grounding_questions=grounding_questions,
                    extra_questions=extra_questions,
                    name_heldout=name_heldout, recolour=recolour,
-                   audio_frames=audio_frames)
+                   audio_frames=audio_frames,
+                   grounded_captions=grounded_captions)
   local = batch_size // process_count
   collate = batching.Collate(
       fmt=fmt, cfg=cfg, pad_id=tokenizer.pad_id,
@@ -562,6 +572,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     fingerprint["grounding_questions"] = grounding_questions
   if extra_questions:
     fingerprint["extra_questions"] = extra_questions
+  if grounded_captions:
+    fingerprint["grounded_captions"] = True
   if not name_heldout:
     fingerprint["name_heldout"] = False
   if recolour:

@@ -3,7 +3,7 @@ what runs after a stage, the report and plots, and standalone evaluation.
 
   from mmjax import evals
   evals.train_and_evaluate(config, workdir)   # what `python -m mmjax.main` runs
-  evals.EVALUATORS                            # {'vqa': ..., 'captions': ..., 'grounding': ..., 'retrieval': ...}
+  evals.EVALUATORS                            # {'vqa': ..., 'captions': ..., 'grounding': ..., 'grounded_captions': ..., 'retrieval': ...}
   evals.evaluate_run(workdir, "test")         # what `python -m mmjax.evaluate` runs
   evals.evaluate_benchmark(workdir, "pope", "/data/pope")   # ... --benchmark=pope
   evals.BENCHMARKS                            # official benchmarks (evals/benchmarks/)
@@ -16,7 +16,7 @@ import ml_collections
 
 from mmjax import config as config_lib
 # Each evaluator module registers itself on import.
-from mmjax.evals import audio_vqa, captions, grounding, retrieval, vqa  # pylint: disable=unused-import
+from mmjax.evals import audio_vqa, captions, grounded_captions, grounding, retrieval, vqa  # pylint: disable=unused-import
 from mmjax.evals.after_stage import StageEvaluator
 from mmjax.evals import registry
 from mmjax.evals.registry import EVALUATORS, EvalContext, register

@@ -11,6 +11,10 @@ the evaluator registry (evals/registry.py):
   grounding  greedy boxes for "where is the <colour> <shape>?" (one object
              per test / held-out image): accuracy at IoU >= 0.5, mean IoU,
              share of answers that parse as a box
+  grounded_captions
+             greedy answers to "describe the image with boxes." (test /
+             held-out images): share of objects named and boxed at IoU >=
+             0.5, share of mentions that land, images fully right
   vqav2, textvqa, gqa, pope, mmbench, mme
              an official benchmark from config.eval.benchmarks.<name>.data
              (evals/benchmarks/stage.py)
@@ -79,6 +83,7 @@ class StageEvaluator:
           if isinstance(v, float) and ("acc/all" in k or "recall@1" in k
                                        or "absent_yes_rate" in k
                                        or "acc@0.5" in k
+                                       or "recall@0.5" in k
                                        or k in _BENCHMARK_HEADLINES)),
             flush=True)
 

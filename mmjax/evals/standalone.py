@@ -19,6 +19,7 @@ from mmjax.decoding.contrastive import Contrast
 from mmjax.decoding.fastv import FastVConfig
 from mmjax.evals import audio_vqa
 from mmjax.evals import captions as captions_lib
+from mmjax.evals import grounded_captions as grounded_lib
 from mmjax.evals import grounding as grounding_lib
 from mmjax.evals import results, text_to_image, vqa
 from mmjax.inference import run as run_lib
@@ -45,14 +46,15 @@ def evaluate_run(workdir: str | None, split: str, *,
                  batch_size: int | None = None, captions: int | None = 0,
                  grounding: int = 0, fastv: FastVConfig | None = None,
                  tokenizer: str | None = None,
-                 contrast: Contrast | None = None
+                 contrast: Contrast | None = None,
+                 grounded_captions: int = 0
                  ) -> tuple[dict[str, Any], str]:
   """Evaluates a run's final parameters on one shapes split.
 
   A run on a dataset of clips (`audio_vqa.DATASET_FORMATS`: tones,
   shapes_tones) answers every question of the split with its clip (and
   image), scored by type as the `audio_vqa` evaluator scores them; captions,
-  grounding and FastV are shapes-only there.
+  grounding, grounded captions and FastV are shapes-only there.
 
   Args:
     workdir / checkpoint: the run (`mmjax.inference.run.load_run`).
@@ -63,6 +65,9 @@ def evaluate_run(workdir: str | None, split: str, *,
       None: `DEFAULT_CAPTIONS` on a shapes run, 0 on a run of clips).
     grounding: also ask this many referring questions, one per record,
       answered by a box (0: no grounding metrics; evaluator `grounding`).
+    grounded_captions: also ask this many records for a grounded caption,
+      "describe the image with boxes." (0: none; evaluator
+      `grounded_captions`).
     fastv: prune image tokens at prefill.
     tokenizer: an explicit tokenizer path.
     contrast: visual contrastive decoding of the VQA answers
@@ -82,14 +87,16 @@ def evaluate_run(workdir: str | None, split: str, *,
     raise run_lib.WorkdirError(f"--split={split!r}; allowed: "
                                    f"{', '.join(SPLITS)}")
   _check_counts(max_examples=max_examples, batch_size=batch_size,
-                captions=captions, grounding=grounding)
+                captions=captions, grounding=grounding,
+                grounded_captions=grounded_captions)
   if workdir and checkpoint is None and _draws(workdir):
     # A configs/t2i.py run: its pictures, judged by the shapes checker.
-    if captions or grounding or fastv is not None or contrast is not None:
+    if (captions or grounding or grounded_captions or fastv is not None
+        or contrast is not None):
       raise run_lib.InputError(
           "a text-to-image run is scored on the pictures it draws; "
-          "--captions, --grounding, FastV and contrastive decoding do not "
-          "apply")
+          "--captions, --grounding, --grounded_captions, FastV and "
+          "contrastive decoding do not apply")
     return text_to_image.evaluate_text_to_image(
         workdir, split, n=200 if max_examples is None else max_examples,
         batch_size=batch_size or 50)
@@ -120,7 +127,8 @@ def evaluate_run(workdir: str | None, split: str, *,
     captions = 0 if clip_format else DEFAULT_CAPTIONS
   if clip_format is not None:
     shapes_only = {"captions": captions, "grounding": grounding,
-                   "fastv": fastv, "contrast": contrast}
+                   "grounded_captions": grounded_captions, "fastv": fastv,
+                   "contrast": contrast}
     asked = [k for k, v in shapes_only.items() if v]
     if asked:
       raise run_lib.InputError(
@@ -149,6 +157,10 @@ def evaluate_run(workdir: str | None, split: str, *,
     metrics.update(grounding_lib.evaluate_shapes_grounding(
         run.model, run.params, run.cfg, run.tokenizer, source,
         max_examples=grounding, batch_size=batch_size, fastv=fastv))
+  if grounded_captions:
+    metrics.update(grounded_lib.evaluate_grounded_captions(
+        run.model, run.params, run.cfg, run.tokenizer, source,
+        max_examples=grounded_captions, batch_size=batch_size))
   metrics["checkpoint"] = run.checkpoint
   if fastv is not None:
     metrics["fastv"] = f"k={fastv.k} r={fastv.r}"

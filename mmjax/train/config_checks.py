@@ -144,6 +144,11 @@ def _check_added_questions(config):
       raise C.ConfigError(
           f"config.data.{key}={value!r} must be an integer >= 0 ({what} per "
           "shapes_chat image; 0 = off)")
+  value = config.data.get("grounded_captions", False)
+  if not isinstance(value, bool):
+    raise C.ConfigError(
+        f"config.data.grounded_captions={value!r} must be True or False "
+        "(whether each shapes_chat chat also asks for every object's box)")
   value = config.data.get("name_heldout", True)
   if not isinstance(value, bool):
     raise C.ConfigError(

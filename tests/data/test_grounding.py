@@ -205,3 +205,63 @@ def test_bad_grounding_questions_config(value):
   # A config without the key (written before it existed) is fine.
   del config.data["grounding_questions"]
   config_checks.validate_config(config)
+
+
+def test_grounded_caption_reads_in_order_and_parses_back():
+  objects = [_obj("blue", "star", [40, 40, 60, 60]),
+             _obj("orange", "circle", [8, 16, 25, 33]),
+             _obj("red", "square", [0, 41, 20, 61])]
+  text = grounding.grounded_caption(objects, 64)
+  # Top band first; in one band (centres 50 and 51 px down) left to right.
+  assert text == ("an orange circle [125, 250, 391, 516], a red square "
+                  "[0, 641, 312, 953] and a blue star [625, 625, 938, 938].")
+  assert grounding.parse_mentions(text) == [
+      ("orange", "circle", (125, 250, 391, 516)),
+      ("red", "square", (0, 641, 312, 953)),
+      ("blue", "star", (625, 625, 938, 938))]
+  assert grounding.grounded_caption(objects[:1], 64) == (
+      "a blue star [625, 625, 938, 938].")
+  assert grounding.grounded_caption([], 64) == ""
+  # Boxes out of order or range, and unknown words, are no mentions.
+  assert grounding.parse_mentions(
+      "a red circle [5, 0, 1, 9], a red circle [0, 0, 1001, 9], a pink "
+      "circle [0, 0, 9, 9], green star [1,2,3,4]") == [
+          ("green", "star", (1, 2, 3, 4))]
+
+
+def test_shapes_chat_with_a_grounded_caption(shapes):
+  source, tok = shapes
+  record = source[0]
+  plain = formats.record_example(record, 0, "shapes_chat")
+  chat = formats.record_example(record, 0, "shapes_chat",
+                                grounded_captions=True)
+  asked = [t["content"].split("\n")[-1] for t in chat.turns[::2]]
+  assert len(chat.turns) == len(plain.turns) + 2
+  i = asked.index(grounding.GROUNDED_CAPTION_PROMPT)
+  answer = chat.turns[2 * i + 1]["content"]
+  assert answer == grounding.record_grounded_caption(record)
+  assert len(grounding.parse_mentions(answer)) == len(
+      grounding.record_objects(record))
+  # Training rows carry it (as the last answer of record 0's chat or
+  # before); the iterator's state records the option.
+  it = _iterator(source, tok, train=False, grounded_captions=True,
+                 max_len=448)
+  batch = next(it)
+  assert it.stats()["truncated"] == 0
+  mask = batch["loss_mask"][0] == 1
+  assert answer in tok.decode(batch["targets"][0][mask])
+  assert it.get_state()["grounded_captions"] is True
+  with pytest.raises(ValueError, match="grounded_captions=1 must be True"):
+    _iterator(source, tok, grounded_captions=1)
+
+
+def test_bad_grounded_captions_config():
+  config = testing.tiny_recipe()
+  config.data.grounded_captions = True
+  config_checks.validate_config(config)
+  config.data.unlock()  # a wrong type, as a JSON config could hold
+  del config.data["grounded_captions"]
+  config.data.grounded_captions = 1
+  with pytest.raises(C.ConfigError, match=r"config.data.grounded_captions=1 "
+                     "must be True or False"):
+    config_checks.validate_config(config)

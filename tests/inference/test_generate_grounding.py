@@ -81,3 +81,20 @@ def test_draw_box_python_api(tmp_path):
   assert tuple(results[0][0, 0]) == MAGENTA
   assert tuple(results[0][31, 39]) == MAGENTA  # exclusive corner: 40 x 32
   assert tuple(results[0][32, 40]) == tuple(array[32, 40])
+
+
+def test_grounded_caption_answer_prints_and_draws_every_box(tmp_path, capsys):
+  png = draw_png(tmp_path / "in.png")  # 80 x 64
+  image = np.asarray(Image.open(png).convert("RGB"))
+  out = tmp_path / "out.png"
+  generate._report_box("a red circle [100, 125, 500, 1000] and a blue star "
+                       "[625, 0, 1000, 250].", [image], str(out), "square")
+  assert capsys.readouterr().out == (
+      "box: red circle: [100, 125, 500, 1000] (0..1000) = pixels [8, 8, 40, "
+      "64] of a 80x64 image\n"
+      "box: blue star: [625, 0, 1000, 250] (0..1000) = pixels [50, 0, 80, "
+      "16] of a 80x64 image\n")
+  drawn = np.asarray(Image.open(out).convert("RGB"))
+  assert tuple(drawn[8, 8]) == MAGENTA and tuple(drawn[0, 50]) == MAGENTA
+  assert tuple(drawn[15, 79]) == MAGENTA
+  assert tuple(drawn[30, 20]) == tuple(image[30, 20])

@@ -182,6 +182,9 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       # before); only shapes_chat chats take them.
       grounding_questions=(int(config.data.get("grounding_questions", 0))
                            if fmt == "shapes_chat" else 0),
+      # One more turn per chat: every object named and boxed.
+      grounded_captions=(bool(config.data.get("grounded_captions", False))
+                         and fmt == "shapes_chat"),
       # More questions per training chat (denser supervision; evaluation
       # asks the records' own questions only).
       extra_questions=(int(config.data.get("extra_questions", 0))
