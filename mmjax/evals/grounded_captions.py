@@ -17,7 +17,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mmjax.data import builders
 from mmjax.data import grounding
 from mmjax.data.text_corpus import COLOURS, SHAPES
 from mmjax.data.tokenizer import Tokenizer
@@ -26,7 +25,6 @@ from mmjax.inference import prompts as prompts_lib
 from mmjax.models.mllm import MLLM, MLLMConfig
 
 THRESHOLD = 0.5  # IoU at which a mention's box is on its object
-SPLITS = vqa.SPLITS
 MAX_OBJECTS = 6  # the shapes renderer's most objects per image
 
 
@@ -145,15 +143,7 @@ def evaluate_grounded_captions(model: MLLM, params: Any, cfg: MLLMConfig,
 def grounded_captions_evaluator(ctx: registry.EvalContext) -> dict[str, Any]:
   """`grounded_captions` after a stage: config.eval.max_examples images of
   the test and held-out splits, keys prefixed with the split."""
-  config, out = ctx.config, {}
-  for split in SPLITS:
-    m = evaluate_grounded_captions(
-        ctx.model, ctx.params, ctx.model.cfg, ctx.tokenizer,
-        builders.load_source(ctx.dataset, split),
-        max_examples=config.eval.max_examples,
-        batch_size=config.eval.batch_size)
-    out.update({f"{split}/{k}": v for k, v in m.items()})
-  return out
+  return vqa.over_splits(ctx, evaluate_grounded_captions)
 
 
 registry.register("grounded_captions", grounded_captions_evaluator)

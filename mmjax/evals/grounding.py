@@ -17,7 +17,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mmjax.data import builders
 from mmjax.data import grounding
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.decoding.fastv import FastVConfig
@@ -148,15 +147,7 @@ def evaluate_shapes_grounding(model: MLLM, params: Any, cfg: MLLMConfig,
 def grounding_evaluator(ctx: registry.EvalContext) -> dict[str, Any]:
   """`grounding` after a stage: config.eval.max_examples questions (one per
   image) of the test and held-out splits, keys prefixed with the split."""
-  config, out = ctx.config, {}
-  for split in SPLITS:
-    m = evaluate_shapes_grounding(
-        ctx.model, ctx.params, ctx.model.cfg, ctx.tokenizer,
-        builders.load_source(ctx.dataset, split),
-        max_examples=config.eval.max_examples,
-        batch_size=config.eval.batch_size)
-    out.update({f"{split}/{k}": v for k, v in m.items()})
-  return out
+  return vqa.over_splits(ctx, evaluate_shapes_grounding)
 
 
 registry.register("grounding", grounding_evaluator)

@@ -217,19 +217,27 @@ def evaluate_shapes_vqa(model: MLLM, params: Any, cfg: MLLMConfig,
   return metrics
 
 
+def over_splits(ctx: registry.EvalContext, evaluate, **kwargs
+                ) -> dict[str, Any]:
+  """An after-stage evaluator's metrics on the test and held-out splits,
+  keys prefixed with the split: `evaluate(model, params, cfg, tokenizer,
+  source, max_examples=config.eval.max_examples,
+  batch_size=config.eval.batch_size, **kwargs)` per split."""
+  out = {}
+  for split in SPLITS:
+    m = evaluate(ctx.model, ctx.params, ctx.model.cfg, ctx.tokenizer,
+                 builders.load_source(ctx.dataset, split),
+                 max_examples=ctx.config.eval.max_examples,
+                 batch_size=ctx.config.eval.batch_size, **kwargs)
+    out.update({f"{split}/{k}": v for k, v in m.items()})
+  return out
+
+
 def vqa_evaluator(ctx: registry.EvalContext) -> dict[str, Any]:
   """`vqa` after a stage: every VQA metric on the test and held-out splits,
   keys prefixed with the split."""
-  config, out = ctx.config, {}
-  for split in SPLITS:
-    m = evaluate_shapes_vqa(
-        ctx.model, ctx.params, ctx.model.cfg, ctx.tokenizer,
-        builders.load_source(ctx.dataset, split),
-        max_examples=config.eval.max_examples,
-        batch_size=config.eval.batch_size,
-        max_new_tokens=config.eval.max_new_tokens)
-    out.update({f"{split}/{k}": v for k, v in m.items()})
-  return out
+  return over_splits(ctx, evaluate_shapes_vqa,
+                     max_new_tokens=ctx.config.eval.max_new_tokens)
 
 
 registry.register("vqa", vqa_evaluator)
