@@ -19,6 +19,8 @@ from tests.conftest import REPO
 
 def test_probe_reports_held_out_pairs_apart(tmp_path):
   config = testing.tiny_recipe("projection")
+  config.stages.regions.attributes = ("shape", "colour", "left", "top",
+                                      "right", "bottom")
   config.data.update(dict(data_dir=str(tmp_path / "data"), num_train=16,
                           num_validation=4, num_test=8, num_heldout=8))
   workdir = tmp_path / "run"
@@ -43,6 +45,10 @@ def test_probe_reports_held_out_pairs_apart(tmp_path):
   # Every heldout image has a held-out pair: that group is reported there.
   assert lines[1].startswith("heldout: shape: held-out pair ")
   assert "colour:" in lines[1]
+  # Taught box edges: boxes from the pooled head and the centre token.
+  boxed = [l for l in proc.stdout.splitlines() if "boxes at IoU" in l]
+  assert boxed[0].startswith("test: boxes at IoU >= 0.5: pooled ")
+  assert "centre token " in boxed[0] and len(boxed) == 2
   # A run without the stage: one line, not a traceback.
   bad = subprocess.run(
       [sys.executable, "experiments/region_probe.py", f"--workdir={workdir}",
