@@ -4,6 +4,7 @@ patch tokens under its box.
   model = RegionClassifier(vision_cfg, classes=(("shape", 6), ("colour", 6)),
                            feature_layer=-1)
   logits = model.apply(v, images, region_weights)  # {"shape": [B, K, 6], ...}
+  pooled, tokens = model.apply(v, images, region_weights, both=True)
 
 Module tree: `vision` (the tower, named as in the MLLM so the recipe hands it
 over), `region_head` {layernorm, <attribute>: Dense}. The head is linear on
@@ -45,16 +46,17 @@ class RegionClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, region_weights: jax.Array,
-               per_token: bool = False) -> dict[str, jax.Array]:
+               per_token: bool = False, both: bool = False):
     """images: [B, H, W, C]; region_weights: [B, K, N] (rows sum to 1 over
     the N patch tokens) -> {attribute: logits [B, K, n_classes]} of each
     box's token average, or with `per_token` the logits of every token
-    {attribute: [B, N, n_classes]} (the same head; the weights unused)."""
+    {attribute: [B, N, n_classes]} (the same head; the weights unused), or
+    with `both` the two (pooled, per token) from one pass of the tower."""
     tokens = VisionEncoder(self.vision, name="vision")(
         images, feature_layer=self.feature_layer).tokens  # [B, N, D]
     head = RegionHead(self.classes, name="region_head")
-    if per_token:
+    if per_token and not both:
       return head(tokens)
-    pooled = jnp.einsum("bkn,bnd->bkd", region_weights.astype(tokens.dtype),
-                        tokens)
-    return head(pooled)
+    pooled = head(jnp.einsum("bkn,bnd->bkd",
+                             region_weights.astype(tokens.dtype), tokens))
+    return (pooled, head(tokens)) if both else pooled

@@ -207,3 +207,38 @@ def test_per_token_loss_makes_every_token_say_the_class(shapes):
   one = dict(batch, region_weights=onehot)
   np.testing.assert_allclose(float(per_token(params, one, None)[0]),
                              float(pooled(params, one, None)[0]), rtol=1e-5)
+
+
+def test_token_attributes_train_only_those_per_token(shapes):
+  """Option token_attributes: the named attributes per token, the others
+  from the box average: the loss is the mean of the two kinds' terms."""
+  source, tok = shapes
+  config = testing.tiny_recipe("projection")
+  kind = stages.kinds()["region_classification"]
+  model, init, _ = kind.make_model(config, "regions")
+  params = jax.tree_util.tree_map(
+      lambda x: getattr(x, "value", x), init(jax.random.key(0)),
+      is_leaf=lambda x: hasattr(x, "value"))
+  batch = next(pipeline.make_iterator(
+      source, fmt="regions", cfg=testing.tiny_mllm_config(), tokenizer=tok,
+      batch_size=8, seed=0, max_len=32, train=False))
+  batch = {k: jnp.asarray(v) for k, v in batch.items() if not k.startswith("_")}
+
+  def loss(**options):
+    stage = config.stages.regions.copy_and_resolve_references()
+    stage.update(options)
+    return float(kind.make_loss(model, stage)(params, batch, None)[0])
+
+  mixed = loss(token_attributes=("colour",))
+  all_tokens = loss(per_token=True)
+  shape_only_tokens = loss(token_attributes=("shape",))
+  # mixed + shape_only_tokens = pooled + all per token (each term once).
+  np.testing.assert_allclose(mixed + shape_only_tokens, loss() + all_tokens,
+                             rtol=1e-5)
+  assert mixed != loss() and mixed != all_tokens
+  from mmjax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from mmjax.train import config_checks  # pylint: disable=g-import-not-at-top
+  config.stages.regions.token_attributes = ("left",)
+  with pytest.raises(ConfigError, match="token_attributes=\\('left',\\): "
+                     "give a tuple of the stage's attributes"):
+    config_checks.validate_config(config)

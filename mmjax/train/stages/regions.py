@@ -19,7 +19,10 @@ cross-entropy of each token's logits, weighted by the token's share of the
 box), not only the box's average. An LM finds the object a question names
 by matching single tokens (attention keys), so each token should carry what
 the object is; accuracy is still read from the box average (the token
-log-probabilities averaged with the same weights). Option `recolour`
+log-probabilities averaged with the same weights). Option
+`token_attributes` (default ()): only these attributes per token, the
+others from the box average, e.g. the box edges, so that any one token of
+an object knows its box while shape and colour are learnt as before. Option `recolour`
 (default 0): in training, the chance that each object is painted a random
 colour and its colour not asked (`data/recolour.py`), so that shape is read
 from the outline, not guessed from the colour.
@@ -67,22 +70,24 @@ def _loss(model, stage: ml_collections.ConfigDict):
   trained = classes(stage)
   columns = list(formats.REGION_ATTRIBUTES)
 
-  per_token = bool(stage.get("per_token", False))
+  per_token = token_attributes(stage)
 
   def loss_fn(params, batch, rng):
     del rng
     weights = batch["region_weights"]  # [B, K, N]
-    logits = model.apply({"params": params}, single_image(batch["images"]),
-                         weights, per_token=per_token)
+    pooled, tokens = model.apply({"params": params},
+                                 single_image(batch["images"]), weights,
+                                 both=True)
     valid = batch["region_valid"] * batch["valid"][:, None]
     total, metrics = 0.0, {}
     for name, _ in trained:
+      logits = tokens if name in per_token else pooled
       labels = batch["region_labels"][..., columns.index(name)]
       # A recoloured object's colour is not asked (label -1).
       known = valid * (labels >= 0)
       n = jnp.maximum(known.sum(), 1.0)
       labels = jnp.maximum(labels, 0)
-      if per_token:  # [B, N, C] -> each box's weighted token log-probs
+      if name in per_token:  # [B, N, C] -> each box's weighted log-probs
         logp = jax.nn.log_softmax(logits[name].astype(jnp.float32))
         box_logp = jnp.einsum("bkn,bnc->bkc", weights, logp)  # [B, K, C]
         ce = -jnp.take_along_axis(box_logp, labels[..., None], -1)[..., 0]
@@ -96,6 +101,14 @@ def _loss(model, stage: ml_collections.ConfigDict):
     loss = total / len(trained)
     return loss, {"loss": loss, **metrics}
   return loss_fn
+
+
+def token_attributes(stage: ml_collections.ConfigDict) -> frozenset[str]:
+  """The attributes the stage trains on every token: all with `per_token`,
+  else those `token_attributes` names."""
+  if stage.get("per_token", False):
+    return frozenset(name for name, _ in classes(stage))
+  return frozenset(stage.get("token_attributes", ()))
 
 
 def _checks(config, path: str, stage) -> list[C.Check]:
@@ -117,12 +130,19 @@ def _checks(config, path: str, stage) -> list[C.Check]:
       "the chance per object, a number in [0, 1] (0 = off)"), C.check_that(
       lambda c: isinstance(stage.get("per_token", False), bool),
       lambda c: f"config.{path}.per_token={stage.get('per_token')!r}: give "
-      "True or False")]
+      "True or False"), C.check_that(
+      lambda c: isinstance(stage.get("token_attributes", ()), (tuple, list))
+      and set(stage.get("token_attributes", ())) <= set(
+          stage.get("attributes", DEFAULT_ATTRIBUTES)),
+      lambda c: f"config.{path}.token_attributes="
+      f"{stage.get('token_attributes')!r}: give a tuple of the stage's "
+      "attributes (those trained on every token), attributes="
+      f"{tuple(stage.get('attributes', DEFAULT_ATTRIBUTES))!r}")]
 
 
 KIND = base.register(base.StageKind(
     name="region_classification", families=("mllm",),
     data_formats=("regions",), make_model=_model, make_loss=_loss,
     options={"attributes": DEFAULT_ATTRIBUTES, "per_token": False,
-             "recolour": 0.0},
+             "token_attributes": (), "recolour": 0.0},
     checks=_checks))
