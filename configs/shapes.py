@@ -234,7 +234,7 @@ def _stages(fusion, cap, text_lm):
     stages.regions = _stage("region_classification", "regions", n(1500),
                             ["vision", "region_head"], 1e-3,
                             attributes=("shape", "colour"), per_token=False,
-                            token_attributes=(),
+                            token_attributes=(), attribute_weights=(),
                             recolour=0.5)
     stages.regions.batch_size = 64
     order.append("regions")

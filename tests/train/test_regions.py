@@ -242,3 +242,37 @@ def test_token_attributes_train_only_those_per_token(shapes):
   with pytest.raises(ConfigError, match="token_attributes=\\('left',\\): "
                      "give a tuple of the stage's attributes"):
     config_checks.validate_config(config)
+
+
+def test_attribute_weights_weight_the_mean(shapes):
+  """Option attribute_weights: the loss is the weighted mean of the
+  attributes' terms; bad weights are one config error."""
+  source, tok = shapes
+  config = testing.tiny_recipe("projection")
+  kind = stages.kinds()["region_classification"]
+  model, init, _ = kind.make_model(config, "regions")
+  params = jax.tree_util.tree_map(
+      lambda x: getattr(x, "value", x), init(jax.random.key(0)),
+      is_leaf=lambda x: hasattr(x, "value"))
+  batch = next(pipeline.make_iterator(
+      source, fmt="regions", cfg=testing.tiny_mllm_config(), tokenizer=tok,
+      batch_size=8, seed=0, max_len=32, train=False))
+  batch = {k: jnp.asarray(v) for k, v in batch.items() if not k.startswith("_")}
+
+  def loss(**options):
+    stage = config.stages.regions.copy_and_resolve_references()
+    stage.update(options)
+    return float(kind.make_loss(model, stage)(params, batch, None)[0])
+
+  shape = loss(attribute_weights=(1.0, 0.0))
+  colour = loss(attribute_weights=(0.0, 1.0))
+  np.testing.assert_allclose(loss(), (shape + colour) / 2, rtol=1e-5)
+  np.testing.assert_allclose(loss(attribute_weights=(3.0, 1.0)),
+                             (3 * shape + colour) / 4, rtol=1e-5)
+  from mmjax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from mmjax.train import config_checks  # pylint: disable=g-import-not-at-top
+  for bad in ((1.0,), (1.0, -1.0), (0.0, 0.0)):
+    config.stages.regions.attribute_weights = bad
+    with pytest.raises(ConfigError, match="give \\(\\) or one weight >= 0 "
+                       "per attribute"):
+      config_checks.validate_config(config)

@@ -12,8 +12,9 @@ bottom: one of `formats.EDGE_BINS` bins of the side); default shape and
 colour; docs/recipes.md "What makes the model see", docs/evaluation.md
 "Grounding").
 
-Loss: the mean over attributes of the cross-entropy over real objects;
-metrics `<attribute>_accuracy`. Option `per_token` (default False): every
+Loss: the mean over attributes of the cross-entropy over real objects
+(option `attribute_weights`, one weight per attribute in `attributes`'
+order: the weighted mean; () = all 1); metrics `<attribute>_accuracy`. Option `per_token` (default False): every
 token under a box must say the object's class on its own (the
 cross-entropy of each token's logits, weighted by the token's share of the
 box), not only the box's average. An LM finds the object a question names
@@ -71,6 +72,9 @@ def _loss(model, stage: ml_collections.ConfigDict):
   columns = list(formats.REGION_ATTRIBUTES)
 
   per_token = token_attributes(stage)
+  weights_by_name = dict(zip([name for name, _ in trained],
+                             stage.get("attribute_weights", ()) or
+                             [1.0] * len(trained)))
 
   def loss_fn(params, batch, rng):
     del rng
@@ -95,10 +99,10 @@ def _loss(model, stage: ml_collections.ConfigDict):
       else:
         ce = optax.softmax_cross_entropy_with_integer_labels(
             logits[name].astype(jnp.float32), labels)
-      total = total + (ce * known).sum() / n
+      total = total + weights_by_name[name] * (ce * known).sum() / n
       right = (logits[name].argmax(-1) == labels) * known
       metrics[f"{name}_accuracy"] = right.sum() / n
-    loss = total / len(trained)
+    loss = total / sum(weights_by_name.values())
     return loss, {"loss": loss, **metrics}
   return loss_fn
 
@@ -137,12 +141,29 @@ def _checks(config, path: str, stage) -> list[C.Check]:
       lambda c: f"config.{path}.token_attributes="
       f"{stage.get('token_attributes')!r}: give a tuple of the stage's "
       "attributes (those trained on every token), attributes="
-      f"{tuple(stage.get('attributes', DEFAULT_ATTRIBUTES))!r}")]
+      f"{tuple(stage.get('attributes', DEFAULT_ATTRIBUTES))!r}"), C.check_that(
+      lambda c: _weights_fit(stage),
+      lambda c: f"config.{path}.attribute_weights="
+      f"{stage.get('attribute_weights')!r}: give () or one weight >= 0 per "
+      f"attribute of {tuple(stage.get('attributes', DEFAULT_ATTRIBUTES))!r}, "
+      "not all 0")]
+
+
+def _weights_fit(stage) -> bool:
+  weights = stage.get("attribute_weights", ())
+  if not isinstance(weights, (tuple, list)):
+    return False
+  if not weights:
+    return True
+  return (len(weights) == len(stage.get("attributes", DEFAULT_ATTRIBUTES))
+          and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                  and w >= 0 for w in weights) and sum(weights) > 0)
 
 
 KIND = base.register(base.StageKind(
     name="region_classification", families=("mllm",),
     data_formats=("regions",), make_model=_model, make_loss=_loss,
     options={"attributes": DEFAULT_ATTRIBUTES, "per_token": False,
-             "token_attributes": (), "recolour": 0.0},
+             "token_attributes": (), "attribute_weights": (),
+             "recolour": 0.0},
     checks=_checks))
