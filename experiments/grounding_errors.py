@@ -7,7 +7,8 @@ Asks the `grounding` evaluator's question of each of the first --images
 images of the test split ("where is the red circle?", an object whose colour
 x shape pair occurs once) and sorts the greedy box by the object it covers
 best: the one named (IoU >= 0.5), another object of the same colour, of the
-same shape, of neither, no object at all, or no box. A model that reads the
+same shape, of neither, no object at all, or no box
+(`mmjax.evals.grounding.where_box_lands`). A model that reads the
 question's words picks the named object among those it boxes; one that has
 only learnt where objects are picks any (about one in 3.5 on these images).
 (docs/evaluation.md "Grounding".)
@@ -20,7 +21,7 @@ import numpy as np
 
 from mmjax import config as config_lib
 from mmjax import inference
-from mmjax.data import builders, datasets, grounding
+from mmjax.data import builders, datasets
 from mmjax.evals import grounded_captions
 from mmjax.evals import grounding as grounding_eval
 
@@ -28,27 +29,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "a run trained with "
                                "config.data.grounding_questions > 0")
 _IMAGES = flags.DEFINE_integer("images", 600, "test images")
 _BATCH = flags.DEFINE_integer("batch", 64, "questions per generate call")
-
-GROUPS = ("named object", "same colour, other shape",
-          "same shape, other colour", "neither colour nor shape",
-          "on no object", "no box")
-
-
-def landing(answer: str, colour: str, shape: str,
-            objects: list[tuple[str, str, grounding.Box]]) -> str:
-  """The group (GROUPS) of one box answer about the named colour and shape
-  among the image's (colour, shape, box) objects."""
-  box = grounding.parse_box(answer)
-  if box is None:
-    return "no box"
-  best = max(objects, key=lambda o: grounding.iou(box, o[2]))
-  if grounding.iou(box, best[2]) < 0.5:
-    return "on no object"
-  same_colour, same_shape = best[0] == colour, best[1] == shape
-  return {(True, True): "named object",
-          (True, False): "same colour, other shape",
-          (False, True): "same shape, other colour",
-          (False, False): "neither colour nor shape"}[same_colour, same_shape]
 
 
 def main(argv):
@@ -71,14 +51,15 @@ def main(argv):
   counts = collections.Counter()
   for (record, question, _, _), answer in zip(examples, said):
     colour, shape = question[len("where is the "):-1].split(" ")
-    counts[landing(answer.strip(), colour, shape,
-                   grounded_captions.record_objects(record))] += 1
+    counts[grounding_eval.where_box_lands(
+        answer.strip(), colour, shape,
+        grounded_captions.record_objects(record))] += 1
   n = max(sum(counts.values()), 1)
   print(f"test: {sum(counts.values())} questions: " + ", ".join(
-      f"{g} {counts[g] / n:.3f}" for g in GROUPS))
-  on = sum(counts[g] for g in GROUPS[:4])
+      f"{g} {counts[g] / n:.3f}" for g in grounding_eval.LANDINGS))
+  on = sum(counts[g] for g in grounding_eval.LANDINGS[:4])
   print(f"of the boxes on an object, the named one: "
-        f"{counts[GROUPS[0]] / max(on, 1):.3f} (n={on})")
+        f"{counts[grounding_eval.LANDINGS[0]] / max(on, 1):.3f} (n={on})")
 
 
 if __name__ == "__main__":

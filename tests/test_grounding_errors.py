@@ -1,24 +1,17 @@
-"""experiments/grounding_errors.py: where a grounding run's boxes land (the
-grouping by hand, and a smoke run on a fabricated run)."""
-import importlib.util
+"""experiments/grounding_errors.py: where a grounding run's boxes land
+(`grounding.where_box_lands` by hand, and a smoke run on a fabricated
+run)."""
 import re
 import subprocess
 import sys
 
+from mmjax.evals import grounding as grounding_eval
 from tests.conftest import REPO
 from tests.helpers import make_workdir
 
 
-def _module():
-  spec = importlib.util.spec_from_file_location(
-      "grounding_errors", f"{REPO}/experiments/grounding_errors.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_landing_groups_by_hand():
-  landing = _module().landing
+  landing = grounding_eval.where_box_lands
   objects = [("red", "circle", (0, 0, 100, 100)),
              ("red", "star", (200, 0, 300, 100)),
              ("blue", "circle", (400, 0, 500, 100)),

@@ -71,6 +71,31 @@ def grounding_metrics(predictions: Sequence[str],
   return out
 
 
+# Where a box answer lands (`where_box_lands`), in the order reports list.
+LANDINGS = ("named object", "same colour, other shape",
+            "same shape, other colour", "neither colour nor shape",
+            "on no object", "no box")
+
+
+def where_box_lands(answer: str, colour: str, shape: str,
+                    objects: Sequence[tuple[str, str, Sequence[int]]],
+                    threshold: float = THRESHOLD) -> str:
+  """Which of LANDINGS one box answer about the named colour and shape is,
+  by the object of the image's (colour, shape, box) objects it covers best
+  (IoU >= threshold; `experiments/grounding_errors.py`)."""
+  box = grounding.parse_box(answer)
+  if box is None:
+    return "no box"
+  best = max(objects, key=lambda o: grounding.iou(box, o[2]))
+  if grounding.iou(box, best[2]) < threshold:
+    return "on no object"
+  return {(True, True): "named object",
+          (True, False): "same colour, other shape",
+          (False, True): "same shape, other colour",
+          (False, False): "neither colour nor shape"}[
+              best[0] == colour, best[1] == shape]
+
+
 def grounding_examples(source: Sequence[Mapping[str, Any]],
                        max_examples: int | None
                        ) -> list[tuple[Mapping[str, Any], str, str, tuple]]:
