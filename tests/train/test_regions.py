@@ -209,11 +209,10 @@ def test_per_token_loss_makes_every_token_say_the_class(shapes):
                              float(pooled(params, one, None)[0]), rtol=1e-5)
 
 
-def test_token_attributes_train_only_those_per_token(shapes):
-  """Option token_attributes: the named attributes per token, the others
-  from the box average: the loss is the mean of the two kinds' terms."""
+def _stage_loss(shapes, config):
+  """loss(**stage options) -> the regions loss of a fresh tiny tower on one
+  batch of 8 images (the same tower and batch every call)."""
   source, tok = shapes
-  config = testing.tiny_recipe("projection")
   kind = stages.kinds()["region_classification"]
   model, init, _ = kind.make_model(config, "regions")
   params = jax.tree_util.tree_map(
@@ -228,7 +227,14 @@ def test_token_attributes_train_only_those_per_token(shapes):
     stage = config.stages.regions.copy_and_resolve_references()
     stage.update(options)
     return float(kind.make_loss(model, stage)(params, batch, None)[0])
+  return loss
 
+
+def test_token_attributes_train_only_those_per_token(shapes):
+  """Option token_attributes: the named attributes per token, the others
+  from the box average: the loss is the mean of the two kinds' terms."""
+  config = testing.tiny_recipe("projection")
+  loss = _stage_loss(shapes, config)
   mixed = loss(token_attributes=("colour",))
   all_tokens = loss(per_token=True)
   shape_only_tokens = loss(token_attributes=("shape",))
@@ -247,23 +253,8 @@ def test_token_attributes_train_only_those_per_token(shapes):
 def test_attribute_weights_weight_the_mean(shapes):
   """Option attribute_weights: the loss is the weighted mean of the
   attributes' terms; bad weights are one config error."""
-  source, tok = shapes
   config = testing.tiny_recipe("projection")
-  kind = stages.kinds()["region_classification"]
-  model, init, _ = kind.make_model(config, "regions")
-  params = jax.tree_util.tree_map(
-      lambda x: getattr(x, "value", x), init(jax.random.key(0)),
-      is_leaf=lambda x: hasattr(x, "value"))
-  batch = next(pipeline.make_iterator(
-      source, fmt="regions", cfg=testing.tiny_mllm_config(), tokenizer=tok,
-      batch_size=8, seed=0, max_len=32, train=False))
-  batch = {k: jnp.asarray(v) for k, v in batch.items() if not k.startswith("_")}
-
-  def loss(**options):
-    stage = config.stages.regions.copy_and_resolve_references()
-    stage.update(options)
-    return float(kind.make_loss(model, stage)(params, batch, None)[0])
-
+  loss = _stage_loss(shapes, config)
   shape = loss(attribute_weights=(1.0, 0.0))
   colour = loss(attribute_weights=(0.0, 1.0))
   np.testing.assert_allclose(loss(), (shape + colour) / 2, rtol=1e-5)
