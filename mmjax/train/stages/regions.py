@@ -14,7 +14,8 @@ colour; docs/recipes.md "What makes the model see", docs/evaluation.md
 
 Loss: the mean over attributes of the cross-entropy over real objects
 (option `attribute_weights`, one weight per attribute in `attributes`'
-order: the weighted mean; () = all 1); metrics `<attribute>_accuracy`. Option `per_token` (default False): every
+order: the weighted mean; () = all 1); metrics `<attribute>_accuracy`.
+Option `per_token` (default False): every
 token under a box must say the object's class on its own (the
 cross-entropy of each token's logits, weighted by the token's share of the
 box), not only the box's average. An LM finds the object a question names
@@ -23,10 +24,10 @@ the object is; accuracy is still read from the box average (the token
 log-probabilities averaged with the same weights). Option
 `token_attributes` (default ()): only these attributes per token, the
 others from the box average, e.g. the box edges, so that any one token of
-an object knows its box while shape and colour are learnt as before. Option `recolour`
-(default 0): in training, the chance that each object is painted a random
-colour and its colour not asked (`data/recolour.py`), so that shape is read
-from the outline, not guessed from the colour.
+an object knows its box while shape and colour are learnt as before.
+Option `recolour` (default 0): in training, the chance that each object is
+painted a random colour and its colour not asked (`data/recolour.py`), so
+that shape is read from the outline, not guessed from the colour.
 """
 from __future__ import annotations
 
