@@ -21,8 +21,7 @@ import numpy as np
 
 from mmjax import config as config_lib
 from mmjax import inference
-from mmjax.data import builders, datasets
-from mmjax.evals import grounded_captions
+from mmjax.data import builders, datasets, grounding
 from mmjax.evals import grounding as grounding_eval
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a run trained with "
@@ -53,7 +52,7 @@ def main(argv):
     colour, shape = question[len("where is the "):-1].split(" ")
     counts[grounding_eval.where_box_lands(
         answer.strip(), colour, shape,
-        grounded_captions.record_objects(record))] += 1
+        grounding.record_boxes(record))] += 1
   n = max(sum(counts.values()), 1)
   print(f"test: {sum(counts.values())} questions: " + ", ".join(
       f"{g} {counts[g] / n:.3f}" for g in grounding_eval.LANDINGS))

@@ -130,6 +130,14 @@ def grounded_caption(objects: Sequence[Mapping[str, Any]],
   return ", ".join(mentions[:-1]) + " and " + mentions[-1] + "."
 
 
+def record_boxes(record: Mapping[str, Any]) -> list[tuple[str, str, Box]]:
+  """(colour, shape, box in 0..1000) of each object of a decoded shapes
+  record (its image sets the side)."""
+  height, width = np.shape(record["image"])[:2]
+  return [(o["colour"], o["shape"], normalise_box(o["bbox"], (width, height)))
+          for o in record_objects(record)]
+
+
 def record_grounded_caption(record: Mapping[str, Any]) -> str:
   """`grounded_caption` of a decoded shapes record (its image sets the side)."""
   height, width = np.shape(record["image"])[:2]

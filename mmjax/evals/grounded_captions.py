@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from mmjax.data import grounding
 from mmjax.data.text_corpus import COLOURS, SHAPES
@@ -85,15 +84,6 @@ def grounded_caption_metrics(
           "count": n}
 
 
-def record_objects(record: Mapping[str, Any]
-                   ) -> list[tuple[str, str, grounding.Box]]:
-  """(colour, shape, box in 0..1000) of each object of a shapes record."""
-  height, width = np.shape(record["image"])[:2]
-  return [(o["colour"], o["shape"],
-           grounding.normalise_box(o["bbox"], (width, height)))
-          for o in grounding.record_objects(record)]
-
-
 def answer_tokens(tokenizer: Tokenizer) -> int:
   """New tokens the longest grounded caption needs, with the end of turn:
   MAX_OBJECTS objects of the longest names with 4-digit coordinates."""
@@ -129,7 +119,7 @@ def evaluate_grounded_captions(model: MLLM, params: Any, cfg: MLLMConfig,
   preds = vqa.greedy_answers(
       model, params, tokenizer, prompts, pixels, batch_size=batch_size,
       max_new_tokens=answer_tokens(tokenizer)) if records else []
-  objects = [record_objects(r) for r in records]
+  objects = [grounding.record_boxes(r) for r in records]
   metrics: dict[str, Any] = {
       f"grounded_captions/{k}": v
       for k, v in grounded_caption_metrics(preds, objects).items()}

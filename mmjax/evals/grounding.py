@@ -111,13 +111,6 @@ def grounding_examples(source: Sequence[Mapping[str, Any]],
   return out
 
 
-def _object_boxes(record: Mapping[str, Any]) -> list[grounding.Box]:
-  """Every object's box in a record's image, in 0..1000."""
-  height, width = np.shape(record["image"])[:2]
-  return [grounding.normalise_box(o["bbox"], (width, height))
-          for o in grounding.record_objects(record)]
-
-
 def answer_tokens(tokenizer: Tokenizer) -> int:
   """New tokens the longest box answer needs, with the end of turn."""
   return len(tokenizer.encode(grounding.format_box((grounding.SCALE,) * 4))
@@ -155,7 +148,8 @@ def evaluate_shapes_grounding(model: MLLM, params: Any, cfg: MLLMConfig,
       max_new_tokens=max_new_tokens or answer_tokens(tokenizer),
       fastv=fastv) if examples else []
   boxes = [box for *_, box in examples]
-  image_boxes = [_object_boxes(r) for r, *_ in examples]
+  image_boxes = [[box for *_, box in grounding.record_boxes(r)]
+                 for r, *_ in examples]
   metrics: dict[str, Any] = {
       f"grounding/{k}": v for k, v in grounding_metrics(
           preds, boxes, image_boxes=image_boxes).items()}
