@@ -15,6 +15,10 @@ Args (comma-separated key=value after the colon):
   plain=0|1      flatten each training picture's background to its mean
                  colour before encoding (default 0; the t2i stage's
                  `plain_background`)
+  layout=0|1     plan, then draw: the LM writes the objects' classes and
+                 boxes before the codes, and each code slot carries its
+                 cell's share of them (default 0; config.model.scene_layout;
+                 models/scene_layout.py)
 One stage, `t2i` (train/stages/t2i.py), on the shapes recipe's images and
 captions (the 'contrastive' format: both captions of every training image,
 32 ids at most); the tokenizer is frozen, 10% of the captions are dropped
@@ -33,7 +37,7 @@ def get_config(arg=None):
   """Returns the text-to-image recipe; see the module docstring."""
   args = config_lib.parse_arg(arg, tokenizer="runs/vq", codes=1024, levels=2,
                               size="tiny", steps=1500, batch=16, plain=0,
-                              positions="none")
+                              positions="none", layout=0)
   vq_recipe = config_lib.load_config(
       os.path.join(_HERE, "vq.py") + f":codes={args.codes},levels="
       f"{args.levels}")
@@ -42,12 +46,16 @@ def get_config(arg=None):
   config = vq_recipe
   config.model.lm = shapes.model.lm
   config.model.code_positions = args.positions
+  config.model.scene_layout = bool(int(args.layout))
   stage = ml_collections.ConfigDict(config.stages.vq.to_dict())
   for key in ("commitment", "decay", "dead_threshold", "recon"):
     del stage[key]
-  stage.update(loss="t2i", steps=args.steps, trainable=("llm",),
+  stage.update(loss="t2i", steps=args.steps,
+               trainable=("llm", "scene_layout")
+               if config.model.scene_layout else ("llm",),
                tokenizer=args.tokenizer, cfg_dropout=0.1,
-               plain_background=bool(int(args.plain)))
+               plain_background=bool(int(args.plain)),
+               layout_weight=1.0)
   stage.optimizer.lr = 1e-3
   stage.optimizer.weight_decay = 0.01
   stage.optimizer.lr_mult = ml_collections.ConfigDict({"llm": 1.0})

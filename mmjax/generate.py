@@ -44,7 +44,9 @@ Text to image: a run of configs/t2i.py draws the --prompt (a caption, e.g.
 "two red circles and a blue square.") and writes the picture to --out
 (e.g. image.png); --guidance sets classifier-free guidance (default 3; 1 =
 off), --temperature / --top_k / --top_p sample the image codes (temperature
-1 unless given; mmjax.decoding.image_tokens). A caption longer than the
+1 unless given; mmjax.decoding.image_tokens); a run that plans a layout
+first (configs/t2i.py:layout=1) also prints it, one "layout: a red circle
+[x0, y0, x1, y1], ... (0..1000)" line. A caption longer than the
 model reads, one asking for more than six objects, or a guidance <= 0 exits
 2 with one line, as does --out for a run that does not draw or a drawing run
 without --out.
@@ -134,6 +136,7 @@ def _check_image_path(flag: str, path: str) -> None:
 def _text_to_image(f) -> None:
   """--out: draw the prompt with a configs/t2i.py run."""
   from mmjax import inference  # pylint: disable=g-import-not-at-top
+  from mmjax.data import grounding  # pylint: disable=g-import-not-at-top
   from mmjax.inference import text_to_image  # pylint: disable=g-import-not-at-top
   fail = config_lib.fail
   if f.image or f.video or f.audio:
@@ -144,12 +147,17 @@ def _text_to_image(f) -> None:
     temperature = f.temperature if f["temperature"].present else 1.0
     sampling = inference.Sampling(temperature, f.top_k, f.top_p)
     run = text_to_image.load_text_to_image(f.workdir)
-    image = run.draw([f.prompt], seed=f.seed, guidance=f.guidance,
-                     sampling=sampling)[0]
+    images, layouts = run.draw([f.prompt], seed=f.seed, guidance=f.guidance,
+                               sampling=sampling, with_layout=True)
+    image = images[0]
     run.save_png(image, f.out)
   except (inference.WorkdirError, config_lib.ConfigError, ValueError,
           OSError) as e:
     fail(str(e).split("\n")[0])
+  if run.model.layout_objects:  # the plan the picture was drawn from
+    print("layout: " + (", ".join(
+        f"{c} {s} {grounding.format_box(b)}" for c, s, b in layouts[0])
+                        or "(no object)") + " (0..1000)", flush=True)
   print(f"wrote {f.out} ({image.shape[1]}x{image.shape[0]})", flush=True)
 
 

@@ -194,6 +194,23 @@ class Collate:
         out["region_valid"][i, :n] = 1.0
     return out
 
+  @staticmethod
+  def _objects(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """object_boxes f32[b, K, 4] (fractions), object_labels int32[b, K, A]
+    (formats.REGION_ATTRIBUTES) and object_valid f32[b, K] of a caption
+    batch: each picture's objects where its record lists them, else none."""
+    k, a = formats.MAX_REGIONS, len(formats.REGION_ATTRIBUTES)
+    out = {"object_boxes": np.zeros((len(rows), k, 4), np.float32),
+           "object_labels": np.zeros((len(rows), k, a), np.int32),
+           "object_valid": np.zeros((len(rows), k), np.float32)}
+    for i, row in enumerate(rows):
+      if row["valid"] and "boxes" in row:
+        n = len(row["boxes"])
+        out["object_boxes"][i, :n] = row["boxes"]
+        out["object_labels"][i, :n] = row["labels"]
+        out["object_valid"][i, :n] = 1.0
+    return out
+
   def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     counts = dict.fromkeys(STAT_KEYS, 0)
     for row in rows:  # Every process sees every row: global counts.
@@ -220,7 +237,8 @@ class Collate:
         if row["valid"]:
           batch["text_tokens"][i] = row["text_tokens"]
           batch["text_pad_mask"][i] = row["text_pad_mask"]
-      return {**batch, "valid": valid, "_stats": counts}
+      return {**batch, **self._objects(mine), "valid": valid,
+              "_stats": counts}
     if self.fmt == "regions":
       return {**batch, **self._regions(mine), "valid": valid,
               "_stats": counts}

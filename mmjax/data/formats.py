@@ -141,10 +141,15 @@ class PreferencePair:
 
 @dataclasses.dataclass
 class CaptionText:
-  """An image and its caption text (contrastive pretraining)."""
+  """An image and its caption text (contrastive pretraining, text to
+  image); `boxes` / `labels` as RegionTargets' when the record lists its
+  objects (shapes records do: a text-to-image layout learns from them),
+  else None."""
   record_id: str
   image: np.ndarray
   text: str
+  boxes: np.ndarray | None = None
+  labels: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -505,7 +510,14 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
     if len(images) != 1:
       raise BadExample("placeholder_mismatch", "a contrastive example needs "
                        f"exactly one image, the record has {len(images)}")
-    return CaptionText(rid, images[0], _captions(record)[item])
+    try:  # a layout's objects where the record lists them
+      objects = (_region_targets(rid, record) if "objects" in record
+                 else None)
+    except BadExample:
+      objects = None
+    return CaptionText(rid, images[0], _captions(record)[item],
+                       *((objects.boxes, objects.labels) if objects
+                         else ()))
   if fmt == "regions":
     return _region_targets(rid, record)
   check_format(fmt)

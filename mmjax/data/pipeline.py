@@ -252,6 +252,8 @@ class _RowMaker:
     if isinstance(example, formats.CaptionText):
       out["text_tokens"], out["text_pad_mask"] = formats.caption_tokens(
           self.tok, example.text, self.max_len)
+      if example.boxes is not None:
+        out["boxes"], out["labels"] = example.boxes, example.labels
       return out
 
     def sequence(turns):

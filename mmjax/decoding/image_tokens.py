@@ -13,6 +13,14 @@ only (the unconditional model the `t2i` stage trains by dropping 10% of
 the captions), and samples from u + s (c - u) (c, u: the two rows' code
 logits, s = `guidance`; s = 1 is the conditional model alone, no second
 row). Both rows share the KV-cache layout: the batch is [cond; uncond].
+
+A model with a layout (models/scene_layout.py) first writes the layout
+after the caption, in the same loop kind: L slots, each sampled from the
+conditional row's logits over the ids the layout grammar allows there
+(`LayoutVocab.allowed`: a class or <eol>, then four location bins; PAD
+after <eol>). The layout is read back into cells, which every code slot
+of the conditional row carries; the unconditional row writes PAD and sees
+no object (as training's dropped captions do).
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import jax.numpy as jnp
 
 from mmjax.data.tokenizer import PAD_ID
 from mmjax.decoding.sampling import Sampling, sample_tokens
+from mmjax.models import scene_layout
 from mmjax.models.decoder import init_kv_cache
 from mmjax.models.text_to_image import TextToImageLM
 
@@ -58,11 +67,27 @@ def _generate(model: TextToImageLM, params, prompts: jax.Array,
       guided) else prompts
   vocab, n = model.vocab, model.n_codes
   lo, hi = vocab.first_code_id, vocab.first_code_id + vocab.codes
-  cache = init_kv_cache(model.lm, rows.shape[0], p + 1 + n)
-  start = jnp.concatenate(
-      [rows, jnp.full((rows.shape[0], 1), vocab.boi_id, jnp.int32)], axis=1)
-  logits, cache = model.apply({"params": params}, start, cache=cache,
-                              cache_index=0)
+  start = model.boi_slot  # P + L
+  cache = init_kv_cache(model.lm, rows.shape[0], start + 1 + n)
+  boi = jnp.full((rows.shape[0], 1), vocab.boi_id, jnp.int32)
+  cells = None
+  layout = jnp.zeros((b, model.layout_len), jnp.int32)
+  if model.layout_objects:
+    logits, cache = model.apply({"params": params}, rows, cache=cache,
+                                cache_index=0)
+    layout, cache, logits = _write_layout(model, params, cache, logits[:, -1:],
+                                          jax.random.fold_in(key, n), b,  # codes use 0..n-1
+                                          sampling)
+    plan = scene_layout.cells(*scene_layout.decode(model.layout_vocab,
+                                                   layout), model.grid)
+    cells = tuple(jnp.concatenate([x, jnp.zeros_like(x)]) if guided else x
+                  for x in plan)
+    logits, cache = model.apply({"params": params}, boi, cells, cache=cache,
+                                cache_index=start)
+  else:
+    logits, cache = model.apply({"params": params},
+                                jnp.concatenate([rows, boi], axis=1),
+                                cache=cache, cache_index=0)
 
   def code_logits(logits):  # last position, image codes only: [B, K]
     last = logits[:, -1, lo:hi].astype(jnp.float32)
@@ -75,21 +100,51 @@ def _generate(model: TextToImageLM, params, prompts: jax.Array,
     codes = codes.at[:, i].set(code)
     ids = vocab.code_ids(code)
     ids = jnp.concatenate([ids, ids]) if guided else ids
-    logits, cache = model.apply({"params": params}, ids[:, None],
-                                cache=cache, cache_index=p + 1 + i)
+    logits, cache = model.apply({"params": params}, ids[:, None], cells,
+                                cache=cache, cache_index=start + 1 + i)
     return cache, logits, codes
 
   codes = jnp.zeros((b, n), jnp.int32)
   _, _, codes = jax.lax.fori_loop(0, n, step,
                                   (cache, logits[:, -1:], codes))
-  return codes
+  return codes, layout
+
+
+def _write_layout(model: TextToImageLM, params, cache, logits: jax.Array,
+                  key: jax.Array, b: int, sampling: Sampling):
+  """The layout's L slots after the caption: (tokens int32[b, L], cache,
+  the last logits [R, 1, V]). The first b rows sample within the grammar;
+  the rest (the unconditional rows) write PAD."""
+  lv = model.layout_vocab
+  rows = logits.shape[0]
+  p = model.prompt_len
+
+  def step(k, carry):
+    cache, logits, tokens = carry
+    allowed = lv.allowed(k, jnp.any(tokens == lv.eol_id, axis=1),
+                         logits.shape[-1], PAD_ID)
+    masked = jnp.where(allowed, logits[:b, -1].astype(jnp.float32), -jnp.inf)
+    keys = jax.random.split(jax.random.fold_in(key, k), b)
+    token = sample_tokens(masked, keys, sampling)
+    tokens = tokens.at[:, k].set(token)
+    ids = jnp.concatenate([token, jnp.full((rows - b,), PAD_ID, jnp.int32)])
+    logits, cache = model.apply({"params": params}, ids[:, None],
+                                cache=cache, cache_index=p + k)
+    return cache, logits, tokens
+
+  tokens = jnp.zeros((b, lv.length), jnp.int32)
+  cache, logits, tokens = jax.lax.fori_loop(0, lv.length, step,
+                                            (cache, logits, tokens))
+  return tokens, cache, logits
 
 
 def generate_codes(model: TextToImageLM, params, prompts: jax.Array,
                    key: jax.Array, *, guidance: float = 3.0,
-                   sampling: Sampling = Sampling(temperature=1.0)
-                   ) -> jax.Array:
-  """Codes int32[B, N] of one image per caption.
+                   sampling: Sampling = Sampling(temperature=1.0),
+                   with_layout: bool = False
+                   ) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """Codes int32[B, N] of one image per caption (with_layout: and the
+  layout tokens int32[B, L] the model planned; L = 0 without a layout).
 
   Args:
     model: the `t2i` stage's model (train/stages/t2i.text_to_image_lm).
@@ -107,4 +162,6 @@ def generate_codes(model: TextToImageLM, params, prompts: jax.Array,
   check_request(model, prompts.shape[1], guidance)
   pad = model.prompt_len - prompts.shape[1]
   prompts = jnp.pad(prompts, ((0, 0), (0, pad)), constant_values=PAD_ID)
-  return _generate(model, params, prompts, key, float(guidance), sampling)
+  codes, layout = _generate(model, params, prompts, key, float(guidance),
+                            sampling)
+  return (codes, layout) if with_layout else codes

@@ -21,11 +21,12 @@ import jax
 import numpy as np
 
 from mmjax import parallel
-from mmjax.data import formats, shapes
+from mmjax.data import formats, grounding, shapes
 from mmjax.data import images as images_lib
 from mmjax.decoding import image_tokens
 from mmjax.decoding.sampling import Sampling
 from mmjax.inference import workdir as workdir_lib
+from mmjax.models import scene_layout
 from mmjax.models.text_to_image import TextToImageLM
 from mmjax.train.stages import t2i as t2i_stage
 
@@ -79,13 +80,30 @@ class TextToImageRun:
 
   def draw(self, captions: Sequence[str], *, seed: int = 0,
            guidance: float = 3.0,
-           sampling: Sampling = Sampling(temperature=1.0)) -> np.ndarray:
-    """uint8[B, S, S, 3]: one picture per caption."""
+           sampling: Sampling = Sampling(temperature=1.0),
+           with_layout: bool = False):
+    """uint8[B, S, S, 3]: one picture per caption; with_layout: and per
+    caption the objects the model planned before drawing (`layouts`; []
+    for a run without a layout)."""
     ids = self.prompt_ids(captions)
-    codes = image_tokens.generate_codes(
+    codes, layout = image_tokens.generate_codes(
         self.model, self.params, ids, jax.random.key(seed),
-        guidance=guidance, sampling=sampling)
-    return images_lib.to_uint8(self.model.decode_codes(self.vq, codes))
+        guidance=guidance, sampling=sampling, with_layout=True)
+    images = images_lib.to_uint8(self.model.decode_codes(self.vq, codes))
+    return (images, self.layouts(layout)) if with_layout else images
+
+  def layouts(self, tokens) -> list[list[tuple[str, str, tuple[int, ...]]]]:
+    """Per row of layout tokens int32[B, L], its objects as (colour, shape,
+    box (x0, y0, x1, y1) in 0..1000 of the side)."""
+    if not self.model.layout_objects:
+      return [[] for _ in range(len(tokens))]
+    boxes, classes, valid = (np.asarray(x) for x in scene_layout.decode(
+        self.model.layout_vocab, jax.numpy.asarray(tokens)))
+    return [[(*t2i_stage.class_names(int(c)),
+              tuple(int(round(v * grounding.SCALE)) for v in box))
+             for box, c, ok in zip(row_boxes, row_classes, row_valid) if ok]
+            for row_boxes, row_classes, row_valid in zip(boxes, classes,
+                                                          valid)]
 
   @staticmethod
   def save_png(image: np.ndarray, path: str) -> str:

@@ -12,7 +12,14 @@ N = (side / f)^2 codes in row-major order (f: the tokenizer's downsampling);
 <boi> on also carries the row and column of the code it predicts (a fixed
 2-D sine-cosine table, `visual_positions.sincos_2d`, scaled by 1/sqrt(D)):
 1-D RoPE alone leaves the LM to learn that the code above lies `grid` slots
-back. The tokenizer is not a parameter of this
+back. With `layout_objects` M > 0 the LM first writes the scene's
+layout (models/scene_layout.py: five tokens per object, then <eol>, L =
+5 M + 1 slots) between the caption and <boi>, and every code slot also
+carries its cell's share of the layout (`cells`, module `scene_layout`):
+
+  caption (P) | layout (L) | <boi> | code_1 ... code_N
+
+The tokenizer is not a parameter of this
 module: its encoder params and codebook are passed in (`encode_codes`),
 frozen (train/stages/t2i.py keeps them in the stage's loss state).
 """
@@ -24,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import scene_layout
 from mmjax.models import visual_positions
 from mmjax.models import vq as vq_lib
 from mmjax.models import vq_codebook
@@ -38,12 +46,15 @@ class TextToImageLM(nn.Module):
   """The LM (`llm`, vocabulary `vocab.size`) and the facts of its sequences.
 
   Attributes:
-    lm: the decoder's config; lm.vocab_size must equal vocab.size.
+    lm: the decoder's config; lm.vocab_size must equal `total_vocab`.
     vq: the image tokenizer's config (codes per side = vq.grid(side)).
     vocab: text ids, <boi>, <eoi>, then the K codes.
-    prompt_len: P, caption ids before <boi>.
+    prompt_len: P, caption ids before <boi> (or before the layout).
     side: the image side in pixels.
     code_positions: 'none' or 'sincos2d' (module docstring; no parameters).
+    layout_objects: M, objects a layout holds; 0 = no layout.
+    layout_classes: C, object classes of a layout (colour x shape).
+    layout_bins: B, location bins per side.
   """
   lm: DecoderConfig
   vq: vq_lib.VQConfig
@@ -51,15 +62,45 @@ class TextToImageLM(nn.Module):
   prompt_len: int
   side: int
   code_positions: str = "none"
+  layout_objects: int = 0
+  layout_classes: int = 1
+  layout_bins: int = 64
 
   def setup(self):
-    if self.lm.vocab_size != self.vocab.size:
+    if self.lm.vocab_size != self.total_vocab:
       raise ValueError(f"lm.vocab_size={self.lm.vocab_size} != the text + "
-                       f"image vocabulary's {self.vocab.size}")
+                       f"image (+ layout) vocabulary's {self.total_vocab}")
     if self.code_positions not in CODE_POSITIONS:
       raise ValueError(f"code_positions={self.code_positions!r}; choose one "
                        f"of {', '.join(CODE_POSITIONS)}")
     self.llm = DecoderLM(self.lm)
+    if self.layout_objects:
+      self.scene_layout = LayoutCells(self.layout_classes, self.lm.d_model,
+                                      jnp.dtype(self.lm.dtype))
+
+  @property
+  def layout_vocab(self) -> scene_layout.LayoutVocab | None:
+    """The layout's ids (after the image vocabulary), None without one."""
+    if not self.layout_objects:
+      return None
+    return scene_layout.LayoutVocab(self.vocab.size, self.layout_classes,
+                                    self.layout_bins, self.layout_objects)
+
+  @property
+  def layout_len(self) -> int:
+    """L, layout slots between the caption and <boi> (0 without)."""
+    return self.layout_vocab.length if self.layout_objects else 0
+
+  @property
+  def total_vocab(self) -> int:
+    """The LM's vocab_size: text, <boi>, <eoi>, codes (, layout ids)."""
+    extra = self.layout_vocab.size if self.layout_objects else 0
+    return self.vocab.size + extra
+
+  @property
+  def boi_slot(self) -> int:
+    """The slot of <boi>: P + L."""
+    return self.prompt_len + self.layout_len
 
   @property
   def grid(self) -> int:
@@ -73,28 +114,49 @@ class TextToImageLM(nn.Module):
 
   @property
   def seq_len(self) -> int:
-    """P + 1 + N: caption, <boi>, codes (what training and generation run)."""
-    return self.prompt_len + 1 + self.n_codes
+    """P + L + 1 + N: caption, layout, <boi>, codes (what training and
+    generation run)."""
+    return self.boi_slot + 1 + self.n_codes
 
-  def __call__(self, tokens: jax.Array, **kwargs) -> tuple[jax.Array, Any]:
-    """DecoderLM over int32[B, L] ids (kwargs: cache, cache_index, ...);
-    the ids sit at slots cache_index (0 without a cache) onwards."""
-    if self.code_positions == "none":
+  def __call__(self, tokens: jax.Array,
+               cells: tuple[jax.Array, jax.Array] | None = None,
+               **kwargs) -> tuple[jax.Array, Any]:
+    """DecoderLM over int32[B, T] ids (kwargs: cache, cache_index, ...);
+    the ids sit at slots cache_index (0 without a cache) onwards.
+
+    cells: with a layout, (labels int32[B, N], features f32[B, N, F]) of
+    `scene_layout.cells` for the whole image (None: no object anywhere,
+    the unconditional model's view)."""
+    if self.code_positions == "none" and not self.layout_objects:
       return self.llm(tokens, **kwargs)
     first = kwargs.get("cache_index")
     slots = (0 if first is None else first) + jnp.arange(tokens.shape[1])
-    return self.llm(embeddings=self.llm.embed_tokens(tokens)
-                    + self.code_grid(slots), **kwargs)
+    x = self.llm.embed_tokens(tokens)
+    if self.code_positions != "none":
+      x = x + self.code_grid(slots)
+    if self.layout_objects:
+      if cells is None:
+        b = tokens.shape[0]
+        cells = (jnp.zeros((b, self.n_codes), jnp.int32),
+                 jnp.zeros((b, self.n_codes, scene_layout.CELL_FEATURES)))
+      x = x + self._code_slots(slots, self.scene_layout(*cells))
+    return self.llm(embeddings=x, **kwargs)
+
+  def _code_slots(self, slots: jax.Array, per_code: jax.Array) -> jax.Array:
+    """[..., L, D] of per_code [..., N, D]: slot P + L + j (j < N, the slot
+    that predicts code j) gets row j, the other slots 0."""
+    j = slots - self.boi_slot
+    inside = (j >= 0) & (j < self.n_codes)
+    rows = jnp.take(per_code, jnp.clip(j, 0, self.n_codes - 1), axis=-2)
+    return jnp.where(inside[:, None], rows, 0.0).astype(rows.dtype)
 
   def code_grid(self, slots: jax.Array) -> jax.Array:
-    """f32[L, D]: slot P + j (j < N) gets code j's row and column, the
-    rest 0 (the caption, and the last code, which predicts <eoi>)."""
+    """f32[L, D]: slot P + L + j (j < N) gets code j's row and column, the
+    rest 0 (the caption, the layout, and the last code, which predicts
+    <eoi>)."""
     d = self.lm.d_model
     table = visual_positions.sincos_2d((self.grid, self.grid), d) / d ** 0.5
-    j = slots - self.prompt_len
-    inside = (j >= 0) & (j < self.n_codes)
-    rows = table[jnp.clip(j, 0, self.n_codes - 1)]
-    return jnp.where(inside[:, None], rows, 0.0).astype(jnp.dtype(self.lm.dtype))
+    return self._code_slots(slots, table).astype(jnp.dtype(self.lm.dtype))
 
   def encode_codes(self, tokenizer: dict[str, Any], images: jax.Array
                    ) -> jax.Array:
@@ -114,16 +176,41 @@ class TextToImageLM(nn.Module):
         {"params": tokenizer["params"]}, tokenizer["codebook"][grid],
         method=vq_lib.VQVAE.decode)
 
-  def sequences(self, prompts: jax.Array, codes: jax.Array
+  def sequences(self, prompts: jax.Array, codes: jax.Array,
+                layout: jax.Array | None = None
                 ) -> tuple[jax.Array, jax.Array]:
-    """(inputs int32[b, P + 1 + N], targets int32[b, N + 1]) of captions
-    int32[b, P] and codes int32[b, N]: the targets of the positions from
-    <boi> on (the codes, then <eoi>)."""
+    """(inputs int32[b, P + L + 1 + N], targets int32[b, N + 1]) of
+    captions int32[b, P], codes int32[b, N] and (with a layout) layout
+    tokens int32[b, L]: the targets of the positions from <boi> on (the
+    codes, then <eoi>); the layout's own targets are its tokens, predicted
+    from slots P - 1 .. P + L - 2."""
     b = prompts.shape[0]
     ids = self.vocab.code_ids(codes)
+    plan = [] if layout is None else [layout.astype(jnp.int32)]
+    if (layout is None) != (not self.layout_objects):
+      raise ValueError(f"layout_objects={self.layout_objects}: give layout "
+                       "tokens exactly when the model has a layout")
     inputs = jnp.concatenate(
-        [prompts.astype(jnp.int32),
+        [prompts.astype(jnp.int32), *plan,
          jnp.full((b, 1), self.vocab.boi_id, jnp.int32), ids], axis=1)
     targets = jnp.concatenate(
         [ids, jnp.full((b, 1), self.vocab.eoi_id, jnp.int32)], axis=1)
     return inputs, targets
+
+
+class LayoutCells(nn.Module):
+  """Each code cell's share of the layout as an embedding added to its
+  slot: a table over 1 + C labels (0: no object) plus a projection of the
+  cell's place inside its object's box (scene_layout.cells)."""
+  classes: int
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, labels: jax.Array, features: jax.Array) -> jax.Array:
+    """labels int32[B, N], features f32[B, N, F] -> [B, N, D]."""
+    table = nn.Embed(1 + self.classes, self.width, name="label",
+                     embedding_init=nn.initializers.normal(0.02))
+    place = nn.Dense(self.width, name="place", dtype=self.dtype)
+    return (table(labels).astype(self.dtype)
+            + place(features.astype(self.dtype)))

@@ -10,6 +10,8 @@ Paths are '/'-joined parameter names (`llm/layers_0/attn/q/kernel`). A stage's
   siglip     siglip/* (the SigLIP head) region_head  region_head/* (stage
              loss region_classification's classifiers)
   vq         vq/* (the VQ image tokenizer's encoder and decoder, stage loss vq)
+  scene_layout  scene_layout/* (a t2i LM's layout-to-cells embeddings,
+             stage t2i with layout)
   lora       lora/* (LoRA factors of a stage with lora.rank > 0, train/lora.py)
   audio      audio/* (the Whisper tower)  audio_connector  audio_connector/*
 
@@ -39,6 +41,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "siglip": ("siglip/*",),
     "region_head": ("region_head/*",),
     "vq": ("vq/*",),
+    "scene_layout": ("scene_layout/*",),
     "lora": ("lora/*",),
     "audio": ("audio/*",),
     "audio_connector": ("audio_connector/*",),

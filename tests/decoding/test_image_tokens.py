@@ -125,3 +125,54 @@ def test_bad_requests(model_and_params):
   with pytest.raises(ValueError, match="the model reads at most 6"):
     image_tokens.generate_codes(model, params, jnp.zeros((1, 7), jnp.int32),
                                 jax.random.key(0))
+
+
+def test_a_layout_is_planned_within_its_grammar_and_drawn_as_trained():
+  """With a layout the loop writes L grammatical layout tokens, then codes
+  whose slots carry the layout's cells exactly as a training forward over
+  the same sequence does (greedy picks agree), and the cells matter."""
+  from mmjax.models import scene_layout  # pylint: disable=g-import-not-at-top
+  model = TextToImageLM(
+      lm=DecoderConfig(vocab_size=VOCAB.size + 3 + 8 + 1, d_model=32,
+                       n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64),
+      vq=vq_lib.VQConfig(codebook_size=16, channels=(8, 8)), vocab=VOCAB,
+      prompt_len=6, side=16, layout_objects=2, layout_classes=3,
+      layout_bins=8)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  params = jax.tree.map(lambda x: x * 3.0, params)["params"]
+  lv = model.layout_vocab
+  prompts = jnp.array([[5, 6, 7, PAD_ID, PAD_ID, PAD_ID],
+                       [9, 3, 2, 8, 1, PAD_ID]], jnp.int32)
+  codes, layout = image_tokens.generate_codes(
+      model, params, prompts, jax.random.key(1), guidance=1.0,
+      sampling=Sampling(temperature=0.0), with_layout=True)
+  assert layout.shape == (2, lv.length) == (2, 11)
+  for row in np.asarray(layout):
+    eol = list(row).index(lv.eol_id)
+    assert eol % 5 == 0 and not row[eol + 1:].any()
+    objects = row[:eol].reshape(-1, 5)
+    assert ((objects[:, 0] >= lv.first_id)
+            & (objects[:, 0] < lv.first_bin_id)).all()
+    assert ((objects[:, 1:] >= lv.first_bin_id)
+            & (objects[:, 1:] < lv.eol_id)).all()
+  cells = scene_layout.cells(*scene_layout.decode(lv, layout), model.grid)
+  inputs, _ = model.sequences(prompts, codes, layout)
+  logits, _ = model.apply({"params": params}, inputs, cells)
+  lo = VOCAB.first_code_id
+  full = logits[:, model.boi_slot:-1, lo:lo + VOCAB.codes]
+  np.testing.assert_array_equal(np.argmax(full, -1), codes)
+  # The planning slots pick, within the grammar, what was written.
+  planned = np.asarray(logits[:, model.prompt_len - 1:model.boi_slot - 1])
+  for k in range(lv.length):
+    allowed = np.asarray(lv.allowed(k, jnp.any(layout[:, :k] == lv.eol_id, 1),
+                                    planned.shape[-1], PAD_ID))
+    pick = np.where(allowed, planned[:, k], -np.inf).argmax(-1)
+    np.testing.assert_array_equal(pick, layout[:, k])
+  # No object anywhere draws other codes than the planned cells.
+  bare, _ = model.apply({"params": params}, inputs)
+  assert not np.array_equal(np.argmax(bare[:, model.boi_slot:-1,
+                                           lo:lo + VOCAB.codes], -1), codes)
+  # Guidance runs an unconditional row beside each caption.
+  guided = image_tokens.generate_codes(model, params, prompts,
+                                       jax.random.key(1), guidance=3.0)
+  assert guided.shape == codes.shape

@@ -47,6 +47,45 @@ def runs(tmp_path_factory):
   return root, t2i, result
 
 
+@pytest.fixture(scope="module")
+def layout_run(runs):
+  """A t2i run that plans a layout first, on the same tokenizer."""
+  root, t2i, _ = runs
+  config = ml_collections.ConfigDict(t2i.to_dict())
+  config.model.scene_layout = True
+  config.stages.t2i.update(trainable=("llm", "scene_layout"), steps=40)
+  config_checks.validate_config(config)
+  (_, result, _), = recipe.run_recipe(config, str(root / "t2i_layout"),
+                                      verbose=False)
+  return root / "t2i_layout", result
+
+
+def test_a_layout_run_learns_its_plans_and_draws_from_them(layout_run):
+  work, result = layout_run
+  train = [r for r in metrics_lib.read_metrics(str(work)) if "loss" in r]
+  assert {"layout_loss", "layout_accuracy", "code_accuracy"} <= set(train[0])
+  assert train[-1]["layout_loss"] < train[0]["layout_loss"] - 1.0
+  assert {p.split("/")[0] for p in result.global_params} == {
+      "llm", "scene_layout"}
+  run = t2i_lib.load_text_to_image(str(work))
+  assert run.model.layout_len == 31
+  images, layouts = run.draw(["a red circle.", "two blue stars."], seed=1,
+                             with_layout=True)
+  assert images.shape == (2, 64, 64, 3) and len(layouts) == 2
+  assert all(isinstance(o, tuple) and len(o) == 3 for row in layouts
+             for o in row)
+  proc = _cli("mmjax.generate", f"--workdir={work}",
+              "--prompt=a red circle and a blue star.",
+              f"--out={work / 'drawn.png'}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.count("layout: ") == 1, proc.stdout
+  bad = json.loads((work / "config.json").read_text())
+  bad["model"]["scene_layout"] = 1
+  bad = ml_collections.ConfigDict(bad)
+  with pytest.raises(config_lib.ConfigError, match="must be True or False"):
+    config_checks.validate_config(bad)
+
+
 def test_t2i_stage_learns_the_codes(runs):
   root, config, result = runs
   train = [r for r in metrics_lib.read_metrics(str(root / "t2i"))

@@ -21,8 +21,18 @@ unsaturated pixels: the shapes backgrounds are greys, the palette colours
 are saturated) is flattened to its mean before encoding, so the LM learns
 the objects' codes instead of the textures' noise (docs/image-generation.md).
 
-Loss: cross-entropy over the N + 1 targets (the whole vocabulary).
-Metrics: loss, code_accuracy (argmax = the code).
+With config.model.scene_layout (False) the LM plans before it draws
+(models/scene_layout.py): after the caption it writes the picture's
+objects, five tokens each (class, box corners), and every code slot
+carries its cell's share of that layout; the training layouts come from
+the records' objects (the 'contrastive' batch's object_boxes /
+object_labels), the loss adds `layout_weight` (1.0) times the layout
+tokens' mean cross-entropy. A dropped caption drops its layout too. The
+layout's parameters are the group `scene_layout`.
+
+Loss: cross-entropy over the N + 1 targets (the whole vocabulary), plus
+the layout's. Metrics: loss, code_accuracy (argmax = the code), and with a
+layout layout_loss, layout_accuracy.
 """
 from __future__ import annotations
 
@@ -32,8 +42,10 @@ import ml_collections
 import optax
 
 from mmjax import config as C
+from mmjax.data import formats
 from mmjax.data import shapes
 from mmjax.data.tokenizer import PAD_ID
+from mmjax.models import scene_layout
 from mmjax.models.decoder import DecoderConfig
 from mmjax.models.image_vocab import ImageVocab
 from mmjax.models.text_to_image import CODE_POSITIONS, TextToImageLM
@@ -43,7 +55,14 @@ from mmjax.train.stages import base
 from mmjax.train.stages import vq as vq_stage
 from mmjax.train.stages.contrastive import single_image
 
-_OPTIONS = {"tokenizer": "", "cfg_dropout": 0.1, "plain_background": False}
+_OPTIONS = {"tokenizer": "", "cfg_dropout": 0.1, "plain_background": False,
+            "layout_weight": 1.0}
+# A layout's object class is colour * len(shapes) + shape, in the order of
+# the regions format's labels (formats.REGION_ATTRIBUTES).
+_SHAPE_COLUMN = list(formats.REGION_ATTRIBUTES).index("shape")
+_COLOUR_COLUMN = list(formats.REGION_ATTRIBUTES).index("colour")
+LAYOUT_CLASSES = len(shapes.COLOURS) * len(shapes.SHAPES)
+LAYOUT_BINS = 64
 # A pixel is background when max - min over its channels is below the
 # shapes renderer's object chroma (the checker's rule too), in the
 # pipeline's [-1, 1] units.
@@ -65,17 +84,36 @@ def image_vocab(config: ml_collections.ConfigDict) -> ImageVocab:
                     int(config.model.vq.codebook_size))
 
 
+def object_classes(labels: jax.Array) -> jax.Array:
+  """int32[..., A] region labels -> the layout's class, colour * S + shape."""
+  return (labels[..., _COLOUR_COLUMN] * len(shapes.SHAPES)
+          + labels[..., _SHAPE_COLUMN])
+
+
+def class_names(cls: int) -> tuple[str, str]:
+  """(colour, shape) of a layout class (the inverse of object_classes)."""
+  return (shapes.COLOURS[cls // len(shapes.SHAPES)],
+          shapes.SHAPES[cls % len(shapes.SHAPES)])
+
+
 def text_to_image_lm(config: ml_collections.ConfigDict) -> TextToImageLM:
-  """The stage's model: config.model.lm with the text + image-code
-  vocabulary, captions of config.model.text.max_len ids, images of
-  config.model.vision.image_size pixels."""
+  """The stage's model: config.model.lm with the text + image-code (+
+  layout) vocabulary, captions of config.model.text.max_len ids, images of
+  config.model.vision.image_size pixels; a layout of up to MAX_OBJECTS
+  objects when config.model.scene_layout is set."""
   vocab = image_vocab(config)
-  lm = dict(config.model.lm.to_dict(), vocab_size=vocab.size)
-  return TextToImageLM(
-      lm=DecoderConfig.from_dict(lm), vq=vq_stage.vq_config(config),
-      vocab=vocab, prompt_len=int(config.model.text.max_len),
+  objects = (shapes.MAX_OBJECTS if config.model.get("scene_layout", False)
+             else 0)
+  model = TextToImageLM(
+      lm=DecoderConfig.from_dict(config.model.lm.to_dict()),
+      vq=vq_stage.vq_config(config), vocab=vocab,
+      prompt_len=int(config.model.text.max_len),
       side=int(config.model.vision.image_size),
-      code_positions=str(config.model.get("code_positions", "none")))
+      code_positions=str(config.model.get("code_positions", "none")),
+      layout_objects=objects, layout_classes=LAYOUT_CLASSES,
+      layout_bins=LAYOUT_BINS)
+  lm = dict(config.model.lm.to_dict(), vocab_size=model.total_vocab)
+  return model.clone(lm=DecoderConfig.from_dict(lm))
 
 
 def _model(config: ml_collections.ConfigDict, stage_name: str
@@ -86,6 +124,29 @@ def _model(config: ml_collections.ConfigDict, stage_name: str
   return base.StageModel(model,
                          lambda rng: model.init(rng, tokens)["params"],
                          groups.prefix_mapper({"llm": "llm"}))
+
+
+def training_layout(model: TextToImageLM, batch, dropped: jax.Array
+                    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array],
+                               jax.Array]:
+  """(layout tokens int32[b, L], cells, layout loss weights f32[b, L]) of
+  a batch's objects; a dropped row (bool[b]) has an all-PAD layout, no
+  object in any cell and no layout loss."""
+  if "object_boxes" not in batch:
+    raise ValueError("the t2i stage's layout needs each picture's objects "
+                     "(object_boxes / object_labels of a 'contrastive' "
+                     "batch of shapes records): use the shapes data")
+  vocab = model.layout_vocab
+  boxes = batch["object_boxes"].astype(jnp.float32)
+  classes = object_classes(batch["object_labels"])
+  valid = batch["object_valid"].astype(bool) & ~dropped[:, None]
+  tokens = scene_layout.encode(vocab, boxes, classes, valid, PAD_ID)
+  tokens = jnp.where(dropped[:, None], PAD_ID, tokens)
+  # The tokens up to <eol> count; the PAD after it does not.
+  written = jnp.cumsum(tokens == vocab.eol_id, axis=1) - (
+      tokens == vocab.eol_id)
+  weights = ((written == 0) & ~dropped[:, None]).astype(jnp.float32)
+  return tokens, scene_layout.cells(boxes, classes, valid, model.grid), weights
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, stage_name: str
@@ -103,9 +164,19 @@ def load_tokenizer(config: ml_collections.ConfigDict, stage_name: str
   return {"params": params, "codebook": codebook}
 
 
+def _mean_ce(logits: jax.Array, targets: jax.Array, weights: jax.Array
+             ) -> tuple[jax.Array, jax.Array]:
+  """(mean cross-entropy, argmax accuracy) over the weighted targets."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  total = jnp.maximum(weights.sum(), 1.0)
+  return (ce * weights).sum() / total, (hit * weights).sum() / total
+
+
 def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
   dropout = float(stage.get("cfg_dropout", 0.1))
   plain = bool(stage.get("plain_background", False))
+  layout_weight = float(stage.get("layout_weight", 1.0))
 
   def loss_fn(params, batch, rng, tokenizer):
     images = single_image(batch["images"]).astype(jnp.float32)
@@ -116,17 +187,24 @@ def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
     # The unconditional model of classifier-free guidance: no caption.
     dropped = jax.random.bernoulli(rng, dropout, (prompts.shape[0],))
     prompts = jnp.where(dropped[:, None], PAD_ID, prompts)
-    inputs, targets = model.sequences(prompts, codes)
-    logits, _ = model.apply({"params": params}, inputs)
-    logits = logits[:, model.prompt_len:]  # from <boi> on: [b, N + 1, V]
-    w = jnp.broadcast_to(batch["valid"].astype(jnp.float32)[:, None],
-                         targets.shape)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    loss = (ce * w).sum() / jnp.maximum(w.sum(), 1.0)
-    hit = (jnp.argmax(logits, -1) == targets)[:, :-1].astype(jnp.float32)
-    accuracy = (hit * w[:, :-1]).sum() / jnp.maximum(w[:, :-1].sum(), 1.0)
-    return loss, {"loss": loss, "code_accuracy": accuracy,
-                  trainer_lib.LOSS_STATE: tokenizer}
+    valid = batch["valid"].astype(jnp.float32)[:, None]
+    layout = cells = None
+    if model.layout_objects:
+      layout, cells, layout_w = training_layout(model, batch, dropped)
+    inputs, targets = model.sequences(prompts, codes, layout)
+    logits, _ = model.apply({"params": params}, inputs, cells)
+    image = logits[:, model.boi_slot:]  # from <boi> on: [b, N + 1, V]
+    w = jnp.broadcast_to(valid, targets.shape)
+    loss, _ = _mean_ce(image, targets, w)
+    _, accuracy = _mean_ce(image[:, :-1], targets[:, :-1], w[:, :-1])
+    metrics = {"code_accuracy": accuracy}
+    if layout is not None:
+      planned = logits[:, model.prompt_len - 1:model.boi_slot - 1]
+      layout_loss, layout_accuracy = _mean_ce(planned, layout,
+                                              layout_w * valid)
+      metrics.update(layout_loss=layout_loss, layout_accuracy=layout_accuracy)
+      loss = loss + layout_weight * layout_loss
+    return loss, {"loss": loss, **metrics, trainer_lib.LOSS_STATE: tokenizer}
   return loss_fn
 
 
@@ -154,8 +232,14 @@ def _checks(config, path: str, stage) -> list[C.Check]:
           lambda c: f"config.model.code_positions="
           f"{c.model.get('code_positions')!r}: choose one of "
           f"{', '.join(CODE_POSITIONS)}"),
+      C.check_that(
+          lambda c: isinstance(c.model.get("scene_layout", False), bool),
+          lambda c: f"config.model.scene_layout="
+          f"{c.model.get('scene_layout')!r} must be True or False"),
   ] + ([C.check_number(f"{path}.cfg_dropout", 0.0, 1.0)]
-         if "cfg_dropout" in stage else [])
+         if "cfg_dropout" in stage else []) + (
+             [C.check_number(f"{path}.layout_weight", 0.0, None)]
+             if "layout_weight" in stage else [])
 
 
 KIND = base.register(base.StageKind(

@@ -1,0 +1,211 @@
+"""Scene layouts: a picture's objects as tokens a text-to-image LM writes
+before the picture's codes (plan, then draw), and what each code cell
+learns of the plan.
+
+Drawing 256 codes straight from a caption asks a small LM to count, bind
+colours to shapes, place objects and draw outlines all in one softmax over
+codes; measured, it draws colour blobs (docs/image-generation.md). With a
+layout the LM first writes, after the caption, every object as five tokens
+(Pix2Seq / Kosmos-2 style location tokens):
+
+  <class> <x0> <y0> <x1> <y1>   ...   <eol>   PAD ... (L = 5 * M + 1 slots)
+
+left to right by box centre (the short caption's order), class = colour *
+S + shape (S shapes), corners as bins of 1/B of the side (B = 64: one
+pixel at 64 px; x1, y1 name the last pixel inside). Then, drawing, every
+code slot also carries its cell's share of the plan (`cells`): which
+object covers the cell (0: none) and where the cell sits inside that
+object's box, as Fourier features. The layout tokens follow the image
+vocabulary (models/image_vocab.py) in the LM's one vocabulary:
+
+  vocab = LayoutVocab(first_id=1538, classes=36, bins=64, max_objects=6)
+  tokens = encode(vocab, boxes, classes, valid, pad_id=0)   # int32[b, 31]
+  boxes, classes, valid = decode(vocab, tokens)             # [b, 6, ...]
+  labels, features = cells(boxes, classes, valid, grid=16)  # [b, 256, ...]
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+TOKENS_PER_OBJECT = 5  # class, x0, y0, x1, y1
+FOURIER_OCTAVES = 4    # sin / cos of pi * 2^k * u, k < 4, per axis
+# Per cell: the Fourier features of (u, v), the box's width and height, and
+# the share of the cell the box covers.
+CELL_FEATURES = 2 * 2 * FOURIER_OCTAVES + 3
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutVocab:
+  """The ids of layout tokens: C classes, B location bins, then <eol>.
+
+  Attributes:
+    first_id: the id of class 0 (the size of the vocabulary before them).
+    classes: C object classes (colour x shape).
+    bins: B location bins per side.
+    max_objects: M, objects a layout holds.
+  """
+  first_id: int
+  classes: int
+  bins: int
+  max_objects: int
+
+  def __post_init__(self):
+    if min(self.classes, self.bins, self.max_objects) < 1:
+      raise ValueError(f"{self}: classes, bins and max_objects must be >= 1")
+
+  @property
+  def first_bin_id(self) -> int:
+    return self.first_id + self.classes
+
+  @property
+  def eol_id(self) -> int:
+    return self.first_bin_id + self.bins
+
+  @property
+  def size(self) -> int:
+    """Ids the layout adds to the vocabulary: C + B + 1."""
+    return self.classes + self.bins + 1
+
+  @property
+  def length(self) -> int:
+    """L: layout slots, 5 per object and <eol>."""
+    return TOKENS_PER_OBJECT * self.max_objects + 1
+
+  def allowed(self, slot: jax.Array, ended: jax.Array, vocab_size: int,
+              pad_id: int) -> jax.Array:
+    """bool[B, V]: the ids layout slot `slot` may hold (the grammar).
+
+    slot: int scalar in [0, L); ended: bool[B], the row wrote <eol>
+    already (then PAD only). An object's first slot holds a class or
+    <eol> (the last slot: <eol> only), the other four a location bin.
+    """
+    ids = jnp.arange(vocab_size)
+    is_class = (ids >= self.first_id) & (ids < self.first_bin_id)
+    is_bin = (ids >= self.first_bin_id) & (ids < self.eol_id)
+    is_eol = ids == self.eol_id
+    first = slot % TOKENS_PER_OBJECT == 0
+    last = slot == self.length - 1
+    open_ = jnp.where(first, (is_class & ~last) | is_eol, is_bin)
+    return jnp.where(ended[:, None], (ids == pad_id)[None], open_[None])
+
+
+def _corner_bins(boxes: jax.Array, bins: int) -> jax.Array:
+  """f32[..., 4] fractions (x1, y1 exclusive) -> int32[..., 4] bins, the
+  far corner naming the last bin inside."""
+  near = jnp.floor(boxes[..., :2] * bins)
+  far = jnp.ceil(boxes[..., 2:] * bins) - 1
+  return jnp.clip(jnp.concatenate([near, far], -1), 0,
+                  bins - 1).astype(jnp.int32)
+
+
+def encode(vocab: LayoutVocab, boxes: jax.Array, classes: jax.Array,
+           valid: jax.Array, pad_id: int) -> jax.Array:
+  """The layout tokens of a batch of scenes.
+
+  Args:
+    vocab: the layout's ids.
+    boxes: f32[b, K, 4] (x0, y0, x1, y1) as fractions of the side.
+    classes: int32[b, K] in [0, C).
+    valid: bool[b, K]; the first M valid objects by box centre are kept.
+    pad_id: the id after <eol>.
+
+  Returns:
+    int32[b, L]: objects left to right (ties: top first), <eol>, PAD.
+  """
+  b, k = classes.shape
+  m = vocab.max_objects
+  valid = valid.astype(bool)
+  centre_x = (boxes[..., 0] + boxes[..., 2]) / 2
+  centre_y = (boxes[..., 1] + boxes[..., 3]) / 2
+  key = jnp.where(valid, centre_x + 1e-3 * centre_y, jnp.inf)
+  order = jnp.argsort(key, axis=1)[:, :m]
+  if k < m:
+    order = jnp.pad(order, ((0, 0), (0, m - k)))
+  take = lambda x: jnp.take_along_axis(x, order, 1)  # noqa: E731
+  kept = take(valid) & (jnp.arange(m) < k)[None]
+  corner = _corner_bins(jnp.take_along_axis(boxes, order[..., None], 1),
+                        vocab.bins) + vocab.first_bin_id
+  objects = jnp.concatenate([(take(classes) + vocab.first_id)[..., None],
+                             corner], -1)                     # [b, M, 5]
+  objects = jnp.where(kept[..., None], objects, pad_id).reshape(b, -1)
+  n = kept.sum(1)
+  tail = jnp.full((b, 1), pad_id, jnp.int32)
+  tokens = jnp.concatenate([objects, tail], 1)
+  eol_at = TOKENS_PER_OBJECT * n                               # [b]
+  return jnp.where(jnp.arange(vocab.length)[None] == eol_at[:, None],
+                   vocab.eol_id, tokens).astype(jnp.int32)
+
+
+def decode(vocab: LayoutVocab, tokens: jax.Array
+           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(boxes f32[b, M, 4], classes int32[b, M], valid bool[b, M]) of layout
+  tokens int32[b, L]. An object is valid when its five tokens are a class
+  and four bins and no <eol> came before; corners out of order are
+  swapped (a box is at least one bin wide)."""
+  b = tokens.shape[0]
+  m = vocab.max_objects
+  obj = tokens[:, :TOKENS_PER_OBJECT * m].reshape(b, m, TOKENS_PER_OBJECT)
+  cls = obj[..., 0] - vocab.first_id
+  bins = obj[..., 1:] - vocab.first_bin_id
+  well_formed = ((cls >= 0) & (cls < vocab.classes)
+                 & jnp.all((bins >= 0) & (bins < vocab.bins), -1))
+  valid = jnp.cumprod(well_formed, axis=1).astype(bool)  # none after a gap
+  bins = jnp.clip(bins, 0, vocab.bins - 1).astype(jnp.float32)
+  lo = jnp.minimum(bins[..., :2], bins[..., 2:])
+  hi = jnp.maximum(bins[..., :2], bins[..., 2:]) + 1
+  boxes = jnp.concatenate([lo, hi], -1) / vocab.bins
+  return (jnp.where(valid[..., None], boxes, 0.0),
+          jnp.where(valid, cls, 0).astype(jnp.int32), valid)
+
+
+def cells(boxes: jax.Array, classes: jax.Array, valid: jax.Array, grid: int
+          ) -> tuple[jax.Array, jax.Array]:
+  """What each of grid x grid code cells (row-major) knows of the layout.
+
+  Args:
+    boxes: f32[b, K, 4] fractions; classes: int32[b, K]; valid: bool[b, K].
+    grid: code cells per side.
+
+  Returns:
+    labels int32[b, grid^2]: 1 + the class of the box covering most of the
+      cell, 0 where none does.
+    features f32[b, grid^2, CELL_FEATURES]: for that box, the Fourier
+      features of the cell centre's place inside it (u, v: 0 at the box's
+      left / top edge, 1 at its right / bottom), its width and height, and
+      the share of the cell it covers; 0 where no box does.
+  """
+  edges = jnp.arange(grid + 1, dtype=jnp.float32) / grid
+  lo, hi = edges[:-1], edges[1:]
+
+  def overlap(a, z):  # [b, K] -> [b, K, grid]
+    return jnp.clip(jnp.minimum(hi, z[..., None]) - jnp.maximum(lo, a[..., None]),
+                    0.0, None)
+
+  ox = overlap(boxes[..., 0], boxes[..., 2])
+  oy = overlap(boxes[..., 1], boxes[..., 3])
+  area = oy[..., :, None] * ox[..., None, :] * grid * grid  # share of cell
+  area = jnp.where(valid[..., None, None], area, 0.0)       # [b, K, g, g]
+  best = jnp.argmax(area, axis=1)                           # [b, g, g]
+  share = jnp.max(area, axis=1)
+  covered = share > 0
+  pick = lambda x: jnp.take_along_axis(  # noqa: E731
+      x, best.reshape(x.shape[0], -1), 1).reshape(best.shape)
+  labels = jnp.where(covered, pick(classes) + 1, 0)
+  x0, y0, x1, y1 = (pick(boxes[..., i]) for i in range(4))
+  width, height = jnp.maximum(x1 - x0, 1e-3), jnp.maximum(y1 - y0, 1e-3)
+  centre = (lo + hi) / 2
+  u = (centre[None, None, :] - x0) / width
+  v = (centre[None, :, None] - y0) / height
+  freqs = jnp.pi * 2.0 ** jnp.arange(FOURIER_OCTAVES)
+  angles = jnp.stack([u, v], -1)[..., None] * freqs           # [b,g,g,2,F]
+  fourier = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], -1)
+  features = jnp.concatenate(
+      [fourier.reshape(*u.shape, -1), width[..., None], height[..., None],
+       share[..., None]], -1)
+  features = jnp.where(covered[..., None], features, 0.0)
+  b = boxes.shape[0]
+  return (labels.reshape(b, -1).astype(jnp.int32),
+          features.reshape(b, grid * grid, CELL_FEATURES))
