@@ -13,7 +13,9 @@ sampling as given); per picture the checker's agreements
 colours_and_shapes: both the asked colours and the asked shapes, what
 issue 27's target counts), averaged with their standard errors. Beside them, the same checker on the records' own
 renders and on the tokenizer's reconstructions of them: the checker's
-accuracy, and the best a generator could score through this tokenizer.
+accuracy, and the best a generator could score through this tokenizer;
+for a run that plans a layout first (models/scene_layout.py), its plans
+too (`layouts/...`: the objects it meant to draw, against the caption).
 A grid of the first pictures (caption, render, generated) is written to
 WORKDIR/eval/t2i_<split>.png.
 """
@@ -44,10 +46,12 @@ def _rate(values) -> tuple[float, float]:
   return p, math.sqrt(p * (1 - p) / n) if n else 0.0
 
 
-def _scores(checker, asked, images) -> dict[str, list[bool]]:
+def _scores(asked, found) -> dict[str, list[bool]]:
+  """Per picture, the agreements of what was asked and what was found
+  ((colour, shape) per object)."""
   out = {k: [] for k in KEYS}
-  for want, image in zip(asked, images):
-    a = shape_checker.agreement(want, checker.objects(image))
+  for want, objects in zip(asked, found):
+    a = shape_checker.agreement(want, objects)
     a["colours_and_shapes"] = a["colours"] and a["shapes"]
     for k, v in a.items():
       out[k].append(v)
@@ -69,12 +73,14 @@ def evaluate_text_to_image(workdir: str, split: str = "test", *,
   captions = [str(r["captions"][0]) for r in records]
   asked = [shapes.parse_caption(c) for c in captions]
   checker = shape_checker.ShapeChecker.fit_on_renders(checker_images)
-  drawn, recon = [], []
+  drawn, recon, plans = [], [], []
   kind = images_lib.normalization_kind(build.mllm_config(run.config))
   for lo in range(0, n, batch_size):
     part = captions[lo:lo + batch_size]
-    drawn.append(run.draw(part, seed=seed + lo, guidance=guidance,
-                          sampling=sampling))
+    images, layouts = run.draw(part, seed=seed + lo, guidance=guidance,
+                               sampling=sampling, with_layout=True)
+    drawn.append(images)
+    plans += [[(c, s) for c, s, _ in layout] for layout in layouts]
     pixels = np.stack([images_lib.preprocess(r["image"], run.model.side,
                                              kind=kind)
                        for r in records[lo:lo + batch_size]])
@@ -87,9 +93,13 @@ def evaluate_text_to_image(workdir: str, split: str = "test", *,
                              "temperature": sampling.temperature,
                              "top_k": sampling.top_k, "top_p": sampling.top_p,
                              "seed": seed}
-  for name, images in (("generated", drawn), ("renders", renders),
-                       ("reconstructions", recon)):
-    for k, v in _scores(checker, asked, images).items():
+  found = {name: [checker.objects(im) for im in images]
+           for name, images in (("generated", drawn), ("renders", renders),
+                                ("reconstructions", recon))}
+  if run.model.layout_objects:  # what the model planned, before drawing
+    found["layouts"] = plans
+  for name, objects in found.items():
+    for k, v in _scores(asked, objects).items():
       mean, se = _rate(v)
       metrics[f"{name}/{k}"], metrics[f"{name}/{k}_se"] = mean, se
   out = os.path.join(workdir, "eval")
@@ -133,7 +143,9 @@ def _markdown(m: dict[str, Any], captions) -> str:
            f"{m['temperature']})", "",
            "| pictures | colours and shapes | pairs | colours | shapes | "
            "counts |", "|---|---|---|---|---|---|"]
-  for name in ("generated", "renders", "reconstructions"):
+  for name in ("generated", "layouts", "renders", "reconstructions"):
+    if f"{name}/pairs" not in m:
+      continue
     cells = " | ".join(f"{m[f'{name}/{k}']:.3f} +- {m[f'{name}/{k}_se']:.3f}"
                        for k in KEYS)
     lines.append(f"| {name} | {cells} |")

@@ -97,13 +97,12 @@ class TextToImageRun:
     box (x0, y0, x1, y1) in 0..1000 of the side)."""
     if not self.model.layout_objects:
       return [[] for _ in range(len(tokens))]
-    boxes, classes, valid = (np.asarray(x) for x in scene_layout.decode(
+    boxes, colours, kinds, valid = (np.asarray(x) for x in scene_layout.decode(
         self.model.layout_vocab, jax.numpy.asarray(tokens)))
-    return [[(*t2i_stage.class_names(int(c)),
+    return [[(shapes.COLOURS[c], shapes.SHAPES[s],
               tuple(int(round(v * grounding.SCALE)) for v in box))
-             for box, c, ok in zip(row_boxes, row_classes, row_valid) if ok]
-            for row_boxes, row_classes, row_valid in zip(boxes, classes,
-                                                          valid)]
+             for box, c, s, ok in zip(*row) if ok]
+            for row in zip(boxes, colours, kinds, valid)]
 
   @staticmethod
   def save_png(image: np.ndarray, path: str) -> str:

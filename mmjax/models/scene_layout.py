@@ -5,23 +5,28 @@ learns of the plan.
 Drawing 256 codes straight from a caption asks a small LM to count, bind
 colours to shapes, place objects and draw outlines all in one softmax over
 codes; measured, it draws colour blobs (docs/image-generation.md). With a
-layout the LM first writes, after the caption, every object as five tokens
+layout the LM first writes, after the caption, every object as six tokens
 (Pix2Seq / Kosmos-2 style location tokens):
 
-  <class> <x0> <y0> <x1> <y1>   ...   <eol>   PAD ... (L = 5 * M + 1 slots)
+  <colour> <shape> <x0> <y0> <x1> <y1>  ...  <eol>  PAD ... (L = 6 M + 1)
 
-left to right by box centre (the short caption's order), class = colour *
-S + shape (S shapes), corners as bins of 1/B of the side (B = 64: one
-pixel at 64 px; x1, y1 name the last pixel inside). Then, drawing, every
-code slot also carries its cell's share of the plan (`cells`): which
-object covers the cell (0: none) and where the cell sits inside that
-object's box, as Fourier features. The layout tokens follow the image
-vocabulary (models/image_vocab.py) in the LM's one vocabulary:
+left to right by box centre (the short caption's order), corners as bins
+of 1/B of the side (B = 64: one pixel at 64 px; x1, y1 name the last pixel
+inside). Colour and shape are separate tokens, not one token per pair, so
+a pair training never showed (the held-out split's red star) is still
+written from a colour and a shape that were. Then, drawing, every code
+slot also carries its cell's share of the plan (`cells`): the colour and
+shape of the object that covers the cell (0: none) and where the cell
+sits inside that object's box, as Fourier features. The layout tokens
+follow the image vocabulary (models/image_vocab.py) in the LM's one
+vocabulary:
 
-  vocab = LayoutVocab(first_id=1538, classes=36, bins=64, max_objects=6)
-  tokens = encode(vocab, boxes, classes, valid, pad_id=0)   # int32[b, 31]
-  boxes, classes, valid = decode(vocab, tokens)             # [b, 6, ...]
-  labels, features = cells(boxes, classes, valid, grid=16)  # [b, 256, ...]
+  vocab = LayoutVocab(first_id=1538, colours=6, shapes=6, bins=64,
+                      max_objects=6)
+  tokens = encode(vocab, boxes, colours, shapes, valid, pad_id=0)  # [b, 37]
+  boxes, colours, shapes, valid = decode(vocab, tokens)           # [b, 6..]
+  labels, features = cells(boxes, colours, shapes, valid, grid=16)
+  # labels int32[b, 256, 2], features f32[b, 256, CELL_FEATURES]
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-TOKENS_PER_OBJECT = 5  # class, x0, y0, x1, y1
+TOKENS_PER_OBJECT = 6  # colour, shape, x0, y0, x1, y1
 FOURIER_OCTAVES = 4    # sin / cos of pi * 2^k * u, k < 4, per axis
 # Per cell: the Fourier features of (u, v), the box's width and height, and
 # the share of the cell the box covers.
@@ -39,26 +44,34 @@ CELL_FEATURES = 2 * 2 * FOURIER_OCTAVES + 3
 
 @dataclasses.dataclass(frozen=True)
 class LayoutVocab:
-  """The ids of layout tokens: C classes, B location bins, then <eol>.
+  """The ids of layout tokens: C colours, S shapes, B location bins, then
+  <eol>.
 
   Attributes:
-    first_id: the id of class 0 (the size of the vocabulary before them).
-    classes: C object classes (colour x shape).
+    first_id: the id of colour 0 (the size of the vocabulary before them).
+    colours: C object colours.
+    shapes: S object shapes.
     bins: B location bins per side.
     max_objects: M, objects a layout holds.
   """
   first_id: int
-  classes: int
+  colours: int
+  shapes: int
   bins: int
   max_objects: int
 
   def __post_init__(self):
-    if min(self.classes, self.bins, self.max_objects) < 1:
-      raise ValueError(f"{self}: classes, bins and max_objects must be >= 1")
+    if min(self.colours, self.shapes, self.bins, self.max_objects) < 1:
+      raise ValueError(f"{self}: colours, shapes, bins and max_objects "
+                       "must be >= 1")
+
+  @property
+  def first_shape_id(self) -> int:
+    return self.first_id + self.colours
 
   @property
   def first_bin_id(self) -> int:
-    return self.first_id + self.classes
+    return self.first_shape_id + self.shapes
 
   @property
   def eol_id(self) -> int:
@@ -66,12 +79,12 @@ class LayoutVocab:
 
   @property
   def size(self) -> int:
-    """Ids the layout adds to the vocabulary: C + B + 1."""
-    return self.classes + self.bins + 1
+    """Ids the layout adds to the vocabulary: C + S + B + 1."""
+    return self.colours + self.shapes + self.bins + 1
 
   @property
   def length(self) -> int:
-    """L: layout slots, 5 per object and <eol>."""
+    """L: layout slots, 6 per object and <eol>."""
     return TOKENS_PER_OBJECT * self.max_objects + 1
 
   def allowed(self, slot: jax.Array, ended: jax.Array, vocab_size: int,
@@ -79,16 +92,19 @@ class LayoutVocab:
     """bool[B, V]: the ids layout slot `slot` may hold (the grammar).
 
     slot: int scalar in [0, L); ended: bool[B], the row wrote <eol>
-    already (then PAD only). An object's first slot holds a class or
-    <eol> (the last slot: <eol> only), the other four a location bin.
+    already (then PAD only). An object's first slot holds a colour or
+    <eol> (the last slot: <eol> only), the second a shape, the other four
+    a location bin.
     """
     ids = jnp.arange(vocab_size)
-    is_class = (ids >= self.first_id) & (ids < self.first_bin_id)
+    is_colour = (ids >= self.first_id) & (ids < self.first_shape_id)
+    is_shape = (ids >= self.first_shape_id) & (ids < self.first_bin_id)
     is_bin = (ids >= self.first_bin_id) & (ids < self.eol_id)
     is_eol = ids == self.eol_id
-    first = slot % TOKENS_PER_OBJECT == 0
+    place = slot % TOKENS_PER_OBJECT
     last = slot == self.length - 1
-    open_ = jnp.where(first, (is_class & ~last) | is_eol, is_bin)
+    open_ = jnp.where(place == 0, (is_colour & ~last) | is_eol,
+                      jnp.where(place == 1, is_shape, is_bin))
     return jnp.where(ended[:, None], (ids == pad_id)[None], open_[None])
 
 
@@ -101,21 +117,21 @@ def _corner_bins(boxes: jax.Array, bins: int) -> jax.Array:
                   bins - 1).astype(jnp.int32)
 
 
-def encode(vocab: LayoutVocab, boxes: jax.Array, classes: jax.Array,
-           valid: jax.Array, pad_id: int) -> jax.Array:
+def encode(vocab: LayoutVocab, boxes: jax.Array, colours: jax.Array,
+           shapes: jax.Array, valid: jax.Array, pad_id: int) -> jax.Array:
   """The layout tokens of a batch of scenes.
 
   Args:
     vocab: the layout's ids.
     boxes: f32[b, K, 4] (x0, y0, x1, y1) as fractions of the side.
-    classes: int32[b, K] in [0, C).
+    colours, shapes: int32[b, K] in [0, C), [0, S).
     valid: bool[b, K]; the first M valid objects by box centre are kept.
     pad_id: the id after <eol>.
 
   Returns:
     int32[b, L]: objects left to right (ties: top first), <eol>, PAD.
   """
-  b, k = classes.shape
+  b, k = colours.shape
   m = vocab.max_objects
   valid = valid.astype(bool)
   centre_x = (boxes[..., 0] + boxes[..., 2]) / 2
@@ -128,8 +144,9 @@ def encode(vocab: LayoutVocab, boxes: jax.Array, classes: jax.Array,
   kept = take(valid) & (jnp.arange(m) < k)[None]
   corner = _corner_bins(jnp.take_along_axis(boxes, order[..., None], 1),
                         vocab.bins) + vocab.first_bin_id
-  objects = jnp.concatenate([(take(classes) + vocab.first_id)[..., None],
-                             corner], -1)                     # [b, M, 5]
+  objects = jnp.concatenate([(take(colours) + vocab.first_id)[..., None],
+                             (take(shapes) + vocab.first_shape_id)[..., None],
+                             corner], -1)                     # [b, M, 6]
   objects = jnp.where(kept[..., None], objects, pad_id).reshape(b, -1)
   n = kept.sum(1)
   tail = jnp.full((b, 1), pad_id, jnp.int32)
@@ -140,17 +157,20 @@ def encode(vocab: LayoutVocab, boxes: jax.Array, classes: jax.Array,
 
 
 def decode(vocab: LayoutVocab, tokens: jax.Array
-           ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(boxes f32[b, M, 4], classes int32[b, M], valid bool[b, M]) of layout
-  tokens int32[b, L]. An object is valid when its five tokens are a class
-  and four bins and no <eol> came before; corners out of order are
-  swapped (a box is at least one bin wide)."""
+           ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """(boxes f32[b, M, 4], colours int32[b, M], shapes int32[b, M], valid
+  bool[b, M]) of layout tokens int32[b, L]. An object is valid when its
+  six tokens are a colour, a shape and four bins and every object before
+  it is valid; corners out of order are swapped (a box is at least one bin
+  wide)."""
   b = tokens.shape[0]
   m = vocab.max_objects
   obj = tokens[:, :TOKENS_PER_OBJECT * m].reshape(b, m, TOKENS_PER_OBJECT)
-  cls = obj[..., 0] - vocab.first_id
-  bins = obj[..., 1:] - vocab.first_bin_id
-  well_formed = ((cls >= 0) & (cls < vocab.classes)
+  colour = obj[..., 0] - vocab.first_id
+  shape = obj[..., 1] - vocab.first_shape_id
+  bins = obj[..., 2:] - vocab.first_bin_id
+  well_formed = ((colour >= 0) & (colour < vocab.colours)
+                 & (shape >= 0) & (shape < vocab.shapes)
                  & jnp.all((bins >= 0) & (bins < vocab.bins), -1))
   valid = jnp.cumprod(well_formed, axis=1).astype(bool)  # none after a gap
   bins = jnp.clip(bins, 0, vocab.bins - 1).astype(jnp.float32)
@@ -158,20 +178,22 @@ def decode(vocab: LayoutVocab, tokens: jax.Array
   hi = jnp.maximum(bins[..., :2], bins[..., 2:]) + 1
   boxes = jnp.concatenate([lo, hi], -1) / vocab.bins
   return (jnp.where(valid[..., None], boxes, 0.0),
-          jnp.where(valid, cls, 0).astype(jnp.int32), valid)
+          jnp.where(valid, colour, 0).astype(jnp.int32),
+          jnp.where(valid, shape, 0).astype(jnp.int32), valid)
 
 
-def cells(boxes: jax.Array, classes: jax.Array, valid: jax.Array, grid: int
-          ) -> tuple[jax.Array, jax.Array]:
+def cells(boxes: jax.Array, colours: jax.Array, shapes: jax.Array,
+          valid: jax.Array, grid: int) -> tuple[jax.Array, jax.Array]:
   """What each of grid x grid code cells (row-major) knows of the layout.
 
   Args:
-    boxes: f32[b, K, 4] fractions; classes: int32[b, K]; valid: bool[b, K].
+    boxes: f32[b, K, 4] fractions; colours, shapes: int32[b, K]; valid:
+      bool[b, K].
     grid: code cells per side.
 
   Returns:
-    labels int32[b, grid^2]: 1 + the class of the box covering most of the
-      cell, 0 where none does.
+    labels int32[b, grid^2, 2]: 1 + the colour and 1 + the shape of the
+      box covering most of the cell, (0, 0) where none does.
     features f32[b, grid^2, CELL_FEATURES]: for that box, the Fourier
       features of the cell centre's place inside it (u, v: 0 at the box's
       left / top edge, 1 at its right / bottom), its width and height, and
@@ -193,7 +215,8 @@ def cells(boxes: jax.Array, classes: jax.Array, valid: jax.Array, grid: int
   covered = share > 0
   pick = lambda x: jnp.take_along_axis(  # noqa: E731
       x, best.reshape(x.shape[0], -1), 1).reshape(best.shape)
-  labels = jnp.where(covered, pick(classes) + 1, 0)
+  labels = jnp.where(covered[..., None],
+                     jnp.stack([pick(colours), pick(shapes)], -1) + 1, 0)
   x0, y0, x1, y1 = (pick(boxes[..., i]) for i in range(4))
   width, height = jnp.maximum(x1 - x0, 1e-3), jnp.maximum(y1 - y0, 1e-3)
   centre = (lo + hi) / 2
@@ -207,5 +230,5 @@ def cells(boxes: jax.Array, classes: jax.Array, valid: jax.Array, grid: int
        share[..., None]], -1)
   features = jnp.where(covered[..., None], features, 0.0)
   b = boxes.shape[0]
-  return (labels.reshape(b, -1).astype(jnp.int32),
+  return (labels.reshape(b, grid * grid, 2).astype(jnp.int32),
           features.reshape(b, grid * grid, CELL_FEATURES))

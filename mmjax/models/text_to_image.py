@@ -53,7 +53,7 @@ class TextToImageLM(nn.Module):
     side: the image side in pixels.
     code_positions: 'none' or 'sincos2d' (module docstring; no parameters).
     layout_objects: M, objects a layout holds; 0 = no layout.
-    layout_classes: C, object classes of a layout (colour x shape).
+    layout_colours, layout_shapes: C colours and S shapes a layout names.
     layout_bins: B, location bins per side.
   """
   lm: DecoderConfig
@@ -63,7 +63,8 @@ class TextToImageLM(nn.Module):
   side: int
   code_positions: str = "none"
   layout_objects: int = 0
-  layout_classes: int = 1
+  layout_colours: int = 1
+  layout_shapes: int = 1
   layout_bins: int = 64
 
   def setup(self):
@@ -75,7 +76,8 @@ class TextToImageLM(nn.Module):
                        f"of {', '.join(CODE_POSITIONS)}")
     self.llm = DecoderLM(self.lm)
     if self.layout_objects:
-      self.scene_layout = LayoutCells(self.layout_classes, self.lm.d_model,
+      self.scene_layout = LayoutCells(self.layout_colours, self.layout_shapes,
+                                      self.lm.d_model,
                                       jnp.dtype(self.lm.dtype))
 
   @property
@@ -83,8 +85,9 @@ class TextToImageLM(nn.Module):
     """The layout's ids (after the image vocabulary), None without one."""
     if not self.layout_objects:
       return None
-    return scene_layout.LayoutVocab(self.vocab.size, self.layout_classes,
-                                    self.layout_bins, self.layout_objects)
+    return scene_layout.LayoutVocab(self.vocab.size, self.layout_colours,
+                                    self.layout_shapes, self.layout_bins,
+                                    self.layout_objects)
 
   @property
   def layout_len(self) -> int:
@@ -124,7 +127,7 @@ class TextToImageLM(nn.Module):
     """DecoderLM over int32[B, T] ids (kwargs: cache, cache_index, ...);
     the ids sit at slots cache_index (0 without a cache) onwards.
 
-    cells: with a layout, (labels int32[B, N], features f32[B, N, F]) of
+    cells: with a layout, (labels int32[B, N, 2], features f32[B, N, F]) of
     `scene_layout.cells` for the whole image (None: no object anywhere,
     the unconditional model's view)."""
     if self.code_positions == "none" and not self.layout_objects:
@@ -137,7 +140,7 @@ class TextToImageLM(nn.Module):
     if self.layout_objects:
       if cells is None:
         b = tokens.shape[0]
-        cells = (jnp.zeros((b, self.n_codes), jnp.int32),
+        cells = (jnp.zeros((b, self.n_codes, 2), jnp.int32),
                  jnp.zeros((b, self.n_codes, scene_layout.CELL_FEATURES)))
       x = x + self._code_slots(slots, self.scene_layout(*cells))
     return self.llm(embeddings=x, **kwargs)
@@ -200,17 +203,27 @@ class TextToImageLM(nn.Module):
 
 class LayoutCells(nn.Module):
   """Each code cell's share of the layout as an embedding added to its
-  slot: a table over 1 + C labels (0: no object) plus a projection of the
-  cell's place inside its object's box (scene_layout.cells)."""
-  classes: int
+  slot: an MLP over the cell's object (a table over 1 + C colours and one
+  over 1 + S shapes, 0: no object) and its place inside the object's box
+  (scene_layout.cells).
+  An MLP, not a sum of the two: what a cell shows is a joint function of
+  the object's class and the place (a star's point, a square's edge), which
+  a sum would leave to the LM's few layers."""
+  colours: int
+  shapes: int
   width: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, labels: jax.Array, features: jax.Array) -> jax.Array:
-    """labels int32[B, N], features f32[B, N, F] -> [B, N, D]."""
-    table = nn.Embed(1 + self.classes, self.width, name="label",
-                     embedding_init=nn.initializers.normal(0.02))
-    place = nn.Dense(self.width, name="place", dtype=self.dtype)
-    return (table(labels).astype(self.dtype)
-            + place(features.astype(self.dtype)))
+    """labels int32[B, N, 2] (colour, shape), features f32[B, N, F] ->
+    [B, N, D]."""
+    init = nn.initializers.normal(0.02)
+    colour = nn.Embed(1 + self.colours, self.width, name="colour",
+                      embedding_init=init)(labels[..., 0])
+    shape = nn.Embed(1 + self.shapes, self.width, name="shape",
+                     embedding_init=init)(labels[..., 1])
+    x = jnp.concatenate([colour.astype(self.dtype), shape.astype(self.dtype),
+                         features.astype(self.dtype)], -1)
+    x = nn.gelu(nn.Dense(2 * self.width, name="hidden", dtype=self.dtype)(x))
+    return nn.Dense(self.width, name="out", dtype=self.dtype)(x)

@@ -133,11 +133,11 @@ def test_a_layout_is_planned_within_its_grammar_and_drawn_as_trained():
   the same sequence does (greedy picks agree), and the cells matter."""
   from mmjax.models import scene_layout  # pylint: disable=g-import-not-at-top
   model = TextToImageLM(
-      lm=DecoderConfig(vocab_size=VOCAB.size + 3 + 8 + 1, d_model=32,
+      lm=DecoderConfig(vocab_size=VOCAB.size + 2 + 3 + 8 + 1, d_model=32,
                        n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64),
       vq=vq_lib.VQConfig(codebook_size=16, channels=(8, 8)), vocab=VOCAB,
-      prompt_len=6, side=16, layout_objects=2, layout_classes=3,
-      layout_bins=8)
+      prompt_len=6, side=16, layout_objects=2, layout_colours=2,
+      layout_shapes=3, layout_bins=8)
   params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
   params = jax.tree.map(lambda x: x * 3.0, params)["params"]
   lv = model.layout_vocab
@@ -146,15 +146,17 @@ def test_a_layout_is_planned_within_its_grammar_and_drawn_as_trained():
   codes, layout = image_tokens.generate_codes(
       model, params, prompts, jax.random.key(1), guidance=1.0,
       sampling=Sampling(temperature=0.0), with_layout=True)
-  assert layout.shape == (2, lv.length) == (2, 11)
+  assert layout.shape == (2, lv.length) == (2, 13)
   for row in np.asarray(layout):
     eol = list(row).index(lv.eol_id)
-    assert eol % 5 == 0 and not row[eol + 1:].any()
-    objects = row[:eol].reshape(-1, 5)
+    assert eol % 6 == 0 and not row[eol + 1:].any()
+    objects = row[:eol].reshape(-1, 6)
     assert ((objects[:, 0] >= lv.first_id)
-            & (objects[:, 0] < lv.first_bin_id)).all()
-    assert ((objects[:, 1:] >= lv.first_bin_id)
-            & (objects[:, 1:] < lv.eol_id)).all()
+            & (objects[:, 0] < lv.first_shape_id)).all()
+    assert ((objects[:, 1] >= lv.first_shape_id)
+            & (objects[:, 1] < lv.first_bin_id)).all()
+    assert ((objects[:, 2:] >= lv.first_bin_id)
+            & (objects[:, 2:] < lv.eol_id)).all()
   cells = scene_layout.cells(*scene_layout.decode(lv, layout), model.grid)
   inputs, _ = model.sequences(prompts, codes, layout)
   logits, _ = model.apply({"params": params}, inputs, cells)

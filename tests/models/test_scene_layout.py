@@ -10,13 +10,13 @@ from mmjax.data.tokenizer import PAD_ID
 from mmjax.models import scene_layout
 from mmjax.train.stages import t2i
 
-VOCAB = scene_layout.LayoutVocab(first_id=1538, classes=36, bins=64,
+VOCAB = scene_layout.LayoutVocab(first_id=1538, colours=6, shapes=6, bins=64,
                                  max_objects=6)
 
 
 def _objects(index):
-  """(boxes f32[1, 8, 4], labels int32[1, 8, A], valid bool[1, 8]) of a
-  shapes training record, as a caption batch carries them."""
+  """(example, boxes f32[1, 8, 4], labels int32[1, 8, A], valid bool[1, 8])
+  of a shapes training record, as a caption batch carries them."""
   ex = shapes.example("train", index)
   record = {"id": ex["id"], "image": ex["image"], "objects": ex["objects"],
             "captions": ex["captions"]}
@@ -30,62 +30,66 @@ def _objects(index):
 
 
 def test_vocabulary_ids():
-  assert (VOCAB.first_bin_id, VOCAB.eol_id, VOCAB.size, VOCAB.length) == (
-      1538 + 36, 1538 + 100, 101, 31)
+  assert (VOCAB.first_shape_id, VOCAB.first_bin_id, VOCAB.eol_id, VOCAB.size,
+          VOCAB.length) == (1544, 1550, 1614, 77, 37)
   with pytest.raises(ValueError, match="must be >= 1"):
-    scene_layout.LayoutVocab(10, 0, 64, 6)
+    scene_layout.LayoutVocab(10, 6, 0, 64, 6)
 
 
 def test_tokens_round_trip_in_the_short_captions_order():
   seen = agree = 0
   for index in range(12):
     ex, boxes, labels, valid = _objects(index)
-    classes = t2i.object_classes(jnp.asarray(labels))
-    tokens = scene_layout.encode(VOCAB, jnp.asarray(boxes), classes, valid,
-                                 PAD_ID)
+    colours, kinds = t2i.object_attributes(jnp.asarray(labels))
+    tokens = scene_layout.encode(VOCAB, jnp.asarray(boxes), colours, kinds,
+                                 valid, PAD_ID)
     n = int(valid.sum())
     row = np.asarray(tokens[0])
-    assert row[5 * n] == VOCAB.eol_id and not row[5 * n + 1:].any()
-    got_boxes, got_classes, got_valid = scene_layout.decode(VOCAB, tokens)
+    assert row[6 * n] == VOCAB.eol_id and not row[6 * n + 1:].any()
+    got_boxes, got_colours, got_kinds, got_valid = scene_layout.decode(
+        VOCAB, tokens)
     assert int(got_valid.sum()) == n
     # Pixel boxes at 64 px and 64 bins come back exactly.
-    want = sorted((tuple(b), int(c)) for b, c in
-                  zip(boxes[0, :n], np.asarray(classes)[0, :n]))
-    got = sorted((tuple(b), int(c)) for b, c in
+    want = sorted((tuple(b), int(c), int(s)) for b, c, s in
+                  zip(boxes[0, :n], np.asarray(colours)[0, :n],
+                      np.asarray(kinds)[0, :n]))
+    got = sorted((tuple(b), int(c), int(s)) for b, c, s in
                  zip(np.asarray(got_boxes)[0, :n],
-                     np.asarray(got_classes)[0, :n]))
-    np.testing.assert_allclose([b for b, _ in got], [b for b, _ in want])
-    assert [c for _, c in got] == [c for _, c in want]
+                     np.asarray(got_colours)[0, :n],
+                     np.asarray(got_kinds)[0, :n]))
+    np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want])
+    assert [g[1:] for g in got] == [w[1:] for w in want]
     # The first object written is the short caption's first pair (the
     # caption sorts by object centre, the layout by box centre: a triangle's
     # differ, so near-ties may swap).
     first = next(iter(shapes.parse_caption(ex["captions"][0])))
-    c0 = int(got_classes[0, 0])
-    agree += (shapes.COLOURS[c0 // len(shapes.SHAPES)],
-              shapes.SHAPES[c0 % len(shapes.SHAPES)]) == first
+    agree += (shapes.COLOURS[int(got_colours[0, 0])],
+              shapes.SHAPES[int(got_kinds[0, 0])]) == first
     seen += n > 1
   assert seen >= 4 and agree >= 10
 
 
 def test_decode_keeps_objects_up_to_the_first_malformed_one():
-  c, b = VOCAB.first_id, VOCAB.first_bin_id
-  row = [c + 3, b + 40, b + 10, b + 30, b + 20,      # corners swapped
-         c + 5, b + 1, b + 2, b + 3, b + 4,
-         b + 7, b + 1, b + 2, b + 3, b + 4]           # no class: stops here
-  tokens = jnp.asarray([row + [VOCAB.eol_id] * 16], jnp.int32)
-  boxes, classes, valid = scene_layout.decode(VOCAB, tokens)
+  c, s, b = VOCAB.first_id, VOCAB.first_shape_id, VOCAB.first_bin_id
+  row = [c + 3, s + 1, b + 40, b + 10, b + 30, b + 20,   # corners swapped
+         c + 5, s + 0, b + 1, b + 2, b + 3, b + 4,
+         c + 1, c + 1, b + 1, b + 2, b + 3, b + 4]       # no shape: stops
+  tokens = jnp.asarray([row + [VOCAB.eol_id] * 19], jnp.int32)
+  boxes, colours, kinds, valid = scene_layout.decode(VOCAB, tokens)
   assert np.asarray(valid[0]).tolist() == [True, True] + [False] * 4
   np.testing.assert_allclose(boxes[0, 0], np.array([30, 10, 41, 21]) / 64)
-  assert classes[0, :2].tolist() == [3, 5]
+  assert colours[0, :2].tolist() == [3, 5] and kinds[0, :2].tolist() == [1, 0]
 
 
 def test_grammar():
   v = VOCAB.eol_id + 1
   ended = jnp.asarray([False, True])
   first = np.asarray(VOCAB.allowed(0, ended, v, PAD_ID))
-  assert first[0, VOCAB.first_id:VOCAB.first_bin_id].all()
-  assert first[0, VOCAB.eol_id] and first[0].sum() == 37
+  assert first[0, VOCAB.first_id:VOCAB.first_shape_id].all()
+  assert first[0, VOCAB.eol_id] and first[0].sum() == 7
   assert first[1].tolist() == [i == PAD_ID for i in range(v)]
+  shape = np.asarray(VOCAB.allowed(7, ended, v, PAD_ID))[0]
+  assert shape.sum() == 6 and shape[VOCAB.first_shape_id:VOCAB.first_bin_id].all()
   corner = np.asarray(VOCAB.allowed(3, ended, v, PAD_ID))[0]
   assert corner.sum() == 64 and corner[VOCAB.first_bin_id:VOCAB.eol_id].all()
   last = np.asarray(VOCAB.allowed(VOCAB.length - 1, ended, v, PAD_ID))[0]
@@ -97,12 +101,13 @@ def test_cells_see_the_box_that_covers_them():
   # covering half of cell (6, 0).
   boxes = jnp.asarray([[[0.25, 0.125, 0.75, 0.375],
                         [0.0, 0.75, 0.0625, 0.875]]], jnp.float32)
-  labels, features = scene_layout.cells(boxes, jnp.asarray([[7, 30]]),
-                                        jnp.asarray([[True, True]]), 8)
-  grid = np.asarray(labels).reshape(8, 8)
-  want = np.zeros((8, 8), int)
-  want[1:3, 2:6] = 8
-  want[6, 0] = 31
+  labels, features = scene_layout.cells(
+      boxes, jnp.asarray([[2, 5]]), jnp.asarray([[1, 4]]),
+      jnp.asarray([[True, True]]), 8)
+  grid = np.asarray(labels).reshape(8, 8, 2)
+  want = np.zeros((8, 8, 2), int)
+  want[1:3, 2:6] = (3, 2)
+  want[6, 0] = (6, 5)
   np.testing.assert_array_equal(grid, want)
   f = np.asarray(features).reshape(8, 8, -1)
   assert f.shape[-1] == scene_layout.CELL_FEATURES
@@ -112,7 +117,8 @@ def test_cells_see_the_box_that_covers_them():
   # u = 1/8 at the box's first column: sin(pi u) is the first feature.
   np.testing.assert_allclose(f[1, 2, 0], np.sin(np.pi / 8), rtol=1e-5)
   # Invalid boxes cover nothing.
-  none, _ = scene_layout.cells(boxes, jnp.asarray([[7, 30]]),
+  none, _ = scene_layout.cells(boxes, jnp.asarray([[2, 5]]),
+                               jnp.asarray([[1, 4]]),
                                jnp.asarray([[False, False]]), 8)
   assert not np.asarray(none).any()
 
@@ -126,8 +132,8 @@ def test_training_layout_masks_the_padding_and_dropped_rows():
   tokens, (cell_labels, _), weights = t2i.training_layout(
       model, batch, jnp.asarray([False, True]))
   n = int(valid.sum())
-  assert np.asarray(weights[0]).tolist() == [1.0] * (5 * n + 1) + [0.0] * (
-      30 - 5 * n)
+  assert np.asarray(weights[0]).tolist() == [1.0] * (6 * n + 1) + [0.0] * (
+      36 - 6 * n)
   assert not np.asarray(weights[1]).any() and not np.asarray(tokens[1]).any()
   assert np.asarray(cell_labels[0]).any() and not np.asarray(
       cell_labels[1]).any()

@@ -68,7 +68,7 @@ def test_a_layout_run_learns_its_plans_and_draws_from_them(layout_run):
   assert {p.split("/")[0] for p in result.global_params} == {
       "llm", "scene_layout"}
   run = t2i_lib.load_text_to_image(str(work))
-  assert run.model.layout_len == 31
+  assert run.model.layout_len == 37
   images, layouts = run.draw(["a red circle.", "two blue stars."], seed=1,
                              with_layout=True)
   assert images.shape == (2, 64, 64, 3) and len(layouts) == 2

@@ -57,11 +57,10 @@ from mmjax.train.stages.contrastive import single_image
 
 _OPTIONS = {"tokenizer": "", "cfg_dropout": 0.1, "plain_background": False,
             "layout_weight": 1.0}
-# A layout's object class is colour * len(shapes) + shape, in the order of
-# the regions format's labels (formats.REGION_ATTRIBUTES).
+# A layout's colour and shape ids are the regions format's label ids
+# (formats.REGION_ATTRIBUTES: shapes.COLOURS, shapes.SHAPES).
 _SHAPE_COLUMN = list(formats.REGION_ATTRIBUTES).index("shape")
 _COLOUR_COLUMN = list(formats.REGION_ATTRIBUTES).index("colour")
-LAYOUT_CLASSES = len(shapes.COLOURS) * len(shapes.SHAPES)
 LAYOUT_BINS = 64
 # A pixel is background when max - min over its channels is below the
 # shapes renderer's object chroma (the checker's rule too), in the
@@ -84,16 +83,9 @@ def image_vocab(config: ml_collections.ConfigDict) -> ImageVocab:
                     int(config.model.vq.codebook_size))
 
 
-def object_classes(labels: jax.Array) -> jax.Array:
-  """int32[..., A] region labels -> the layout's class, colour * S + shape."""
-  return (labels[..., _COLOUR_COLUMN] * len(shapes.SHAPES)
-          + labels[..., _SHAPE_COLUMN])
-
-
-def class_names(cls: int) -> tuple[str, str]:
-  """(colour, shape) of a layout class (the inverse of object_classes)."""
-  return (shapes.COLOURS[cls // len(shapes.SHAPES)],
-          shapes.SHAPES[cls % len(shapes.SHAPES)])
+def object_attributes(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """int32[..., A] region labels -> (colour ids, shape ids), int32[...]."""
+  return labels[..., _COLOUR_COLUMN], labels[..., _SHAPE_COLUMN]
 
 
 def text_to_image_lm(config: ml_collections.ConfigDict) -> TextToImageLM:
@@ -110,8 +102,8 @@ def text_to_image_lm(config: ml_collections.ConfigDict) -> TextToImageLM:
       prompt_len=int(config.model.text.max_len),
       side=int(config.model.vision.image_size),
       code_positions=str(config.model.get("code_positions", "none")),
-      layout_objects=objects, layout_classes=LAYOUT_CLASSES,
-      layout_bins=LAYOUT_BINS)
+      layout_objects=objects, layout_colours=len(shapes.COLOURS),
+      layout_shapes=len(shapes.SHAPES), layout_bins=LAYOUT_BINS)
   lm = dict(config.model.lm.to_dict(), vocab_size=model.total_vocab)
   return model.clone(lm=DecoderConfig.from_dict(lm))
 
@@ -138,15 +130,16 @@ def training_layout(model: TextToImageLM, batch, dropped: jax.Array
                      "batch of shapes records): use the shapes data")
   vocab = model.layout_vocab
   boxes = batch["object_boxes"].astype(jnp.float32)
-  classes = object_classes(batch["object_labels"])
+  colours, kinds = object_attributes(batch["object_labels"])
   valid = batch["object_valid"].astype(bool) & ~dropped[:, None]
-  tokens = scene_layout.encode(vocab, boxes, classes, valid, PAD_ID)
+  tokens = scene_layout.encode(vocab, boxes, colours, kinds, valid, PAD_ID)
   tokens = jnp.where(dropped[:, None], PAD_ID, tokens)
   # The tokens up to <eol> count; the PAD after it does not.
   written = jnp.cumsum(tokens == vocab.eol_id, axis=1) - (
       tokens == vocab.eol_id)
   weights = ((written == 0) & ~dropped[:, None]).astype(jnp.float32)
-  return tokens, scene_layout.cells(boxes, classes, valid, model.grid), weights
+  cells = scene_layout.cells(boxes, colours, kinds, valid, model.grid)
+  return tokens, cells, weights
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, stage_name: str
