@@ -19,6 +19,11 @@ Args (comma-separated key=value after the colon):
                  boxes before the codes, and each code slot carries its
                  cell's share of them (default 0; config.model.scene_layout;
                  models/scene_layout.py)
+config.drawing: how the run draws unless told otherwise (generate,
+evaluate): guidance, temperature / top_k / top_p of the codes, and with a
+layout plan_temperature (colours, shapes) and place_temperature (boxes);
+with layout=1 everything greedy and no guidance (measured best,
+docs/image-generation.md), else guidance 3 at temperature 1.
 One stage, `t2i` (train/stages/t2i.py), on the shapes recipe's images and
 captions (the 'contrastive' format: both captions of every training image,
 32 ids at most); the tokenizer is frozen, 10% of the captions are dropped
@@ -61,6 +66,10 @@ def get_config(arg=None):
   stage.optimizer.lr_mult = ml_collections.ConfigDict({"llm": 1.0})
   stage.schedule.warmup_steps = min(100, max(1, args.steps // 10))
   config.stages = ml_collections.ConfigDict({"t2i": stage})
+  config.drawing = ml_collections.ConfigDict(dict(
+      guidance=1.0 if config.model.scene_layout else 3.0,
+      temperature=0.0 if config.model.scene_layout else 1.0,
+      top_k=0, top_p=1.0, plan_temperature=0.0, place_temperature=0.0))
   config.stage_order = ("t2i",)
   config.batch_size = args.batch
   return config

@@ -42,9 +42,11 @@ docs/evaluation.md "Contrastive decoding").
 
 Text to image: a run of configs/t2i.py draws the --prompt (a caption, e.g.
 "two red circles and a blue square.") and writes the picture to --out
-(e.g. image.png); --guidance sets classifier-free guidance (default 3; 1 =
-off), --temperature / --top_k / --top_p sample the image codes (temperature
-1 unless given; mmjax.decoding.image_tokens); a run that plans a layout
+(e.g. image.png); --guidance sets classifier-free guidance (1 = off),
+--temperature / --top_k / --top_p sample the image codes
+(mmjax.decoding.image_tokens); unless given, the run's own config.drawing
+(configs/t2i.py: guidance 3 at temperature 1, or with a layout greedy
+without guidance); a run that plans a layout
 first (configs/t2i.py:layout=1) also prints it, one "layout: a red circle
 [x0, y0, x1, y1], ... (0..1000)" line. A caption longer than the
 model reads, one asking for more than six objects, or a guidance <= 0 exits
@@ -106,7 +108,8 @@ def _define_flags() -> None:
                   "the picture the --prompt describes to this file (e.g. "
                   "image.png).")
   d.DEFINE_float("guidance", 3.0, "Text-to-image: classifier-free guidance "
-                 "scale (> 0; 1 = off).")
+                 "scale (> 0; 1 = off); unless given, the run's own "
+                 "(config.drawing).")
   d.DEFINE_string("draw", None, "Write the first --image with the answer's "
                   "boxes drawn to this file (e.g. out.png); the answer must "
                   "be a box or a grounded caption.")
@@ -144,11 +147,17 @@ def _text_to_image(f) -> None:
          "--video or --audio")
   _check_image_path("out", f.out)
   try:
-    temperature = f.temperature if f["temperature"].present else 1.0
-    sampling = inference.Sampling(temperature, f.top_k, f.top_p)
     run = text_to_image.load_text_to_image(f.workdir)
-    images, layouts = run.draw([f.prompt], seed=f.seed, guidance=f.guidance,
-                               sampling=sampling, with_layout=True)
+    guidance, sampling, _ = text_to_image.drawing_settings(run.config)
+    given = lambda name: f[name].present  # noqa: E731
+    sampling = inference.Sampling(
+        f.temperature if given("temperature") else sampling.temperature,
+        f.top_k if given("top_k") else sampling.top_k,
+        f.top_p if given("top_p") else sampling.top_p)
+    images, layouts = run.draw(
+        [f.prompt], seed=f.seed,
+        guidance=f.guidance if given("guidance") else guidance,
+        sampling=sampling, with_layout=True)
     image = images[0]
     run.save_png(image, f.out)
   except (inference.WorkdirError, config_lib.ConfigError, ValueError,

@@ -17,13 +17,18 @@ row). Both rows share the KV-cache layout: the batch is [cond; uncond].
 A model with a layout (models/scene_layout.py) first writes the layout
 after the caption, in the same loop kind: L slots, each sampled from the
 conditional row's logits over the ids the layout grammar allows there
-(`LayoutVocab.allowed`: a class or <eol>, then four location bins; PAD
-after <eol>). The layout is read back into cells, which every code slot
-of the conditional row carries; the unconditional row writes PAD and sees
-no object (as training's dropped captions do).
+(`LayoutVocab.allowed`: a colour or <eol>, a shape, then four location
+bins; PAD after <eol>), the colour / shape / <eol> slots by one sampling
+(`LayoutSampling.what`), the location bins by another (`.where`): measured,
+what the caption asks is best chosen greedily, while greedy places pile
+objects onto the likeliest spot (docs/image-generation.md). The layout is
+read back into cells, which every code slot of the conditional row
+carries; the unconditional row writes PAD and sees no object (as
+training's dropped captions do).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -34,6 +39,14 @@ from mmjax.decoding.sampling import Sampling, sample_tokens
 from mmjax.models import scene_layout
 from mmjax.models.decoder import init_kv_cache
 from mmjax.models.text_to_image import TextToImageLM
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutSampling:
+  """How a layout is written: `what` for its colour, shape and <eol>
+  slots, `where` for its location bins."""
+  what: Sampling = Sampling(temperature=0.0)
+  where: Sampling = Sampling(temperature=1.0)
 
 
 def guided_logits(cond: jax.Array, uncond: jax.Array, scale: float
@@ -57,10 +70,11 @@ def check_request(model: TextToImageLM, prompt_len: int,
         "shorten it")
 
 
-@functools.partial(jax.jit, static_argnames=("model", "guidance", "sampling"))
+@functools.partial(jax.jit, static_argnames=("model", "guidance", "sampling",
+                                             "layout_sampling"))
 def _generate(model: TextToImageLM, params, prompts: jax.Array,
-              key: jax.Array, guidance: float, sampling: Sampling
-              ) -> jax.Array:
+              key: jax.Array, guidance: float, sampling: Sampling,
+              layout_sampling: LayoutSampling) -> tuple[jax.Array, jax.Array]:
   b, p = prompts.shape
   guided = guidance != 1.0
   rows = jnp.concatenate([prompts, jnp.full_like(prompts, PAD_ID)]) if (
@@ -77,7 +91,7 @@ def _generate(model: TextToImageLM, params, prompts: jax.Array,
                                 cache_index=0)
     layout, cache, logits = _write_layout(model, params, cache, logits[:, -1:],
                                           jax.random.fold_in(key, n), b,  # codes use 0..n-1
-                                          sampling)
+                                          layout_sampling)
     plan = scene_layout.cells(*scene_layout.decode(model.layout_vocab,
                                                    layout), model.grid)
     cells = tuple(jnp.concatenate([x, jnp.zeros_like(x)]) if guided else x
@@ -111,7 +125,7 @@ def _generate(model: TextToImageLM, params, prompts: jax.Array,
 
 
 def _write_layout(model: TextToImageLM, params, cache, logits: jax.Array,
-                  key: jax.Array, b: int, sampling: Sampling):
+                  key: jax.Array, b: int, sampling: LayoutSampling):
   """The layout's L slots after the caption: (tokens int32[b, L], cache,
   the last logits [R, 1, V]). The first b rows sample within the grammar;
   the rest (the unconditional rows) write PAD."""
@@ -125,7 +139,9 @@ def _write_layout(model: TextToImageLM, params, cache, logits: jax.Array,
                          logits.shape[-1], PAD_ID)
     masked = jnp.where(allowed, logits[:b, -1].astype(jnp.float32), -jnp.inf)
     keys = jax.random.split(jax.random.fold_in(key, k), b)
-    token = sample_tokens(masked, keys, sampling)
+    where = k % scene_layout.TOKENS_PER_OBJECT >= 2  # a location bin
+    token = jnp.where(where, sample_tokens(masked, keys, sampling.where),
+                      sample_tokens(masked, keys, sampling.what))
     tokens = tokens.at[:, k].set(token)
     ids = jnp.concatenate([token, jnp.full((rows - b,), PAD_ID, jnp.int32)])
     logits, cache = model.apply({"params": params}, ids[:, None],
@@ -141,6 +157,7 @@ def _write_layout(model: TextToImageLM, params, cache, logits: jax.Array,
 def generate_codes(model: TextToImageLM, params, prompts: jax.Array,
                    key: jax.Array, *, guidance: float = 3.0,
                    sampling: Sampling = Sampling(temperature=1.0),
+                   layout_sampling: LayoutSampling = LayoutSampling(),
                    with_layout: bool = False
                    ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Codes int32[B, N] of one image per caption (with_layout: and the
@@ -154,6 +171,7 @@ def generate_codes(model: TextToImageLM, params, prompts: jax.Array,
     key: the sampling key (one stream per row and step).
     guidance: classifier-free guidance scale s > 0 (1 = off).
     sampling: temperature (0 = greedy), top_k, top_p over the K codes.
+    layout_sampling: how a model with a layout writes it (LayoutSampling).
 
   Raises:
     ValueError: guidance <= 0, or a caption longer than the model's P.
@@ -163,5 +181,5 @@ def generate_codes(model: TextToImageLM, params, prompts: jax.Array,
   pad = model.prompt_len - prompts.shape[1]
   prompts = jnp.pad(prompts, ((0, 0), (0, pad)), constant_values=PAD_ID)
   codes, layout = _generate(model, params, prompts, key, float(guidance),
-                            sampling)
+                            sampling, layout_sampling)
   return (codes, layout) if with_layout else codes

@@ -60,13 +60,21 @@ def _scores(asked, found) -> dict[str, list[bool]]:
 
 def evaluate_text_to_image(workdir: str, split: str = "test", *,
                            n: int = 200, batch_size: int = 50,
-                           guidance: float = 3.0,
-                           sampling: Sampling = Sampling(temperature=1.0),
+                           guidance: float | None = None,
+                           sampling: Sampling | None = None,
+                           layout_sampling: t2i_lib.LayoutSampling | None
+                           = None,
                            seed: int = 0, checker_images: int = 1500
                            ) -> tuple[dict[str, Any], str]:
   """Generates one picture per caption of the split's first n records and
-  scores them (module doc); writes WORKDIR/eval/t2i_<split>.{json,md,png}."""
+  scores them (module doc); writes WORKDIR/eval/t2i_<split>.{json,md,png}.
+  guidance / sampling / layout_sampling None: the run's own
+  (config.drawing, `text_to_image.drawing_settings`)."""
   run = t2i_lib.load_text_to_image(workdir)
+  default = t2i_lib.drawing_settings(run.config)
+  guidance = default[0] if guidance is None else guidance
+  sampling = default[1] if sampling is None else sampling
+  layout_sampling = default[2] if layout_sampling is None else layout_sampling
   source = builders.load_source(datasets.shapes_dataset(run.config), split)
   n = min(n or len(source), len(source))
   records = [source[i] for i in range(n)]
@@ -78,7 +86,9 @@ def evaluate_text_to_image(workdir: str, split: str = "test", *,
   for lo in range(0, n, batch_size):
     part = captions[lo:lo + batch_size]
     images, layouts = run.draw(part, seed=seed + lo, guidance=guidance,
-                               sampling=sampling, with_layout=True)
+                               sampling=sampling,
+                               layout_sampling=layout_sampling,
+                               with_layout=True)
     drawn.append(images)
     plans += [[(c, s) for c, s, _ in layout] for layout in layouts]
     pixels = np.stack([images_lib.preprocess(r["image"], run.model.side,
@@ -93,6 +103,9 @@ def evaluate_text_to_image(workdir: str, split: str = "test", *,
                              "temperature": sampling.temperature,
                              "top_k": sampling.top_k, "top_p": sampling.top_p,
                              "seed": seed}
+  if run.model.layout_objects:
+    metrics.update(plan_temperature=layout_sampling.what.temperature,
+                   place_temperature=layout_sampling.where.temperature)
   found = {name: [checker.objects(im) for im in images]
            for name, images in (("generated", drawn), ("renders", renders),
                                 ("reconstructions", recon))}

@@ -24,6 +24,7 @@ from mmjax import parallel
 from mmjax.data import formats, grounding, shapes
 from mmjax.data import images as images_lib
 from mmjax.decoding import image_tokens
+from mmjax.decoding.image_tokens import LayoutSampling
 from mmjax.decoding.sampling import Sampling
 from mmjax.inference import workdir as workdir_lib
 from mmjax.models import scene_layout
@@ -37,6 +38,24 @@ def is_text_to_image(config) -> bool:
   """Whether a run's last stage is a `t2i` stage."""
   order = list(config.get("stage_order", ()))
   return bool(order) and config.stages[order[-1]].get("loss") == STAGE_KIND
+
+
+# How a run draws unless told otherwise: config.drawing of configs/t2i.py
+# (the settings its measurements used), else these.
+DRAWING_DEFAULTS = {"guidance": 3.0, "temperature": 1.0, "top_k": 0,
+                    "top_p": 1.0, "plan_temperature": 0.0,
+                    "place_temperature": 1.0}
+
+
+def drawing_settings(config) -> tuple[float, Sampling, LayoutSampling]:
+  """(guidance, code sampling, layout sampling) of a run's config.drawing,
+  DRAWING_DEFAULTS for what it does not set."""
+  d = dict(DRAWING_DEFAULTS, **dict(config.get("drawing", {})))
+  return (float(d["guidance"]),
+          Sampling(float(d["temperature"]), int(d["top_k"]),
+                   float(d["top_p"])),
+          LayoutSampling(Sampling(float(d["plan_temperature"])),
+                         Sampling(float(d["place_temperature"]))))
 
 
 def check_caption(caption: str) -> None:
@@ -79,16 +98,23 @@ class TextToImageRun:
     return np.stack(rows)
 
   def draw(self, captions: Sequence[str], *, seed: int = 0,
-           guidance: float = 3.0,
-           sampling: Sampling = Sampling(temperature=1.0),
+           guidance: float | None = None, sampling: Sampling | None = None,
+           layout_sampling: LayoutSampling | None = None,
            with_layout: bool = False):
     """uint8[B, S, S, 3]: one picture per caption; with_layout: and per
     caption the objects the model planned before drawing (`layouts`; []
-    for a run without a layout)."""
+    for a run without a layout). guidance / sampling / layout_sampling
+    None: the run's (`drawing_settings`)."""
+    default = drawing_settings(self.config)
+    guidance = default[0] if guidance is None else guidance
+    sampling = default[1] if sampling is None else sampling
+    layout_sampling = default[2] if layout_sampling is None else (
+        layout_sampling)
     ids = self.prompt_ids(captions)
     codes, layout = image_tokens.generate_codes(
         self.model, self.params, ids, jax.random.key(seed),
-        guidance=guidance, sampling=sampling, with_layout=True)
+        guidance=guidance, sampling=sampling,
+        layout_sampling=layout_sampling, with_layout=True)
     images = images_lib.to_uint8(self.model.decode_codes(self.vq, codes))
     return (images, self.layouts(layout)) if with_layout else images
 

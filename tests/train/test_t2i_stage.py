@@ -194,3 +194,18 @@ def test_flatten_background_keeps_the_objects_and_flattens_the_rest():
     assert np.ptp(background, axis=0).max() < 1e-6   # one colour
     assert np.ptp(pixels[0][~drawn], axis=0).max() > 0.04  # was textured
   assert kinds == {"noise", "stripes", "checker"}
+
+
+def test_a_run_draws_with_its_own_settings_unless_told():
+  for arg, want in (("layout=1", (1.0, 0.0, 0.0, 0.0)),
+                    ("layout=0", (3.0, 1.0, 0.0, 0.0))):
+    config = config_lib.load_config(
+        os.path.join(REPO, "configs/t2i.py") + ":" + arg)
+    guidance, sampling, layout = t2i_lib.drawing_settings(config)
+    assert (guidance, sampling.temperature, layout.what.temperature,
+            layout.where.temperature) == want
+  # A run of an older config (no config.drawing) draws as it always did.
+  del config["drawing"]
+  guidance, sampling, layout = t2i_lib.drawing_settings(config)
+  assert (guidance, sampling.temperature, layout.where.temperature) == (
+      3.0, 1.0, 1.0)
