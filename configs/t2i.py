@@ -10,15 +10,19 @@ Args (comma-separated key=value after the colon):
   size=S         the LM's size (sizes.py: tiny, small; default tiny)
   steps=N        stage length (default 1500)
   batch=N        global batch (default 16)
+  lr=X           peak learning rate (default 2e-3)
   positions=P    none | sincos2d: each code slot also carries the row and
-                 column of the code it predicts (config.model.code_positions)
+                 column of the code it predicts (default sincos2d;
+                 config.model.code_positions)
   plain=0|1      flatten each training picture's background to its mean
-                 colour before encoding (default 0; the t2i stage's
+                 colour before encoding (default 1; the t2i stage's
                  `plain_background`)
-  layout=0|1     plan, then draw: the LM writes the objects' classes and
-                 boxes before the codes, and each code slot carries its
-                 cell's share of them (default 0; config.model.scene_layout;
-                 models/scene_layout.py)
+  layout=0|1     plan, then draw: the LM writes the objects' colours,
+                 shapes and boxes before the codes, and each code slot
+                 carries its cell's share of them (default 1;
+                 config.model.scene_layout; models/scene_layout.py)
+The defaults are the measured best (docs/image-generation.md); the recipe
+before layouts was layout=0,positions=none,plain=0,lr=1e-3.
 config.drawing: how the run draws unless told otherwise (generate,
 evaluate): guidance, temperature / top_k / top_p of the codes, and with a
 layout plan_temperature (colours, shapes) and place_temperature (boxes);
@@ -41,8 +45,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config(arg=None):
   """Returns the text-to-image recipe; see the module docstring."""
   args = config_lib.parse_arg(arg, tokenizer="runs/vq", codes=1024, levels=2,
-                              size="tiny", steps=1500, batch=16, plain=0,
-                              positions="none", layout=0)
+                              size="tiny", steps=1500, batch=16, plain=1,
+                              positions="sincos2d", layout=1, lr=2e-3)
   vq_recipe = config_lib.load_config(
       os.path.join(_HERE, "vq.py") + f":codes={args.codes},levels="
       f"{args.levels}")
@@ -61,7 +65,7 @@ def get_config(arg=None):
                tokenizer=args.tokenizer, cfg_dropout=0.1,
                plain_background=bool(int(args.plain)),
                layout_weight=1.0)
-  stage.optimizer.lr = 1e-3
+  stage.optimizer.lr = float(args.lr)
   stage.optimizer.weight_decay = 0.01
   stage.optimizer.lr_mult = ml_collections.ConfigDict({"llm": 1.0})
   stage.schedule.warmup_steps = min(100, max(1, args.steps // 10))

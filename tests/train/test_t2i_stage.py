@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
   recipe.run_recipe(vq, str(root / "vq"), verbose=False)
   t2i = config_lib.load_config(
       os.path.join(REPO, "configs/t2i.py") +
-      f":tokenizer={root / 'vq'},steps=30,batch=8,codes=32,levels=3,"
+      f":tokenizer={root / 'vq'},steps=40,batch=8,codes=32,levels=3,"
       "size=tiny")
   t2i.model.vq.channels = (8, 8, 16)
   t2i.model.vq.res_blocks = 1
@@ -48,20 +48,38 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def layout_run(runs):
-  """A t2i run that plans a layout first, on the same tokenizer."""
-  root, t2i, _ = runs
-  config = ml_collections.ConfigDict(t2i.to_dict())
-  config.model.scene_layout = True
-  config.stages.t2i.update(trainable=("llm", "scene_layout"), steps=40)
+def no_layout_run(runs):
+  """A t2i run of the recipe before layouts, on the same tokenizer."""
+  root, _, _ = runs
+  config = config_lib.load_config(
+      os.path.join(REPO, "configs/t2i.py") +
+      f":tokenizer={root / 'vq'},steps=20,batch=8,codes=32,levels=3,"
+      "size=tiny,layout=0,positions=none,plain=0,lr=1e-3")
+  config.model.vq.channels = (8, 8, 16)
+  config.model.vq.res_blocks = 1
+  _small_data(config, str(root / "data"))
   config_checks.validate_config(config)
-  (_, result, _), = recipe.run_recipe(config, str(root / "t2i_layout"),
+  (_, result, _), = recipe.run_recipe(config, str(root / "t2i_plain"),
                                       verbose=False)
-  return root / "t2i_layout", result
+  return root / "t2i_plain", config, result
 
 
-def test_a_layout_run_learns_its_plans_and_draws_from_them(layout_run):
-  work, result = layout_run
+def test_a_run_without_a_layout_draws_from_the_caption_alone(no_layout_run):
+  work, config, result = no_layout_run
+  train = [r for r in metrics_lib.read_metrics(str(work)) if "loss" in r]
+  assert "layout_loss" not in train[0]
+  assert train[-1]["loss"] < train[0]["loss"] - 0.5
+  assert all(p.startswith("llm/") for p in result.global_params)
+  run = t2i_lib.load_text_to_image(str(work))
+  assert run.model.layout_len == 0
+  assert run.model.lm.vocab_size == config.model.lm.vocab_size + 2 + 32
+  images, layouts = run.draw(["a red circle."], seed=1, with_layout=True)
+  assert images.shape == (1, 64, 64, 3) and layouts == [[]]
+
+
+def test_a_layout_run_learns_its_plans_and_draws_from_them(runs):
+  root, _, result = runs
+  work = root / "t2i"
   train = [r for r in metrics_lib.read_metrics(str(work)) if "loss" in r]
   assert {"layout_loss", "layout_accuracy", "code_accuracy"} <= set(train[0])
   assert train[-1]["layout_loss"] < train[0]["layout_loss"] - 1.0
@@ -91,12 +109,11 @@ def test_t2i_stage_learns_the_codes(runs):
   train = [r for r in metrics_lib.read_metrics(str(root / "t2i"))
            if "loss" in r]
   assert {"loss", "code_accuracy"} <= set(train[0])
-  # 8 x 8 codes of 32: the loss starts near log(32 + 2 + text vocab).
+  # 8 x 8 codes of 32: the loss starts near log(32 + 2 + 77 + text vocab).
   assert train[-1]["loss"] < train[0]["loss"] - 1.0
-  assert all(p.startswith("llm/") for p in result.global_params)
   run = t2i_lib.load_text_to_image(str(root / "t2i"))
   assert run.model.n_codes == 64 and run.model.vocab.codes == 32
-  assert run.model.lm.vocab_size == config.model.lm.vocab_size + 2 + 32
+  assert run.model.lm.vocab_size == config.model.lm.vocab_size + 2 + 32 + 77
   images = run.draw(["a red circle.", "two blue stars."], seed=1)
   assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
 
