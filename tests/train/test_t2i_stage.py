@@ -35,32 +35,30 @@ def runs(tmp_path_factory):
   vq.model.vq.res_blocks = 1
   _small_data(vq, data_dir)
   recipe.run_recipe(vq, str(root / "vq"), verbose=False)
-  t2i = config_lib.load_config(
-      os.path.join(REPO, "configs/t2i.py") +
-      f":tokenizer={root / 'vq'},steps=40,batch=8,codes=32,levels=3,"
-      "size=tiny")
-  t2i.model.vq.channels = (8, 8, 16)
-  t2i.model.vq.res_blocks = 1
-  _small_data(t2i, data_dir)
-  config_checks.validate_config(t2i)
-  (_, result, _), = recipe.run_recipe(t2i, str(root / "t2i"), verbose=False)
+  t2i, result = _train_t2i(root, "t2i", "steps=40")
   return root, t2i, result
+
+
+def _train_t2i(root, name: str, args: str):
+  """(config, result) of a tiny configs/t2i.py run (its args plus `args`)
+  on the fixture's tokenizer, in root / name."""
+  config = config_lib.load_config(
+      os.path.join(REPO, "configs/t2i.py") +
+      f":tokenizer={root / 'vq'},batch=8,codes=32,levels=3,size=tiny,{args}")
+  config.model.vq.channels = (8, 8, 16)
+  config.model.vq.res_blocks = 1
+  _small_data(config, str(root / "data"))
+  config_checks.validate_config(config)
+  (_, result, _), = recipe.run_recipe(config, str(root / name), verbose=False)
+  return config, result
 
 
 @pytest.fixture(scope="module")
 def no_layout_run(runs):
   """A t2i run of the recipe before layouts, on the same tokenizer."""
   root, _, _ = runs
-  config = config_lib.load_config(
-      os.path.join(REPO, "configs/t2i.py") +
-      f":tokenizer={root / 'vq'},steps=20,batch=8,codes=32,levels=3,"
-      "size=tiny,layout=0,positions=none,plain=0,lr=1e-3")
-  config.model.vq.channels = (8, 8, 16)
-  config.model.vq.res_blocks = 1
-  _small_data(config, str(root / "data"))
-  config_checks.validate_config(config)
-  (_, result, _), = recipe.run_recipe(config, str(root / "t2i_plain"),
-                                      verbose=False)
+  config, result = _train_t2i(
+      root, "t2i_plain", "steps=20,layout=0,positions=none,plain=0,lr=1e-3")
   return root / "t2i_plain", config, result
 
 
