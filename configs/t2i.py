@@ -25,7 +25,8 @@ The defaults are the measured best (docs/image-generation.md); the recipe
 before layouts was layout=0,positions=none,plain=0,lr=1e-3.
 config.drawing: how the run draws unless told otherwise (generate,
 evaluate): guidance, temperature / top_k / top_p of the codes, and with a
-layout plan_temperature (colours, shapes) and place_temperature (boxes);
+layout plan_temperature (colours, shapes), place_temperature (boxes) and
+apart (each box kept clear of the earlier ones; measured no better);
 with layout=1 everything greedy and no guidance (measured best,
 docs/image-generation.md), else guidance 3 at temperature 1.
 One stage, `t2i` (train/stages/t2i.py), on the shapes recipe's images and
@@ -73,7 +74,8 @@ def get_config(arg=None):
   config.drawing = ml_collections.ConfigDict(dict(
       guidance=1.0 if config.model.scene_layout else 3.0,
       temperature=0.0 if config.model.scene_layout else 1.0,
-      top_k=0, top_p=1.0, plan_temperature=0.0, place_temperature=0.0))
+      top_k=0, top_p=1.0, plan_temperature=0.0, place_temperature=0.0,
+      apart=False))
   config.stage_order = ("t2i",)
   config.batch_size = args.batch
   return config

@@ -19,9 +19,9 @@ after the caption, in the same loop kind: L slots, each sampled from the
 conditional row's logits over the ids the layout grammar allows there
 (`LayoutVocab.allowed`: a colour or <eol>, a shape, then four location
 bins; PAD after <eol>), the colour / shape / <eol> slots by one sampling
-(`LayoutSampling.what`), the location bins by another (`.where`): measured,
-what the caption asks is best chosen greedily, while greedy places pile
-objects onto the likeliest spot (docs/image-generation.md). The layout is
+(`LayoutSampling.what`), the location bins by another (`.where`), and with
+`.apart` each box only where it keeps clear of the boxes before it (the
+renderer never lets objects touch; drawn, touching boxes merge). The layout is
 read back into cells, which every code slot of the conditional row
 carries; the unconditional row writes PAD and sees no object (as
 training's dropped captions do).
@@ -44,9 +44,11 @@ from mmjax.models.text_to_image import TextToImageLM
 @dataclasses.dataclass(frozen=True)
 class LayoutSampling:
   """How a layout is written: `what` for its colour, shape and <eol>
-  slots, `where` for its location bins."""
+  slots, `where` for its location bins; `apart`: each box only where it
+  keeps clear of the boxes before it (`scene_layout.free_bins`)."""
   what: Sampling = Sampling(temperature=0.0)
   where: Sampling = Sampling(temperature=1.0)
+  apart: bool = False
 
 
 def guided_logits(cond: jax.Array, uncond: jax.Array, scale: float
@@ -137,6 +139,12 @@ def _write_layout(model: TextToImageLM, params, cache, logits: jax.Array,
     cache, logits, tokens = carry
     allowed = lv.allowed(k, jnp.any(tokens == lv.eol_id, axis=1),
                          logits.shape[-1], PAD_ID)
+    if sampling.apart:  # the bins that keep this box clear of the others
+      free = scene_layout.free_bins(lv, tokens, k)
+      ids = jnp.arange(logits.shape[-1])
+      is_bin = (ids >= lv.first_bin_id) & (ids < lv.eol_id)
+      allowed &= ~is_bin[None] | jnp.take(
+          free, jnp.clip(ids - lv.first_bin_id, 0, lv.bins - 1), axis=1)
     masked = jnp.where(allowed, logits[:b, -1].astype(jnp.float32), -jnp.inf)
     keys = jax.random.split(jax.random.fold_in(key, k), b)
     where = k % scene_layout.TOKENS_PER_OBJECT >= 2  # a location bin

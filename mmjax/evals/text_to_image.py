@@ -105,7 +105,8 @@ def evaluate_text_to_image(workdir: str, split: str = "test", *,
                              "seed": seed}
   if run.model.layout_objects:
     metrics.update(plan_temperature=layout_sampling.what.temperature,
-                   place_temperature=layout_sampling.where.temperature)
+                   place_temperature=layout_sampling.where.temperature,
+                   apart=layout_sampling.apart)
   found = {name: [checker.objects(im) for im in images]
            for name, images in (("generated", drawn), ("renders", renders),
                                 ("reconstructions", recon))}

@@ -44,7 +44,7 @@ def is_text_to_image(config) -> bool:
 # (the settings its measurements used), else these.
 DRAWING_DEFAULTS = {"guidance": 3.0, "temperature": 1.0, "top_k": 0,
                     "top_p": 1.0, "plan_temperature": 0.0,
-                    "place_temperature": 1.0}
+                    "place_temperature": 1.0, "apart": False}
 
 
 def drawing_settings(config) -> tuple[float, Sampling, LayoutSampling]:
@@ -55,7 +55,8 @@ def drawing_settings(config) -> tuple[float, Sampling, LayoutSampling]:
           Sampling(float(d["temperature"]), int(d["top_k"]),
                    float(d["top_p"])),
           LayoutSampling(Sampling(float(d["plan_temperature"])),
-                         Sampling(float(d["place_temperature"]))))
+                         Sampling(float(d["place_temperature"])),
+                         bool(d["apart"])))
 
 
 def check_caption(caption: str) -> None:

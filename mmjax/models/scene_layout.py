@@ -108,6 +108,55 @@ class LayoutVocab:
     return jnp.where(ended[:, None], (ids == pad_id)[None], open_[None])
 
 
+def free_bins(vocab: LayoutVocab, tokens: jax.Array, slot: jax.Array,
+              gap: int = 1) -> jax.Array:
+  """bool[b, B]: the location bins layout slot `slot` may take so that the
+  object being written keeps `gap` bins clear of every object written
+  before it and its far corner does not precede its near one.
+
+  The shapes renderer never lets objects touch, so a plan whose boxes
+  overlap is one training never showed (drawn, they merge into one blob);
+  this removes such continuations while the box is written: y0 may not
+  put (x0, y0) inside an earlier box, x1 may not cross one on row y0, y1
+  may not make the box meet one. Slots that are not bins, and rows where
+  no bin is free, get all True (no constraint).
+
+  tokens: int32[b, L], the slots before `slot` written; slot: int scalar.
+  """
+  b = tokens.shape[0]
+  m, t = vocab.max_objects, TOKENS_PER_OBJECT
+  obj = tokens[:, :t * m].reshape(b, m, t)
+  bins = obj[..., 2:] - vocab.first_bin_id                       # [b, M, 4]
+  current, place = slot // t, slot % t
+  earlier = (jnp.arange(m) < current)[None] & jnp.all(
+      (bins >= 0) & (bins < vocab.bins), -1)                     # [b, M]
+  lo, hi = bins[..., :2] - gap, bins[..., 2:] + gap              # x, y
+  mine = jnp.take(bins, current, axis=1, mode="clip")            # [b, 4]
+  x0, y0, x1 = mine[:, 0:1], mine[:, 1:2], mine[:, 2:3]          # [b, 1]
+  v = jnp.arange(vocab.bins)[None, None, :]                      # [1, 1, B]
+
+  def meets(a0, a1, axis):  # [a0, a1] meets earlier boxes' widened axis
+    return (a0[..., None] <= hi[..., axis, None]) & (
+        lo[..., axis, None] <= a1[..., None])
+
+  x0m, y0m, x1m = (z[:, :, None] for z in (x0, y0, x1))        # [b, 1, 1]
+  row = meets(y0, y0, 1)                                         # [b, M, 1]
+  span = meets(jnp.minimum(x0, x1), jnp.maximum(x0, x1), 0)     # [b, M, 1]
+  clash = jnp.where(
+      place == 3, meets(x0, x0, 0) & (lo[..., 1, None] <= v)
+      & (v <= hi[..., 1, None]),
+      jnp.where(place == 4, row & (jnp.minimum(x0m, v) <= hi[..., 0, None])
+                & (lo[..., 0, None] <= jnp.maximum(x0m, v)),
+                span & (jnp.minimum(y0m, v) <= hi[..., 1, None])
+                & (lo[..., 1, None] <= jnp.maximum(y0m, v))))
+  clash = jnp.any(clash & earlier[..., None], axis=1)            # [b, B]
+  order = jnp.where(place == 4, v[:, 0] >= x0, jnp.where(
+      place == 5, v[:, 0] >= y0, True))                          # [b, B]
+  free = ~clash & order
+  constrained = (place >= 3) & jnp.any(free, axis=1, keepdims=True)
+  return jnp.where(constrained, free, True)
+
+
 def _corner_bins(boxes: jax.Array, bins: int) -> jax.Array:
   """f32[..., 4] fractions (x1, y1 exclusive) -> int32[..., 4] bins, the
   far corner naming the last bin inside."""

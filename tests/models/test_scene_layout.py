@@ -139,3 +139,30 @@ def test_training_layout_masks_the_padding_and_dropped_rows():
       cell_labels[1]).any()
   with pytest.raises(ValueError, match="needs each picture's objects"):
     t2i.training_layout(model, {}, jnp.asarray([False]))
+
+
+def test_free_bins_keep_a_new_box_clear_of_the_earlier_ones():
+  c, s, b = VOCAB.first_id, VOCAB.first_shape_id, VOCAB.first_bin_id
+  first = [c, s, b + 10, b + 10, b + 20, b + 20]   # bins 10..20 x 10..20
+
+  def free(slot, mine):
+    row = first + mine + [0] * (VOCAB.length - 6 - len(mine))
+    return np.asarray(scene_layout.free_bins(
+        VOCAB, jnp.asarray([row], jnp.int32), slot))[0]
+
+  assert free(8, []).all()                       # x0: anything
+  # x0 = 15 lies in the first box's columns: y0 must leave rows 9..21.
+  y0 = free(9, [c, s, b + 15])
+  assert not y0[9:22].any() and y0[:9].all() and y0[22:].all()
+  # (x0, y0) = (5, 15): x1 must stop before column 9 on row 15 (and not
+  # precede x0).
+  x1 = free(10, [c, s, b + 5, b + 15])
+  assert x1.tolist() == [5 <= v <= 8 for v in range(64)]
+  # (x0, y0, x1) = (12, 25, 30): under the first box, any y1 >= 25.
+  y1 = free(11, [c, s, b + 12, b + 25, b + 30])
+  assert y1.tolist() == [v >= 25 for v in range(64)]
+  # (x0, y0, x1) = (12, 2, 30): above it, y1 must stop at row 8.
+  y1 = free(11, [c, s, b + 12, b + 2, b + 30])
+  assert y1.tolist() == [2 <= v <= 8 for v in range(64)]
+  # No free bin at all (x0 = 15, y0 = 15 inside the box): no constraint.
+  assert free(10, [c, s, b + 15, b + 15]).all()
