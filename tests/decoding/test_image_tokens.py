@@ -178,3 +178,15 @@ def test_a_layout_is_planned_within_its_grammar_and_drawn_as_trained():
   guided = image_tokens.generate_codes(model, params, prompts,
                                        jax.random.key(1), guidance=3.0)
   assert guided.shape == codes.shape
+  # apart: every bin written is one free_bins allowed given what came before.
+  _, apart = image_tokens.generate_codes(
+      model, params, prompts, jax.random.key(2), guidance=1.0,
+      layout_sampling=image_tokens.LayoutSampling(
+          where=Sampling(temperature=1.0), apart=True), with_layout=True)
+  apart = np.asarray(apart)
+  for k in range(lv.length):
+    before = np.where(np.arange(lv.length) < k, apart, 0)
+    free = np.asarray(scene_layout.free_bins(lv, jnp.asarray(before), k))
+    for row in range(2):
+      if lv.first_bin_id <= apart[row, k] < lv.eol_id:
+        assert free[row, apart[row, k] - lv.first_bin_id], (row, k)
