@@ -349,8 +349,18 @@ def test_preference_and_contrastive(shapes):
   con = next(_iterator(source, tok, fmt="contrastive", max_len=16,
                        train=False))
   assert con.keys() == {"images", "image_mask", "text_tokens",
-                        "text_pad_mask", "valid"}
+                        "text_pad_mask", "object_boxes", "object_labels",
+                        "object_valid", "valid"}
   assert con["images"].shape == (8, 1, 64, 64, 3) and con["image_mask"].all()
+  # Each picture's objects, as a regions batch would carry them.
+  index = formats.example_index(source, "contrastive")
+  for i in range(8):
+    objects = source[int(index[i, 0])]["objects"]
+    n = len(json.loads(objects) if isinstance(objects, (str, bytes))
+            else objects)
+    assert con["object_valid"][i].tolist() == [1.0] * n + [0.0] * (8 - n)
+    assert (con["object_boxes"][i, :n, 2:] > con["object_boxes"][i, :n, :2]
+            ).all()
   assert con["text_tokens"].shape == con["text_pad_mask"].shape == (8, 16)
   real = con["text_pad_mask"].sum(1)
   for i in range(8):
