@@ -13,8 +13,8 @@ N = (side / f)^2 codes in row-major order (f: the tokenizer's downsampling);
 2-D sine-cosine table, `visual_positions.sincos_2d`, scaled by 1/sqrt(D)):
 1-D RoPE alone leaves the LM to learn that the code above lies `grid` slots
 back. With `layout_objects` M > 0 the LM first writes the scene's
-layout (models/scene_layout.py: five tokens per object, then <eol>, L =
-5 M + 1 slots) between the caption and <boi>, and every code slot also
+layout (models/scene_layout.py: six tokens per object, then <eol>, L =
+6 M + 1 slots) between the caption and <boi>, and every code slot also
 carries its cell's share of the layout (`cells`, module `scene_layout`):
 
   caption (P) | layout (L) | <boi> | code_1 ... code_N

@@ -23,7 +23,7 @@ the objects' codes instead of the textures' noise (docs/image-generation.md).
 
 With config.model.scene_layout (False) the LM plans before it draws
 (models/scene_layout.py): after the caption it writes the picture's
-objects, five tokens each (class, box corners), and every code slot
+objects, six tokens each (colour, shape, box corners), and every code slot
 carries its cell's share of that layout; the training layouts come from
 the records' objects (the 'contrastive' batch's object_boxes /
 object_labels), the loss adds `layout_weight` (1.0) times the layout
