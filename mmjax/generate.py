@@ -148,7 +148,7 @@ def _text_to_image(f) -> None:
   _check_image_path("out", f.out)
   try:
     run = text_to_image.load_text_to_image(f.workdir)
-    guidance, sampling, _ = text_to_image.drawing_settings(run.config)
+    guidance, sampling, _ = run.settings()
     given = lambda name: f[name].present  # noqa: E731
     sampling = inference.Sampling(
         f.temperature if given("temperature") else sampling.temperature,

@@ -71,10 +71,8 @@ def evaluate_text_to_image(workdir: str, split: str = "test", *,
   guidance / sampling / layout_sampling None: the run's own
   (config.drawing, `text_to_image.drawing_settings`)."""
   run = t2i_lib.load_text_to_image(workdir)
-  default = t2i_lib.drawing_settings(run.config)
-  guidance = default[0] if guidance is None else guidance
-  sampling = default[1] if sampling is None else sampling
-  layout_sampling = default[2] if layout_sampling is None else layout_sampling
+  guidance, sampling, layout_sampling = run.settings(guidance, sampling,
+                                                     layout_sampling)
   source = builders.load_source(datasets.shapes_dataset(run.config), split)
   n = min(n or len(source), len(source))
   records = [source[i] for i in range(n)]

@@ -106,11 +106,8 @@ class TextToImageRun:
     caption the objects the model planned before drawing (`layouts`; []
     for a run without a layout). guidance / sampling / layout_sampling
     None: the run's (`drawing_settings`)."""
-    default = drawing_settings(self.config)
-    guidance = default[0] if guidance is None else guidance
-    sampling = default[1] if sampling is None else sampling
-    layout_sampling = default[2] if layout_sampling is None else (
-        layout_sampling)
+    guidance, sampling, layout_sampling = self.settings(
+        guidance, sampling, layout_sampling)
     ids = self.prompt_ids(captions)
     codes, layout = image_tokens.generate_codes(
         self.model, self.params, ids, jax.random.key(seed),
@@ -118,6 +115,16 @@ class TextToImageRun:
         layout_sampling=layout_sampling, with_layout=True)
     images = images_lib.to_uint8(self.model.decode_codes(self.vq, codes))
     return (images, self.layouts(layout)) if with_layout else images
+
+  def settings(self, guidance: float | None = None,
+               sampling: Sampling | None = None,
+               layout_sampling: LayoutSampling | None = None
+               ) -> tuple[float, Sampling, LayoutSampling]:
+    """(guidance, sampling, layout_sampling): what is given, the run's
+    own (`drawing_settings`) for what is None."""
+    default = drawing_settings(self.config)
+    given = (guidance, sampling, layout_sampling)
+    return tuple(d if g is None else g for g, d in zip(given, default))
 
   def layouts(self, tokens) -> list[list[tuple[str, str, tuple[int, ...]]]]:
     """Per row of layout tokens int32[B, L], its objects as (colour, shape,
