@@ -92,6 +92,44 @@ class Encoder(nn.Module):
                    **_conv_kw())(nn.relu(x))
 
 
+class Upsample(nn.Module):
+  """nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME") with
+  its parameters (kernel f32[4, 4, C, width], bias f32[width]):
+  f32[b, h, w, C] -> f32[b, 2h, 2w, width].
+
+  Output pixel (2i + py, 2j + px) sums input pixels i - 1 + py .. i + py
+  (and j's likewise) through kernel taps py, py + 2 (px, px + 2). So one
+  stride-1 3 x 3 convolution of the input padded by 1, whose 4 * width
+  outputs are the four parities (taps outside a parity's two are zero),
+  then depth-to-space. The same sums as the transposed convolution, but
+  XLA:CPU lowers the transposed convolution's kernel gradient to a slow
+  base-dilated convolution (half of a vq train step at 64 px), this one's
+  to the fast kernels (docs/image-generation.md, "Speed").
+  """
+  width: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    kw = _conv_kw()
+    kernel = self.param("kernel", kw["kernel_init"], (4, 4, c, self.width),
+                        jnp.float32)
+    bias = self.param("bias", kw["bias_init"], (self.width,), jnp.float32)
+    # taps[p] f32[3, 4]: window offset a of parity p <- kernel tap t.
+    taps = jnp.zeros((2, 3, 4), jnp.float32)
+    taps = taps.at[0, 0, 0].set(1).at[0, 1, 2].set(1)
+    taps = taps.at[1, 1, 1].set(1).at[1, 2, 3].set(1)
+    # [a(y), b(x), C, py, px, width]
+    folded = jnp.einsum("pat,qbu,tucw->abcpqw", taps, taps, kernel)
+    folded = folded.reshape(3, 3, c, 4 * self.width)
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = jax.lax.conv_general_dilated(
+        padded, folded.astype(x.dtype), (1, 1), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y.reshape(b, h, w, 2, 2, self.width).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(b, 2 * h, 2 * w, self.width) + bias.astype(y.dtype)
+
+
 class Decoder(nn.Module):
   """z_q f32[b, h, w, D] -> f32[b, h*f, w*f, 3]."""
   cfg: VQConfig
@@ -105,8 +143,7 @@ class Decoder(nn.Module):
       x = ResBlock(widths[0], name=f"res_{i}")(x)
     outs = widths[1:] + (self.cfg.image_channels,)
     for i, width in enumerate(outs):
-      x = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME",
-                           name=f"up_{i}", **_conv_kw())(nn.relu(x))
+      x = Upsample(width, name=f"up_{i}")(nn.relu(x))
     return x
 
 

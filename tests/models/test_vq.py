@@ -22,6 +22,31 @@ def test_shapes_follow_the_downsampling(channels, grid):
   assert out.shape == (2, 64, 64, 3)
 
 
+def test_upsample_is_the_transposed_convolution_it_replaces():
+  # Same parameters (names, shapes) and the same sums as the stride-2 4x4
+  # ConvTranspose it stands in for, on a non-square input, and the same
+  # gradients.
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 5, 7, 6))
+  reference = nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding="SAME")
+  params = reference.init(jax.random.key(1), x)["params"]
+  params = jax.tree.map(lambda a: a + jax.random.normal(
+      jax.random.key(2), a.shape), params)
+  mine = vq_lib.Upsample(4)
+  ours = jax.tree.map(jnp.shape, nn.unbox(
+      mine.init(jax.random.key(1), x)["params"]))
+  assert ours == jax.tree.map(jnp.shape, params)
+  want = reference.apply({"params": params}, x)
+  got = mine.apply({"params": params}, x)
+  assert got.shape == (2, 10, 14, 4)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  grads = [jax.grad(lambda p, m=m: jnp.sum(m.apply({"params": p}, x) ** 3))(
+      params) for m in (reference, mine)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-3)
+
+
 def test_nearest_is_the_l2_argmin():
   rng = np.random.default_rng(0)
   z = rng.normal(size=(3, 5, 6)).astype(np.float32)
@@ -123,3 +148,18 @@ def test_usage_and_perplexity_by_hand():
   used, perplexity = cb.usage(codes, 8, jnp.asarray([1.0] * 2 + [0.0] * 6))
   assert float(used) == pytest.approx(1 / 8)
   assert float(perplexity) == pytest.approx(1.0)
+
+
+def test_restarts_draw_the_real_rows_uniformly():
+  k, n = 600, 12
+  state = cb.CodebookState(jnp.zeros((k, 1)), jnp.zeros((k,)),
+                           jnp.zeros((k, 1)))
+  z = jnp.arange(n, dtype=jnp.float32)[:, None]
+  weights = jnp.asarray(np.arange(n) % 2, jnp.float32)  # odd rows are real
+  new, restarted = cb.ema_update(state, z, jnp.zeros((n,), jnp.int32),
+                                 jax.random.key(5), weights, threshold=1.0)
+  assert int(restarted) == k
+  drawn = np.bincount(np.asarray(new.codebook)[:, 0].astype(int),
+                      minlength=n)
+  assert not drawn[::2].any()
+  assert drawn[1::2].min() > 60 and drawn[1::2].max() < 140  # 100 expected
