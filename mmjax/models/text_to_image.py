@@ -145,6 +145,11 @@ class TextToImageLM(nn.Module):
       x = x + self._code_slots(slots, self.scene_layout(*cells))
     return self.llm(embeddings=x, **kwargs)
 
+  def head(self, hidden: jax.Array) -> jax.Array:
+    """Final-normed hidden states f32[B, T, D] (a call with logits=False)
+    -> logits f32[B, T, V]."""
+    return self.llm.head(hidden)
+
   def _code_slots(self, slots: jax.Array, per_code: jax.Array) -> jax.Array:
     """[..., L, D] of per_code [..., N, D]: slot P + L + j (j < N, the slot
     that predicts code j) gets row j, the other slots 0."""

@@ -157,13 +157,19 @@ def load_tokenizer(config: ml_collections.ConfigDict, stage_name: str
   return {"params": params, "codebook": codebook}
 
 
-def _mean_ce(logits: jax.Array, targets: jax.Array, weights: jax.Array
-             ) -> tuple[jax.Array, jax.Array]:
-  """(mean cross-entropy, argmax accuracy) over the weighted targets."""
+def _token_ce(logits: jax.Array, targets: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+  """(cross-entropy, hit) f32[...] of logits f32[..., V] and targets
+  int32[...]; a hit is the target's logit at the maximum (one reduction,
+  where argmax is a slow variadic one on XLA:CPU; a tie counts)."""
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  total = jnp.maximum(weights.sum(), 1.0)
-  return (ce * weights).sum() / total, (hit * weights).sum() / total
+  picked = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+  hit = (picked >= logits.max(-1)).astype(jnp.float32)
+  return ce, hit
+
+
+def _weighted_mean(x: jax.Array, weights: jax.Array) -> jax.Array:
+  return (x * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
 def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
@@ -185,17 +191,26 @@ def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
     if model.layout_objects:
       layout, cells, layout_w = training_layout(model, batch, dropped)
     inputs, targets = model.sequences(prompts, codes, layout)
-    logits, _ = model.apply({"params": params}, inputs, cells)
-    image = logits[:, model.boi_slot:]  # from <boi> on: [b, N + 1, V]
-    w = jnp.broadcast_to(valid, targets.shape)
-    loss, _ = _mean_ce(image, targets, w)
-    _, accuracy = _mean_ce(image[:, :-1], targets[:, :-1], w[:, :-1])
-    metrics = {"code_accuracy": accuracy}
+    hidden, _ = model.apply({"params": params}, inputs, cells,
+                            logits=False)
+    # Logits only where a target is (the caption's slots need none), a
+    # head call per part: slicing one logits array would copy it.
+    def head(start: int, stop: int | None = None) -> jax.Array:
+      return model.apply({"params": params}, hidden[:, start:stop],
+                         method=TextToImageLM.head)
+
+    ce, hit = _token_ce(head(model.boi_slot), targets)
+    w = jnp.broadcast_to(valid, targets.shape)  # [b, N + 1]: codes, <eoi>
+    loss = _weighted_mean(ce, w)
+    metrics = {"code_accuracy": _weighted_mean(hit[:, :-1], w[:, :-1])}
     if layout is not None:
-      planned = logits[:, model.prompt_len - 1:model.boi_slot - 1]
-      layout_loss, layout_accuracy = _mean_ce(planned, layout,
-                                              layout_w * valid)
-      metrics.update(layout_loss=layout_loss, layout_accuracy=layout_accuracy)
+      # The layout's tokens are predicted from slots P - 1 .. P + L - 2.
+      ce, hit = _token_ce(head(model.prompt_len - 1, model.boi_slot - 1),
+                          layout)
+      w = layout_w * valid
+      layout_loss = _weighted_mean(ce, w)
+      metrics.update(layout_loss=layout_loss,
+                     layout_accuracy=_weighted_mean(hit, w))
       loss = loss + layout_weight * layout_loss
     return loss, {"loss": loss, **metrics, trainer_lib.LOSS_STATE: tokenizer}
   return loss_fn
