@@ -22,6 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmjax import config as config_lib
+from mmjax import host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file and args, e.g. configs/lm.py:tiny",
@@ -162,6 +163,9 @@ def main(argv):
   if not _WORKDIR.value:
     config_lib.fail("--workdir is required, e.g. --workdir=runs/lm_tiny")
   multihost = _check_multihost_flags()
+  # Before JAX starts its CPU client: each step's temporaries reuse freed
+  # pages instead of faulting in fresh ones (mmjax/host_memory.py).
+  host_memory.keep_freed_pages()
   # Heavy imports after flag checks: a typo fails in a second, not ten.
   from mmjax import evals, hf  # pylint: disable=g-import-not-at-top
   from mmjax.data import builders  # pylint: disable=g-import-not-at-top
