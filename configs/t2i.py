@@ -8,6 +8,8 @@ Args (comma-separated key=value after the colon):
   tokenizer=DIR  the workdir of a finished configs/vq.py run (default runs/vq)
   codes=K, levels=N  the tokenizer's args (configs/vq.py's defaults: 1024, 2)
   size=S         the LM's size (sizes.py: tiny, small; default tiny)
+  layers=N       the LM's blocks (default 3; 0 = the size's own: tiny 2,
+                 small 4)
   steps=N        stage length (default 1500)
   batch=N        global batch (default 16)
   lr=X           peak learning rate (default 2e-3)
@@ -22,7 +24,8 @@ Args (comma-separated key=value after the colon):
                  carries its cell's share of them (default 1;
                  config.model.scene_layout; models/scene_layout.py)
 The defaults are the measured best (docs/image-generation.md); the recipe
-before layouts was layout=0,positions=none,plain=0,lr=1e-3.
+before layouts was layout=0,positions=none,plain=0,lr=1e-3,layers=0, the
+recipe of stop 42 layers=0.
 config.drawing: how the run draws unless told otherwise (generate,
 evaluate): guidance, temperature / top_k / top_p of the codes, and with a
 layout plan_temperature (colours, shapes), place_temperature (boxes) and
@@ -47,7 +50,8 @@ def get_config(arg=None):
   """Returns the text-to-image recipe; see the module docstring."""
   args = config_lib.parse_arg(arg, tokenizer="runs/vq", codes=1024, levels=2,
                               size="tiny", steps=1500, batch=16, plain=1,
-                              positions="sincos2d", layout=1, lr=2e-3)
+                              positions="sincos2d", layout=1, lr=2e-3,
+                              layers=3)
   vq_recipe = config_lib.load_config(
       os.path.join(_HERE, "vq.py") + f":codes={args.codes},levels="
       f"{args.levels}")
@@ -55,6 +59,11 @@ def get_config(arg=None):
       os.path.join(_HERE, "shapes.py") + f":size={args.size}")
   config = vq_recipe
   config.model.lm = shapes.model.lm
+  if int(args.layers) < 0:
+    raise config_lib.ConfigError(
+        f"config arg layers={args.layers} must be >= 0 (0: the size's own)")
+  if int(args.layers):
+    config.model.lm.n_layers = int(args.layers)
   config.model.code_positions = args.positions
   config.model.scene_layout = bool(int(args.layout))
   stage = ml_collections.ConfigDict(config.stages.vq.to_dict())
@@ -65,7 +74,7 @@ def get_config(arg=None):
                if config.model.scene_layout else ("llm",),
                tokenizer=args.tokenizer, cfg_dropout=0.1,
                plain_background=bool(int(args.plain)),
-               layout_weight=1.0)
+               layout_weight=1.0, object_weight=1.0)
   stage.optimizer.lr = float(args.lr)
   stage.optimizer.weight_decay = 0.01
   stage.optimizer.lr_mult = ml_collections.ConfigDict({"llm": 1.0})

@@ -188,6 +188,14 @@ def test_a_tokenizer_of_other_sizes_or_none_is_one_line(runs, tmp_path):
   with pytest.raises(config_lib.ConfigError, match=(
       "config.model.code_positions='rope2d': choose one of none, sincos2d")):
     config_checks.validate_config(other)
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.stages.t2i.object_weight = -1.0
+  with pytest.raises(config_lib.ConfigError, match=(
+      r"config.stages.t2i.object_weight=-1.0 must lie in \[0.0, None\]")):
+    config_checks.validate_config(other)
+  with pytest.raises(config_lib.ConfigError, match="layers=-1 must be >= 0"):
+    config_lib.load_config(os.path.join(REPO, "configs/t2i.py") +
+                           ":layers=-1")
 
 
 def test_flatten_background_keeps_the_objects_and_flattens_the_rest():
@@ -224,6 +232,21 @@ def test_the_loss_counts_a_hit_where_argmax_is_the_target():
   np.testing.assert_allclose(
       np.asarray(ce), optax.softmax_cross_entropy_with_integer_labels(
           logits, targets), rtol=1e-6)
+
+
+def test_object_weight_counts_the_codes_of_covered_cells():
+  from mmjax.train.stages import t2i  # pylint: disable=g-import-not-at-top
+  labels = np.zeros((2, 4, 2), np.int32)
+  labels[0, 1] = labels[1, 3] = (3, 2)  # an object covers these cells
+  valid = np.array([[1.0], [0.0]], np.float32)  # row 1 is padding
+  cells = (labels, np.zeros((2, 4, 5), np.float32))
+  np.testing.assert_array_equal(
+      np.asarray(t2i.code_weights(valid, 5, cells, 3.0)),
+      [[1, 3, 1, 1, 1], [0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(
+      np.asarray(t2i.code_weights(valid, 5, cells)), [[1] * 5, [0] * 5])
+  np.testing.assert_array_equal(
+      np.asarray(t2i.code_weights(valid, 5, None, 3.0)), [[1] * 5, [0] * 5])
 
 
 def test_a_run_draws_with_its_own_settings_unless_told():

@@ -56,7 +56,7 @@ from mmjax.train.stages import vq as vq_stage
 from mmjax.train.stages.contrastive import single_image
 
 _OPTIONS = {"tokenizer": "", "cfg_dropout": 0.1, "plain_background": False,
-            "layout_weight": 1.0}
+            "layout_weight": 1.0, "object_weight": 1.0}
 # A layout's colour and shape ids are the regions format's label ids
 # (formats.REGION_ATTRIBUTES: shapes.COLOURS, shapes.SHAPES).
 _SHAPE_COLUMN = list(formats.REGION_ATTRIBUTES).index("shape")
@@ -142,6 +142,20 @@ def training_layout(model: TextToImageLM, batch, dropped: jax.Array
   return tokens, cells, weights
 
 
+def code_weights(valid: jax.Array, targets: int,
+                 cells: tuple[jax.Array, jax.Array] | None,
+                 object_weight: float = 1.0) -> jax.Array:
+  """f32[b, N + 1] loss weights of the code targets and <eoi>: `valid`
+  f32[b, 1] (0 for padding rows), and with cells (labels int32[b, N, 2])
+  object_weight for the codes of cells an object covers."""
+  w = jnp.broadcast_to(valid, (valid.shape[0], targets))
+  if cells is None or object_weight == 1.0:
+    return w
+  covered = (cells[0][..., 0] > 0).astype(jnp.float32)           # [b, N]
+  scale = 1.0 + (object_weight - 1.0) * covered
+  return w * jnp.pad(scale, ((0, 0), (0, 1)), constant_values=1.0)
+
+
 def load_tokenizer(config: ml_collections.ConfigDict, stage_name: str
                    ) -> dict[str, jax.Array]:
   """{'params', 'codebook'} of the stage's `tokenizer` run, checked against
@@ -176,6 +190,7 @@ def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
   dropout = float(stage.get("cfg_dropout", 0.1))
   plain = bool(stage.get("plain_background", False))
   layout_weight = float(stage.get("layout_weight", 1.0))
+  object_weight = float(stage.get("object_weight", 1.0))
 
   def loss_fn(params, batch, rng, tokenizer):
     images = single_image(batch["images"]).astype(jnp.float32)
@@ -200,7 +215,7 @@ def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
                          method=TextToImageLM.head)
 
     ce, hit = _token_ce(head(model.boi_slot), targets)
-    w = jnp.broadcast_to(valid, targets.shape)  # [b, N + 1]: codes, <eoi>
+    w = code_weights(valid, targets.shape[1], cells, object_weight)
     loss = _weighted_mean(ce, w)
     metrics = {"code_accuracy": _weighted_mean(hit[:, :-1], w[:, :-1])}
     if layout is not None:
@@ -247,7 +262,9 @@ def _checks(config, path: str, stage) -> list[C.Check]:
   ] + ([C.check_number(f"{path}.cfg_dropout", 0.0, 1.0)]
          if "cfg_dropout" in stage else []) + (
              [C.check_number(f"{path}.layout_weight", 0.0, None)]
-             if "layout_weight" in stage else [])
+             if "layout_weight" in stage else []) + (
+                 [C.check_number(f"{path}.object_weight", 0.0, None)]
+                 if "object_weight" in stage else [])
 
 
 KIND = base.register(base.StageKind(
