@@ -24,8 +24,8 @@ Args (comma-separated key=value after the colon):
                  carries its cell's share of them (default 1;
                  config.model.scene_layout; models/scene_layout.py)
 The defaults are the measured best (docs/image-generation.md); the recipe
-before layouts was layout=0,positions=none,plain=0,lr=1e-3,layers=0, the
-recipe of stop 42 layers=0.
+before layouts was layout=0,positions=none,plain=0,lr=1e-3,layers=0, that
+of stop 42 layers=0.
 config.drawing: how the run draws unless told otherwise (generate,
 evaluate): guidance, temperature / top_k / top_p of the codes, and with a
 layout plan_temperature (colours, shapes), place_temperature (boxes) and

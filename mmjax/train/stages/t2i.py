@@ -27,8 +27,10 @@ objects, six tokens each (colour, shape, box corners), and every code slot
 carries its cell's share of that layout; the training layouts come from
 the records' objects (the 'contrastive' batch's object_boxes /
 object_labels), the loss adds `layout_weight` (1.0) times the layout
-tokens' mean cross-entropy. A dropped caption drops its layout too. The
-layout's parameters are the group `scene_layout`.
+tokens' mean cross-entropy, and the option `object_weight` (1.0) counts
+the codes of cells an object covers that many times. A dropped caption
+drops its layout too. The layout's parameters are the group
+`scene_layout`.
 
 Loss: cross-entropy over the N + 1 targets (the whole vocabulary), plus
 the layout's. Metrics: loss, code_accuracy (argmax = the code), and with a
