@@ -8,7 +8,7 @@ Args (comma-separated key=value after the colon):
   tokenizer=DIR  the workdir of a finished configs/vq.py run (default runs/vq)
   codes=K, levels=N  the tokenizer's args (configs/vq.py's defaults: 1024, 2)
   size=S         the LM's size (sizes.py: tiny, small; default tiny)
-  layers=N       the LM's blocks (default 3; 0 = the size's own: tiny 2,
+  layers=N       the LM's blocks (default 4; 0 = the size's own: tiny 2,
                  small 4)
   steps=N        stage length (default 1500)
   batch=N        global batch (default 16)
@@ -51,7 +51,7 @@ def get_config(arg=None):
   args = config_lib.parse_arg(arg, tokenizer="runs/vq", codes=1024, levels=2,
                               size="tiny", steps=1500, batch=16, plain=1,
                               positions="sincos2d", layout=1, lr=2e-3,
-                              layers=3)
+                              layers=4)
   vq_recipe = config_lib.load_config(
       os.path.join(_HERE, "vq.py") + f":codes={args.codes},levels="
       f"{args.levels}")
