@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,13 @@ class Encoder(nn.Module):
                    **_conv_kw())(nn.relu(x))
 
 
+# _PARITY_TAPS[p, a, t] = 1: in `Upsample`, output parity p reads window
+# offset a (of 3) through kernel tap t (of 4).
+_PARITY_TAPS = np.zeros((2, 3, 4), np.float32)
+_PARITY_TAPS[0, 0, 0] = _PARITY_TAPS[0, 1, 2] = 1.0
+_PARITY_TAPS[1, 1, 1] = _PARITY_TAPS[1, 2, 3] = 1.0
+
+
 class Upsample(nn.Module):
   """nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME") with
   its parameters (kernel f32[4, 4, C, width], bias f32[width]):
@@ -115,12 +123,9 @@ class Upsample(nn.Module):
     kernel = self.param("kernel", kw["kernel_init"], (4, 4, c, self.width),
                         jnp.float32)
     bias = self.param("bias", kw["bias_init"], (self.width,), jnp.float32)
-    # taps[p] f32[3, 4]: window offset a of parity p <- kernel tap t.
-    taps = jnp.zeros((2, 3, 4), jnp.float32)
-    taps = taps.at[0, 0, 0].set(1).at[0, 1, 2].set(1)
-    taps = taps.at[1, 1, 1].set(1).at[1, 2, 3].set(1)
     # [a(y), b(x), C, py, px, width]
-    folded = jnp.einsum("pat,qbu,tucw->abcpqw", taps, taps, kernel)
+    folded = jnp.einsum("pat,qbu,tucw->abcpqw", _PARITY_TAPS, _PARITY_TAPS,
+                        kernel)
     folded = folded.reshape(3, 3, c, 4 * self.width)
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     y = jax.lax.conv_general_dilated(

@@ -11,9 +11,10 @@ from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 
 
-def _token_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
-  """(sum of cross-entropy, sum of correct argmax) over the masked tokens.
+def token_losses(logits: jax.Array, targets: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+  """(cross-entropy, correct) f32[...] per token of logits f32[..., V] and
+  targets int32[...].
 
   One max over the vocabulary serves the log-sum-exp and the accuracy: a
   token is correct when its target's logit is the maximum (an exact tie of
@@ -23,8 +24,13 @@ def _token_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array
   top = jax.lax.stop_gradient(jnp.max(logits, -1))
   target_logit = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
   log_z = jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), -1)) + top
-  ce = log_z - target_logit
-  correct = (target_logit >= top).astype(jnp.float32)
+  return log_z - target_logit, (target_logit >= top).astype(jnp.float32)
+
+
+def _token_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """(sum of cross-entropy, sum of correct) over the masked tokens."""
+  ce, correct = token_losses(logits, targets)
   return (ce * mask).sum(), (correct * mask).sum()
 
 

@@ -1,4 +1,5 @@
-"""losses.chunked_lm_loss and stage_lm.mllm_lm_loss(loss_chunk=...)."""
+"""losses.chunked_lm_loss, stage_lm.mllm_lm_loss(loss_chunk=...) and the
+per-token losses.token_losses."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +106,17 @@ def test_config_checks_loss_chunk():
   with pytest.raises(ConfigError,
                      match=r"siglip.loss_chunk=64.*'sigmoid_contrastive'"):
     config_checks.validate_config(config)
+
+
+def test_token_losses_count_a_hit_where_argmax_is_the_target():
+  import optax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 7, 11)).astype(np.float32)
+  targets = rng.integers(0, 11, (3, 7))
+  targets[0] = logits[0].argmax(-1)  # a row of hits
+  ce, hit = losses.token_losses(logits, targets)
+  np.testing.assert_array_equal(np.asarray(hit),
+                                logits.argmax(-1) == targets)
+  np.testing.assert_allclose(
+      np.asarray(ce), optax.softmax_cross_entropy_with_integer_labels(
+          logits, targets), rtol=1e-6)

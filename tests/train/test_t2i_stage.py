@@ -219,21 +219,6 @@ def test_flatten_background_keeps_the_objects_and_flattens_the_rest():
   assert kinds == {"noise", "stripes", "checker"}
 
 
-def test_the_loss_counts_a_hit_where_argmax_is_the_target():
-  import optax  # pylint: disable=g-import-not-at-top
-  from mmjax.train.stages import t2i  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(3, 7, 11)).astype(np.float32)
-  targets = rng.integers(0, 11, (3, 7))
-  targets[0] = logits[0].argmax(-1)  # a row of hits
-  ce, hit = t2i._token_ce(logits, targets)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(np.asarray(hit),
-                                logits.argmax(-1) == targets)
-  np.testing.assert_allclose(
-      np.asarray(ce), optax.softmax_cross_entropy_with_integer_labels(
-          logits, targets), rtol=1e-6)
-
-
 def test_object_weight_counts_the_codes_of_covered_cells():
   from mmjax.train.stages import t2i  # pylint: disable=g-import-not-at-top
   labels = np.zeros((2, 4, 2), np.int32)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from mmjax import config as C
 from mmjax.data import formats
@@ -52,6 +51,7 @@ from mmjax.models.decoder import DecoderConfig
 from mmjax.models.image_vocab import ImageVocab
 from mmjax.models.text_to_image import CODE_POSITIONS, TextToImageLM
 from mmjax.train import groups
+from mmjax.train import losses
 from mmjax.train import trainer as trainer_lib
 from mmjax.train.stages import base
 from mmjax.train.stages import vq as vq_stage
@@ -173,17 +173,6 @@ def load_tokenizer(config: ml_collections.ConfigDict, stage_name: str
   return {"params": params, "codebook": codebook}
 
 
-def _token_ce(logits: jax.Array, targets: jax.Array
-              ) -> tuple[jax.Array, jax.Array]:
-  """(cross-entropy, hit) f32[...] of logits f32[..., V] and targets
-  int32[...]; a hit is the target's logit at the maximum (one reduction,
-  where argmax is a slow variadic one on XLA:CPU; a tie counts)."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  picked = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
-  hit = (picked >= logits.max(-1)).astype(jnp.float32)
-  return ce, hit
-
-
 def _weighted_mean(x: jax.Array, weights: jax.Array) -> jax.Array:
   return (x * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
@@ -216,14 +205,14 @@ def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
       return model.apply({"params": params}, hidden[:, start:stop],
                          method=TextToImageLM.head)
 
-    ce, hit = _token_ce(head(model.boi_slot), targets)
+    ce, hit = losses.token_losses(head(model.boi_slot), targets)
     w = code_weights(valid, targets.shape[1], cells, object_weight)
     loss = _weighted_mean(ce, w)
     metrics = {"code_accuracy": _weighted_mean(hit[:, :-1], w[:, :-1])}
     if layout is not None:
       # The layout's tokens are predicted from slots P - 1 .. P + L - 2.
-      ce, hit = _token_ce(head(model.prompt_len - 1, model.boi_slot - 1),
-                          layout)
+      ce, hit = losses.token_losses(
+          head(model.prompt_len - 1, model.boi_slot - 1), layout)
       w = layout_w * valid
       layout_loss = _weighted_mean(ce, w)
       metrics.update(layout_loss=layout_loss,
