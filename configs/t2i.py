@@ -19,13 +19,21 @@ Args (comma-separated key=value after the colon):
   plain=0|1      flatten each training picture's background to its mean
                  colour before encoding (default 1; the t2i stage's
                  `plain_background`)
+  merge=R        merge the tokenizer's codes within L2 distance R of a more
+                 used one before the LM learns them (default 0.5; 0: none;
+                 the t2i stage's `merge_codes`, vq_codebook.merge_nearby)
+  edges=0|1      with a layout, each code cell also learns where its
+                 object's box edges cut it, through a 2-layer MLP (default
+                 1; config.model.cell_edges)
   layout=0|1     plan, then draw: the LM writes the objects' colours,
                  shapes and boxes before the codes, and each code slot
                  carries its cell's share of them (default 1;
                  config.model.scene_layout; models/scene_layout.py)
 The defaults are the measured best (docs/image-generation.md); the recipe
 before layouts was layout=0,positions=none,plain=0,lr=1e-3,layers=0, that
-of stop 42 layers=0.
+of stop 42 layers=0,edges=0,merge=0 (and the stage's
+layout_order=left_to_right), that of stop 43 layers=4,edges=0,merge=0
+(and left_to_right).
 config.drawing: how the run draws unless told otherwise (generate,
 evaluate): guidance, temperature / top_k / top_p of the codes, and with a
 layout plan_temperature (colours, shapes), place_temperature (boxes) and
@@ -51,7 +59,7 @@ def get_config(arg=None):
   args = config_lib.parse_arg(arg, tokenizer="runs/vq", codes=1024, levels=2,
                               size="tiny", steps=1500, batch=16, plain=1,
                               positions="sincos2d", layout=1, lr=2e-3,
-                              layers=4)
+                              layers=4, merge=0.5, edges=1)
   vq_recipe = config_lib.load_config(
       os.path.join(_HERE, "vq.py") + f":codes={args.codes},levels="
       f"{args.levels}")
@@ -66,6 +74,7 @@ def get_config(arg=None):
     config.model.lm.n_layers = int(args.layers)
   config.model.code_positions = args.positions
   config.model.scene_layout = bool(int(args.layout))
+  config.model.cell_edges = bool(int(args.edges))
   stage = ml_collections.ConfigDict(config.stages.vq.to_dict())
   for key in ("commitment", "decay", "dead_threshold", "recon"):
     del stage[key]
@@ -74,7 +83,8 @@ def get_config(arg=None):
                if config.model.scene_layout else ("llm",),
                tokenizer=args.tokenizer, cfg_dropout=0.1,
                plain_background=bool(int(args.plain)),
-               layout_weight=1.0, object_weight=1.0)
+               layout_weight=1.0, object_weight=1.0,
+               layout_order="caption", merge_codes=float(args.merge))
   stage.optimizer.lr = float(args.lr)
   stage.optimizer.weight_decay = 0.01
   stage.optimizer.lr_mult = ml_collections.ConfigDict({"llm": 1.0})

@@ -206,6 +206,33 @@ def _region_targets(rid: str, record: Mapping[str, Any]) -> RegionTargets:
                        np.asarray(labels, np.int32))
 
 
+def _in_caption_order(targets: RegionTargets, short_caption: str
+                      ) -> RegionTargets:
+  """The objects as the record's short caption names them: its colour x
+  shape pairs in their order ("two red circles and a blue square": both
+  circles, then the square), the objects of one pair left to right by box
+  centre. A text-to-image plan copies that order (models/scene_layout.py);
+  the boxes alone cannot give it, since the caption sorts by the objects'
+  exact centres, which tie to the pixel in about one scene in seven. A
+  caption that does not parse (not a shapes record) or does not name every
+  object keeps the record's order."""
+  asked = shapes.parse_caption(short_caption)
+  if asked is None:
+    return targets
+  rank = {pair: i for i, pair in enumerate(asked)}
+  colour, shape = (list(REGION_ATTRIBUTES).index(k)
+                   for k in ("colour", "shape"))
+  pairs = [(COLOURS[row[colour]], SHAPES[row[shape]])
+           for row in targets.labels]
+  if any(p not in rank for p in pairs):
+    return targets
+  centre = (targets.boxes[:, :2] + targets.boxes[:, 2:]) / 2
+  order = sorted(range(len(pairs)), key=lambda k: (
+      rank[pairs[k]], centre[k, 0], centre[k, 1]))
+  return dataclasses.replace(targets, boxes=targets.boxes[order],
+                             labels=targets.labels[order])
+
+
 def box_token_weights(boxes: np.ndarray, grid: tuple[int, int]
                       ) -> np.ndarray:
   """f32[K, gh * gw]: each patch's share of each box's area (rows sum to 1).
@@ -511,8 +538,9 @@ def record_example(record: Mapping[str, Any], item: int, fmt: str, *,
       raise BadExample("placeholder_mismatch", "a contrastive example needs "
                        f"exactly one image, the record has {len(images)}")
     try:  # a layout's objects where the record lists them
-      objects = (_region_targets(rid, record) if "objects" in record
-                 else None)
+      objects = (_in_caption_order(_region_targets(rid, record),
+                                   _captions(record)[0])
+                 if "objects" in record else None)
     except BadExample:
       objects = None
     return CaptionText(rid, images[0], _captions(record)[item],

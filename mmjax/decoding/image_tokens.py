@@ -95,7 +95,8 @@ def _generate(model: TextToImageLM, params, prompts: jax.Array,
                                           jax.random.fold_in(key, n), b,  # codes use 0..n-1
                                           layout_sampling)
     plan = scene_layout.cells(*scene_layout.decode(model.layout_vocab,
-                                                   layout), model.grid)
+                                                   layout), model.grid,
+                              model.cell_edges)
     cells = tuple(jnp.concatenate([x, jnp.zeros_like(x)]) if guided else x
                   for x in plan)
     logits, cache = model.apply({"params": params}, boi, cells, cache=cache,

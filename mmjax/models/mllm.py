@@ -561,6 +561,7 @@ def mllm_config_from_dict(d: Mapping[str, Any]) -> MLLMConfig:
   # Where the `t2i` stage's LM writes each code (models/text_to_image.py).
   d.pop("code_positions", None)
   d.pop("scene_layout", None)  # whether it plans a layout first
+  d.pop("cell_edges", None)  # what its code cells learn of the layout
   fusion = d.get("fusion")
   allowed = {f.name for f in dataclasses.fields(MLLMConfig)}
   unknown = sorted(set(d) - allowed)

@@ -10,7 +10,9 @@ layout the LM first writes, after the caption, every object as six tokens
 
   <colour> <shape> <x0> <y0> <x1> <y1>  ...  <eol>  PAD ... (L = 6 M + 1)
 
-left to right by box centre (the short caption's order), corners as bins
+in the short caption's order (`encode`: as the data lists them, which for
+shapes records is the caption's, "two red circles" together; or left to
+right by box centre), corners as bins
 of 1/B of the side (B = 64: one pixel at 64 px; x1, y1 name the last pixel
 inside). Colour and shape are separate tokens, not one token per pair, so
 a pair training never showed (the held-out split's red star) is still
@@ -40,6 +42,14 @@ FOURIER_OCTAVES = 4    # sin / cos of pi * 2^k * u, k < 4, per axis
 # Per cell: the Fourier features of (u, v), the box's width and height, and
 # the share of the cell the box covers.
 CELL_FEATURES = 2 * 2 * FOURIER_OCTAVES + 3
+# With edges: where the box's four edges cut the cell and where the box's
+# centre lies from the cell's, in cell widths (`cells(..., edges=True)`).
+EDGE_FEATURES = 6
+
+
+def cell_features(edges: bool) -> int:
+  """F, the features per cell `cells` gives."""
+  return CELL_FEATURES + (EDGE_FEATURES if edges else 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,32 +176,45 @@ def _corner_bins(boxes: jax.Array, bins: int) -> jax.Array:
                   bins - 1).astype(jnp.int32)
 
 
+ORDERS = ("caption", "left_to_right")
+
+
 def encode(vocab: LayoutVocab, boxes: jax.Array, colours: jax.Array,
-           shapes: jax.Array, valid: jax.Array, pad_id: int) -> jax.Array:
+           shapes: jax.Array, valid: jax.Array, pad_id: int,
+           order: str = "caption") -> jax.Array:
   """The layout tokens of a batch of scenes.
 
   Args:
     vocab: the layout's ids.
     boxes: f32[b, K, 4] (x0, y0, x1, y1) as fractions of the side.
     colours, shapes: int32[b, K] in [0, C), [0, S).
-    valid: bool[b, K]; the first M valid objects by box centre are kept.
+    valid: bool[b, K]; the first M valid objects in `order` are kept.
     pad_id: the id after <eol>.
+    order: "caption": as given (the data lists a shapes record's objects
+      as its short caption names them, data/formats.py: pair by pair, so
+      "two red circles" are written together and the plan copies the
+      caption item by item); "left_to_right": by box centre (ties: top
+      first).
 
   Returns:
-    int32[b, L]: objects left to right (ties: top first), <eol>, PAD.
+    int32[b, L]: objects in `order`, <eol>, PAD.
   """
+  if order not in ORDERS:
+    raise ValueError(f"order={order!r}: choose one of {', '.join(ORDERS)}")
   b, k = colours.shape
   m = vocab.max_objects
   valid = valid.astype(bool)
   centre_x = (boxes[..., 0] + boxes[..., 2]) / 2
   centre_y = (boxes[..., 1] + boxes[..., 3]) / 2
-  key = jnp.where(valid, centre_x + 1e-3 * centre_y, jnp.inf)
-  order = jnp.argsort(key, axis=1)[:, :m]
+  key = jnp.where(valid, centre_x + 1e-3 * centre_y, jnp.inf)   # [b, K]
+  if order == "caption":
+    key = jnp.where(valid, jnp.arange(k, dtype=key.dtype)[None], jnp.inf)
+  order_idx = jnp.argsort(key, axis=1)[:, :m]
   if k < m:
-    order = jnp.pad(order, ((0, 0), (0, m - k)))
-  take = lambda x: jnp.take_along_axis(x, order, 1)  # noqa: E731
+    order_idx = jnp.pad(order_idx, ((0, 0), (0, m - k)))
+  take = lambda x: jnp.take_along_axis(x, order_idx, 1)  # noqa: E731
   kept = take(valid) & (jnp.arange(m) < k)[None]
-  corner = _corner_bins(jnp.take_along_axis(boxes, order[..., None], 1),
+  corner = _corner_bins(jnp.take_along_axis(boxes, order_idx[..., None], 1),
                         vocab.bins) + vocab.first_bin_id
   objects = jnp.concatenate([(take(colours) + vocab.first_id)[..., None],
                              (take(shapes) + vocab.first_shape_id)[..., None],
@@ -232,24 +255,28 @@ def decode(vocab: LayoutVocab, tokens: jax.Array
 
 
 def cells(boxes: jax.Array, colours: jax.Array, shapes: jax.Array,
-          valid: jax.Array, grid: int) -> tuple[jax.Array, jax.Array]:
+          valid: jax.Array, grid: int, edges: bool = False
+          ) -> tuple[jax.Array, jax.Array]:
   """What each of grid x grid code cells (row-major) knows of the layout.
 
   Args:
     boxes: f32[b, K, 4] fractions; colours, shapes: int32[b, K]; valid:
       bool[b, K].
     grid: code cells per side.
+    edges: also the box's edges from the cell's left / top edge (x0, x1,
+      y0, y1; in cells, clipped to [-2, 3]) and the box's centre from the
+      cell's (x, y; in cells / 4, clipped to [-2, 2]).
 
   Returns:
     labels int32[b, grid^2, 2]: 1 + the colour and 1 + the shape of the
       box covering most of the cell, (0, 0) where none does.
-    features f32[b, grid^2, CELL_FEATURES]: for that box, the Fourier
+    features f32[b, grid^2, cell_features(edges)]: for that box, the Fourier
       features of the cell centre's place inside it (u, v: 0 at the box's
       left / top edge, 1 at its right / bottom), its width and height, and
       the share of the cell it covers; 0 where no box does.
   """
-  edges = jnp.arange(grid + 1, dtype=jnp.float32) / grid
-  lo, hi = edges[:-1], edges[1:]
+  bounds = jnp.arange(grid + 1, dtype=jnp.float32) / grid
+  lo, hi = bounds[:-1], bounds[1:]
 
   def overlap(a, z):  # [b, K] -> [b, K, grid]
     return jnp.clip(jnp.minimum(hi, z[..., None]) - jnp.maximum(lo, a[..., None]),
@@ -274,10 +301,22 @@ def cells(boxes: jax.Array, colours: jax.Array, shapes: jax.Array,
   freqs = jnp.pi * 2.0 ** jnp.arange(FOURIER_OCTAVES)
   angles = jnp.stack([u, v], -1)[..., None] * freqs           # [b,g,g,2,F]
   fourier = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], -1)
-  features = jnp.concatenate(
-      [fourier.reshape(*u.shape, -1), width[..., None], height[..., None],
-       share[..., None]], -1)
+  parts = [fourier.reshape(*u.shape, -1), width[..., None], height[..., None],
+           share[..., None]]
+  if edges:
+    # Why: (u, v) place the cell in the box's own units; a square's corner
+    # or a circle's rim falls inside a 4-pixel cell at an offset that the
+    # box's size times u would have to recover. Given in cells, the MLP
+    # reads where the outline cuts the cell directly.
+    left, top = lo[None, None, :], lo[None, :, None]
+    cut = [jnp.clip((e - o) * grid, -2.0, 3.0)
+           for e, o in ((x0, left), (x1, left), (y0, top), (y1, top))]
+    off = [jnp.clip(((a + z) / 2 - c) * grid / 4, -2.0, 2.0)
+           for a, z, c in ((x0, x1, centre[None, None, :]),
+                           (y0, y1, centre[None, :, None]))]
+    parts += [jnp.broadcast_to(f, u.shape)[..., None] for f in cut + off]
+  features = jnp.concatenate(parts, -1)
   features = jnp.where(covered[..., None], features, 0.0)
   b = boxes.shape[0]
   return (labels.reshape(b, grid * grid, 2).astype(jnp.int32),
-          features.reshape(b, grid * grid, CELL_FEATURES))
+          features.reshape(b, grid * grid, cell_features(edges)))

@@ -55,6 +55,8 @@ class TextToImageLM(nn.Module):
     layout_objects: M, objects a layout holds; 0 = no layout.
     layout_colours, layout_shapes: C colours and S shapes a layout names.
     layout_bins: B, location bins per side.
+    cell_edges: each code cell also learns where its object's box edges
+      cut it (scene_layout.cells(edges=True)), through a deeper MLP.
   """
   lm: DecoderConfig
   vq: vq_lib.VQConfig
@@ -66,6 +68,7 @@ class TextToImageLM(nn.Module):
   layout_colours: int = 1
   layout_shapes: int = 1
   layout_bins: int = 64
+  cell_edges: bool = False
 
   def setup(self):
     if self.lm.vocab_size != self.total_vocab:
@@ -78,7 +81,9 @@ class TextToImageLM(nn.Module):
     if self.layout_objects:
       self.scene_layout = LayoutCells(self.layout_colours, self.layout_shapes,
                                       self.lm.d_model,
-                                      jnp.dtype(self.lm.dtype))
+                                      jnp.dtype(self.lm.dtype),
+                                      hidden_layers=2 if self.cell_edges
+                                      else 1)
 
   @property
   def layout_vocab(self) -> scene_layout.LayoutVocab | None:
@@ -141,7 +146,8 @@ class TextToImageLM(nn.Module):
       if cells is None:
         b = tokens.shape[0]
         cells = (jnp.zeros((b, self.n_codes, 2), jnp.int32),
-                 jnp.zeros((b, self.n_codes, scene_layout.CELL_FEATURES)))
+                 jnp.zeros((b, self.n_codes,
+                            scene_layout.cell_features(self.cell_edges))))
       x = x + self._code_slots(slots, self.scene_layout(*cells))
     return self.llm(embeddings=x, **kwargs)
 
@@ -218,6 +224,7 @@ class LayoutCells(nn.Module):
   shapes: int
   width: int
   dtype: Any = jnp.float32
+  hidden_layers: int = 1
 
   @nn.compact
   def __call__(self, labels: jax.Array, features: jax.Array) -> jax.Array:
@@ -230,5 +237,7 @@ class LayoutCells(nn.Module):
                      embedding_init=init)(labels[..., 1])
     x = jnp.concatenate([colour.astype(self.dtype), shape.astype(self.dtype),
                          features.astype(self.dtype)], -1)
-    x = nn.gelu(nn.Dense(2 * self.width, name="hidden", dtype=self.dtype)(x))
+    for k in range(self.hidden_layers):  # the first keeps its old name
+      x = nn.gelu(nn.Dense(2 * self.width, name="hidden" if k == 0 else
+                           f"hidden_{k}", dtype=self.dtype)(x))
     return nn.Dense(self.width, name="out", dtype=self.dtype)(x)

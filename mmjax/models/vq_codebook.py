@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class CodebookState(NamedTuple):
@@ -101,6 +102,34 @@ def ema_update(state: CodebookState, z: jax.Array, codes: jax.Array,
       jnp.where(dead, 1.0, size),
       jnp.where(dead[:, None], fresh, embed_sum))
   return new, dead.sum()
+
+
+def merge_nearby(codebook, cluster_size, radius: float
+                 ) -> tuple[np.ndarray, int]:
+  """(codebook f32[K, D], kept codes): every code within `radius` (L2) of
+  a more used code that is kept takes that code's vector; codes are visited
+  from the most used (cluster_size f32[K]) down, and a code is kept when no
+  kept one is that near.
+
+  Why: a codebook trained to high usage holds near-duplicates (the EMA
+  restarts move unused codes onto common encoder outputs), which the
+  decoder draws alike but an LM over the codes must tell apart. With
+  duplicated rows `nearest` returns the lowest index of a group
+  (argmin's first), so a model trained on the merged codebook's codes
+  writes only kept codes, and decoding them is unchanged in form.
+  """
+  book = np.asarray(codebook, np.float32).copy()
+  kept = np.zeros(len(book), bool)
+  for k in np.argsort(-np.asarray(cluster_size, np.float32), kind="stable"):
+    near = np.nonzero(kept)[0]
+    if len(near):
+      dist = np.sqrt(((book[near] - book[k]) ** 2).sum(-1))
+      j = int(dist.argmin())
+      if dist[j] < radius:
+        book[k] = book[near[j]]
+        continue
+    kept[k] = True
+  return book, int(kept.sum())
 
 
 def usage(codes: jax.Array, codebook_size: int,

@@ -69,6 +69,58 @@ def test_tokens_round_trip_in_the_short_captions_order():
   assert seen >= 4 and agree >= 10
 
 
+def _written_pairs(index, order):
+  """The (colour, shape) pairs a layout of train record `index` writes, in
+  its order, and the short caption's pairs, each repeated as it counts."""
+  ex, boxes, labels, valid = _objects(index)
+  colours, kinds = t2i.object_attributes(jnp.asarray(labels))
+  tokens = scene_layout.encode(VOCAB, jnp.asarray(boxes), colours, kinds,
+                               valid, PAD_ID, order)
+  _, got_colours, got_kinds, got_valid = scene_layout.decode(VOCAB, tokens)
+  written = [(shapes.COLOURS[int(c)], shapes.SHAPES[int(s)])
+             for c, s, ok in zip(got_colours[0], got_kinds[0], got_valid[0])
+             if ok]
+  caption = [pair for pair, n in
+             shapes.parse_caption(ex["captions"][0]).items()
+             for _ in range(n)]
+  return written, caption
+
+
+def test_caption_order_writes_the_objects_as_the_caption_names_them():
+  # "two red circles, a blue square": both circles, then the square, even
+  # where the square stands between them.
+  same = {order: 0 for order in scene_layout.ORDERS}
+  for index in range(40):
+    for order in scene_layout.ORDERS:
+      written, caption = _written_pairs(index, order)
+      assert sorted(written) == sorted(caption)
+      same[order] += written == caption
+  # Left to right by box centre differs: repeated pairs apart, and centres
+  # tied to the pixel, which the caption breaks by the exact centres.
+  assert same["caption"] == 40 > same["left_to_right"], same
+  with pytest.raises(ValueError, match="order='random': choose one of"):
+    scene_layout.encode(VOCAB, jnp.zeros((1, 1, 4)), jnp.zeros((1, 1), int),
+                        jnp.zeros((1, 1), int), jnp.ones((1, 1), bool),
+                        PAD_ID, "random")
+
+
+def test_a_caption_that_does_not_name_the_objects_keeps_the_record_order():
+  ex = shapes.example("train", 2)
+  record = {"id": ex["id"], "image": ex["image"], "objects": ex["objects"]}
+  listed = [(o["colour"], o["shape"]) for o in ex["objects"]]
+  for caption in ("a photo of shapes.", "a red circle."):
+    got = formats.record_example({**record, "captions": [caption]}, 0,
+                                 "contrastive")
+    colours, kinds = t2i.object_attributes(jnp.asarray(got.labels))
+    assert [(shapes.COLOURS[int(c)], shapes.SHAPES[int(s)])
+            for c, s in zip(colours, kinds)] == listed
+  ordered = formats.record_example({**record, "captions": ex["captions"]}, 0,
+                                   "contrastive")
+  assert sorted(map(tuple, ordered.boxes.tolist())) == sorted(
+      map(tuple, got.boxes.tolist())) and not np.array_equal(
+          ordered.boxes, got.boxes)
+
+
 def test_decode_keeps_objects_up_to_the_first_malformed_one():
   c, s, b = VOCAB.first_id, VOCAB.first_shape_id, VOCAB.first_bin_id
   row = [c + 3, s + 1, b + 40, b + 10, b + 30, b + 20,   # corners swapped
@@ -123,9 +175,31 @@ def test_cells_see_the_box_that_covers_them():
   assert not np.asarray(none).any()
 
 
+def test_cells_with_edges_say_where_the_box_cuts_them():
+  # A box from 2.5 to 5.25 cells across and 1 to 3 down, on an 8 x 8 grid.
+  boxes = jnp.asarray([[[2.5 / 8, 1 / 8, 5.25 / 8, 3 / 8]]], jnp.float32)
+  args = (jnp.asarray([[2]]), jnp.asarray([[1]]), jnp.asarray([[True]]), 8)
+  plain = np.asarray(scene_layout.cells(boxes, *args)[1]).reshape(8, 8, -1)
+  labels, features = scene_layout.cells(boxes, *args, edges=True)
+  f = np.asarray(features).reshape(8, 8, -1)
+  assert f.shape[-1] == scene_layout.cell_features(True) == (
+      scene_layout.CELL_FEATURES + scene_layout.EDGE_FEATURES)
+  np.testing.assert_array_equal(f[..., :scene_layout.CELL_FEATURES], plain)
+  # Cell (row 1, column 2): the box starts half a cell in, ends 3.25 cells
+  # on (clipped to 3), spans rows 0..2 of it; its centre (3.875, 2) lies
+  # (1.375, 0.5) cells from the cell's (2.5, 1.5), given / 4.
+  np.testing.assert_allclose(f[1, 2, -6:], [0.5, 3.0, 0.0, 2.0,
+                                            1.375 / 4, 0.5 / 4], atol=1e-6)
+  # Cell (row 2, column 5): the box ends a quarter cell in.
+  np.testing.assert_allclose(f[2, 5, -6:-2], [-2.0, 0.25, -1.0, 1.0],
+                             atol=1e-6)
+  assert not f[5].any() and not np.asarray(labels).reshape(8, 8, 2)[5].any()
+
+
 def test_training_layout_masks_the_padding_and_dropped_rows():
   _, boxes, labels, valid = _objects(3)
-  model = type("M", (), {"layout_vocab": VOCAB, "grid": 16})
+  model = type("M", (), {"layout_vocab": VOCAB, "grid": 16,
+                         "cell_edges": False})
   batch = {"object_boxes": jnp.asarray(np.repeat(boxes, 2, 0)),
            "object_labels": jnp.asarray(np.repeat(labels, 2, 0)),
            "object_valid": jnp.asarray(np.repeat(valid, 2, 0))}

@@ -163,3 +163,23 @@ def test_restarts_draw_the_real_rows_uniformly():
                       minlength=n)
   assert not drawn[::2].any()
   assert drawn[1::2].min() > 60 and drawn[1::2].max() < 140  # 100 expected
+
+
+def test_merge_nearby_keeps_the_more_used_of_near_duplicates():
+  rng = np.random.default_rng(0)
+  a, b, c = (rng.normal(size=8).astype(np.float32) * 3 for _ in range(3))
+  book = np.stack([a, a + 0.01, b + 0.02, c, b])  # rows 0/1, 2/4 near
+  used = np.array([1.0, 5.0, 2.0, 0.5, 3.0], np.float32)
+  merged, kept = cb.merge_nearby(book, used, radius=0.2)
+  assert kept == 3
+  np.testing.assert_array_equal(merged[0], book[1])  # the more used vector
+  np.testing.assert_array_equal(merged[1], book[1])
+  np.testing.assert_array_equal(merged[2], book[4])
+  np.testing.assert_array_equal(merged[[3, 4]], book[[3, 4]])
+  # A group's lowest index is the code every member's neighbourhood gets.
+  z = jnp.asarray(np.stack([a + 0.005, b, c - 0.01, a]))
+  assert np.asarray(cb.nearest(z, jnp.asarray(merged))).tolist() == [0, 2, 3,
+                                                                       0]
+  # A radius below every distance changes nothing.
+  same, kept = cb.merge_nearby(book, used, radius=1e-4)
+  assert kept == 5 and np.array_equal(same, book)

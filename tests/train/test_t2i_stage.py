@@ -44,7 +44,8 @@ def _train_t2i(root, name: str, args: str):
   on the fixture's tokenizer, in root / name."""
   config = config_lib.load_config(
       os.path.join(REPO, "configs/t2i.py") +
-      f":tokenizer={root / 'vq'},batch=8,codes=32,levels=3,size=tiny,{args}")
+      f":tokenizer={root / 'vq'},batch=8,codes=32,levels=3,size=tiny,"
+      f"layers=2,{args}")
   config.model.vq.channels = (8, 8, 16)
   config.model.vq.res_blocks = 1
   _small_data(config, str(root / "data"))
@@ -193,6 +194,22 @@ def test_a_tokenizer_of_other_sizes_or_none_is_one_line(runs, tmp_path):
   with pytest.raises(config_lib.ConfigError, match=(
       r"config.stages.t2i.object_weight=-1.0 must lie in \[0.0, None\]")):
     config_checks.validate_config(other)
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.stages.t2i.merge_codes = -0.5
+  with pytest.raises(config_lib.ConfigError, match=(
+      r"config.stages.t2i.merge_codes=-0.5 must lie in \[0.0, None\]")):
+    config_checks.validate_config(other)
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.stages.t2i.layout_order = "random"
+  with pytest.raises(config_lib.ConfigError, match=(
+      "config.stages.t2i.layout_order='random': choose one of caption, "
+      "left_to_right")):
+    config_checks.validate_config(other)
+  # Merged near-duplicates: the LM's tokenizer holds fewer distinct codes.
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.stages.t2i.merge_codes = 1e9
+  merged = t2i.load_tokenizer(other, "t2i")["codebook"]
+  assert len(np.unique(np.asarray(merged), axis=0)) == 1
   with pytest.raises(config_lib.ConfigError, match="layers=-1 must be >= 0"):
     config_lib.load_config(os.path.join(REPO, "configs/t2i.py") +
                            ":layers=-1")

@@ -28,7 +28,10 @@ carries its cell's share of that layout; the training layouts come from
 the records' objects (the 'contrastive' batch's object_boxes /
 object_labels), the loss adds `layout_weight` (1.0) times the layout
 tokens' mean cross-entropy, and the option `object_weight` (1.0) counts
-the codes of cells an object covers that many times. A dropped caption
+the codes of cells an object covers that many times. The option
+`layout_order` ("caption") lists a training layout's objects as the short
+caption names them (`scene_layout.encode`; "left_to_right": the order
+before stop 44). A dropped caption
 drops its layout too. The layout's parameters are the group
 `scene_layout`.
 
@@ -47,6 +50,7 @@ from mmjax.data import formats
 from mmjax.data import shapes
 from mmjax.data.tokenizer import PAD_ID
 from mmjax.models import scene_layout
+from mmjax.models import vq_codebook
 from mmjax.models.decoder import DecoderConfig
 from mmjax.models.image_vocab import ImageVocab
 from mmjax.models.text_to_image import CODE_POSITIONS, TextToImageLM
@@ -58,7 +62,8 @@ from mmjax.train.stages import vq as vq_stage
 from mmjax.train.stages.contrastive import single_image
 
 _OPTIONS = {"tokenizer": "", "cfg_dropout": 0.1, "plain_background": False,
-            "layout_weight": 1.0, "object_weight": 1.0}
+            "layout_weight": 1.0, "object_weight": 1.0,
+            "layout_order": "caption", "merge_codes": 0.0}
 # A layout's colour and shape ids are the regions format's label ids
 # (formats.REGION_ATTRIBUTES: shapes.COLOURS, shapes.SHAPES).
 _SHAPE_COLUMN = list(formats.REGION_ATTRIBUTES).index("shape")
@@ -105,7 +110,8 @@ def text_to_image_lm(config: ml_collections.ConfigDict) -> TextToImageLM:
       side=int(config.model.vision.image_size),
       code_positions=str(config.model.get("code_positions", "none")),
       layout_objects=objects, layout_colours=len(shapes.COLOURS),
-      layout_shapes=len(shapes.SHAPES), layout_bins=LAYOUT_BINS)
+      layout_shapes=len(shapes.SHAPES), layout_bins=LAYOUT_BINS,
+      cell_edges=bool(config.model.get("cell_edges", False)))
   lm = dict(config.model.lm.to_dict(), vocab_size=model.total_vocab)
   return model.clone(lm=DecoderConfig.from_dict(lm))
 
@@ -120,12 +126,14 @@ def _model(config: ml_collections.ConfigDict, stage_name: str
                          groups.prefix_mapper({"llm": "llm"}))
 
 
-def training_layout(model: TextToImageLM, batch, dropped: jax.Array
+def training_layout(model: TextToImageLM, batch, dropped: jax.Array,
+                    order: str = "caption"
                     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array],
                                jax.Array]:
   """(layout tokens int32[b, L], cells, layout loss weights f32[b, L]) of
   a batch's objects; a dropped row (bool[b]) has an all-PAD layout, no
-  object in any cell and no layout loss."""
+  object in any cell and no layout loss; objects in `order`
+  (scene_layout.ORDERS)."""
   if "object_boxes" not in batch:
     raise ValueError("the t2i stage's layout needs each picture's objects "
                      "(object_boxes / object_labels of a 'contrastive' "
@@ -134,13 +142,15 @@ def training_layout(model: TextToImageLM, batch, dropped: jax.Array
   boxes = batch["object_boxes"].astype(jnp.float32)
   colours, kinds = object_attributes(batch["object_labels"])
   valid = batch["object_valid"].astype(bool) & ~dropped[:, None]
-  tokens = scene_layout.encode(vocab, boxes, colours, kinds, valid, PAD_ID)
+  tokens = scene_layout.encode(vocab, boxes, colours, kinds, valid, PAD_ID,
+                               order)
   tokens = jnp.where(dropped[:, None], PAD_ID, tokens)
   # The tokens up to <eol> count; the PAD after it does not.
   written = jnp.cumsum(tokens == vocab.eol_id, axis=1) - (
       tokens == vocab.eol_id)
   weights = ((written == 0) & ~dropped[:, None]).astype(jnp.float32)
-  cells = scene_layout.cells(boxes, colours, kinds, valid, model.grid)
+  cells = scene_layout.cells(boxes, colours, kinds, valid, model.grid,
+                             model.cell_edges)
   return tokens, cells, weights
 
 
@@ -161,16 +171,21 @@ def code_weights(valid: jax.Array, targets: int,
 def load_tokenizer(config: ml_collections.ConfigDict, stage_name: str
                    ) -> dict[str, jax.Array]:
   """{'params', 'codebook'} of the stage's `tokenizer` run, checked against
-  config.model.vq."""
+  config.model.vq; with the option `merge_codes` r > 0 the codebook's
+  near-duplicates (within r) are merged (vq_codebook.merge_nearby)."""
   workdir = config.stages[stage_name].get("tokenizer", "")
-  cfg, params, codebook = vq_stage.load_trained(workdir)
+  cfg, params, codebook, used = vq_stage.load_trained(workdir,
+                                                      with_usage=True)
   if cfg != vq_stage.vq_config(config):
     raise C.ConfigError(
         f"config.stages.{stage_name}.tokenizer={workdir!r} was trained with "
         f"{cfg}, but config.model.vq is {vq_stage.vq_config(config)}: give "
         "configs/t2i.py the args the tokenizer was trained with (codes, "
         "levels)")
-  return {"params": params, "codebook": codebook}
+  radius = float(config.stages[stage_name].get("merge_codes", 0.0))
+  if radius > 0:
+    codebook, _ = vq_codebook.merge_nearby(codebook, used, radius)
+  return {"params": params, "codebook": jnp.asarray(codebook)}
 
 
 def _weighted_mean(x: jax.Array, weights: jax.Array) -> jax.Array:
@@ -182,6 +197,7 @@ def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
   plain = bool(stage.get("plain_background", False))
   layout_weight = float(stage.get("layout_weight", 1.0))
   object_weight = float(stage.get("object_weight", 1.0))
+  order = str(stage.get("layout_order", "caption"))
 
   def loss_fn(params, batch, rng, tokenizer):
     images = single_image(batch["images"]).astype(jnp.float32)
@@ -195,7 +211,7 @@ def _loss(model: TextToImageLM, stage: ml_collections.ConfigDict):
     valid = batch["valid"].astype(jnp.float32)[:, None]
     layout = cells = None
     if model.layout_objects:
-      layout, cells, layout_w = training_layout(model, batch, dropped)
+      layout, cells, layout_w = training_layout(model, batch, dropped, order)
     inputs, targets = model.sequences(prompts, codes, layout)
     hidden, _ = model.apply({"params": params}, inputs, cells,
                             logits=False)
@@ -255,7 +271,15 @@ def _checks(config, path: str, stage) -> list[C.Check]:
              [C.check_number(f"{path}.layout_weight", 0.0, None)]
              if "layout_weight" in stage else []) + (
                  [C.check_number(f"{path}.object_weight", 0.0, None)]
-                 if "object_weight" in stage else [])
+                 if "object_weight" in stage else []) + (
+                     [C.check_number(f"{path}.merge_codes", 0.0, None)]
+                     if "merge_codes" in stage else []) + [
+                     C.check_that(
+                         lambda c: c.stages[name].get(
+                             "layout_order", "caption") in scene_layout.ORDERS,
+                         lambda c: f"config.{path}.layout_order="
+                         f"{c.stages[name].get('layout_order')!r}: choose one "
+                         f"of {', '.join(scene_layout.ORDERS)}")]
 
 
 KIND = base.register(base.StageKind(

@@ -50,11 +50,11 @@ def vq_config(config: ml_collections.ConfigDict) -> vq_lib.VQConfig:
       res_blocks=int(d.res_blocks))
 
 
-def load_trained(workdir: str, stage: str = "vq"
-                 ) -> tuple[vq_lib.VQConfig, Any, jax.Array]:
+def load_trained(workdir: str, stage: str = "vq", with_usage: bool = False
+                 ) -> tuple[Any, ...]:
   """(VQConfig, encoder/decoder params, codebook f32[K, D]) of the newest
   finished checkpoint of a run's `vq` stage (the codebook is that stage's
-  loss state).
+  loss state); with_usage: and the codes' EMA cluster sizes f32[K].
 
   Raises:
     C.ConfigError: the workdir holds no such run or checkpoint (one line).
@@ -73,9 +73,10 @@ def load_trained(workdir: str, stage: str = "vq"
       os.path.join(found[0], "state"), keys=("params", "loss_state"))
   # orbax gives the CodebookState back as a dict of its fields.
   book = state["loss_state"]
-  book = (book["codebook"] if isinstance(book, dict)
-          else vq_codebook.CodebookState(*book).codebook)
-  return vq_config(run), state["params"], jnp.asarray(book)
+  book = (vq_codebook.CodebookState(**book) if isinstance(book, dict)
+          else vq_codebook.CodebookState(*book))
+  found = (vq_config(run), state["params"], jnp.asarray(book.codebook))
+  return found + (jnp.asarray(book.cluster_size),) if with_usage else found
 
 
 def _model(config: ml_collections.ConfigDict, stage_name: str
