@@ -75,8 +75,8 @@ def load_trained(workdir: str, stage: str = "vq", with_usage: bool = False
   book = state["loss_state"]
   book = (vq_codebook.CodebookState(**book) if isinstance(book, dict)
           else vq_codebook.CodebookState(*book))
-  found = (vq_config(run), state["params"], jnp.asarray(book.codebook))
-  return found + (jnp.asarray(book.cluster_size),) if with_usage else found
+  loaded = (vq_config(run), state["params"], jnp.asarray(book.codebook))
+  return loaded + (jnp.asarray(book.cluster_size),) if with_usage else loaded
 
 
 def _model(config: ml_collections.ConfigDict, stage_name: str
