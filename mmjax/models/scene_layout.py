@@ -204,11 +204,12 @@ def encode(vocab: LayoutVocab, boxes: jax.Array, colours: jax.Array,
   b, k = colours.shape
   m = vocab.max_objects
   valid = valid.astype(bool)
-  centre_x = (boxes[..., 0] + boxes[..., 2]) / 2
-  centre_y = (boxes[..., 1] + boxes[..., 3]) / 2
-  key = jnp.where(valid, centre_x + 1e-3 * centre_y, jnp.inf)   # [b, K]
   if order == "caption":
-    key = jnp.where(valid, jnp.arange(k, dtype=key.dtype)[None], jnp.inf)
+    rank = jnp.arange(k, dtype=jnp.float32)[None]
+  else:
+    rank = ((boxes[..., 0] + boxes[..., 2]) / 2 +
+            1e-3 * (boxes[..., 1] + boxes[..., 3]) / 2)
+  key = jnp.where(valid, rank, jnp.inf)                          # [b, K]
   order_idx = jnp.argsort(key, axis=1)[:, :m]
   if k < m:
     order_idx = jnp.pad(order_idx, ((0, 0), (0, m - k)))
