@@ -49,6 +49,19 @@ def parse_choices(values: Sequence[str], allowed: Sequence[str],
   return list(values)
 
 
+def parse_sizes(values: Sequence[str], flag: str) -> list[int]:
+  """Positive integer sizes from a comma-separated flag (at least one)."""
+  try:
+    sizes = [int(v) for v in values]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) <= 0:
+    raise BenchmarkInputError(
+        f"--{flag}={','.join(values)}: give one or more positive integers, "
+        f"e.g. --{flag}=1024,2048")
+  return sizes
+
+
 def model_config_dict(size: str, fusion: str = "projection", *,
                       dtype: str = "float32", image_size: int | None = None,
                       latents: int = 64, remat: str = "none",

@@ -157,8 +157,13 @@ def main(argv):
     print(f"--size={_SIZE.value}: allowed values are "
           f"{', '.join(common.SIZES)}", file=sys.stderr)
     sys.exit(2)
+  try:
+    peak_sizes = common.parse_sizes(_PEAK_SIZES.value, "peak_sizes")
+  except common.BenchmarkInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   torch.set_num_threads(_THREADS.value)
-  peak = torch_matmul_peak(tuple(map(int, _PEAK_SIZES.value)),
+  peak = torch_matmul_peak(tuple(peak_sizes),
                            dtype=_DTYPE.value, device=_DEVICE.value)
   result = train_step_times(_SIZE.value, _STEPS.value, _WARMUP.value,
                             _BATCH.value, _TEXT_LEN.value, _DTYPE.value,

@@ -29,10 +29,10 @@ _OUT = flags.DEFINE_string("out", "", "JSON results file")
 def main(argv):
   del argv
   try:
-    sizes = [int(n) for n in _SIZES.value]
+    sizes = common.parse_sizes(_SIZES.value, "sizes")
     dtypes = common.parse_choices(_DTYPES.value, ("float32", "bfloat16"),
                                   "dtypes")
-  except (ValueError, common.BenchmarkInputError) as e:
+  except common.BenchmarkInputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(common.load_average())

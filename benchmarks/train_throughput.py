@@ -117,9 +117,9 @@ def main(argv):
     sizes = common.parse_choices(["tiny"] if _QUICK.value else _SIZES.value,
                                  tuple(common.SIZES), "sizes")
     fusions = common.parse_choices(_FUSIONS.value, common.FUSIONS, "fusions")
-    peak_sizes = [int(n) for n in (["256"] if _QUICK.value
-                                   else _PEAK_SIZES.value)]
-  except (common.BenchmarkInputError, ValueError) as e:
+    peak_sizes = common.parse_sizes(["256"] if _QUICK.value
+                                    else _PEAK_SIZES.value, "peak_sizes")
+  except common.BenchmarkInputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if _HOST_DEVICES.value:  # must precede the first jax import

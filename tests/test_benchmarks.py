@@ -91,6 +91,8 @@ def test_matmul_peak_runs():
 @pytest.mark.parametrize("script,flag", [
     ("train_throughput.py", "--sizes=huge"),
     ("scaling.py", "--sections=speed"),
+    ("train_throughput.py", "--peak_sizes="),
+    ("matmul_peak.py", "--sizes=0"),
 ])
 def test_bad_flag_exits_2_with_one_line(script, flag):
   proc = run_script(script, flag)
