@@ -25,12 +25,33 @@ def test_landing_groups_by_hand():
   assert ask("the red circle") == "no box"
 
 
+def test_question_sensitivity_by_hand():
+  a, b, c = (0, 0, 100, 100), (500, 500, 600, 600), (0, 500, 100, 600)
+  m = grounding_eval.question_sensitivity([
+      # the same box whatever is asked: right once of two, IoU 1 between
+      [("[0, 0, 100, 100]", a), ("[0, 0, 100, 100]", b)],
+      # each object found; the third answer is no box
+      [("[0, 0, 100, 100]", a), ("[500, 500, 600, 600]", b), ("no", c)],
+      [("[0, 0, 100, 100]", a)],  # one object: skipped
+  ])
+  assert m["images"] == 2 and m["answers"] == 5
+  assert m["identical"] == 0.5
+  # pairs: (a, a) 1.0; (a, b) 0, (a, none) 0, (b, none) 0
+  assert abs(m["answer_iou"] - 0.25) < 1e-9
+  assert m["gold_iou"] == 0.0
+  assert abs(m["acc@0.5"] - 3 / 5) < 1e-9
+
+
 def test_smoke_run_prints_every_group(tmp_path):
   run = make_workdir(tmp_path / "run", tmp_path / "data")
   proc = subprocess.run([sys.executable, "experiments/grounding_errors.py",
-                         f"--workdir={run}", "--images=4"], cwd=REPO,
+                         f"--workdir={run}", "--images=4",
+                         "--per_object_images=2"], cwd=REPO,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   line, = [l for l in proc.stdout.splitlines() if l.startswith("test: ")]
   shares = [float(v) for v in re.findall(r" (\d\.\d{3})", line)]
   assert len(shares) == 6 and abs(sum(shares) - 1.0) < 0.01, line
+  asked, = [l for l in proc.stdout.splitlines()
+            if l.startswith("every object asked: ")]
+  assert re.match(r"every object asked: [12] images", asked), asked

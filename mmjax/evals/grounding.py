@@ -96,6 +96,44 @@ def where_box_lands(answer: str, colour: str, shape: str,
               best[0] == colour, best[1] == shape]
 
 
+def question_sensitivity(
+    asked: Sequence[Sequence[tuple[str, Sequence[int]]]],
+    threshold: float = THRESHOLD) -> dict[str, float]:
+  """Whether a model's boxes follow the question: each image asked about
+  every object it can be asked about (`experiments/grounding_errors.py`).
+
+  Args:
+    asked: per image, (answer text, the named object's box) for each
+      object asked about; images with fewer than two are skipped.
+
+  Returns:
+    images, answers; identical: the share of images whose answers are all
+    the same text; answer_iou: the mean IoU between the boxes answered
+    for two different objects of one image (1.0: the same box whatever is
+    asked; an answer that is no box counts as IoU 0 with everything);
+    gold_iou: the same mean over the named objects' own boxes (what a
+    model that finds every object scores); acc@<threshold>.
+  """
+  images = [a for a in asked if len(a) >= 2]
+  answered, gold, identical, hits = [], [], 0, []
+  for answers in images:
+    boxes = [grounding.parse_box(text) for text, _ in answers]
+    identical += len({text.strip() for text, _ in answers}) == 1
+    for i in range(len(answers)):
+      hits.append(boxes[i] is not None and
+                  grounding.iou(boxes[i], answers[i][1]) >= threshold)
+      for j in range(i + 1, len(answers)):
+        answered.append(0.0 if boxes[i] is None or boxes[j] is None
+                        else grounding.iou(boxes[i], boxes[j]))
+        gold.append(grounding.iou(answers[i][1], answers[j][1]))
+  n = len(images)
+  return {"images": n, "answers": len(hits),
+          "identical": identical / n if n else 0.0,
+          "answer_iou": float(np.mean(answered)) if answered else 0.0,
+          "gold_iou": float(np.mean(gold)) if gold else 0.0,
+          f"acc@{threshold:g}": float(np.mean(hits)) if hits else 0.0}
+
+
 def grounding_examples(source: Sequence[Mapping[str, Any]],
                        max_examples: int | None
                        ) -> list[tuple[Mapping[str, Any], str, str, tuple]]:
