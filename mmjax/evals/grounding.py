@@ -115,23 +115,24 @@ def question_sensitivity(
     model that finds every object scores); acc@<threshold>.
   """
   images = [a for a in asked if len(a) >= 2]
-  answered, gold, identical, hits = [], [], 0, []
+  answered, gold, identical = [], [], 0
   for answers in images:
     boxes = [grounding.parse_box(text) for text, _ in answers]
     identical += len({text.strip() for text, _ in answers}) == 1
     for i in range(len(answers)):
-      hits.append(boxes[i] is not None and
-                  grounding.iou(boxes[i], answers[i][1]) >= threshold)
       for j in range(i + 1, len(answers)):
         answered.append(0.0 if boxes[i] is None or boxes[j] is None
                         else grounding.iou(boxes[i], boxes[j]))
         gold.append(grounding.iou(answers[i][1], answers[j][1]))
+  flat = [x for answers in images for x in answers]
+  scored = grounding_metrics([t for t, _ in flat], [b for _, b in flat],
+                             threshold)
   n = len(images)
-  return {"images": n, "answers": len(hits),
+  return {"images": n, "answers": len(flat),
           "identical": identical / n if n else 0.0,
           "answer_iou": float(np.mean(answered)) if answered else 0.0,
           "gold_iou": float(np.mean(gold)) if gold else 0.0,
-          f"acc@{threshold:g}": float(np.mean(hits)) if hits else 0.0}
+          f"acc@{threshold:g}": scored[f"acc@{threshold:g}"]}
 
 
 def grounding_examples(source: Sequence[Mapping[str, Any]],
