@@ -83,6 +83,7 @@ import ml_collections
 
 from mmjax import config as config_lib
 from mmjax.models import sizes
+from mmjax.models.decoder import DecoderConfig
 
 # ---------------------------------------------------------------- towers --
 # Real towers; `feature_layer` is the ViT hidden state the connector reads
@@ -232,10 +233,12 @@ def model_config(spec, dtype: str, remat: str) -> ml_collections.ConfigDict:
     vision = dict(spec["vision"], channels=3, pool="none", **common)
   else:
     vision = dict(spec["vision"], channels=3, pool="none", **common)
-  lm = dict(spec["lm"], logit_softcap=0.0,
-            mrope_sections=spec["lm"].get("mrope_sections"),
-            xattn_every=spec.get("xattn_every", 0), xattn_media="last",
-            scan_layers=False, **common)
+  # Every DecoderConfig field, so any can be set from the command line.
+  lm = config_lib.dataclass_block(DecoderConfig, dict(
+      spec["lm"], logit_softcap=0.0,
+      mrope_sections=spec["lm"].get("mrope_sections"),
+      xattn_every=spec.get("xattn_every", 0), xattn_media="last",
+      scan_layers=False, **common))
   model = dict(
       fusion=spec["fusion"], positions=spec.get("positions", "rope"),
       projector=spec.get("projector", "mlp"),

@@ -14,6 +14,7 @@ import ml_collections
 
 from mmjax import config as config_lib
 from mmjax.models import sizes
+from mmjax.models.decoder import DecoderConfig
 
 # Run sizes; the model of each is the LM of the same name in
 # mmjax/models/sizes.py.
@@ -37,7 +38,8 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.family = "lm"
   config.seed = 0
-  config.model = ml_collections.ConfigDict(dict(
+  # Every DecoderConfig field, so any can be set from the command line.
+  config.model = config_lib.dataclass_block(DecoderConfig, dict(
       vocab_size=size["vocab_size"], d_model=size["d_model"],
       n_layers=size["n_layers"], n_heads=size["n_heads"],
       n_kv_heads=size["n_kv_heads"], mlp_dim=size["mlp_dim"],

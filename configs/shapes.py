@@ -27,6 +27,7 @@ import ml_collections
 from mmjax import config as config_lib
 from mmjax.models import sizes
 from mmjax.models.choices import FUSIONS, POSITIONS
+from mmjax.models.decoder import DecoderConfig
 
 # The model sizes live in mmjax/models/sizes.py (the benchmarks read them
 # too); a run size adds its default global batch.
@@ -57,6 +58,9 @@ def model_config(size: str, fusion: str, positions: str
             attention="einsum", **lm_dims)
   if positions == "mrope":
     lm["mrope_sections"] = _mrope_sections(lm["d_model"] // lm["n_heads"])
+  # Every DecoderConfig field, so any can be set from the command line
+  # (e.g. --config.model.lm.query_pre_attn_scalar=64.0).
+  lm = config_lib.dataclass_block(DecoderConfig, lm)
   vision = dict(kind="siglip", channels=3, pool="none", dtype="float32",
                 param_dtype="float32", remat="none", attention="einsum",
                 **vision_dims)

@@ -9,8 +9,10 @@ allowed.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import sys
+import typing
 from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
 
 import ml_collections
@@ -113,6 +115,56 @@ def get_path(config: ml_collections.ConfigDict, path: str) -> Any:
     node = node[part]
     walked.append(part)
   return node
+
+
+def dataclass_block(cls: type, values: Mapping[str, Any]
+                    ) -> ml_collections.ConfigDict:
+  """A config block holding every field of dataclass `cls`.
+
+  Each field takes its value from `values`, else the field's default, so a
+  recipe lists what it chooses and a command line can still set any other
+  field (`--config.model.lm.query_pre_attn_scalar=64.0`). A None becomes a
+  placeholder of the field's type: absl cannot parse an override of a plain
+  None (`--config.model.lm.mrope_sections='(4, 6, 6)'`).
+
+    block = dataclass_block(DecoderConfig, dict(d_model=128, n_layers=2))
+    block.head_dim       # None, settable as an int
+
+  Raises:
+    ConfigError: `values` names a key `cls` lacks, or leaves out a field
+      that has no default.
+  """
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ConfigError(
+        f"unknown {cls.__name__} key(s) {unknown}; allowed: "
+        f"{', '.join(fields)}{_did_you_mean(unknown[0], fields)}")
+  hints = typing.get_type_hints(cls)
+  block = {}
+  for name, field in fields.items():
+    if name in values:
+      value = values[name]
+    elif field.default is not dataclasses.MISSING:
+      value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+      value = field.default_factory()
+    else:
+      raise ConfigError(f"{cls.__name__} needs {name!r}: it has no default")
+    if value is None:
+      value = ml_collections.FieldReference(
+          None, field_type=_type_besides_none(hints[name]))
+    block[name] = value
+  return ml_collections.ConfigDict(block)
+
+
+def _type_besides_none(hint: Any) -> type:
+  """int for `int | None`, tuple for `tuple[int, ...] | None`; object (any
+  Python literal) when the hint names several types."""
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  if len(args) != 1:
+    return object
+  return typing.get_origin(args[0]) or args[0]
 
 
 # ----------------------------------------------------------------- checks --

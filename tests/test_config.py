@@ -1,4 +1,5 @@
 """Config args, validation messages, and command-line overrides."""
+import json
 import os
 import subprocess
 import sys
@@ -101,6 +102,62 @@ def test_cli_override_reaches_config(tmp_path):
        "--config.model.d_model=96"],
       cwd=REPO, capture_output=True, text=True, timeout=60)
   assert r.stdout.split() == ["0.125", "96"], r.stderr
+
+
+def test_every_decoder_field_can_be_set_from_the_command_line():
+  # query_pre_attn_scalar was not in the recipe's LM block (unknown key);
+  # mrope_sections was a plain None (absl refused to parse an override).
+  r = subprocess.run(
+      [sys.executable, "-c",
+       "from absl import flags; import sys; from mmjax import main;"
+       "main.parse_flags(sys.argv); lm = main._CONFIG.value.model.lm;"
+       "print(lm.query_pre_attn_scalar, lm.mrope_sections, lm.head_dim,"
+       " lm.sliding_window)",
+       "--config=configs/shapes.py:size=tiny,positions=mrope",
+       "--config.model.lm.query_pre_attn_scalar=8.0",
+       "--config.model.lm.mrope_sections=(2, 7, 7)"],
+      cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert r.stdout.split() == ["8.0", "(2,", "7,", "7)", "None", "0"], r.stderr
+  r = subprocess.run(
+      [sys.executable, "-m", "mmjax.main", "--workdir=unused",
+       "--config=configs/shapes.py:size=tiny",
+       "--config.model.lm.query_pre_attn_scalar=sharp"],
+      cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2, r.stderr
+  assert "query_pre_attn_scalar=sharp" in r.stderr
+  assert "Traceback" not in r.stderr
+
+
+def test_dataclass_block_fills_defaults_and_refuses_unknown_keys():
+  from mmjax.models.decoder import DecoderConfig  # pylint: disable=g-import-not-at-top
+  block = C.dataclass_block(DecoderConfig, {"d_model": 96, "n_heads": 2})
+  assert block.d_model == 96 and block.n_layers == DecoderConfig.n_layers
+  assert block.head_dim is None
+  block.head_dim = 32            # a None field takes its type's values ...
+  with pytest.raises(TypeError):
+    block.sliding_window = "wide"   # ... and a typed field only its own
+  assert DecoderConfig.from_dict(block.to_dict()).head_dim == 32
+  with pytest.raises(C.ConfigError, match="'d_modle'.*Did you mean 'd_model'"):
+    C.dataclass_block(DecoderConfig, {"d_modle": 96})
+
+
+def test_a_run_config_with_fewer_decoder_fields_resumes(tmp_path):
+  from mmjax import testing  # pylint: disable=g-import-not-at-top
+  from mmjax.train import recipe  # pylint: disable=g-import-not-at-top
+  config = testing.tiny_recipe()
+  new = C.to_plain(config)
+  assert "query_pre_attn_scalar" in new["model"]["lm"]
+  # config.json as the recipe wrote it before its LM block listed every
+  # DecoderConfig field, in a workdir with a checkpoint.
+  lm = {k: v for k, v in new["model"]["lm"].items()
+        if k not in ("query_pre_attn_scalar", "head_dim", "sliding_window")}
+  old = dict(new, model=dict(new["model"], lm=lm))
+  (tmp_path / "checkpoints" / "sft" / "10").mkdir(parents=True)
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  recipe.check_run_config(config, str(tmp_path), write=False)   # resumes
+  config.model.lm.query_pre_attn_scalar = 8.0   # another model: refused
+  with pytest.raises(C.ConfigError, match="query_pre_attn_scalar: null -> 8.0"):
+    recipe.check_run_config(config, str(tmp_path), write=False)
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

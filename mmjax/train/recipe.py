@@ -8,6 +8,7 @@ with the evaluations the config's stages list (`mmjax/evals/after_stage.py`).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -18,6 +19,7 @@ import ml_collections
 
 from mmjax import config as config_lib
 from mmjax import parallel
+from mmjax.models.decoder import DecoderConfig
 from mmjax.train import (config_checks, groups, init_from, report, stages,
                          trainer, workdir_lock)
 
@@ -149,6 +151,23 @@ def _differences(old: Any, new: Any, prefix: str = ""
 _ABSENT = object()  # a key one of the configs lacks
 
 
+def _with_decoder_defaults(old: dict[str, Any]) -> dict[str, Any]:
+  """A config.json tree whose LM block lacks DecoderConfig fields (written
+  before the recipes listed every field) with those fields at the defaults
+  its run was built with, so resuming it is not a 'changed config'."""
+  model = old.get("model")
+  if not isinstance(model, dict):
+    return old
+  defaults = json.loads(json.dumps(
+      {f.name: f.default for f in dataclasses.fields(DecoderConfig)
+       if f.default is not dataclasses.MISSING}))
+  if old.get("family") == "lm":  # configs/lm.py: the model is the LM
+    return {**old, "model": {**defaults, **model}}
+  if isinstance(model.get("lm"), dict):
+    return {**old, "model": {**model, "lm": {**defaults, **model["lm"]}}}
+  return old
+
+
 def _json(value: Any) -> Any:
   return "(absent)" if value is _ABSENT else value
 
@@ -199,7 +218,7 @@ def check_run_config(config: ml_collections.ConfigDict, workdir: str,
         print(f"WARNING: {path} is unreadable ({e}); writing this run's "
               "config", flush=True)
   if isinstance(old, dict):
-    old = config_lib.upgrade_legacy(old, new)
+    old = _with_decoder_defaults(config_lib.upgrade_legacy(old, new))
   changes = _differences(old, new) if isinstance(old, dict) else {}
   if isinstance(old, dict) and not changes:
     return
