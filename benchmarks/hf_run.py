@@ -12,14 +12,17 @@ import json
 import os
 import subprocess
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
 
 def run_hf(size: str, steps: int, warmup: int, batch: int, text_len: int,
            dtype: str = "float32", device: str = "cpu",
-           peak_sizes: Sequence[int] = (1024, 2048), threads: int = 2
-           ) -> dict[str, float]:
+           peak_sizes: Sequence[int] = (1024, 2048), threads: int = 2,
+           env: Mapping[str, str] | None = None) -> dict[str, float]:
   """benchmarks/hf_llava.py in a subprocess; its RESULT line as a dict.
+
+  `env`: extra environment variables (benchmarks/host.py's malloc
+  settings).
 
   Raises RuntimeError with the end of its stderr if it fails.
   """
@@ -29,8 +32,8 @@ def run_hf(size: str, steps: int, warmup: int, batch: int, text_len: int,
          f"--batch={batch}", f"--text_len={text_len}", f"--dtype={dtype}",
          f"--device={device}", f"--threads={threads}",
          f"--peak_sizes={','.join(map(str, peak_sizes))}"]
-  env = dict(os.environ, HF_HUB_OFFLINE="1")
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+  full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env,
                         check=False)
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):

@@ -32,6 +32,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import hf_run  # pylint: disable=g-import-not-at-top
+from benchmarks import host  # pylint: disable=g-import-not-at-top
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "small"],
                            "sizes from benchmarks/common.py SIZES")
@@ -181,12 +182,15 @@ def main(argv):
   budget = 0.0 if _QUICK.value else _BUDGET.value * 1e9
   repeats = 1 if _QUICK.value else _REPEATS.value
   use_hf = _HF.value and not _QUICK.value and _FUSION.value == "projection"
-  hf = {s: hf_run.run_hf(s, steps, 1, common.BATCH, common.TEXT_LEN)
+  hf_env = host.prepare()
+  hf = {s: hf_run.run_hf(s, steps, 1, common.BATCH, common.TEXT_LEN,
+                         env=hf_env)
         for s in sizes} if use_hf else {}  # before JAX starts, as elsewhere
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   print(f"step matmuls, {jax.devices()[0].platform}, {_FUSION.value}, batch "
-        f"{common.BATCH}, {common.load_average()}", flush=True)
+        f"{common.BATCH}, host prepared as mmjax.main does: "
+        f"{host.enabled()}, {common.load_average()}", flush=True)
   summaries, all_products = [], {}
   for size in sizes:
     row = train_step.measure(size, _FUSION.value, steps, 1,
@@ -237,7 +241,8 @@ def main(argv):
   common.write_json(_OUT.value, {
       "benchmark": "step_matmuls", "fusion": _FUSION.value,
       "batch": common.BATCH, "text_len": common.TEXT_LEN,
-      "summaries": summaries, "products": all_products,
+      "prepare_host": host.enabled(), "summaries": summaries,
+      "products": all_products,
       "hf": hf})
 
 

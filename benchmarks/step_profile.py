@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
+from benchmarks import host  # pylint: disable=g-import-not-at-top
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "small"],
                            "sizes from benchmarks/common.py SIZES")
@@ -96,6 +97,7 @@ def main(argv):
     sys.exit(2)
   steps = 2 if _QUICK.value else _STEPS.value
   warmup = 1 if _QUICK.value else _WARMUP.value
+  host.prepare()
   import jax  # pylint: disable=g-import-not-at-top
   if jax.default_backend() != "cpu":
     print("error: step_profile reads XLA:CPU's kernel events; this process "
@@ -103,7 +105,8 @@ def main(argv):
           file=sys.stderr)
     sys.exit(2)
   print(f"train-step profile, {_FUSION.value}, batch {common.BATCH}, "
-        f"{steps} traced steps; {common.cpu_line()}; {common.load_average()}",
+        f"{steps} traced steps; {common.cpu_line()}; host prepared as "
+        f"mmjax.main does: {host.enabled()}; {common.load_average()}",
         flush=True)
   results = []
   for size in [s for s in common.SIZES if s in sizes]:
@@ -125,6 +128,7 @@ def main(argv):
   common.print_table(results, _SUMMARY)
   common.write_json(_OUT.value, {"benchmark": "step_profile",
                                  "fusion": _FUSION.value, "steps": steps,
+                                 "prepare_host": host.enabled(),
                                  "rows": results})
 
 

@@ -40,6 +40,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import hf_run  # pylint: disable=g-import-not-at-top
+from benchmarks import host  # pylint: disable=g-import-not-at-top
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "small", "bench"],
                            "sizes from benchmarks/common.py SIZES")
@@ -128,6 +129,7 @@ def main(argv):
         f"device_count={_HOST_DEVICES.value}").strip()
   steps = 2 if _QUICK.value else _STEPS.value
   order = [s for s in common.SIZES if s in sizes]  # smallest first (RSS)
+  hf_env = host.prepare()
   # HF runs first, before this process starts JAX: on a GPU, JAX would hold
   # 75% of its memory while the HF subprocess runs.
   hf_rows = {}
@@ -136,7 +138,7 @@ def main(argv):
       hf_rows[size] = hf = hf_run.run_hf(
           size, _HF_STEPS.value or steps, _WARMUP.value, _BATCH.value,
           _TEXT_LEN.value, _DTYPE.value, _HF_DEVICE.value, peak_sizes,
-          _HF_THREADS.value)
+          _HF_THREADS.value, env=hf_env)
       print(f"[{size}] HF LLaVA {hf['step_s']:.4f} s/step, "
             f"{hf['params'] / 1e6:.2f}M params; torch matmul peak "
             f"{hf['torch_peak_gflops']:.1f} GFLOP/s", flush=True)
@@ -144,7 +146,8 @@ def main(argv):
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   print(f"mmjax train step, {jax.devices()[0].platform} "
         f"({jax.device_count()} device(s)), {_DTYPE.value}, batch "
-        f"{_BATCH.value}, {common.load_average()}", flush=True)
+        f"{_BATCH.value}, host prepared as mmjax.main does: "
+        f"{host.enabled()}, {common.load_average()}", flush=True)
   peaks, rows = [], []
   for size in order:
     # Re-measured before each size; MFU uses the best (least disturbed).
@@ -195,7 +198,7 @@ def main(argv):
       "batch": _BATCH.value, "text_len": _TEXT_LEN.value,
       "remat": _REMAT.value, "scan_layers": _SCAN.value,
       "attention": _ATTENTION.value, "loss_chunk": _LOSS_CHUNK.value,
-      "hf_threads": _HF_THREADS.value,
+      "hf_threads": _HF_THREADS.value, "prepare_host": host.enabled(),
       "xla_peak": peak, "xla_peaks": peaks,
       "rows": rows,
       "platform": jax.devices()[0].platform})

@@ -122,12 +122,16 @@ def profile_kernels(run: Callable[[], Any], steps: int,
     raise RuntimeError("the trace has no /host:CPU plane (not an XLA:CPU "
                        "run?)")
   times, counts = collections.Counter(), collections.Counter()
-  edges, executing = [], []
+  edges, executing, inline = [], [], []
   for line in cpu[0].lines:
     if "PjRtCpuClient" in line.name:  # the caller's side of each execution
       executing += [(e.start_ns, e.start_ns + e.duration_ns)
                     for e in line.events
                     if e.name.startswith("ThunkExecutor::Execute")]
+    # Run inline (mmjax/host_memory.py), the calling thread executes it.
+    inline += [(e.start_ns, e.start_ns + e.duration_ns) for e in line.events
+               if e.name == "CommonPjRtLoadedExecutable::"
+               "ExecuteHelperOnSingleDevice"]
     for e in line.events:
       # Kernels run on the executor's threads and, for small programs, on
       # the client's; an event is a kernel when an HLO instruction has its
@@ -138,7 +142,7 @@ def profile_kernels(run: Callable[[], Any], steps: int,
       counts[e.name] += 1
       edges += [(e.start_ns, 1), (e.start_ns + e.duration_ns, -1)]
   per_step = lambda ns: ns / 1e6 / steps
-  wall = _union_length(executing)
+  wall = _union_length(executing or inline)
   concurrency, running, last = collections.Counter(), 0, None
   for t, step in sorted(edges):
     if last is not None and running:

@@ -165,7 +165,7 @@ def main(argv):
   multihost = _check_multihost_flags()
   # Before JAX starts its CPU client: each step's temporaries reuse freed
   # pages instead of faulting in fresh ones (mmjax/host_memory.py).
-  host_memory.keep_freed_pages()
+  host_memory.prepare_host()
   # Heavy imports after flag checks: a typo fails in a second, not ten.
   from mmjax import evals, hf  # pylint: disable=g-import-not-at-top
   from mmjax.data import builders  # pylint: disable=g-import-not-at-top

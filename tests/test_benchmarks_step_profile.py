@@ -59,8 +59,12 @@ def test_quick_run_profiles_the_tiny_step(tmp_path):
   assert "slowest kernels that are not matmuls" in proc.stdout
   result = json.loads(out.read_text())
   assert result["cpu"] == common.cpu_info()
+  # Run as mmjax.main runs (computations inline on the calling thread), the
+  # wall time comes from the caller's execution events.
+  assert result["prepare_host"]
   (row,) = result["rows"]
   assert row["size"] == "tiny" and row["kernels_per_step"] > 100
+  assert 0 < row["wall_ms"] < 10_000
   parts = row["by_component"]
   for part in ("attn", "mlp", "vision", "lm_head", "optimizer"):
     assert parts[part]["ms"] > 0, part
