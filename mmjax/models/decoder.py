@@ -42,6 +42,7 @@ from mmjax.models import cross_attention
 from mmjax.models import layers
 from mmjax.models import linear
 from mmjax.models import masks
+from mmjax.models import positions as positions_lib
 from mmjax.models import remat as remat_lib
 
 KVCache = list[dict[str, jax.Array]]
@@ -226,12 +227,13 @@ class DecoderBlock(nn.Module):
   def __call__(
       self,
       x: jax.Array,
-      positions: jax.Array,
+      rotary: tuple[jax.Array, jax.Array],
       mask: jax.Array,
       cache: dict[str, jax.Array] | None = None,
       cache_index: jax.Array | int | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-    """x: [B, L, D]; positions: [B, L] or [3, B, L]; mask: bool[B, L, S].
+    """x: [B, L, D]; rotary: (cos, sin) f32[B, L, Dh]
+    (`positions.rotary_tables`); mask: bool[B, L, S].
 
     Returns (x, new cache or None): also the (carry, output) of a scan step.
     """
@@ -248,8 +250,8 @@ class DecoderBlock(nn.Module):
         qkv_bias=cfg.qkv_bias, mrope_sections=cfg.mrope_sections,
         softcap=cfg.attn_logit_softcap, scale=cfg.attn_scale,
         attention=cfg.attention, dtype=dtype, param_dtype=param_dtype,
-        name="attn")(norm("attn_norm")(x), positions, mask=mask, cache=cache,
-                     cache_index=cache_index)
+        name="attn")(norm("attn_norm")(x), None, mask=mask, cache=cache,
+                     cache_index=cache_index, rotary=rotary)
     if cfg.post_norms:
       h = norm("post_attn_norm")(h)
     x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
@@ -417,6 +419,9 @@ class DecoderLM(nn.Module):
         positions = jnp.broadcast_to(positions, (3, batch, length))
     chex.assert_shape(positions, (3, batch, length) if cfg.mrope_sections
                       else (batch, length))
+    # Once for every layer, q and k, forward and backward.
+    rotary = positions_lib.written_once(*positions_lib.rotary_tables(
+        positions, cfg.resolved_head_dim, cfg.rope_theta, cfg.mrope_sections))
     if media is not None:
       if not cfg.xattn_layers:
         raise ValueError("media= given but the config has no cross-attention "
@@ -462,7 +467,7 @@ class DecoderLM(nn.Module):
     if cfg.scan_layers:
       if layer_range is not None:
         raise ValueError("layer_range needs scan_layers=False.")
-      x, _ = self.layers(x, positions, mask)
+      x, _ = self.layers(x, rotary, mask)
     else:
       for i in range(first, last):
         old = None if cache is None else cache[i - first]
@@ -472,7 +477,7 @@ class DecoderLM(nn.Module):
               old is not None and "media_k" in old) else None
           x, media_kv = self.xattn[str(i)](x, media_flat, xmask, media_kv)
         x, layer_cache = self.layers[i](
-            x, positions, local_mask if i in local else mask,
+            x, rotary, local_mask if i in local else mask,
             None if old is None else
             {"k": old["k"], "v": old["v"]}, cache_index)
         if new_cache is not None:

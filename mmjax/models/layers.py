@@ -403,22 +403,27 @@ class Attention(nn.Module):
   def __call__(
       self,
       x: jax.Array,
-      positions: jax.Array,
+      positions: jax.Array | None,
       *,
       mask: jax.Array | None,
       cache: dict[str, jax.Array] | None = None,
       cache_index: jax.Array | int | None = None,
+      rotary: tuple[jax.Array, jax.Array] | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     """Self-attention over x, or over the KV cache once x's keys are written.
 
     Args:
       x: [B, L, D].
       positions: [B, L] int or float (1-D RoPE, V2PE), or [3, B, L] (M-RoPE
-        with `mrope_sections`), fed to the rotary embedding of q and k.
+        with `mrope_sections`), fed to the rotary embedding of q and k; None
+        when `rotary` is given.
       mask: bool[B, L, S] (True = attend), S = L without cache and S_max with
         one; None = attend everywhere (only allowed without cache).
       cache: {'k': [B, Kh, S_max, Dh], 'v': [B, Kh, S_max, Dh]} or None.
       cache_index: int32 scalar, slot of x's first token in the cache.
+      rotary: (cos, sin) f32[B, L, Dh] from `positions.rotary_tables`, which
+        a decoder computes once for all its layers; None computes them here
+        from `positions`.
 
     Returns:
       (out [B, L, D], updated cache or None).
@@ -428,16 +433,19 @@ class Attention(nn.Module):
                        f"n_kv_heads={self.n_kv_heads}.")
     chex.assert_rank(x, 3)
     batch, length, d_model = x.shape
-    chex.assert_shape(positions, (3, batch, length) if self.mrope_sections
-                      else (batch, length))
+    if rotary is None:
+      chex.assert_shape(positions, (3, batch, length) if self.mrope_sections
+                        else (batch, length))
+      rotary = positions_lib.rotary_tables(positions, self.head_dim,
+                                           self.rope_theta,
+                                           self.mrope_sections)
+    chex.assert_shape(rotary, (batch, length, self.head_dim))
 
     q = self._proj(self.n_heads, "heads", "q")(x)
     k = self._proj(self.n_kv_heads, "kv_heads", "k")(x)
     v = self._proj(self.n_kv_heads, "kv_heads", "v")(x)
-    q = positions_lib.apply_positions(q, positions, self.rope_theta,
-                                      self.mrope_sections)
-    k = positions_lib.apply_positions(k, positions, self.rope_theta,
-                                      self.mrope_sections)
+    q = positions_lib.apply_rotary(q, *rotary)
+    k = positions_lib.apply_rotary(k, *rotary)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
     k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads",
                                        "head_dim"))

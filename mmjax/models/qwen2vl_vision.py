@@ -274,6 +274,7 @@ class Qwen2VLVisionTower(nn.Module):
     """patches [B, N, T*p*p*C] -> [B, N, D] through the blocks."""
     x = self.patch_embed(patches.astype(jnp.dtype(self.cfg.dtype)))
     x = nn.with_logical_constraint(x, _ACT)
+    cos, sin = positions_lib.written_once(cos, sin)  # read by every block
     for block in self.layers:
       x = block(x, cos, sin, mask)
     return x
