@@ -355,10 +355,29 @@ ADDED_KEYS = {"tokenizer": ("",), "chat_template": ("", "mmjax"),
               "data.pack_policy": ("first_fit", "fill")}
 
 
-def upgrade_legacy(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def upgrade_legacy(old: dict[str, Any], new: dict[str, Any],
+                   block_defaults: Mapping[str, Mapping[str, Any]] | None = None
+                   ) -> dict[str, Any]:
   """A config.json tree written before LEGACY_KEYS / ADDED_KEYS, in `new`'s
-  shape (so a run started then resumes without a 'changed config')."""
+  shape (so a run started then resumes without a 'changed config').
+
+  block_defaults: {dotted path of a block: {field: default}}; a block of
+  `old` at that path gets the fields it lacks at these values (those its run
+  was built with). The caller passes them because they belong to the model
+  code, which builds on this module: e.g. DecoderConfig's defaults for a
+  run written before the recipes listed every LM field.
+  """
   old = dict(old)
+  for path, defaults in (block_defaults or {}).items():
+    *groups, leaf = path.split(".")
+    node = old
+    for group in groups:
+      if not isinstance(node.get(group), dict):
+        break
+      node[group] = node = dict(node[group])
+    else:
+      if isinstance(node.get(leaf), dict):
+        node[leaf] = {**defaults, **node[leaf]}
   for key, new_key in LEGACY_KEYS.items():
     group, _, leaf = new_key.partition(".")
     if isinstance(old.get(key), str) and isinstance(new.get(group), dict):

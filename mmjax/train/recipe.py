@@ -151,21 +151,15 @@ def _differences(old: Any, new: Any, prefix: str = ""
 _ABSENT = object()  # a key one of the configs lacks
 
 
-def _with_decoder_defaults(old: dict[str, Any]) -> dict[str, Any]:
-  """A config.json tree whose LM block lacks DecoderConfig fields (written
-  before the recipes listed every field) with those fields at the defaults
-  its run was built with, so resuming it is not a 'changed config'."""
-  model = old.get("model")
-  if not isinstance(model, dict):
-    return old
+def _decoder_defaults(old: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """`upgrade_legacy`'s block_defaults for a config.json: DecoderConfig's
+  defaults for its LM block (a run written before the recipes listed every
+  field was built with them)."""
   defaults = json.loads(json.dumps(
       {f.name: f.default for f in dataclasses.fields(DecoderConfig)
        if f.default is not dataclasses.MISSING}))
-  if old.get("family") == "lm":  # configs/lm.py: the model is the LM
-    return {**old, "model": {**defaults, **model}}
-  if isinstance(model.get("lm"), dict):
-    return {**old, "model": {**model, "lm": {**defaults, **model["lm"]}}}
-  return old
+  # configs/lm.py's model is the LM; the MLLM recipes' is model.lm.
+  return {"model" if old.get("family") == "lm" else "model.lm": defaults}
 
 
 def _json(value: Any) -> Any:
@@ -218,7 +212,7 @@ def check_run_config(config: ml_collections.ConfigDict, workdir: str,
         print(f"WARNING: {path} is unreadable ({e}); writing this run's "
               "config", flush=True)
   if isinstance(old, dict):
-    old = _with_decoder_defaults(config_lib.upgrade_legacy(old, new))
+    old = config_lib.upgrade_legacy(old, new, _decoder_defaults(old))
   changes = _differences(old, new) if isinstance(old, dict) else {}
   if isinstance(old, dict) and not changes:
     return
