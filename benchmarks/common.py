@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 import statistics
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -352,6 +353,48 @@ def cpu_line() -> str:
 
 def mib(n: float) -> str:
   return f"{n / 2 ** 20:.0f}"
+
+
+def child_argv(argv: Sequence[str], script: str, out: str) -> list[str]:
+  """The command line of one of a benchmark's repeated runs: `script` with
+  argv's flags, --runs=1 and --out=`out` (argv's own --runs and --out, given
+  as `--flag=value` or `--flag value`, dropped)."""
+  kept, skip = [], False
+  for arg in argv[1:]:
+    if skip:
+      skip = False
+      continue
+    name = arg.split("=", 1)[0]
+    if name in ("--runs", "--out"):
+      skip = "=" not in arg
+      continue
+    kept.append(arg)
+  return [sys.executable, script, *kept, "--runs=1", f"--out={out}"]
+
+
+def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
+  """One row per (size, fusion) over whole train_throughput runs (their
+  JSON): each run's step and HF step, their medians and the ratio of the
+  medians (HF median / mmjax median)."""
+  keyed: dict[tuple[str, str], list[dict]] = {}
+  for run in runs:
+    for row in run["rows"]:
+      keyed.setdefault((row["size"], row["fusion"]), []).append(row)
+  out = []
+  for (size, fusion), rows in keyed.items():
+    steps = [r["step_s"] for r in rows]
+    summary = {"size": size, "fusion": fusion, "step_s": statistics.median(
+        steps), "step_s_runs": " ".join(f"{t:.4f}" for t in steps)}
+    hf = [r["hf"]["step_s"] for r in rows if "hf" in r]
+    if hf:
+      summary.update(
+          hf_step_s=statistics.median(hf),
+          hf_step_s_runs=" ".join(f"{t:.4f}" for t in hf),
+          ratio_runs=" ".join(f"{r['ratio_vs_hf']:.2f}" for r in rows
+                              if "hf" in r),
+          ratio_vs_hf=statistics.median(hf) / summary["step_s"])
+    out.append(summary)
+  return out
 
 
 def print_table(rows: Sequence[Mapping[str, Any]],

@@ -5,7 +5,7 @@
 #
 # Run it on a quiet machine: timings move with the load of other jobs (each
 # JSON file records the load average at its end; `uptime` is printed at the
-# start and the end). Budget: about 10 minutes on 2 cores, most of it XLA
+# start and the end). Budget: about 20 minutes on 2 cores, most of it XLA
 # compiles (one per point) and the bench size (~10-15 s per step on 2 cores,
 # for mmjax and for Hugging Face). Each script also runs alone; see its
 # docstring for the flags.
@@ -27,7 +27,8 @@ echo "== matmul peaks (XLA and torch, f32)"
 $PY benchmarks/matmul_peak.py --sizes=512,1024,2048 --out="$OUT/matmul_peak.json"
 
 echo "== train step vs Hugging Face LLaVA (2 torch threads): tiny, small"
-$PY benchmarks/train_throughput.py --sizes=tiny,small --steps=20 \
+echo "   (3 runs in fresh processes: a process can run slow for its life)"
+$PY benchmarks/train_throughput.py --sizes=tiny,small --steps=20 --runs=3 \
     --out="$OUT/train_tiny_small.json"
 echo "== the same with 1 torch thread (HF without OpenMP thread overhead)"
 $PY benchmarks/train_throughput.py --sizes=tiny,small --steps=20 \

@@ -3,6 +3,9 @@
   python benchmarks/train_throughput.py --sizes=tiny,small,bench \
       --fusions=projection,resampler --steps=5 --out=results.json
   python benchmarks/train_throughput.py --quick           # tiny, 2 steps (CI)
+  # N whole runs in fresh processes, medians across them (this machine's
+  # processes drift +-15% between runs, HF's and mmjax's alike):
+  python benchmarks/train_throughput.py --sizes=tiny,small --steps=40 --runs=3
   # CPU data parallel over 2 host devices (one per core):
   python benchmarks/train_throughput.py --sizes=tiny --host_devices=2
   # On a GPU (not run here): --dtype=bfloat16 --sizes=1b --hf_device=cuda
@@ -28,11 +31,21 @@ same run; the table shows the mmjax/HF throughput ratio and HF's share of
 the torch matmul peak. A second table gives the same comparison in CPU
 seconds per step (all threads), steadier than wall time on a shared machine.
 Generation is compared in benchmarks/generate_vs_hf.py.
+
+With --runs=N > 1 the script runs itself N times, each run a fresh process
+(HF subprocess first, then mmjax), prints each run's tables, and ends with
+one row per size and fusion: every run's step and ratio, the median steps
+and the ratio of the medians. A figure from one process can sit in a slow
+mode for its whole life (docs/performance.md), so ratios meant to be
+compared with a target come from --runs >= 3.
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -80,6 +93,9 @@ _PEAK_SIZES = flags.DEFINE_list("peak_sizes", ["1024", "2048"],
 _OUT = flags.DEFINE_string("out", "", "JSON results file")
 _QUICK = flags.DEFINE_bool("quick", False,
                            "smoke run: tiny, 2 steps, small peak matmuls")
+_RUNS = flags.DEFINE_integer(
+    "runs", 1, "> 1: that many whole runs, each in a fresh process, and a "
+    "summary of medians across them")
 
 
 def add_hf(row: dict, hf: dict) -> None:
@@ -112,7 +128,47 @@ CPU_COLUMNS = (
     ("HF %torch (CPU)", "hf_torch_mfu_cpu", ".1%"))
 
 
+SUMMARY_COLUMNS = (
+    ("size", "size", ""), ("fusion", "fusion", ""),
+    ("step s per run", "step_s_runs", ""), ("median", "step_s", ".4f"),
+    ("HF step s per run", "hf_step_s_runs", ""), ("HF median", "hf_step_s",
+                                                  ".4f"),
+    ("x HF per run", "ratio_runs", ""),
+    ("x HF of medians", "ratio_vs_hf", ".2f"))
+
+
+def run_repeated(argv: list[str], runs: int) -> None:
+  """Runs this benchmark `runs` times in fresh processes and summarizes."""
+  results = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for i in range(runs):
+      print(f"== run {i + 1} of {runs}, {common.load_average()}", flush=True)
+      path = os.path.join(tmp, f"run{i}.json")
+      done = subprocess.run(common.child_argv(argv, os.path.abspath(
+          __file__), path), check=False)
+      if done.returncode:
+        print(f"error: run {i + 1} of {runs} exited with status "
+              f"{done.returncode}; its output is above.", file=sys.stderr)
+        sys.exit(done.returncode)
+      with open(path, encoding="utf-8") as f:
+        results.append(json.load(f))
+  summary = common.summarize_runs(results)
+  print(f"\nAcross {runs} runs, each a fresh process (HF first, then mmjax); "
+        f"x HF of medians = HF median step / mmjax median step; "
+        f"{common.load_average()}\n")
+  common.print_table(summary, SUMMARY_COLUMNS)
+  common.write_json(_OUT.value, {"benchmark": "train_throughput",
+                                 "runs": len(results), "summary": summary,
+                                 "per_run": results})
+
+
 def main(argv):
+  if _RUNS.value < 1:
+    print(f"error: --runs={_RUNS.value}; give 1 or more.", file=sys.stderr)
+    sys.exit(2)
+  if _RUNS.value > 1:
+    run_repeated(sys.argv, _RUNS.value)
+    return
   del argv
   try:
     sizes = common.parse_choices(["tiny"] if _QUICK.value else _SIZES.value,

@@ -93,6 +93,7 @@ def test_matmul_peak_runs():
     ("scaling.py", "--sections=speed"),
     ("train_throughput.py", "--peak_sizes="),
     ("matmul_peak.py", "--sizes=0"),
+    ("train_throughput.py", "--runs=0"),
 ])
 def test_bad_flag_exits_2_with_one_line(script, flag):
   proc = run_script(script, flag)
@@ -123,3 +124,18 @@ def test_generate_vs_hf_reports_bytes_per_token(tmp_path):
   assert row["bytes_per_token"] == (weights + cache) / batch
   assert row["mmjax_gb_s"] == pytest.approx(
       (weights + cache) * ours["decode_tok_s"] / batch / 1e9)
+
+
+def test_repeated_runs_drop_their_own_flags_and_summarize_medians():
+  argv = ["train_throughput.py", "--sizes=tiny", "--runs", "3", "--out",
+          "all.json", "--steps=4", "--runs=3"]
+  assert common.child_argv(argv, "/b/t.py", "/tmp/r0.json") == [
+      sys.executable, "/b/t.py", "--sizes=tiny", "--steps=4", "--runs=1",
+      "--out=/tmp/r0.json"]
+  runs = [{"rows": [{"size": "tiny", "fusion": "projection", "step_s": t,
+                     "hf": {"step_s": h}, "ratio_vs_hf": h / t}]}
+          for t, h in ((0.030, 0.045), (0.040, 0.041), (0.032, 0.060))]
+  (row,) = common.summarize_runs(runs)
+  assert row["step_s"] == 0.032 and row["hf_step_s"] == 0.045
+  assert row["ratio_vs_hf"] == pytest.approx(0.045 / 0.032)
+  assert row["ratio_runs"] == "1.50 1.02 1.88"
