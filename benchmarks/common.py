@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import resource
-import sys
 import statistics
+import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 

@@ -420,8 +420,8 @@ class DecoderLM(nn.Module):
     chex.assert_shape(positions, (3, batch, length) if cfg.mrope_sections
                       else (batch, length))
     # Once for every layer, q and k, forward and backward.
-    rotary = positions_lib.written_once(*positions_lib.rotary_tables(
-        positions, cfg.resolved_head_dim, cfg.rope_theta, cfg.mrope_sections))
+    rotary = positions_lib.rotary_tables(
+        positions, cfg.resolved_head_dim, cfg.rope_theta, cfg.mrope_sections)
     if media is not None:
       if not cfg.xattn_layers:
         raise ValueError("media= given but the config has no cross-attention "

@@ -14,8 +14,8 @@ The code is split into three steps:
 
 `rotary_tables` looks at the rank of the position ids and picks 1-D RoPE (also
 used by V2PE, whose ids are simply fractional) or M-RoPE; a decoder computes
-the tables once per forward pass (`written_once`) and every attention layer
-rotates its q and k by them. `apply_positions` does both steps for one tensor.
+the tables once per forward pass (written to memory once: `written_once`)
+and every attention layer rotates its q and k by them. `apply_positions` does both steps for one tensor.
 
 The layout follows Hugging Face LLaMA ("rotate_half"): frequency i rotates the
 pair (x[i], x[i + Dh/2]), so q/k projection weights from HF checkpoints import
@@ -197,8 +197,8 @@ def rotary_tables(positions: jax.Array,
     * [3, B, L] (`mrope`): `mrope_cos_sin`; `mrope_sections` is required.
 
   A decoder computes the tables once and hands them to every layer
-  (`apply_rotary` on q and k); `written_once` keeps XLA:CPU from computing
-  them again inside each of those consumers.
+  (`apply_rotary` on q and k); they come out of `written_once`, so XLA:CPU
+  does not compute them again inside each of those consumers.
 
   Args:
     positions: [B, L] or [3, B, L].
@@ -211,7 +211,7 @@ def rotary_tables(positions: jax.Array,
   """
   inv_freq = rope_inv_freq(head_dim, theta)
   if positions.ndim == 2:
-    return rope_cos_sin(positions, inv_freq)
+    return written_once(*rope_cos_sin(positions, inv_freq))
   if positions.ndim == 3:
     if mrope_sections is None:
       raise ValueError(
@@ -219,7 +219,8 @@ def rotary_tables(positions: jax.Array,
           f"which need mrope_sections (e.g. (16, 24, 24) for head_dim 128); "
           f"set the model's mrope_sections or pass 1-D positions [B, L].")
     check_mrope_sections(mrope_sections, head_dim)
-    return mrope_cos_sin(positions, inv_freq, tuple(mrope_sections))
+    return written_once(*mrope_cos_sin(positions, inv_freq,
+                                       tuple(mrope_sections)))
   raise ValueError(
       f"positions must be [B, L] (RoPE / V2PE) or [3, B, L] (M-RoPE); got "
       f"shape {positions.shape}.")
