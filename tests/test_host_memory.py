@@ -45,8 +45,8 @@ def test_a_freed_buffer_is_reused_without_faulting_its_pages_in_again():
 
 
 # A jitted computation with 96 MB of temporaries (more than the 64 MB heap
-# of a malloc arena of any thread but the main one), run 10 times; prints
-# the minor page faults of the last 8 calls.
+# of a malloc arena of any thread but the main one), run 26 times; prints
+# the minor page faults of the last 24 calls.
 _XLA_PROGRAM = """
 import resource, sys
 from mmjax import host_memory
@@ -59,7 +59,7 @@ assert step.lower(x).compile().memory_analysis().temp_size_in_bytes >= 96 * 2 **
 for _ in range(2):
   step(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):
+for _ in range(24):
   step(x).block_until_ready()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -73,7 +73,9 @@ def test_xla_temporaries_above_an_arena_heap_are_reused_after_prepare_host():
                          capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
   pages = 96 * 2 ** 20 // 4096  # one call's temporaries
-  assert faults("bare") > 6 * pages  # every call maps its temporaries anew
-  # Prepared, the heap may still grow once when something small took the
-  # front of the freed block between calls; then the block is reused.
-  assert faults("prepared") < 1.5 * pages
+  assert faults("bare") > 18 * pages  # every call maps its temporaries anew
+  # Prepared, the heap may still grow when something small took the front
+  # of the freed block between calls: 0-1 times in 8 calls on a quiet
+  # machine, up to 4 under load (a CI run failed the old bound of 1.5 in 8);
+  # over 24 calls it grew at most twice (10 runs beside 2 busy processes).
+  assert faults("prepared") < 6 * pages
