@@ -319,36 +319,52 @@ def load_average() -> str:
   return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
-def cpu_info() -> dict[str, Any]:
+def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, Any]:
   """The CPU model and its vector extensions (from /proc/cpuinfo).
 
   Timings from one kind of CPU are not comparable with another's (the
   XLA:CPU matmul and elementwise kernels differ with AVX-512), so every
   results file records this and docs/performance.md keeps a table per kind.
-  Returns {'model', 'avx512' (bool), 'simd' (the AVX/AMX flags), 'cores'}.
+  A VM may name its CPU only "AMD EPYC" for several generations (measured
+  here: one without AVX-512 whose XLA f32 matmul peak is 69-71 GFLOP/s,
+  another, family 25 model 1, at 132-151), so the x86 family and model
+  numbers are kept too.
+  Returns {'model', 'family', 'model_number' (None where not reported),
+  'avx512' (bool), 'simd' (the AVX/AMX flags), 'cores'}.
   """
-  model, flags = "unknown", set()
+  fields: dict[str, str] = {}
+  flags: set[str] = set()
   try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
       for line in f:
         key, _, value = line.partition(":")
         key = key.strip()
-        if key == "model name" and model == "unknown":
-          model = value.strip()
+        if key in ("model name", "cpu family", "model"):
+          fields.setdefault(key, value.strip())
         elif key == "flags" and not flags:
           flags = set(value.split())
   except OSError:  # not Linux: the model stays unknown
     pass
   simd = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
-  return dict(model=model, avx512="avx512f" in flags, simd=simd,
-              cores=os.cpu_count())
+  return dict(model=fields.get("model name", "unknown"),
+              family=_int_or_none(fields.get("cpu family")),
+              model_number=_int_or_none(fields.get("model")),
+              avx512="avx512f" in flags, simd=simd, cores=os.cpu_count())
 
 
-def cpu_line() -> str:
-  """One line for a benchmark's header: model, AVX-512 or not, cores."""
-  info = cpu_info()
+def _int_or_none(text: str | None) -> int | None:
+  return int(text) if text is not None and text.isdigit() else None
+
+
+def cpu_line(path: str = "/proc/cpuinfo") -> str:
+  """One line for a benchmark's header: model (with its x86 family and model
+  numbers where known), AVX-512 or not, cores."""
+  info = cpu_info(path)
   vector = "AVX-512" if info["avx512"] else "no AVX-512"
-  return f"CPU {info['model']}, {vector}, {info['cores']} cores"
+  numbers = ""
+  if info["family"] is not None and info["model_number"] is not None:
+    numbers = f" (family {info['family']} model {info['model_number']})"
+  return f"CPU {info['model']}{numbers}, {vector}, {info['cores']} cores"
 
 
 def mib(n: float) -> str:

@@ -139,3 +139,24 @@ def test_repeated_runs_drop_their_own_flags_and_summarize_medians():
   assert row["step_s"] == 0.032 and row["hf_step_s"] == 0.045
   assert row["ratio_vs_hf"] == pytest.approx(0.045 / 0.032)
   assert row["ratio_runs"] == "1.50 1.02 1.88"
+
+
+def test_cpu_info_tells_apart_two_cpus_that_share_a_name(tmp_path):
+  # Two VMs both report "AMD EPYC"; their matmul peaks differ 2x, so the
+  # family / model numbers and AVX-512 go beside every table.
+  text = ("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\n"
+          "model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma sse4_2\n\n"
+          "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\n"
+          "model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma sse4_2\n")
+  path = tmp_path / "cpuinfo"
+  path.write_text(text)
+  info = common.cpu_info(str(path))
+  assert (info["model"], info["family"], info["model_number"]) == (
+      "AMD EPYC", 25, 1)
+  assert info["avx512"] is False and info["simd"] == ["avx", "avx2", "fma"]
+  assert common.cpu_line(str(path)).startswith(
+      "CPU AMD EPYC (family 25 model 1), no AVX-512, ")
+  path.write_text("model name\t: Some CPU\nflags\t\t: avx512f avx2\n")
+  info = common.cpu_info(str(path))
+  assert info["family"] is None and info["avx512"] is True
+  assert common.cpu_line(str(path)).startswith("CPU Some CPU, AVX-512, ")
