@@ -491,7 +491,10 @@ def _make_train_step(task: Task, train: list[str],
 
     def update(operand):
       params, opt_state = operand
-      updates, opt_state = tx.update(grads, opt_state, params)
+      # The clip reuses grad_norm (optim.clip_by_global_norm) rather than
+      # reducing every leaf again inside this branch.
+      updates, opt_state = tx.update(grads, opt_state, params,
+                                     grad_norm=grad_norm)
       return optax.apply_updates(params, updates), opt_state
     # A non-finite step leaves the state as it was, so nothing poisoned can
     # reach a checkpoint; the host raises at its next check.
