@@ -22,7 +22,7 @@ import tempfile
 from typing import Any, Callable
 
 # Kernel-name prefixes of XLA:CPU's matmul kernels (YNNPACK / XNNPACK /
-# oneDNN fusions and plain dots).
+# oneDNN fusions and plain dots), for a kernel whose HLO is not at hand.
 MATMUL_PREFIXES = ("ynn_fusion", "xnn_fusion", "onednn", "dot", "convolution")
 # Events of the executor itself, not kernels.
 _NOT_KERNELS = ("ThunkExecutor", "ThreadpoolListener", "end:",
@@ -31,16 +31,69 @@ _COMPONENTS = ("vision", "projector", "attn", "mlp", "norm", "embed",
                "lm_head")
 _INSTRUCTION = re.compile(r"\s+(?:ROOT )?%(\S+) = (\S+) ")
 _OP_NAME = re.compile(r"metadata=\{op_name=\"([^\"]+)\"")
+_COMPUTATION = re.compile(r"(?:ENTRY )?%(\S+) ")
+_REFERENCE = re.compile(r"%([\w.\-]+)")
+_MATMUL_OP = re.compile(r"\s(?:dot|convolution)\(")
 
 
-def kernel_class(name: str) -> str:
+def kernel_class(name: str, matmuls: set[str] | None = None) -> str:
   """'matmul', 'layout copy' (a copy or transpose, often with elementwise
-  work fused into it) or 'elementwise/reduce'."""
-  if name.startswith(MATMUL_PREFIXES):
+  work fused into it) or 'elementwise/reduce'.
+
+  `matmuls` (from `matmul_kernels`) decides what is a matmul where given:
+  a library fusion's name does not say, YNNPACK also runs reductions (the
+  gradient's global norm is one per parameter, `ynn_fusion.N` all the same).
+  """
+  if matmuls is not None:
+    if name in matmuls:
+      return "matmul"
+  elif name.startswith(MATMUL_PREFIXES):
     return "matmul"
   if "copy" in name or "transpose" in name:
     return "layout copy"
   return "elementwise/reduce"
+
+
+def matmul_kernels(hlo_text: str) -> set[str]:
+  """Names of an optimized HLO module's instructions that run a matmul: a
+  dot or convolution, or a fusion whose computation (or one it calls) holds
+  one."""
+  calls: dict[str, list[str]] = collections.defaultdict(list)
+  direct: set[str] = set()  # instructions and computations with a dot
+  computations: set[str] = set()  # printed before the ones that call them
+  current = None
+  for line in hlo_text.splitlines():
+    if line and not line[0].isspace():
+      m = _COMPUTATION.match(line)
+      current = m.group(1) if m and line.rstrip().endswith("{") else None
+      if current:
+        computations.add(current)
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    name = m.group(1)
+    # calls=, to_apply=, body=, branch_computations={...}: any computation
+    # the instruction names.
+    called = [c for c in _REFERENCE.findall(line[m.end():])
+              if c in computations]
+    calls[name] += called
+    if current is not None:
+      calls[current] += called
+    if _MATMUL_OP.search(line):
+      direct.add(name)
+      if current is not None:
+        direct.add(current)
+
+  memo: dict[str, bool] = {}
+
+  def holds_matmul(node: str, seen: frozenset = frozenset()) -> bool:
+    if node not in memo:
+      memo[node] = node in direct or any(
+          holds_matmul(c, seen | {node}) for c in calls.get(node, ())
+          if c not in seen)
+    return memo[node]
+  return {name for name in list(calls) if holds_matmul(name)}
 
 
 def hlo_metadata(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -109,6 +162,7 @@ def profile_kernels(run: Callable[[], Any], steps: int,
   import jax  # pylint: disable=g-import-not-at-top
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
   meta = hlo_metadata(hlo_text)
+  matmuls = matmul_kernels(hlo_text)
   with tempfile.TemporaryDirectory() as directory:
     jax.profiler.start_trace(directory)
     try:
@@ -152,7 +206,7 @@ def profile_kernels(run: Callable[[], Any], steps: int,
   rows = []
   for name, ns in times.most_common():
     shape, op_name = meta.get(name, ("?", ""))
-    rows.append(dict(name=name, kernel_class=kernel_class(name),
+    rows.append(dict(name=name, kernel_class=kernel_class(name, matmuls),
                      component=component(op_name), shape=shape,
                      op_name=op_name.replace("jit(step_fn)/", ""),
                      ms=per_step(ns), count=counts[name] / steps))

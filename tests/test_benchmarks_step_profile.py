@@ -21,6 +21,30 @@ def test_kernel_class(name, expected):
   assert xla_profile.kernel_class(name) == expected
 
 
+def test_library_fusions_are_matmuls_only_when_they_hold_a_dot():
+  """YNNPACK runs reductions as well as matmuls, under the same kind of name
+  (`ynn_fusion.N`): the optimized HLO, not the name, says which kernel is a
+  matmul."""
+  @jax.jit
+  def f(a, b):
+    return a @ b, jnp.sum(jnp.square(b))
+  a = jnp.ones((256, 256))
+  hlo = f.lower(a, a).compile().as_text()
+  matmuls = xla_profile.matmul_kernels(hlo)
+  meta = xla_profile.hlo_metadata(hlo)
+  entry = hlo[hlo.index("\nENTRY"):].split("\n}")[0]
+  kernels = [line.split(" = ")[0].split("%")[-1]
+             for line in entry.splitlines()[1:] if " = " in line]
+  dots = [k for k in kernels if "dot_general" in meta[k][1]]
+  sums = [k for k in kernels if "reduce_sum" in meta[k][1]]
+  assert dots and sums, kernels
+  assert all(xla_profile.kernel_class(k, matmuls) == "matmul" for k in dots)
+  assert all(xla_profile.kernel_class(k, matmuls) == "elementwise/reduce"
+             for k in sums), [(k, meta[k]) for k in sums]
+  assert xla_profile.kernel_class("ynn_fusion.3", {"ynn_fusion.7"}) == (
+      "elementwise/reduce")
+
+
 @pytest.mark.parametrize("op_name,expected", [
     ("jit(step_fn)/transpose(jvp(MLLM))/llm/layers_0/mlp/jit(silu)", "mlp"),
     ("jit(step_fn)/jvp(MLLM)/llm/layers_1/attn/reshape", "attn"),
