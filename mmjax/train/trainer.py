@@ -473,6 +473,10 @@ def _make_train_step(task: Task, train: list[str],
   covers only the trainable leaves.
   """
 
+  # Accepts the grad_norm= the update passes even when tx is a plain
+  # GradientTransformation (make_optimizer's chain already does).
+  tx = optax.with_extra_args_support(tx)
+
   def step_fn(state, batch):
     step = state["step"]
     rng = jax.random.fold_in(jax.random.key(seed), step)
