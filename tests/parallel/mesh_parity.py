@@ -128,8 +128,8 @@ def _run_job(job: str, data_dir: str, workdir: str) -> dict:
 
   abstract = trainer.abstract_params(task().init_params)
   store = groups.flatten(testing.random_params_like(abstract, seed=1))
-  out = {"losses": {}, "param_diff": {}, "bound_constraints": {},
-         "error": None}
+  out = {"losses": {}, "param_diff": {}, "param_far": {}, "lr_sum": {},
+         "bound_constraints": {}, "error": None}
   reference = None
   for shape in meshes:
     name = "x".join(map(str, shape))
@@ -146,14 +146,17 @@ def _run_job(job: str, data_dir: str, workdir: str) -> dict:
       out["error"] = f"mesh {name}: {traceback.format_exc()[-3000:]}"
       return out
     out["bound_constraints"][name] = _BOUND["n"]
-    out["losses"][name] = [r["loss"] for r in metrics.read_metrics(run_dir)
-                           if "loss" in r]
+    records = metrics.read_metrics(run_dir)
+    out["losses"][name] = [r["loss"] for r in records if "loss" in r]
+    out["lr_sum"][name] = float(sum(r["lr"] for r in records if "lr" in r))
     params = {k: np.asarray(v) for k, v in
               groups.flatten(jax.device_get(result.params)).items()}
     if reference is None:
       reference = params
-    out["param_diff"][name] = max(
-        float(np.max(np.abs(params[k] - reference[k]))) for k in reference)
+    diffs = np.concatenate([np.abs(params[k] - reference[k]).ravel()
+                            for k in reference])
+    out["param_diff"][name] = float(diffs.max())
+    out["param_far"][name] = float(np.mean(diffs > 1e-5))
   return out
 
 
@@ -189,7 +192,14 @@ def check(result: dict, job: str) -> None:
     # f32 with 'highest' matmuls: only the order of the sums differs.
     for step, (loss, ref) in enumerate(zip(out["losses"][name], reference)):
       assert abs(loss - ref) <= 1e-5 * abs(ref), (name, step, loss, ref)
-    assert out["param_diff"][name] < 1e-4, (name, out["param_diff"])
+    # Parameters: all within 1e-4, or all but a few within 1e-5 and those few
+    # within what AdamW's early, sign-like steps make of a gradient element
+    # near zero whose sign the order of the sums flips (about lr per step
+    # either way; seen on an EPYC without AVX-512 for siglip_chunked, whose
+    # 2x2x2 run uses the ring-chunked loss: 1.3e-4 after 3 steps).
+    diff, far = out["param_diff"][name], out["param_far"][name]
+    assert diff < 1e-4 or (far < 1e-3 and diff <= 2 * out["lr_sum"][name]), (
+        name, diff, far, out["lr_sum"][name])
   for name in names:
     # The train step was traced with the rules in scope: every activation
     # constraint of the model is bound to the mesh.
