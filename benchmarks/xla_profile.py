@@ -87,11 +87,10 @@ def matmul_kernels(hlo_text: str) -> set[str]:
 
   memo: dict[str, bool] = {}
 
-  def holds_matmul(node: str, seen: frozenset = frozenset()) -> bool:
+  def holds_matmul(node: str) -> bool:  # HLO call graphs have no cycles
     if node not in memo:
       memo[node] = node in direct or any(
-          holds_matmul(c, seen | {node}) for c in calls.get(node, ())
-          if c not in seen)
+          holds_matmul(c) for c in calls.get(node, ()))
     return memo[node]
   return {name for name in list(calls) if holds_matmul(name)}
 
