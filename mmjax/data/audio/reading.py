@@ -25,7 +25,6 @@ import pathlib
 import wave
 
 import numpy as np
-from scipy import signal
 
 from mmjax.data.audio.log_mel import SAMPLE_RATE
 
@@ -65,6 +64,9 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
   audio = np.asarray(audio, np.float32)
   if up == down:
     return audio
+  # Imported here: scipy.signal (and the scipy.stats it loads) costs ~0.8 s
+  # at the start of every command, which only resampling needs.
+  from scipy import signal  # pylint: disable=g-import-not-at-top
   return signal.resample_poly(audio, up, down).astype(np.float32)
 
 
