@@ -50,6 +50,13 @@ def _apply(model, params, batch, **overrides):
                      media_locations=b["media_locations"])[0]
 
 
+# Eager applies compile every op alone (~1,000 XLA programs in this file,
+# most of its time on CPU): tests that only read the logits jit them.
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_apply(model, params, batch):
+  return _apply(model, params, batch)
+
+
 @functools.lru_cache(maxsize=None)
 def _init(fusion, positions):
   cfg = _cfg(fusion, positions)
@@ -90,8 +97,9 @@ def test_different_images_give_different_logits(fusion):
   model, params, batch = _init(fusion, "rope")
   if fusion == "cross_attention":
     params = _open_gates(params)
-  a = _apply(model, params, batch)
-  b = _apply(model, params, batch, images=batch["images"][:, ::-1])
+  a = _jit_apply(model, params, batch)
+  b = _jit_apply(model, params,
+                 dict(batch, images=batch["images"][:, ::-1]))
   text_only = ~batch["image_token_mask"]
   diff = jnp.abs(a - b).max(-1)
   assert float(jnp.where(text_only, diff, 0).max()) > 1e-4
@@ -99,10 +107,10 @@ def test_different_images_give_different_logits(fusion):
 
 def test_gated_cross_attention_at_init_equals_text_only_lm():
   model, params, batch = _init("cross_attention", "rope")
-  with_media = _apply(model, params, batch)
+  with_media = _jit_apply(model, params, batch)
   lm = DecoderLM(_cfg("cross_attention", "rope").lm)
-  text_only, _ = lm.apply({"params": params["llm"]}, batch["tokens"],
-                          batch["positions"])
+  text_only, _ = jax.jit(lm.apply)({"params": params["llm"]},
+                                   batch["tokens"], batch["positions"])
   np.testing.assert_array_equal(np.asarray(with_media), np.asarray(text_only))
 
 
@@ -110,8 +118,8 @@ def test_cross_attention_media_masking():
   """Tokens before the first image are untouched; later ones see it."""
   model, params, batch = _init("cross_attention", "rope")
   params = _open_gates(params)
-  a = _apply(model, params, batch)
-  b = _apply(model, params, batch, images=batch["images"] * 0.0)
+  a = _jit_apply(model, params, batch)
+  b = _jit_apply(model, params, dict(batch, images=batch["images"] * 0.0))
   first = int(np.argmax(np.asarray(batch["media_locations"][0])))
   diff = np.abs(np.asarray(a - b)).max(-1)[0]
   assert diff[:first].max() == 0.0
@@ -135,9 +143,10 @@ def test_bidirectional_image_blocks():
   bidir = MLLM(cfg.__class__(**{**cfg.__dict__,
                                 "image_attention": "bidirectional"}))
   first = int(np.argmax(np.asarray(batch["image_token_mask"][0])))
-  visual = model.apply({"params": params}, batch["images"],
-                       method=MLLM.encode_images)
+  visual = jax.jit(functools.partial(model.apply, method=MLLM.encode_images))(
+      {"params": params}, batch["images"])
   changed = visual.at[0, 0, -1].set(0.0)  # only the image's last token
+  @functools.partial(jax.jit, static_argnums=0)
   def first_token_logits(m, v):
     return m.apply({"params": params}, batch["tokens"], batch["positions"],
                    visual=v, image_mask=batch["image_mask"],
@@ -208,6 +217,7 @@ def test_video_frames(fusion, positions):
                              [13, 14]], IMAGE_ID)
   rng = np.random.default_rng(1)
   video = jnp.asarray(rng.uniform(-1, 1, (1, 1, 2, 64, 64, 3)), jnp.float32)
+  @jax.jit
   def logits(v):
     return model.apply(
         {"params": params}, jnp.asarray(ex["tokens"])[None],
