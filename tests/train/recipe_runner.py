@@ -14,6 +14,14 @@ SMALL = ["--config.data.num_train=48", "--config.data.num_validation=8",
          # Evaluate once (after instruction tuning) to keep CI short.
          "--config.stages.align.evals=()", "--config.stages.dpo.evals=()"]
 
+# The recipe without the vision tower's own stages (siglip, regions), for
+# the paradigms whose tower is the projection run's: what they add is their
+# connector and its stages.
+TOWER_FREE_ORDER = {
+    f: "--config.stage_order=" + repr(
+        ("qformer",) * (f == "qformer") + ("align", "sft", "dpo"))
+    for f in ("resampler", "qformer", "cross_attention")}
+
 
 def run_main(args, workdir, data_dir, **kw):
   """Starts `python -m mmjax.main` (args[0] is --config=...); a Popen."""

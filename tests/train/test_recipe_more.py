@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from tests.train.recipe_runner import run_main, run_recipe_and_check_report
+from tests.train.recipe_runner import TOWER_FREE_ORDER
 
 pytestmark = pytest.mark.slow
 
@@ -15,6 +16,8 @@ def data_dir(tmp_path_factory):
 @pytest.mark.parametrize("fusion", ("cross_attention", "one_backbone"))
 def test_every_paradigm_runs_the_recipe(fusion, data_dir, tmp_path):
   args = [f"--config=configs/shapes.py:size=tiny,steps=3,fusion={fusion}"]
+  if fusion == "cross_attention":  # (one_backbone has no tower stages)
+    args.append(TOWER_FREE_ORDER[fusion])
   if fusion == "one_backbone":  # The preference stage as MPO here.
     args += ["--config.stages.dpo.loss=mpo", "--config.log_every=1"]
   run_recipe_and_check_report(args, tmp_path, data_dir)
