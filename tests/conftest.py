@@ -10,16 +10,14 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "mmjax-test-xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# LLVM at -O0 for the tests' XLA programs (subprocesses inherit it): the
-# suite spends more time compiling tiny programs than running them. The HLO
-# is the same; only LLVM's code generation differs, and with it the last
-# bits of elementwise math (measured: the tiny model's logits within 5e-7
-# relative of -O2's, exp within a few ulp). Tests compare within
-# tolerances, or both sides under the same flags. The whole suite: 1,923 s
-# -> 1,597 s on 2 cores (docs/development.md).
+# Compile fast (tests/xla_flags.py; subprocesses inherit XLA_FLAGS): the
+# whole suite 1,923 s -> 1,491 s on 2 cores with -O0 alone
+# (docs/development.md).
+from tests import xla_flags  # pylint: disable=g-import-not-at-top
+
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_backend_optimization_level=0").strip()
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
+                             xla_flags.fast_compile()).strip()
 
 import pytest  # pylint: disable=g-import-not-at-top
 

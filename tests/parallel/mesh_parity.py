@@ -19,32 +19,20 @@ mesh failed. Initial parameters come from the store (random, numpy), so the
 jitted sharded init compiles no random-number code; everything else is the
 trainer's own path (sharded init, the jitted donated step, checkpoint).
 """
-import importlib.metadata
 import json
 import os
-import re
 import sys
 import traceback
 
 from mmjax.models.choices import FUSIONS  # imports no jax: flags first
+from tests import xla_flags  # (no jax either)
 
 
-def _jaxlib_version() -> tuple[int, ...]:
-  """(major, minor, patch) of the installed jaxlib (jaxlib is not imported)."""
-  version = importlib.metadata.version("jaxlib")
-  return tuple(int(n) for n in re.findall(r"\d+", version)[:3])
-
-
-# Parity needs the same program on every mesh, not a fast one. LLVM -O0 and
-# the legacy fusion emitters cut XLA:CPU's compile time of a train step
-# 4-6x (measured: 29.8 s -> 4.9 s); XLA's HLO passes still run. jaxlib 0.11.1
-# removed the legacy emitters and their flag, and XLA aborts on a flag it does
-# not know, so the flag goes only to older jaxlibs.
-FLAGS = ("--xla_force_host_platform_device_count=8 "
-         "--xla_backend_optimization_level=0 "
-         "--xla_llvm_disable_expensive_passes=true")
-if _jaxlib_version() < (0, 11, 1):
-  FLAGS += " --xla_cpu_use_fusion_emitters=false"
+# Parity needs the same program on every mesh, not a fast one: the flags
+# that compile fast (tests/xla_flags.py; conftest.py sets them too, and a
+# flag given twice is fine).
+FLAGS = ("--xla_force_host_platform_device_count=8 " +
+         xla_flags.fast_compile())
 MESHES = ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2))
 STEPS = 3
 BATCH = 8
