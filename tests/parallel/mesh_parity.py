@@ -29,8 +29,8 @@ from tests import xla_flags  # (no jax either)
 
 
 # Parity needs the same program on every mesh, not a fast one: the flags
-# that compile fast (tests/xla_flags.py; conftest.py sets them too, and a
-# flag given twice is fine).
+# that compile fastest (tests/xla_flags.py; conftest.py's -O0 comes again
+# from the environment, and a flag given twice is fine).
 FLAGS = ("--xla_force_host_platform_device_count=8 " +
          xla_flags.fast_compile())
 MESHES = ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2))
