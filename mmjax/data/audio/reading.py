@@ -64,7 +64,7 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
   audio = np.asarray(audio, np.float32)
   if up == down:
     return audio
-  # Imported here: scipy.signal (and the scipy.stats it loads) costs ~0.8 s
+  # Imported here: scipy.signal (and the scipy.stats it loads) costs ~0.7 s
   # at the start of every command, which only resampling needs.
   from scipy import signal  # pylint: disable=g-import-not-at-top
   return signal.resample_poly(audio, up, down).astype(np.float32)
