@@ -254,8 +254,13 @@ def _stages(fusion, cap, text_lm):
   # 3,000 steps: measured 0.77 -> 0.84 test accuracy from 1,000 to 2,000,
   # then held-out 0.685 -> 0.700 and count 0.73 -> 0.79 at 3,000 (same
   # earlier stages; docs/recipes.md).
+  # box_attention_weight > 0 (with data.grounding_questions): one head of
+  # the LM is taught to look at the named object while it writes a box
+  # (train/box_attention_loss.py); 0 = off.
   stages.sft = _stage("lm", "shapes_chat", n(3000), connector + ("llm",),
-                      1e-3, evals=["vqa"], loss_chunk=0)
+                      1e-3, evals=["vqa"], loss_chunk=0,
+                      box_attention_weight=0.0, box_attention_layer=-1,
+                      box_attention_head=0)
   stages.dpo = _stage("dpo", "preference", n(100), connector + ("llm",),
                       1e-5, evals=["vqa"], beta=0.1, loss_chunk=0)
   # RL with verifiable rewards (docs/rl.md): not in the default order (add

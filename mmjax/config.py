@@ -352,7 +352,10 @@ def current_key(config: ml_collections.ConfigDict, key: str) -> str:
 # 'fill' is refused by its data state (pack_policy in the fingerprint).
 ADDED_KEYS = {"tokenizer": ("",), "chat_template": ("", "mmjax"),
               "data.packing": (False,),
-              "data.pack_policy": ("first_fit", "fill")}
+              "data.pack_policy": ("first_fit", "fill"),
+              "stages.sft.box_attention_weight": (0.0,),
+              "stages.sft.box_attention_layer": (-1,),
+              "stages.sft.box_attention_head": (0,)}
 
 
 def upgrade_legacy(old: dict[str, Any], new: dict[str, Any],

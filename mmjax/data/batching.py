@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mmjax.data import audio_batch, formats
+from mmjax.data import audio_batch, box_attention, formats
 from mmjax.data import images as images_lib
 from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
@@ -77,7 +77,8 @@ def pad_sequences(seqs: Sequence[Mapping[str, np.ndarray] | None], length: int,
     (False after); positions int32[b, L] / f32[b, L] continuing last + 1,
     last + 2, ... (pad rows: 0, 1, ...) or, for mrope, int32[3, b, L] with 1
     after the sequence, as Hugging Face's Qwen2-VL pads. When a sequence
-    has audio_token_mask, also audio_token_mask bool[b, L].
+    has audio_token_mask, also audio_token_mask bool[b, L]; box_query and
+    box_keys int32[b, L] likewise (`box_attention`).
   """
   b = len(seqs)
   out = {"tokens": np.full((b, length), pad_id, np.int32),
@@ -87,6 +88,9 @@ def pad_sequences(seqs: Sequence[Mapping[str, np.ndarray] | None], length: int,
          "media_locations": np.zeros((b, length), bool)}
   if any(seq is not None and "audio_token_mask" in seq for seq in seqs):
     out["audio_token_mask"] = np.zeros((b, length), bool)
+  for key in box_attention.KEYS:  # 0 after: no box there
+    if any(seq is not None and key in seq for seq in seqs):
+      out[key] = np.zeros((b, length), np.int32)
   ramp = np.arange(length)
   if positions == "mrope":
     pos = np.ones((3, b, length), np.int32)  # HF fills padding with 1.

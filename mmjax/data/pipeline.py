@@ -71,6 +71,7 @@ import numpy as np
 from absl import flags, logging
 
 from mmjax.data import audio_batch, batching
+from mmjax.data import box_attention as box_attention_lib
 from mmjax.data import formats
 from mmjax.data import images as images_lib
 from mmjax.data import naflex as naflex_lib
@@ -154,8 +155,10 @@ class _RowMaker:
                train: bool, on_bad_record: str, v2pe_eval_stride: int | None,
                grounding_questions: int = 0, extra_questions: int = 0,
                name_heldout: bool = True, recolour: float = 0.0,
-               audio_frames: int = 0, grounded_captions: bool = False):
+               audio_frames: int = 0, grounded_captions: bool = False,
+               box_attention: bool = False):
     self.source, self.index, self.fmt, self.cfg = source, index, fmt, cfg
+    self.box_attention = box_attention
     self.grounding_questions = grounding_questions
     self.grounded_captions = grounded_captions
     self.extra_questions = extra_questions
@@ -277,6 +280,9 @@ class _RowMaker:
     else:
       out["seq"] = sequence(example.turns)
       out["truncated"] = out["seq"]["truncated"]
+      if self.box_attention:  # where each box answer's tokens should look
+        out["seq"].update(box_attention_lib.box_attention_targets(
+            out["seq"], self.tok))
     return out
 
 
@@ -435,7 +441,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   pack_window: int = 0, pack_images: int = 0,
                   pack_policy: str = packing_lib.DEFAULT_POLICY,
                   audio_frames: int = 0,
-                  grounded_captions: bool = False) -> BatchIterator:
+                  grounded_captions: bool = False,
+                  box_attention: bool = False) -> BatchIterator:
   """An iterator of this process's rows of each global batch (module doc).
 
   Args:
@@ -474,6 +481,10 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     grounded_captions: shapes_chat: each chat also asks "describe the image
       with boxes." answered by every object named and boxed
       (`grounding.grounded_caption`).
+    box_attention: chat formats: each sequence also carries `box_query` and
+      `box_keys` (`box_attention.box_attention_targets`: which positions
+      write a box answer, which image tokens lie under it), for the
+      `box_attention_weight` stage option.
   """
   formats.check_format(fmt)
   if on_bad_record not in ON_BAD_RECORD:
@@ -497,6 +508,10 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                       ("extra_questions", extra_questions)):
     if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
       raise ValueError(f"{name}={value!r} must be an int >= 0")
+  if box_attention and (packing or fmt not in formats.CHAT_FORMATS):
+    raise ValueError(f"box_attention=True marks box answers in unpacked chat "
+                     f"sequences; fmt={fmt!r}, packing={packing}: use a chat "
+                     "format and packing=False")
   if not isinstance(grounded_captions, bool):
     raise ValueError(f"grounded_captions={grounded_captions!r} must be True "
                      "or False")
@@ -525,7 +540,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                    extra_questions=extra_questions,
                    name_heldout=name_heldout, recolour=recolour,
                    audio_frames=audio_frames,
-                   grounded_captions=grounded_captions)
+                   grounded_captions=grounded_captions,
+                   box_attention=box_attention)
   local = batch_size // process_count
   collate = batching.Collate(
       fmt=fmt, cfg=cfg, pad_id=tokenizer.pad_id,

@@ -451,6 +451,11 @@ class Attention(nn.Module):
                                        "head_dim"))
     v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads",
                                        "head_dim"))
+    if cache is None:
+      # The rotated q [B, L, H, Dh] and k [B, L, Kh, Dh], for a loss on where
+      # this layer looks (train/box_attention_loss.py); a no-op unless the
+      # apply makes 'intermediates' mutable.
+      self.sow("intermediates", "query_keys", (q, k))
 
     new_cache = None
     if cache is not None:

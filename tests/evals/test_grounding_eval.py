@@ -115,11 +115,13 @@ def test_standalone_evaluation_reports_grounding(tmp_path):
 
 @pytest.mark.slow
 def test_a_recipe_trains_with_grounding_and_reports_it(tmp_path):
+  """... with the box-attention loss on (its metrics in metrics.jsonl)."""
   workdir = tmp_path / "run"
   proc = run_main(["--config=configs/shapes.py:size=tiny,steps=2",
                    "--config.stage_order=('sft',)",
                    "--config.data.grounding_questions=2",
                    "--config.data.max_len=224",
+                   "--config.stages.sft.box_attention_weight=1.0",
                    "--config.stages.sft.evals=vqa,grounding",
                    "--config.eval.max_examples=3"],
                   workdir, str(tmp_path / "data"))
@@ -132,6 +134,11 @@ def test_a_recipe_trains_with_grounding_and_reports_it(tmp_path):
     assert f"| {key} |" in report, key
   saved = json.loads((workdir / "eval" / "sft.json").read_text())
   assert saved["test/grounding/count"] == 3
+  logged = [json.loads(line) for line in
+            (workdir / "metrics.jsonl").read_text().splitlines()]
+  mass = [m["box_attention_mass"] for m in logged
+          if "box_attention_mass" in m]
+  assert mass and all(0.0 < v < 1.0 for v in mass)
 
 
 def test_main_refuses_a_negative_grounding_questions(tmp_path):

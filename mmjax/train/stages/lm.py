@@ -11,7 +11,7 @@ tokens and prompts in front of the answers); the same loss either way.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from mmjax.data import native_resolution as native_lib
 from mmjax.data.tokenizer import IMAGE_ID
 from mmjax.models import build
 from mmjax.models.mllm import MLLM
-from mmjax.train import groups, losses
+from mmjax.train import box_attention_loss, groups, losses
 from mmjax.train.stages import base
 
 
@@ -41,9 +41,11 @@ def prefix_len_from_loss_mask(loss_mask: jax.Array) -> jax.Array:
 
 
 def mllm_apply(model: MLLM, params, batch, prefix: str = "",
-               logits: bool = True):
+               logits: bool = True, intermediates: bool = False):
   """Logits f32[B, L, V] of the MLLM on a pipeline batch (keys optionally
-  prefixed); logits=False: the LM's final-normed hidden states [B, L, D].
+  prefixed); logits=False: the LM's final-normed hidden states [B, L, D];
+  intermediates=True: (that output, the values the modules sowed, e.g.
+  each decoder layer's rotated q and k).
   A prefix-LM (model.cfg.lm.prefix_lm) gets `prefix_len` from loss_mask;
   packed batches pass their `segment_ids` (attention within each example);
   native-resolution batches their packed patches (`native_*` keys), NaFlex
@@ -65,11 +67,16 @@ def mllm_apply(model: MLLM, params, batch, prefix: str = "",
   if batch.get("audio") is not None:  # clips (data/audio_batch.py)
     kwargs.update(audio=batch["audio"], audio_mask=batch["audio_mask"],
                   audio_token_mask=get("audio_token_mask"))
-  return model.apply(
+  out = model.apply(
       {"params": params}, get("tokens"), get("positions"),
       images=batch.get("images"), image_mask=batch.get("image_mask"),
       image_token_mask=get("image_token_mask"),
-      media_locations=get("media_locations"), logits=logits, **kwargs)[0]
+      media_locations=get("media_locations"), logits=logits,
+      mutable=["intermediates"] if intermediates else False, **kwargs)
+  if intermediates:
+    (out, _), sown = out
+    return out, sown["intermediates"]
+  return out[0]
 
 
 def head_fn(model: MLLM):
@@ -77,20 +84,47 @@ def head_fn(model: MLLM):
   return lambda p, h: model.apply({"params": p}, h, method=MLLM.head)
 
 
-def mllm_lm_loss(model: MLLM, params, batch, loss_chunk: int = 0):
+def mllm_lm_loss(model: MLLM, params, batch, loss_chunk: int = 0,
+                 box_attention: Mapping[str, Any] | None = None):
   """Next-token loss on a pipeline batch (or a text batch: tokens only).
 
   loss_chunk > 0 runs the LM head and cross-entropy that many positions at
   a time and skips the chunks without a loss token (`losses.chunked_lm_loss`);
   0 computes the full [B, L, V] logits. Same loss either way.
+  box_attention: {'weight', 'layer', 'head'} (weight > 0) adds the
+  attention supervision of box answers (`train/box_attention_loss.py`;
+  the batch carries `box_query`, `box_keys`; head -1: every head of the
+  layer, their mean), with metrics `box_attention_loss` and
+  `box_attention_mass`.
   """
+  sown = None
+  if box_attention:
+    out, sown = mllm_apply(model, params, batch, logits=not loss_chunk,
+                           intermediates=True)
+  else:
+    out = mllm_apply(model, params, batch, logits=not loss_chunk)
   if not loss_chunk:
-    return losses.lm_loss(mllm_apply(model, params, batch), batch["targets"],
-                          batch["loss_mask"])
-  hidden = mllm_apply(model, params, batch, logits=False)
-  head = functools.partial(head_fn(model), params)
-  return losses.chunked_lm_loss(hidden, head, batch["targets"],
-                                batch["loss_mask"], loss_chunk)
+    loss, metrics = losses.lm_loss(out, batch["targets"], batch["loss_mask"])
+  else:
+    head = functools.partial(head_fn(model), params)
+    loss, metrics = losses.chunked_lm_loss(out, head, batch["targets"],
+                                           batch["loss_mask"], loss_chunk)
+  if sown is None:
+    return loss, metrics
+  lm_cfg = model.cfg.lm
+  q, k = box_attention_loss.layer_query_keys(sown, box_attention["layer"],
+                                             lm_cfg.n_layers)
+  scale = lm_cfg.attn_scale or lm_cfg.resolved_head_dim ** -0.5
+  head = box_attention["head"]
+  terms = [box_attention_loss.box_attention_loss(
+      box_attention_loss.head_log_probs(q, k, h, scale=scale,
+                                        softcap=lm_cfg.attn_logit_softcap),
+      batch["box_query"], batch["box_keys"])
+           for h in (range(lm_cfg.n_heads) if head < 0 else [head])]
+  extra = sum(t[0] for t in terms) / len(terms)
+  mass = sum(t[1] for t in terms) / len(terms)
+  metrics = dict(metrics, box_attention_loss=extra, box_attention_mass=mass)
+  return loss + box_attention["weight"] * extra, metrics
 
 
 def mllm_model(config: ml_collections.ConfigDict, stage_name: str
@@ -115,10 +149,14 @@ def _model(config: ml_collections.ConfigDict, stage_name: str
 def _loss(model: Any, stage: ml_collections.ConfigDict):
   if isinstance(model, MLLM):
     chunk = stage.get("loss_chunk", 0)
+    weight = float(stage.get("box_attention_weight", 0.0))
+    box_attention = dict(
+        weight=weight, layer=int(stage.get("box_attention_layer", -1)),
+        head=int(stage.get("box_attention_head", 0))) if weight > 0 else None
 
     def loss_fn(params, batch, rng):
       del rng  # no dropout
-      return mllm_lm_loss(model, params, batch, chunk)
+      return mllm_lm_loss(model, params, batch, chunk, box_attention)
     return loss_fn
 
   def decoder_loss(params, batch, rng):
@@ -134,8 +172,50 @@ def loss_chunk_checks(config, path: str, stage) -> list[C.Check]:
   return [C.check_int(f"{path}.loss_chunk", 0)] if "loss_chunk" in stage else []
 
 
+def _checks(config, path: str, stage) -> list[C.Check]:
+  """loss_chunk, and the box-attention options: a weight >= 0, a layer and
+  a head the LM has, and an MLLM whose LM reads the image tokens."""
+  checks = loss_chunk_checks(config, path, stage)
+  if "box_attention_weight" not in stage:
+    return checks
+  checks.append(C.check_number(f"{path}.box_attention_weight", 0.0))
+  weight = stage.box_attention_weight
+  if isinstance(weight, bool) or not isinstance(weight, (int, float)) or (
+      weight <= 0):
+    return checks
+  layers, heads = config.model.lm.n_layers, config.model.lm.n_heads
+  layer = stage.get("box_attention_layer", -1)
+  head = stage.get("box_attention_head", 0)
+  return checks + [
+      C.check_that(
+          lambda c: c.family == "mllm" and
+          c.model.fusion in ("projection", "one_backbone") and
+          not c.model.lm.get("scan_layers", False) and
+          not c.data.get("packing", False),
+          lambda c: f"config.{path}.box_attention_weight > 0 needs an MLLM "
+          "whose image tokens are in the LM's sequence (model.fusion "
+          "projection or one_backbone), model.lm.scan_layers=False and "
+          "data.packing=False"),
+      C.check_that(
+          lambda c: _is_int(layer) and -layers <= layer < layers,
+          lambda c: f"config.{path}.box_attention_layer={layer!r} must be "
+          f"an integer in [-{layers}, {layers}) (the LM's layers; -1 = the "
+          "last)"),
+      C.check_that(
+          lambda c: _is_int(head) and -1 <= head < heads,
+          lambda c: f"config.{path}.box_attention_head={head!r} must be an "
+          f"integer in [0, {heads}) (a query head of the LM), or -1 (every "
+          "head of the layer)")]
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 KIND = base.register(base.StageKind(
     name="lm", families=("lm", "mllm"),
     data_formats=(base.TEXT_FORMAT,) + base.IMAGE_TEXT_FORMATS,
-    make_model=_model, make_loss=_loss, options={"loss_chunk": 0},
-    checks=loss_chunk_checks))
+    make_model=_model, make_loss=_loss,
+    options={"loss_chunk": 0, "box_attention_weight": 0.0,
+             "box_attention_layer": -1, "box_attention_head": 0},
+    checks=_checks))

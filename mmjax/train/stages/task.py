@@ -19,7 +19,7 @@ import ml_collections
 
 from mmjax import config as C
 from mmjax import parallel
-from mmjax.data import builders, datasets, text_pipeline
+from mmjax.data import builders, datasets, formats, text_pipeline
 from mmjax.data import packing as packing_lib
 from mmjax.models import build
 from mmjax.train import groups, lora
@@ -209,7 +209,11 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       # Clips padded to one frame count: one program for every batch.
       audio_frames=int(config.data.get("audio_frames", 0)),
       # Row lengths (a stage option, e.g. grpo's); None = powers of two.
-      buckets=tuple(config.stages[stage_name].get("buckets", ())) or None)
+      buckets=tuple(config.stages[stage_name].get("buckets", ())) or None,
+      # Where box answers should look (the lm kind's box_attention_weight),
+      # in validation batches too: the validation loss is the same loss.
+      box_attention=(fmt in formats.CHAT_FORMATS and float(
+          config.stages[stage_name].get("box_attention_weight", 0.0)) > 0))
 
 
 # ------------------------------------------------------------------ checks --
