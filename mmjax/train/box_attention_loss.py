@@ -25,6 +25,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import masks
+
 # A finite "minus infinity": a row with nothing to sum must keep finite
 # gradients (its value is multiplied by 0, but -inf would make NaN).
 _NEG = -1e30
@@ -43,7 +45,7 @@ def head_log_probs(q: jax.Array, k: jax.Array, head: int, *,
   if softcap > 0:
     scores = softcap * jnp.tanh(scores / softcap)
   length = scores.shape[1]
-  causal = jnp.tril(jnp.ones((length, length), bool))
+  causal = masks.causal_mask(length, length)[None]
   return jax.nn.log_softmax(jnp.where(causal, scores, _NEG), axis=-1)
 
 
@@ -64,7 +66,7 @@ def box_attention_loss(log_probs: jax.Array, box_query: jax.Array,
   length = log_probs.shape[1]
   bit = jnp.maximum(box_query - 1, 0)
   under = ((box_keys[:, None, :] >> bit[:, :, None]) & 1).astype(bool)
-  under &= jnp.tril(jnp.ones((length, length), bool))
+  under &= masks.causal_mask(length, length)[None]
   log_mass = jax.nn.logsumexp(jnp.where(under, log_probs, _NEG), axis=-1)
   on = box_query > 0
   count = jnp.maximum(on.sum(), 1)
