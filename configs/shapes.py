@@ -256,11 +256,12 @@ def _stages(fusion, cap, text_lm):
   # earlier stages; docs/recipes.md).
   # box_attention_weight > 0 (with data.grounding_questions): one head of
   # the LM is taught to look at the named object while it writes a box
-  # (train/box_attention_loss.py); 0 = off.
+  # (train/box_attention_loss.py); 0 = off. box_attention_target "edges":
+  # while it writes each coordinate, at that edge of the box.
   stages.sft = _stage("lm", "shapes_chat", n(3000), connector + ("llm",),
                       1e-3, evals=["vqa"], loss_chunk=0,
                       box_attention_weight=0.0, box_attention_layer=-1,
-                      box_attention_head=0)
+                      box_attention_head=0, box_attention_target="box")
   stages.dpo = _stage("dpo", "preference", n(100), connector + ("llm",),
                       1e-5, evals=["vqa"], beta=0.1, loss_chunk=0)
   # RL with verifiable rewards (docs/rl.md): not in the default order (add

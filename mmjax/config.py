@@ -355,7 +355,8 @@ ADDED_KEYS = {"tokenizer": ("",), "chat_template": ("", "mmjax"),
               "data.pack_policy": ("first_fit", "fill"),
               "stages.sft.box_attention_weight": (0.0,),
               "stages.sft.box_attention_layer": (-1,),
-              "stages.sft.box_attention_head": (0,)}
+              "stages.sft.box_attention_head": (0,),
+              "stages.sft.box_attention_target": ("box",)}
 
 
 def upgrade_legacy(old: dict[str, Any], new: dict[str, Any],

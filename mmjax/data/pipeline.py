@@ -156,9 +156,9 @@ class _RowMaker:
                grounding_questions: int = 0, extra_questions: int = 0,
                name_heldout: bool = True, recolour: float = 0.0,
                audio_frames: int = 0, grounded_captions: bool = False,
-               box_attention: bool = False):
+               box_attention: str = ""):
     self.source, self.index, self.fmt, self.cfg = source, index, fmt, cfg
-    self.box_attention = box_attention
+    self.box_attention = box_attention  # "" or a box_attention.TARGETS
     self.grounding_questions = grounding_questions
     self.grounded_captions = grounded_captions
     self.extra_questions = extra_questions
@@ -282,7 +282,7 @@ class _RowMaker:
       out["truncated"] = out["seq"]["truncated"]
       if self.box_attention:  # where each box answer's tokens should look
         out["seq"].update(box_attention_lib.box_attention_targets(
-            out["seq"], self.tok))
+            out["seq"], self.tok, self.box_attention))
     return out
 
 
@@ -442,7 +442,7 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   pack_policy: str = packing_lib.DEFAULT_POLICY,
                   audio_frames: int = 0,
                   grounded_captions: bool = False,
-                  box_attention: bool = False) -> BatchIterator:
+                  box_attention: bool | str = False) -> BatchIterator:
   """An iterator of this process's rows of each global batch (module doc).
 
   Args:
@@ -484,7 +484,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
     box_attention: chat formats: each sequence also carries `box_query` and
       `box_keys` (`box_attention.box_attention_targets`: which positions
       write a box answer, which image tokens lie under it), for the
-      `box_attention_weight` stage option.
+      `box_attention_weight` stage option. True or "box": the whole box;
+      "edges": each coordinate's edge of it (`box_attention.TARGETS`).
   """
   formats.check_format(fmt)
   if on_bad_record not in ON_BAD_RECORD:
@@ -508,6 +509,10 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                       ("extra_questions", extra_questions)):
     if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
       raise ValueError(f"{name}={value!r} must be an int >= 0")
+  box_attention = "box" if box_attention is True else box_attention or ""
+  if box_attention and box_attention not in box_attention_lib.TARGETS:
+    raise ValueError(f"box_attention={box_attention!r}; allowed values: "
+                     f"True, False, {box_attention_lib.TARGETS}")
   if box_attention and (packing or fmt not in formats.CHAT_FORMATS):
     raise ValueError(f"box_attention=True marks box answers in unpacked chat "
                      f"sequences; fmt={fmt!r}, packing={packing}: use a chat "

@@ -75,6 +75,48 @@ def test_targets_mark_box_answers_and_the_patches_under_them(shapes):
   assert boxes_seen > 8
 
 
+def test_edge_targets_mark_each_coordinate_and_its_edge(shapes):
+  source, tok = shapes
+  batch = next(_iterator(source, tok, grounding_questions=3,
+                         box_attention="edges"))
+  whole = next(_iterator(source, tok, grounding_questions=3,
+                         box_attention=True))
+  side = testing.tiny_mllm_config().side
+  for i in range(8):
+    record = source[i]
+    qa = grounding.record_grounding_qa(record, 3)
+    objects = grounding.record_objects(record)
+    query, keys = batch["box_query"][i], batch["box_keys"][i]
+    image = np.flatnonzero(batch["image_token_mask"][i])
+    grid = int(round(len(image) ** 0.5))
+    # The same positions as the whole-box targets, split by coordinate.
+    np.testing.assert_array_equal(query > 0, whole["box_query"][i] > 0)
+    assert query.max() == 4 * len(qa)
+    for k in range(1, len(qa) + 1):
+      run = np.flatnonzero(whole["box_query"][i] == k)
+      written = tok.decode(batch["targets"][i][run]).replace("<|end|>", "")
+      box = grounding.parse_box(written)
+      obj = next(o for o in objects
+                 if grounding.normalise_box(o["bbox"], side) == box)
+      patches = _patches_under(obj["bbox"], side, grid)
+      rows = sorted({p // grid for p in patches})
+      cols = sorted({p % grid for p in patches})
+      edges = [{p for p in patches if p % grid == cols[0]},
+               {p for p in patches if p // grid == rows[0]},
+               {p for p in patches if p % grid == cols[-1]},
+               {p for p in patches if p // grid == rows[-1]}]
+      for c in range(4):
+        bit = 4 * (k - 1) + c
+        at = np.flatnonzero(query == bit + 1)
+        assert (np.diff(at) == 1).all()
+        # Its positions write that coordinate's digits, and no other's.
+        digits = "".join(ch for ch in tok.decode(batch["targets"][i][at])
+                         if ch.isdigit())
+        assert digits == str(box[c])
+        under = {j for j, t in enumerate(image) if keys[t] >> bit & 1}
+        assert under == edges[c], (i, k, c)
+
+
 def test_without_box_answers_or_without_the_option(shapes):
   source, tok = shapes
   plain = next(_iterator(source, tok, grounding_questions=2))
@@ -94,6 +136,8 @@ def test_refused_where_it_cannot_hold(shapes):
     _iterator(source, tok, box_attention=True, packing=True, train=True)
   with pytest.raises(ValueError, match="box_attention=True"):
     _iterator(source, tok, fmt="regions", box_attention=True)
+  with pytest.raises(ValueError, match="allowed values"):
+    _iterator(source, tok, box_attention="corners")
   # A box answer with an image that is not one square token grid.
   seq = {"targets": np.array([5, 6, 7], np.int32),
          "loss_mask": np.array([0, 1, 1], np.float32),

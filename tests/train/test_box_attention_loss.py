@@ -141,6 +141,8 @@ def test_loss_adds_its_weighted_term_and_metrics(tiny):
      "box_attention_layer"),
     (dict(box_attention_weight=1.0, box_attention_layer=-3),
      "box_attention_layer"),
+    (dict(box_attention_weight=1.0, box_attention_target="corners"),
+     "box_attention_target"),
 ])
 def test_bad_options_are_config_errors(overrides, message):
   config = testing.tiny_recipe()
@@ -157,3 +159,5 @@ def test_needs_image_tokens_in_the_sequence():
   config = testing.tiny_recipe()
   config.stages.sft.box_attention_weight = 1.0
   config_checks.validate_config(config)  # the recipe's own model is fine
+  config.stages.sft.box_attention_target = "edges"
+  config_checks.validate_config(config)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax import config as C
+from mmjax.data import box_attention as box_attention_lib
 from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data.tokenizer import IMAGE_ID
@@ -186,7 +187,13 @@ def _checks(config, path: str, stage) -> list[C.Check]:
   layers, heads = config.model.lm.n_layers, config.model.lm.n_heads
   layer = stage.get("box_attention_layer", -1)
   head = stage.get("box_attention_head", 0)
+  target = stage.get("box_attention_target", "box")
   return checks + [
+      C.check_that(
+          lambda c: target in box_attention_lib.TARGETS,
+          lambda c: f"config.{path}.box_attention_target={target!r} must be "
+          f"one of {box_attention_lib.TARGETS} (what a box answer looks at: "
+          "the whole box, or per coordinate its edge)"),
       C.check_that(
           lambda c: c.family == "mllm" and
           c.model.fusion in ("projection", "one_backbone") and
@@ -217,5 +224,6 @@ KIND = base.register(base.StageKind(
     data_formats=(base.TEXT_FORMAT,) + base.IMAGE_TEXT_FORMATS,
     make_model=_model, make_loss=_loss,
     options={"loss_chunk": 0, "box_attention_weight": 0.0,
-             "box_attention_layer": -1, "box_attention_head": 0},
+             "box_attention_layer": -1, "box_attention_head": 0,
+             "box_attention_target": "box"},
     checks=_checks))

@@ -210,10 +210,18 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       audio_frames=int(config.data.get("audio_frames", 0)),
       # Row lengths (a stage option, e.g. grpo's); None = powers of two.
       buckets=tuple(config.stages[stage_name].get("buckets", ())) or None,
-      # Where box answers should look (the lm kind's box_attention_weight),
-      # in validation batches too: the validation loss is the same loss.
-      box_attention=(fmt in formats.CHAT_FORMATS and float(
-          config.stages[stage_name].get("box_attention_weight", 0.0)) > 0))
+      # Where box answers should look (the lm kind's box_attention_weight
+      # and _target), in validation batches too: the validation loss is
+      # the same loss.
+      box_attention=_box_attention(config.stages[stage_name], fmt))
+
+
+def _box_attention(stage: ml_collections.ConfigDict, fmt: str) -> str:
+  """The pipeline's box_attention: "" (off) or what box answers look at."""
+  if fmt not in formats.CHAT_FORMATS or float(
+      stage.get("box_attention_weight", 0.0)) <= 0:
+    return ""
+  return str(stage.get("box_attention_target", "box"))
 
 
 # ------------------------------------------------------------------ checks --
