@@ -131,6 +131,10 @@ def get_config(arg=None):
       # Six: every image pass teaches about twice as many answers (measured
       # +0.11 test accuracy for about +30% sft time).
       extra_questions=6,
+      # What each answer token weighs in the 'lm' stages' loss: "token"
+      # (all alike) or "square" (1 / sqrt(its answer's length), InternVL
+      # 2.5: a 21-token box answer no longer outweighs ten one-word ones).
+      loss_weighting="token",
       # False: no training question names a held-out colour x shape pair
       # (the records ask about them only as absent objects, answer "no");
       # each is swapped for another absent pair (shapes.without_heldout_names).

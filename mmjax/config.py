@@ -353,6 +353,7 @@ def current_key(config: ml_collections.ConfigDict, key: str) -> str:
 ADDED_KEYS = {"tokenizer": ("",), "chat_template": ("", "mmjax"),
               "data.packing": (False,),
               "data.pack_policy": ("first_fit", "fill"),
+              "data.loss_weighting": ("token",),
               "stages.sft.box_attention_weight": (0.0,),
               "stages.sft.box_attention_layer": (-1,),
               "stages.sft.box_attention_head": (0,),

@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mmjax.data import grounding
+from mmjax.data import answer_weights, grounding
 from mmjax.data.formats import BadExample, box_token_weights
 
 # box_keys holds one bit per target of a chat (int32, sign bit unused).
@@ -49,13 +49,6 @@ KEYS = ("box_query", "box_keys")
 # the edge it names (x0: first column, y0: first row, x1, y1: last ones).
 TARGETS = ("box", "edges")
 _TARGETS_PER_BOX = {"box": 1, "edges": 4}
-
-
-def _answer_runs(loss_mask: np.ndarray) -> list[tuple[int, int]]:
-  """[start, end) of every run of loss positions (one assistant answer)."""
-  on = np.concatenate([[0], (np.asarray(loss_mask) > 0).astype(np.int8), [0]])
-  edges = np.flatnonzero(np.diff(on))
-  return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
 
 def _coordinates(tok: Any, ids: list[int], run: int) -> np.ndarray:
@@ -111,7 +104,7 @@ def box_attention_targets(seq: Mapping[str, Any], tok: Any,
   keys = np.zeros(length, np.int32)
   end = getattr(tok, "end_of_turn_id", None)
   boxes = []
-  for start, stop in _answer_runs(seq["loss_mask"]):
+  for start, stop in answer_weights.answer_runs(seq["loss_mask"]):
     ids = [int(t) for t in targets[start:stop] if int(t) != end]
     box = grounding.parse_box(tok.decode(ids)) if ids else None
     if box is not None:

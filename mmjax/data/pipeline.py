@@ -71,6 +71,7 @@ import numpy as np
 from absl import flags, logging
 
 from mmjax.data import audio_batch, batching
+from mmjax.data import answer_weights
 from mmjax.data import box_attention as box_attention_lib
 from mmjax.data import formats
 from mmjax.data import images as images_lib
@@ -156,9 +157,10 @@ class _RowMaker:
                grounding_questions: int = 0, extra_questions: int = 0,
                name_heldout: bool = True, recolour: float = 0.0,
                audio_frames: int = 0, grounded_captions: bool = False,
-               box_attention: str = ""):
+               box_attention: str = "", loss_weighting: str = "token"):
     self.source, self.index, self.fmt, self.cfg = source, index, fmt, cfg
     self.box_attention = box_attention  # "" or a box_attention.TARGETS
+    self.loss_weighting = loss_weighting
     self.grounding_questions = grounding_questions
     self.grounded_captions = grounded_captions
     self.extra_questions = extra_questions
@@ -283,6 +285,9 @@ class _RowMaker:
       if self.box_attention:  # where each box answer's tokens should look
         out["seq"].update(box_attention_lib.box_attention_targets(
             out["seq"], self.tok, self.box_attention))
+      if self.loss_weighting != "token":  # each answer's share of the loss
+        out["seq"]["loss_mask"] = answer_weights.answer_loss_weights(
+            out["seq"]["loss_mask"], self.loss_weighting)
     return out
 
 
@@ -442,7 +447,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                   pack_policy: str = packing_lib.DEFAULT_POLICY,
                   audio_frames: int = 0,
                   grounded_captions: bool = False,
-                  box_attention: bool | str = False) -> BatchIterator:
+                  box_attention: bool | str = False,
+                  loss_weighting: str = "token") -> BatchIterator:
   """An iterator of this process's rows of each global batch (module doc).
 
   Args:
@@ -486,6 +492,9 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
       write a box answer, which image tokens lie under it), for the
       `box_attention_weight` stage option. True or "box": the whole box;
       "edges": each coordinate's edge of it (`box_attention.TARGETS`).
+    loss_weighting: chat formats: what each answer token weighs in
+      `loss_mask` (`answer_weights.SCHEMES`: "token", every one 1;
+      "square", 1 / sqrt(its answer's length)).
   """
   formats.check_format(fmt)
   if on_bad_record not in ON_BAD_RECORD:
@@ -513,6 +522,12 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
   if box_attention and box_attention not in box_attention_lib.TARGETS:
     raise ValueError(f"box_attention={box_attention!r}; allowed values: "
                      f"True, False, {box_attention_lib.TARGETS}")
+  if loss_weighting not in answer_weights.SCHEMES:
+    raise ValueError(f"loss_weighting={loss_weighting!r}; allowed values: "
+                     f"{tuple(answer_weights.SCHEMES)}")
+  if loss_weighting != "token" and fmt not in formats.CHAT_FORMATS:
+    raise ValueError(f"loss_weighting={loss_weighting!r} weighs the answers "
+                     f"of chat formats; fmt={fmt!r}: use 'token'")
   if box_attention and (packing or fmt not in formats.CHAT_FORMATS):
     raise ValueError(f"box_attention=True marks box answers in unpacked chat "
                      f"sequences; fmt={fmt!r}, packing={packing}: use a chat "
@@ -546,7 +561,8 @@ def make_iterator(source: Sequence[Mapping[str, Any]], *, fmt: str,
                    name_heldout=name_heldout, recolour=recolour,
                    audio_frames=audio_frames,
                    grounded_captions=grounded_captions,
-                   box_attention=box_attention)
+                   box_attention=box_attention,
+                   loss_weighting=loss_weighting)
   local = batch_size // process_count
   collate = batching.Collate(
       fmt=fmt, cfg=cfg, pad_id=tokenizer.pad_id,

@@ -9,7 +9,7 @@ import ml_collections
 
 from mmjax import config as C
 from mmjax import parallel
-from mmjax.data import datasets
+from mmjax.data import answer_weights, datasets
 from mmjax.data import naflex as naflex_lib
 from mmjax.data import native_resolution as native_lib
 from mmjax.data import tiling as tiling_lib
@@ -154,6 +154,12 @@ def _check_added_questions(config):
     raise C.ConfigError(
         f"config.data.name_heldout={value!r} must be True or False (whether "
         "training questions may name held-out colour x shape pairs)")
+  value = config.data.get("loss_weighting", "token")
+  if value not in answer_weights.SCHEMES:
+    raise C.ConfigError(
+        f"config.data.loss_weighting={value!r} must be one of "
+        f"{tuple(answer_weights.SCHEMES)} (what each answer token of a chat "
+        "weighs in the loss: 'token' 1, 'square' 1 / sqrt(answer length))")
 
 
 # Why a model cannot train on packed rows (data.packing): its attention

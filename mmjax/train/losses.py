@@ -39,7 +39,7 @@ def _lm_metrics(ce_sum: jax.Array, correct_sum: jax.Array, mask: jax.Array
   n = jnp.maximum(mask.sum(), 1.0)
   loss = ce_sum / n
   return loss, {"loss": loss, "accuracy": correct_sum / n,
-                "tokens": mask.sum()}
+                "tokens": (mask > 0).sum().astype(jnp.float32)}
 
 
 def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
@@ -49,7 +49,8 @@ def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
   Args:
     logits: f32[B, L, V].
     targets: int32[B, L], the token each position should predict.
-    loss_mask: f32[B, L], 1 where the position counts (answers, real text).
+    loss_mask: f32[B, L], 1 where the position counts (answers, real text);
+      other weights > 0 weigh the average (`data/answer_weights.py`).
 
   Returns:
     (mean loss in nats, {'loss', 'accuracy', 'tokens'}).

@@ -213,7 +213,12 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
       # Where box answers should look (the lm kind's box_attention_weight
       # and _target), in validation batches too: the validation loss is
       # the same loss.
-      box_attention=_box_attention(config.stages[stage_name], fmt))
+      box_attention=_box_attention(config.stages[stage_name], fmt),
+      # What each answer token weighs in the loss (chats of 'lm' stages;
+      # runs written before the key: "token", config.ADDED_KEYS).
+      loss_weighting=(str(config.data.get("loss_weighting", "token"))
+                      if fmt in formats.CHAT_FORMATS and
+                      config.stages[stage_name].loss == "lm" else "token"))
 
 
 def _box_attention(stage: ml_collections.ConfigDict, fmt: str) -> str:
