@@ -115,13 +115,16 @@ def test_standalone_evaluation_reports_grounding(tmp_path):
 
 @pytest.mark.slow
 def test_a_recipe_trains_with_grounding_and_reports_it(tmp_path):
-  """... with the box-attention loss on (its metrics in metrics.jsonl)."""
+  """... with the box-attention loss on each edge and square answer
+  weights (the box-attention metrics in metrics.jsonl)."""
   workdir = tmp_path / "run"
   proc = run_main(["--config=configs/shapes.py:size=tiny,steps=2",
                    "--config.stage_order=('sft',)",
                    "--config.data.grounding_questions=2",
                    "--config.data.max_len=224",
                    "--config.stages.sft.box_attention_weight=1.0",
+                   "--config.stages.sft.box_attention_target=edges",
+                   "--config.data.loss_weighting=square",
                    "--config.stages.sft.evals=vqa,grounding",
                    "--config.eval.max_examples=3"],
                   workdir, str(tmp_path / "data"))
