@@ -10,6 +10,7 @@ from mmjax.data import builders, grounding
 from mmjax.evals import grounding as grounding_eval
 from mmjax.evals import registry, vqa
 from mmjax.models.mllm import MLLM
+from mmjax.train import config_checks
 from tests.helpers import make_workdir, one_error_line, run_cli, tiny_shapes_dataset
 from tests.train.recipe_runner import run_main
 
@@ -115,17 +116,11 @@ def test_standalone_evaluation_reports_grounding(tmp_path):
 
 @pytest.mark.slow
 def test_a_recipe_trains_with_grounding_and_reports_it(tmp_path):
-  """... with the box-attention loss on each edge and square answer
-  weights (the box-attention metrics in metrics.jsonl)."""
+  """... the grounding recipe (config arg grounding=1: box attention on
+  each edge, square answer weights; its metrics in metrics.jsonl)."""
   workdir = tmp_path / "run"
-  proc = run_main(["--config=configs/shapes.py:size=tiny,steps=2",
+  proc = run_main(["--config=configs/shapes.py:size=tiny,steps=2,grounding=1",
                    "--config.stage_order=('sft',)",
-                   "--config.data.grounding_questions=2",
-                   "--config.data.max_len=224",
-                   "--config.stages.sft.box_attention_weight=1.0",
-                   "--config.stages.sft.box_attention_target=edges",
-                   "--config.data.loss_weighting=square",
-                   "--config.stages.sft.evals=vqa,grounding",
                    "--config.eval.max_examples=3"],
                   workdir, str(tmp_path / "data"))
   out, _ = proc.communicate(timeout=600)
@@ -142,6 +137,24 @@ def test_a_recipe_trains_with_grounding_and_reports_it(tmp_path):
   mass = [m["box_attention_mass"] for m in logged
           if "box_attention_mass" in m]
   assert mass and all(0.0 < v < 1.0 for v in mass)
+
+
+def test_the_grounding_recipe_arg():
+  config = C.load_config(f"{testing.SHAPES_RECIPE}:size=tiny,grounding=1")
+  sft = config.stages.sft
+  assert (config.data.grounding_questions, config.data.max_len,
+          config.data.loss_weighting, config.model.visual_positions) == (
+              3, 320, "square", "sincos2d")
+  assert (sft.box_attention_weight, sft.box_attention_target,
+          sft.optimizer.lr) == (1.0, "edges", 2e-3)
+  assert "grounding" in config.stages.dpo.evals
+  config_checks.validate_config(config)
+  plain = C.load_config(f"{testing.SHAPES_RECIPE}:size=tiny")
+  assert plain.data.grounding_questions == 0
+  assert plain.stages.sft.box_attention_weight == 0
+  with pytest.raises(C.ConfigError, match="grounding=1 needs fusion"):
+    C.load_config(f"{testing.SHAPES_RECIPE}:size=tiny,grounding=1,"
+                  "fusion=resampler")
 
 
 def test_main_refuses_a_negative_grounding_questions(tmp_path):
