@@ -36,6 +36,16 @@ def _patches_under(bbox, side, grid):
           y0 < (r + 1) * cell and y1 > r * cell}
 
 
+def _row(source, batch, i):
+  """(box questions, objects, box_query, box_keys, image token indices,
+  grid side) of row i of a batch of records 0.. in order."""
+  record = source[i]
+  image = np.flatnonzero(batch["image_token_mask"][i])
+  return (grounding.record_grounding_qa(record, 3),
+          grounding.record_objects(record), batch["box_query"][i],
+          batch["box_keys"][i], image, int(round(len(image) ** 0.5)))
+
+
 def test_targets_mark_box_answers_and_the_patches_under_them(shapes):
   source, tok = shapes
   batch = next(_iterator(source, tok, grounding_questions=3,
@@ -45,12 +55,7 @@ def test_targets_mark_box_answers_and_the_patches_under_them(shapes):
   side = testing.tiny_mllm_config().side
   boxes_seen = 0
   for i in range(8):  # in order: records 0..7
-    record = source[i]
-    qa = grounding.record_grounding_qa(record, 3)
-    objects = grounding.record_objects(record)
-    query, keys = batch["box_query"][i], batch["box_keys"][i]
-    image = np.flatnonzero(batch["image_token_mask"][i])
-    grid = int(round(len(image) ** 0.5))
+    qa, objects, query, keys, image, grid = _row(source, batch, i)
     assert grid * grid == len(image) == 64
     # No key bits outside the image, no query bits on it.
     assert not keys[~batch["image_token_mask"][i]].any()
@@ -83,12 +88,7 @@ def test_edge_targets_mark_each_coordinate_and_its_edge(shapes):
                          box_attention=True))
   side = testing.tiny_mllm_config().side
   for i in range(8):
-    record = source[i]
-    qa = grounding.record_grounding_qa(record, 3)
-    objects = grounding.record_objects(record)
-    query, keys = batch["box_query"][i], batch["box_keys"][i]
-    image = np.flatnonzero(batch["image_token_mask"][i])
-    grid = int(round(len(image) ** 0.5))
+    qa, objects, query, keys, image, grid = _row(source, batch, i)
     # The same positions as the whole-box targets, split by coordinate.
     np.testing.assert_array_equal(query > 0, whole["box_query"][i] > 0)
     assert query.max() == 4 * len(qa)
