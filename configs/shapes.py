@@ -141,8 +141,9 @@ def get_config(arg=None):
       # +0.11 test accuracy for about +30% sft time).
       extra_questions=6,
       # What each answer token weighs in the 'lm' stages' loss: "token"
-      # (all alike) or "square" (1 / sqrt(its answer's length), InternVL
-      # 2.5: a 21-token box answer no longer outweighs ten one-word ones).
+      # (all alike), "square" (1 / sqrt(its answer's length), InternVL
+      # 2.5: a 21-token box answer no longer outweighs ten one-word ones)
+      # or "sample" (1 / length: every answer alike).
       loss_weighting="token",
       # False: no training question names a held-out colour x shape pair
       # (the records ask about them only as absent objects, answer "no");

@@ -32,6 +32,7 @@ def answer_runs(loss_mask: np.ndarray) -> list[tuple[int, int]]:
 SCHEMES: dict[str, Callable[[int], float]] = {
     "token": lambda n: 1.0,           # every answer token alike (default)
     "square": lambda n: n ** -0.5,    # InternVL 2.5's square averaging
+    "sample": lambda n: 1.0 / n,      # every answer alike (sample averaging)
 }
 
 

@@ -10,7 +10,7 @@ from mmjax.train import config_checks, losses
 from tests.helpers import tiny_shapes_dataset
 
 
-def test_square_weighs_each_answer_by_one_over_root_length():
+def test_schemes_weigh_each_answer_by_its_length():
   mask = np.array([0, 1, 1, 1, 1, 0, 0, 1, 0, 1, 1], np.float32)
   assert answer_weights.answer_runs(mask) == [(1, 5), (7, 8), (9, 11)]
   square = answer_weights.answer_loss_weights(mask, "square")
@@ -18,8 +18,11 @@ def test_square_weighs_each_answer_by_one_over_root_length():
       square, [0, .5, .5, .5, .5, 0, 0, 1, 0, 2 ** -.5, 2 ** -.5], rtol=1e-6)
   np.testing.assert_array_equal(
       answer_weights.answer_loss_weights(mask, "token"), mask)
+  sample = answer_weights.answer_loss_weights(mask, "sample")
+  np.testing.assert_allclose(  # every answer weighs 1 in all
+      sample, [0, .25, .25, .25, .25, 0, 0, 1, 0, .5, .5], rtol=1e-6)
   with pytest.raises(ValueError, match="not one of"):
-    answer_weights.answer_loss_weights(mask, "sample")
+    answer_weights.answer_loss_weights(mask, "length")
 
 
 def test_weighted_loss_is_the_weighted_mean():
@@ -65,6 +68,6 @@ def test_config_key_is_checked():
   config = testing.tiny_recipe()
   config.data.loss_weighting = "square"
   config_checks.validate_config(config)
-  config.data.loss_weighting = "sample"
+  config.data.loss_weighting = "length"
   with pytest.raises(C.ConfigError, match="loss_weighting"):
     config_checks.validate_config(config)
