@@ -225,6 +225,14 @@ def stage_batch_size(config: ml_collections.ConfigDict, name: str) -> int:
   return int(config.stages[name].get("batch_size", 0) or config.batch_size)
 
 
+def data_order_seed(config: ml_collections.ConfigDict) -> int:
+  """The seed of a run's training-data order: `data.seed` (which also
+  builds the dataset) plus the run's `seed`, so `--config.seed=1` reruns a
+  recipe with another init and another batch order over the same data (0:
+  the order `data.seed` alone gives)."""
+  return int(config.data.seed) + int(config.get("seed", 0))
+
+
 def stage_names(config: ml_collections.ConfigDict) -> list[str]:
   """The stages to run, in order, each checked to exist in config.stages."""
   order = list(get_path(config, "stage_order"))

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mmjax.config import ConfigError
+from mmjax.config import ConfigError, data_order_seed
 from mmjax.data import hf_tokenizer, text_corpus
 from mmjax.data.tokenizer import Tokenizer
 
@@ -152,7 +152,8 @@ class LMData:
                   ) -> "LMData":
     """The text corpus of an LM recipe (configs/lm.py)."""
     train, held_out = corpus_split(config)
-    return cls(train, held_out, tok, config.data.seq_len, config.data.seed)
+    return cls(train, held_out, tok, config.data.seq_len,
+               data_order_seed(config))
 
   def unigram_entropy(self) -> float:
     """Entropy (nats) of the training tokens: the loss a bag-of-words gets."""

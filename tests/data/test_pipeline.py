@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmjax import config as config_lib
 from mmjax import testing
+from mmjax.config import load_config
 from mmjax.data import batching, builders, formats, images, pipeline
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.models import layout
 from mmjax.models.mllm import MLLMConfig
+from mmjax.train.stages import task
+from tests.conftest import REPO
 
 MAX_LEN = 256
 
@@ -22,11 +26,18 @@ def _config(fusion: str, positions: str = "rope", kind: str = "siglip"
   return testing.tiny_mllm_config(fusion, positions, vision=dict(kind=kind))
 
 
+_SPLITS = dict(num_train=64, num_validation=4, num_test=4, num_heldout=4)
+
+
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-  builder = builders.build(builders.ShapesBuilder,
-                           str(tmp_path_factory.mktemp("data")), num_train=64,
-                           num_validation=4, num_test=4, num_heldout=4)
+def shapes_builder(tmp_path_factory):
+  return builders.build(builders.ShapesBuilder,
+                        str(tmp_path_factory.mktemp("data")), **_SPLITS)
+
+
+@pytest.fixture(scope="module")
+def shapes(shapes_builder):
+  builder = shapes_builder
   tok = Tokenizer.load(os.path.join(builder.data_dir, builders.TOKENIZER_FILE))
   return builders.load_source(builder, "train"), tok
 
@@ -215,6 +226,31 @@ def test_state_from_another_pipeline_is_refused(shapes):
   state = _iterator(source, tok).get_state()
   with pytest.raises(ValueError, match="batch_size"):
     _iterator(source, tok, batch_size=4).set_state(state)
+
+
+def test_the_run_seed_reorders_the_batches_of_the_same_data(shapes_builder):
+  """`config.seed` moves a stage's batch order (docs/recipes.md): seed 0
+  is the order `data.seed` alone gives, another seed another order over
+  the same build."""
+  # builder.data_dir is <root>/<name>/<config>/<version>.
+  data_dir = shapes_builder.data_dir
+  for _ in range(3):
+    data_dir = os.path.dirname(data_dir)
+
+  def first_batch(seed):
+    config = load_config(f"{REPO}/configs/shapes.py:size=tiny")
+    config.update_from_flattened_dict(dict(
+        {f"data.{k}": v for k, v in _SPLITS.items()},
+        **{"data.data_dir": data_dir, "seed": seed, "batch_size": 4}))
+    data = task._mllm_data(config, "sft")  # pylint: disable=protected-access
+    return next(data.task_fields["train_iterator"])
+
+  base = first_batch(0)
+  _same(first_batch(0), base)
+  assert (config_lib.data_order_seed(load_config(
+      f"{REPO}/configs/shapes.py:size=tiny")) == 0)
+  other = first_batch(1)
+  assert not np.array_equal(other["tokens"], base["tokens"])
 
 
 def test_process_shards_make_the_global_batch(shapes):

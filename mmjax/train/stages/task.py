@@ -120,7 +120,8 @@ def _mllm_data(config, stage_name: str) -> _StageData:
         lambda: datasets.shapes_dataset(config), "shapes_dataset")
   tok = datasets.tokenizer_for(builder, config)
   info: dict[str, Any] = {"data": fmt}
-  seed = config.data.seed + 1000 * list(config.stage_order).index(stage_name)
+  seed = (C.data_order_seed(config)
+          + 1000 * list(config.stage_order).index(stage_name))
   if fmt == base.TEXT_FORMAT:
     texts = datasets.benchmark_texts(config)
     cut = max(1, len(texts) // 20)
@@ -171,7 +172,7 @@ def _iterator(config, stage_name, source, fmt, cfg, tok, train,
   return pipeline.make_iterator(
       source, fmt=fmt, cfg=cfg, tokenizer=tok,
       batch_size=C.stage_batch_size(config, stage_name),
-      seed=config.data.seed + seed_offset,
+      seed=C.data_order_seed(config) + seed_offset,
       # Contrastive text is padded to the text tower's fixed length.
       max_len=(config.model.text.max_len if fmt == "contrastive"
                else config.data.max_len),
