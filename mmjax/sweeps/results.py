@@ -17,6 +17,10 @@ Per variant, from its workdir and config:
   wall_s, cpu_s          wall time and CPU time (user + system) of the
                          variant's runs, all attempts; CPU time depends less
                          on what else loads the machine
+  seed_group             the variant's name without its `seed` (variants
+                         that set one): rows that share it are one recipe
+                         run with several seeds, summarised as mean +- sd
+                         in results.md ("Across seeds")
 """
 from __future__ import annotations
 
@@ -32,10 +36,21 @@ from matplotlib.figure import Figure
 
 from mmjax import config as config_lib
 from mmjax.evals import plots
+from mmjax.sweeps import spec
 from mmjax.train import metrics as metrics_lib
 
 SPLITS = ("test", "heldout")
 TIMED_STAGE = "sft"
+# The override keys that name a run's seed (`grid(seed=[0, 1, 2])`).
+SEED_KEYS = ("seed", "config.seed")
+
+
+def seed_group(variant: Mapping[str, Any]) -> str | None:
+  """The variant's name without its seed; None if it sets no seed."""
+  if not any(k in SEED_KEYS for k in variant):
+    return None
+  return spec.variant_name({k: v for k, v in variant.items()
+                            if k not in SEED_KEYS})
 
 
 def eval_results(workdir: str, stage_order: Sequence[str]
@@ -111,6 +126,9 @@ def variant_row(name: str, variant: Mapping[str, Any], config, workdir: str,
                          "status": status.get("status", "not run")}
   row.update({k.removeprefix("config."): _text(v)
               for k, v in variant.items()})
+  group = seed_group(variant)
+  if group is not None:
+    row["seed_group"] = group
   stage, metrics = eval_results(workdir, config.get("stage_order", ()))
   row["eval_stage"] = stage
   for key, value in metrics.items():
@@ -211,11 +229,61 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], title: str,
     lines += ["| " + " | ".join([r["variant"]] + [
         _cell(r.get(f"heldout/acc/{q}")) for q in held + ["all"]]) + " |"
               for r in rows]
+  lines += seeds_markdown(rows)
   failed = [r for r in rows if r["status"] == "failed"]
   if failed:
     lines += ["", "Failed variants (the end of each log):", ""]
     lines += [f"- `{r['variant']}`: {_cell(r.get('error'))}" for r in failed]
   return "\n".join(lines) + "\n"
+
+
+def seed_summary(rows: Sequence[Mapping[str, Any]]
+                 ) -> dict[str, dict[str, tuple[float, float, int]]]:
+  """{seed group: {metric: (mean, sample sd, runs)}} over the finished rows
+  of each group with at least two; the metrics are the accuracies
+  (`test/acc/...`, `heldout/acc/...`) every run of the group has."""
+  groups: dict[str, list[Mapping[str, Any]]] = {}
+  for r in rows:
+    if r.get("seed_group") is not None and r["status"] == "ok":
+      groups.setdefault(r["seed_group"], []).append(r)
+  out = {}
+  for group, runs in groups.items():
+    if len(runs) < 2:
+      continue
+    keys = [k for k in runs[0] if k.split("/")[0] in SPLITS
+            and "/acc/" in k and all(isinstance(r.get(k), (int, float))
+                                     for r in runs)]
+    summary = {}
+    for key in keys:
+      values = [float(r[key]) for r in runs]
+      mean = sum(values) / len(values)
+      sd = math.sqrt(sum((v - mean) ** 2 for v in values)
+                     / (len(values) - 1))
+      summary[key] = (mean, sd, len(values))
+    out[group] = summary
+  return out
+
+
+def seeds_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The "Across seeds" table: mean +- sd of each seed group (none: [])."""
+  summary = seed_summary(rows)
+  if not summary:
+    return []
+  qtypes = _qtypes(rows, "test")
+  columns = (["test/acc/all"] + [f"test/acc/{q}" for q in qtypes]
+             + ["heldout/acc/all"])
+  lines = ["", "Across seeds (mean +- sample standard deviation over the "
+           "finished runs of each variant; the spread between seeds, "
+           "beside each run's own standard error in its report.md):", "",
+           "| variant | runs | " + " | ".join(
+               c.replace("/acc/", " ") for c in columns) + " |",
+           "|---|---|" + "---|" * len(columns)]
+  for group, stats in summary.items():
+    runs = next(iter(stats.values()))[2] if stats else 0
+    cells = [f"{stats[c][0]:.3f} +- {stats[c][1]:.3f}" if c in stats else "-"
+             for c in columns]
+    lines.append("| " + " | ".join([_cell(group), str(runs)] + cells) + " |")
+  return lines
 
 
 def _save(fig: Figure, path: str) -> str:

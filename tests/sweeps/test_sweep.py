@@ -197,3 +197,36 @@ def test_results_row_of_a_shapes_workdir(tmp_path):
   md = open(paths["md"], encoding="utf-8").read()
   assert "| p | ok | dpo | 0.400 | 0.500 | 0.200 | 0.300 | 0.250 | 64 |" in md
   assert os.path.getsize(paths["accuracy_test"]) > 1000
+
+
+def test_seeds_of_a_variant_are_summarised_as_mean_and_sd(tmp_path):
+  """`grid(fusion=..., seed=[0, 1])`: rows that differ only in their seed
+  form one group in results.md's "Across seeds" table; a group with one
+  finished run, or variants without a seed, are not summarised."""
+  config = load_config(f"{REPO}/configs/shapes.py:size=tiny")
+  rows = []
+  for name, variant, acc, status in [
+      ("a0", {"fusion": "projection", "seed": 0}, 0.80, "ok"),
+      ("a1", {"fusion": "projection", "config.seed": 1}, 0.90, "ok"),
+      ("a2", {"fusion": "projection", "seed": 2}, 0.10, "failed"),
+      ("b0", {"fusion": "resampler", "seed": 0}, 0.50, "ok"),
+      ("c", {"fusion": "qformer"}, 0.70, "ok")]:
+    (tmp_path / name / "eval").mkdir(parents=True)
+    (tmp_path / name / "eval" / "sft.json").write_text(json.dumps({
+        "test/acc/all": acc, "test/acc/shape": acc - 0.1,
+        "heldout/acc/all": acc / 2}))
+    rows.append(sweep_results.variant_row(name, variant, config,
+                                          str(tmp_path / name),
+                                          {"status": status}))
+  assert [r.get("seed_group") for r in rows] == [
+      "fusion=projection"] * 3 + ["fusion=resampler", None]
+  summary = sweep_results.seed_summary(rows)
+  assert list(summary) == ["fusion=projection"]  # one finished run: no row
+  mean, sd, runs = summary["fusion=projection"]["test/acc/all"]
+  assert (mean, runs) == (pytest.approx(0.85), 2)
+  assert sd == pytest.approx(0.0707, abs=1e-4)  # sample sd of 0.8, 0.9
+  md = sweep_results.results_markdown(rows, "t")
+  assert "Across seeds" in md
+  assert ("| fusion=projection | 2 | 0.850 +- 0.071 | 0.750 +- 0.071 | "
+          "0.425 +- 0.035 |") in md
+  assert "Across seeds" not in sweep_results.results_markdown(rows[3:], "t")
