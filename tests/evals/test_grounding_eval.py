@@ -146,7 +146,10 @@ def test_the_grounding_recipe_arg():
           config.data.loss_weighting, config.model.visual_positions) == (
               3, 320, "square", "sincos2d")
   assert (sft.box_attention_weight, sft.box_attention_target,
-          sft.optimizer.lr) == (1.0, "edges", 2e-3)
+          sft.optimizer.lr, sft.steps) == (1.0, "edges", 2e-3, 4000)
+  capped = C.load_config(f"{testing.SHAPES_RECIPE}:size=tiny,grounding=1,"
+                         "steps=7")
+  assert capped.stages.sft.steps == 7  # the cap wins
   assert "grounding" in config.stages.dpo.evals
   config_checks.validate_config(config)
   plain = C.load_config(f"{testing.SHAPES_RECIPE}:size=tiny")
