@@ -29,6 +29,7 @@ import datetime
 import json
 import math
 import os
+import statistics
 from typing import Any, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -256,10 +257,8 @@ def seed_summary(rows: Sequence[Mapping[str, Any]]
     summary = {}
     for key in keys:
       values = [float(r[key]) for r in runs]
-      mean = sum(values) / len(values)
-      sd = math.sqrt(sum((v - mean) ** 2 for v in values)
-                     / (len(values) - 1))
-      summary[key] = (mean, sd, len(values))
+      summary[key] = (statistics.mean(values), statistics.stdev(values),
+                      len(values))
     out[group] = summary
   return out
 
