@@ -160,6 +160,10 @@ def get_config(arg=None):
       pack_policy="fill",
       text_seq_len=64,       # window of the text-only LM stage
       num_workers=0,
+      # Decoded training records kept in memory (per process), so epochs
+      # after the first skip deserialising and PNG decoding: the 10,000
+      # tiny-size records take ~125 MB (mmjax/data/record_cache.py); 0 = off.
+      cache_mb=256,
       max_skipped_fraction=0.5,  # more bad folder records than this: an error
       # Your own data for stages with data='llava_conversations' (a
       # LLaVA-Instruct JSON) or 'image_caption' (a JSONL of image/caption):

@@ -359,6 +359,8 @@ def current_key(config: ml_collections.ConfigDict, key: str) -> str:
 # a packed run written before it packed first-fit, and resuming it with
 # 'fill' is refused by its data state (pack_policy in the fingerprint).
 ADDED_KEYS = {"tokenizer": ("",), "chat_template": ("", "mmjax"),
+              # Any value: the cache does not change the batches.
+              "data.cache_mb": (0, 256),
               "data.packing": (False,),
               "data.pack_policy": ("first_fit", "fill"),
               "data.loss_weighting": ("token",),

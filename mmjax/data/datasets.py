@@ -27,8 +27,9 @@ import ml_collections
 
 from mmjax.config import ConfigError, get_path
 from mmjax.data import (builders, chat_templates, detail_builder,
-                        hf_tokenizer, shapes, shapes_detail, shapes_tones,
-                        shapes_tones_builder, tones, tones_builder)
+                        hf_tokenizer, record_cache, shapes, shapes_detail,
+                        shapes_tones, shapes_tones_builder, tones,
+                        tones_builder)
 from mmjax.data.tokenizer import IMAGE_ID, Tokenizer
 
 FOLDER_FORMATS = ("llava_conversations", "image_caption")
@@ -197,8 +198,24 @@ def stage_sources(config: ml_collections.ConfigDict, fmt: str, shapes_builder,
     source = builders.load_source(
         folder_dataset(config, fmt, stage_name), "train")
     return source, source
-  return (builders.load_source(shapes_builder, "train"),
+  # Training reads the split once per epoch: its decoded records are kept
+  # (config.data.cache_mb, record_cache.py); held-out batches are read once.
+  return (cached(config, builders.load_source(shapes_builder, "train")),
           builders.load_source(shapes_builder, "validation"))
+
+
+def cached(config: ml_collections.ConfigDict, source: Any) -> Any:
+  """`source` with its decoded records kept in memory up to
+  config.data.cache_mb megabytes (0 or absent: `source` itself)."""
+  megabytes = config.data.get("cache_mb", 0)
+  if (isinstance(megabytes, bool) or not isinstance(megabytes, (int, float))
+      or megabytes < 0):
+    raise ConfigError(
+        f"config.data.cache_mb={megabytes!r} must be a number >= 0: megabytes "
+        "of decoded training records kept in memory (0: decode every read)")
+  if not megabytes:
+    return source
+  return record_cache.CachedSource(source, int(megabytes * (1 << 20)))
 
 
 def tokenizer_path(config: ml_collections.ConfigDict) -> str:

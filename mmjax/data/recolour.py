@@ -72,23 +72,35 @@ def recolour_objects(example: formats.RegionTargets, probability: float,
                      -1) / 2
   colours = example.labels[:, column]
 
-  def in_box(j):
+  def in_box(j, rows, cols):
     x0, y0, x1, y1 = example.boxes[j]
-    return ((xs >= np.floor(x0 * width)) & (xs < np.ceil(x1 * width))
-            & (ys >= np.floor(y0 * height)) & (ys < np.ceil(y1 * height)))
+    x, y = xs[rows, cols], ys[rows, cols]
+    return ((x >= np.floor(x0 * width)) & (x < np.ceil(x1 * width))
+            & (y >= np.floor(y0 * height)) & (y < np.ceil(y1 * height)))
 
   for k in range(len(example.boxes)):
     if rng.random() >= probability or colours[k] < 0:
       continue
+    # Only pixels of object k's box can change: work on that window (the
+    # pixels whose centres pass in_box(k)), not the whole image.
+    x0, y0, x1, y1 = example.boxes[k]
+    rows = slice(max(0, int(np.floor(y0 * height))),
+                 max(0, min(height, int(np.ceil(y1 * height)))))
+    cols = slice(max(0, int(np.floor(x0 * width))),
+                 max(0, min(width, int(np.ceil(x1 * width)))))
     palette = np.asarray(COLOUR_RGB[COLOURS[colours[k]]], np.uint8)
-    mask = np.all(example.image == palette, axis=-1) & in_box(k)
+    mask = (np.all(example.image[rows, cols] == palette, axis=-1)
+            & in_box(k, rows, cols))
+    if not mask.any():
+      continue
     same = np.flatnonzero(colours == colours[k])
-    dist = [np.where(in_box(j), np.hypot(xs - centres[j, 0],
-                                         ys - centres[j, 1]), np.inf)
+    dist = [np.where(in_box(j, rows, cols),
+                     np.hypot(xs[rows, cols] - centres[j, 0],
+                              ys[rows, cols] - centres[j, 1]), np.inf)
             for j in same]
     mask &= np.argmin(dist, axis=0) == list(same).index(k)
     if not mask.any():
       continue
-    image[mask] = _new_colour(background, rng)
+    image[rows, cols][mask] = _new_colour(background, rng)
     labels[k, column] = IGNORED
   return dataclasses.replace(example, image=image, labels=labels)

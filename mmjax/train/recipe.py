@@ -132,7 +132,7 @@ def _run_locked(config, workdir, names, verbose, after_stage, evaluator
 RESUME_SETTINGS = ("progress_bar", "log_every", "eval_every", "eval",
                    "checkpoint.every", "checkpoint.keep",
                    "checkpoint.async_save", "mesh", "data.num_workers",
-                   "data.data_dir")
+                   "data.data_dir", "data.cache_mb")
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 
