@@ -204,18 +204,24 @@ def stage_sources(config: ml_collections.ConfigDict, fmt: str, shapes_builder,
           builders.load_source(shapes_builder, "validation"))
 
 
-def cached(config: ml_collections.ConfigDict, source: Any) -> Any:
-  """`source` with its decoded records kept in memory up to
-  config.data.cache_mb megabytes (0 or absent: `source` itself)."""
+def cache_bytes(config: ml_collections.ConfigDict) -> int:
+  """config.data.cache_mb in bytes (0 when absent), checked to be >= 0."""
   megabytes = config.data.get("cache_mb", 0)
   if (isinstance(megabytes, bool) or not isinstance(megabytes, (int, float))
       or megabytes < 0):
     raise ConfigError(
         f"config.data.cache_mb={megabytes!r} must be a number >= 0: megabytes "
         "of decoded training records kept in memory (0: decode every read)")
-  if not megabytes:
+  return int(megabytes * (1 << 20))
+
+
+def cached(config: ml_collections.ConfigDict, source: Any) -> Any:
+  """`source` with its decoded records kept in memory up to
+  config.data.cache_mb megabytes (0 or absent: `source` itself)."""
+  budget = cache_bytes(config)
+  if not budget:
     return source
-  return record_cache.CachedSource(source, int(megabytes * (1 << 20)))
+  return record_cache.CachedSource(source, budget)
 
 
 def tokenizer_path(config: ml_collections.ConfigDict) -> str:

@@ -24,6 +24,8 @@ Layouts (Kh KV heads, G = H // Kh query heads per KV head):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -72,36 +74,27 @@ def _probs(qh, kh, mask, scale, group):
   return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
-@jax.custom_vjp
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-           scale: jax.Array) -> jax.Array:
-  """Grouped-query softmax attention.
-
-  Args:
-    q: [B, L, Kh, G, Dh] queries (G query heads per KV head).
-    k: [B, S, Kh, Dh] keys.
-    v: [B, S, Kh, Dv] values.
-    mask: bool[B, L, S] (True = attend) or None.
-    scale: f32 scalar score scale.
-
-  Returns:
-    [B, L, Kh, G, Dv] in q's dtype. Scores and softmax are float32; the
-    probabilities are cast to q's dtype before they weight the values.
-  """
-  return _attend_fwd(q, k, v, mask, scale)[0]
+def chunk_bounds(length: int, chunks: int) -> list[tuple[int, int]]:
+  """[start, end) of each query chunk: `chunks` near-equal parts of
+  [0, length) (one part when chunks <= 1)."""
+  chunks = max(1, min(int(chunks), length))
+  return [(length * i // chunks, length * (i + 1) // chunks)
+          for i in range(chunks)]
 
 
-def _attend_fwd(q, k, v, mask, scale):
+def _core_fwd(q, kh, vh, mask, scale):
+  """One query chunk against heads-major keys / values [B, Kh, S, D]."""
   group, dtype = q.shape[3], q.dtype
   qh = _heads_major(q)
-  kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   probs = _probs(qh, kh, mask, scale, group).astype(dtype)
   out = _token_major(_dot(probs, vh, 3, 2), group)
-  return out, (qh, kh, vh, probs, out, mask, scale)
+  return out, (qh, probs, out, mask)
 
 
-def _attend_bwd(residuals, d_out):
-  qh, kh, vh, probs, out, mask, scale = residuals
+def _core_bwd(kh, vh, scale, residuals, d_out):
+  """Gradients of one chunk: dq [B, l, Kh, G, Dh], dk [B, Kh, Dh, S] and
+  dv [B, Kh, Dv, S] (heads-major, S its keys)."""
+  qh, probs, out, mask = residuals
   group, dtype = out.shape[3], out.dtype
   d_out_h = _heads_major(d_out)  # [B, Kh, G*L, Dv]
   # dV = P^T dO: the transposed dO (small) on the left, not P.
@@ -120,6 +113,76 @@ def _attend_bwd(residuals, d_out):
   dq = _token_major(_dot(d_scores, kh, 3, 2), group)
   # dK = dS^T Q: the transposed Q (small) on the left, not dS.
   dk = _dot(qh.swapaxes(2, 3), d_scores, 3, 2)  # [B, Kh, Dh, S]
+  return dq, dk, dv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+           scale: jax.Array, causal_chunks: int = 0) -> jax.Array:
+  """Grouped-query softmax attention.
+
+  Args:
+    q: [B, L, Kh, G, Dh] queries (G query heads per KV head).
+    k: [B, S, Kh, Dh] keys.
+    v: [B, S, Kh, Dv] values.
+    mask: bool[B, L, S] (True = attend) or None.
+    scale: f32 scalar score scale.
+    causal_chunks: > 1 (self-attention, S = L, a mask that never lets a
+      query see a later key): the queries in that many chunks, each against
+      only the keys up to its own end. The same values: the keys skipped
+      are masked for all of the chunk's queries, whose probabilities on them
+      are exactly 0 (exp of MASK_VALUE - max underflows). The score and
+      softmax work is (n + 1) / (2 n) of the full square. 0 or 1: one chunk.
+
+  Returns:
+    [B, L, Kh, G, Dv] in q's dtype. Scores and softmax are float32; the
+    probabilities are cast to q's dtype before they weight the values.
+  """
+  return _attend_fwd(q, k, v, mask, scale, causal_chunks)[0]
+
+
+def _bounds(q, k, causal_chunks):
+  """(query start, query end = key end) per chunk; one chunk over all S."""
+  length, kv_len = q.shape[1], k.shape[1]
+  if causal_chunks <= 1:
+    return [(0, length, kv_len)]
+  if kv_len != length:
+    raise ValueError(f"causal_chunks={causal_chunks} needs self-attention "
+                     f"(as many keys as queries); got {length} queries and "
+                     f"{kv_len} keys")
+  return [(s, e, e) for s, e in chunk_bounds(length, causal_chunks)]
+
+
+def _attend_fwd(q, k, v, mask, scale, causal_chunks):
+  kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  outs, chunk_residuals = [], []
+  for start, end, keys in _bounds(q, k, causal_chunks):
+    out, res = _core_fwd(q[:, start:end], kh[:, :, :keys], vh[:, :, :keys],
+                         None if mask is None else mask[:, start:end, :keys],
+                         scale)
+    outs.append(out)
+    chunk_residuals.append(res)
+  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+  return out, (kh, vh, scale, chunk_residuals)
+
+
+def _attend_bwd(causal_chunks, residuals, d_out):
+  kh, vh, scale, chunk_residuals = residuals
+  length, kv_len = d_out.shape[1], kh.shape[2]
+  bounds = ([(0, length, kv_len)] if causal_chunks <= 1 else
+            [(s, e, e) for s, e in chunk_bounds(length, causal_chunks)])
+  dqs, dk, dv = [], None, None
+  for (start, end, keys), res in zip(bounds, chunk_residuals):
+    dq_c, dk_c, dv_c = _core_bwd(kh[:, :, :keys], vh[:, :, :keys], scale,
+                                 res, d_out[:, start:end])
+    dqs.append(dq_c)
+    # Keys past the chunk got nothing from it: pad its dK, dV with zeros.
+    pad = ((0, 0), (0, 0), (0, 0), (0, kv_len - keys))
+    dk_c, dv_c = jnp.pad(dk_c, pad), jnp.pad(dv_c, pad)
+    dk = dk_c if dk is None else dk + dk_c
+    dv = dv_c if dv is None else dv + dv_c
+  dtype = d_out.dtype
+  dq = dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=1)
   return (dq.astype(dtype), dk.transpose(0, 3, 1, 2).astype(dtype),
           dv.transpose(0, 3, 1, 2).astype(dtype), None, None)
 

@@ -102,6 +102,12 @@ class DecoderConfig:
   remat: str = "none"
   # Self-attention kernel: layers.ATTENTION_IMPLS ('cudnn' on NVIDIA GPUs).
   attention: str = "einsum"
+  # > 1: calls without a KV cache ('einsum' kernel) score the queries in
+  # this many chunks, each against the keys up to its own end: the same
+  # attention, (n + 1) / (2 n) of the score and softmax work (the mask is
+  # causal). Ignored with prefix_lm; bidirectional image blocks (block_ids)
+  # refuse it. 0 = the full square.
+  causal_chunks: int = 0
   # Run the blocks under nn.scan (one compiled block; stacked param tree,
   # see the module docstring). Full-sequence calls only: no KV cache.
   scan_layers: bool = False
@@ -109,6 +115,10 @@ class DecoderConfig:
   def __post_init__(self):
     remat_lib.check_remat(self.remat, "DecoderConfig.remat")
     layers.check_attention(self.attention, "DecoderConfig.attention")
+    if (isinstance(self.causal_chunks, bool) or
+        not isinstance(self.causal_chunks, int) or self.causal_chunks < 0):
+      raise ValueError(f"causal_chunks must be an int >= 0 (0 = off), got "
+                       f"{self.causal_chunks!r}.")
     if self.scan_layers and self.xattn_every:
       raise ValueError("scan_layers=True needs identical blocks; it cannot "
                        "interleave cross-attention (set xattn_every=0 or "
@@ -249,6 +259,8 @@ class DecoderBlock(nn.Module):
         head_dim=cfg.resolved_head_dim, rope_theta=cfg.rope_theta,
         qkv_bias=cfg.qkv_bias, mrope_sections=cfg.mrope_sections,
         softcap=cfg.attn_logit_softcap, scale=cfg.attn_scale,
+        # A prefix attends bidirectionally: no causal shortcut.
+        causal_chunks=0 if cfg.prefix_lm else cfg.causal_chunks,
         attention=cfg.attention, dtype=dtype, param_dtype=param_dtype,
         name="attn")(norm("attn_norm")(x), None, mask=mask, cache=cache,
                      cache_index=cache_index, rotary=rotary)
@@ -445,6 +457,10 @@ class DecoderLM(nn.Module):
       chex.assert_shape(prefix_len, (batch,))
       mask = mask | masks.prefix_mask(prefix_len, length, kv_len, offset)
     if block_ids is not None:
+      if cfg.causal_chunks > 1:
+        raise ValueError(f"block_ids make image blocks attend bidirectionally"
+                         f"; causal_chunks={cfg.causal_chunks} assumes a "
+                         "causal mask: set causal_chunks=0.")
       chex.assert_shape(block_ids, (batch, length))
       kv_blocks = block_ids if cache is None else jax.lax.dynamic_update_slice(
           jnp.zeros((batch, kv_len), block_ids.dtype), block_ids, (0, offset))

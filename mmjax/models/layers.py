@@ -186,7 +186,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           scale: float | None = None,
                           impl: str = "einsum",
                           kv_heads_major: bool = False,
-                          softcap: float = 0.0) -> jax.Array:
+                          softcap: float = 0.0,
+                          causal_chunks: int = 0) -> jax.Array:
   """Softmax attention with grouped KV heads; scores in float32.
 
   Args:
@@ -202,6 +203,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
       layout).
     softcap: > 0 caps the scaled scores as `softcap * tanh(s / softcap)`
       before masking (Gemma 2); 'einsum' only.
+    causal_chunks: > 1 promises a causal mask (no query sees a later key):
+      the 'einsum' kernel without a cache then scores each of that many
+      query chunks against the keys up to its end only
+      (`attention_core.attend`); ignored elsewhere.
 
   Returns:
     [B, L, H, Dv]. A row with every key masked averages all values (finite).
@@ -238,7 +243,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     out = attention_core.attend(
         q.astype(dtype), k.astype(dtype), v.astype(dtype), mask,
         jnp.float32(scale if scale is not None else 1.0 /
-                    math.sqrt(head_dim)))
+                    math.sqrt(head_dim)), causal_chunks)
     return out.reshape(batch, length, n_heads, v.shape[-1])
   scores = jnp.einsum(f"blkgd,{kv_spec}->bkgls", q, k,
                       preferred_element_type=jnp.float32)
@@ -380,6 +385,9 @@ class Attention(nn.Module):
     softcap: attention logit soft-capping (Gemma 2); 0 = off.
     scale: score scale; None = 1/sqrt(head_dim) (Gemma 2 uses
       query_pre_attn_scalar**-0.5).
+    causal_chunks: > 1 when every mask this layer gets is causal: queries in
+      that many chunks, each scored against the keys up to its end
+      (`dot_product_attention`); 0 = one square of scores.
     dtype: compute dtype (scores and softmax are always float32).
     param_dtype: parameter dtype.
   """
@@ -391,6 +399,7 @@ class Attention(nn.Module):
   mrope_sections: tuple[int, ...] | None = None
   softcap: float = 0.0
   scale: float | None = None
+  causal_chunks: int = 0
   attention: str = "einsum"  # ATTENTION_IMPLS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -476,7 +485,8 @@ class Attention(nn.Module):
     out = dot_product_attention(q, k, v, mask, dtype=self.dtype,
                                 impl=self.attention, scale=self.scale,
                                 kv_heads_major=cache is not None,
-                                softcap=self.softcap)
+                                softcap=self.softcap,
+                                causal_chunks=self.causal_chunks)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads",
                                            "head_dim"))
 

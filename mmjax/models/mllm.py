@@ -285,7 +285,10 @@ class MLLM(nn.Module):
       self.vision = vision_tower(cfg.vision)
     if cfg.has_vision:  # an audio-only model has no vision connector
       self.connector = self._vision_connector()
-    self.llm = DecoderLM(cfg.lm)
+    # Bidirectional image blocks are not causal: the LM scores full squares.
+    self.llm = DecoderLM(
+        dataclasses.replace(cfg.lm, causal_chunks=0)
+        if cfg.image_attention == "bidirectional" else cfg.lm)
     if cfg.tiling == "anyres":  # LLaVA-NeXT's newline after each tile row
       self.image_newline = self.param(
           "image_newline", nn.with_logical_partitioning(

@@ -132,7 +132,8 @@ def _run_locked(config, workdir, names, verbose, after_stage, evaluator
 RESUME_SETTINGS = ("progress_bar", "log_every", "eval_every", "eval",
                    "checkpoint.every", "checkpoint.keep",
                    "checkpoint.async_save", "mesh", "data.num_workers",
-                   "data.data_dir", "data.cache_mb")
+                   "data.data_dir", "data.cache_mb",
+                   "model.lm.causal_chunks")
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 

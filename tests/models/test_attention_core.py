@@ -88,3 +88,43 @@ def test_backward_transposes_only_small_tensors():
   sizes = [int(np.prod(e.invars[0].aval.shape)) for e in jaxpr.eqns
            if e.primitive.name == "transpose"]
   assert sizes and max(sizes) <= b * l * kh * g * d, sizes
+
+
+@pytest.mark.parametrize("chunks,l", [(2, 8), (3, 7), (4, 9), (16, 5)])
+def test_causal_chunks_give_the_full_squares_values_and_grads(chunks, l):
+  """Query chunks scored only against the keys up to their end: autodiff's
+  values and gradients of the full square, under a causal mask that also
+  drops some earlier keys (padding, packed segments)."""
+  q, k, v, probe = _inputs(2, l, l, 2, 2, 8, seed=3)
+  mask = np.tril(np.ones((l, l), bool))[None].repeat(2, 0)
+  mask[1, l - 1, :2] = False       # a later query that skips early keys
+  mask = jnp.asarray(mask)
+  scale = jnp.float32(1 / math.sqrt(8))
+  chunked = lambda *a: attention_core.attend(*a, chunks)
+  ours = _value_and_grads(chunked, q, k, v, mask, probe, scale)
+  ref = _value_and_grads(_reference, q, k, v, mask, probe, scale)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_causal_chunks_cut_the_score_work():
+  """The compiled forward + backward of 4 chunks does (4 + 1) / (2 * 4) of
+  the full square's score matmul FLOPs (XLA's count), and cross-attention
+  (fewer keys than queries) is refused."""
+  q, k, v, probe = _inputs(1, 64, 64, 1, 1, 16)
+  scale = jnp.float32(0.25)
+  mask = jnp.asarray(np.tril(np.ones((64, 64), bool))[None])
+
+  def flops(chunks):
+    fn = jax.jit(lambda q, k, v: _value_and_grads(
+        lambda *a: attention_core.attend(*a, chunks), q, k, v, mask, probe,
+        scale))
+    cost = fn.lower(q, k, v).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+  # 4 score-sized products (q.k, p.v forward; dV, dP, dQ, dK backward: 6)
+  # of 2 * 64 * 64 * 16 FLOPs each in the full square.
+  full, chunked = flops(0), flops(4)
+  square = 6 * 2 * 64 * 64 * 16
+  assert full - chunked == pytest.approx(square * (1 - 5 / 8), rel=0.15)
+  with pytest.raises(ValueError, match="needs self-attention"):
+    attention_core.attend(q, k[:, :32], v[:, :32], None, scale, 4)

@@ -110,6 +110,7 @@ def _mllm_data(config, stage_name: str) -> _StageData:
   folder dataset for the folder formats."""
   fmt = config.stages[stage_name].data
   datasets.max_skipped_fraction(config)  # bad values fail before any build
+  datasets.cache_bytes(config)
   if fmt in datasets.FOLDER_FORMATS:
     datasets.check_folder_config(config, fmt, stage_name)
   builder = None
