@@ -166,6 +166,9 @@ class _RowMaker:
     self.extra_questions = extra_questions
     self.name_heldout = name_heldout
     self.recolour = recolour
+    # Each record's object pixels, found once (recolour.PixelCache).
+    self._pixels = (recolour_lib.PixelCache(recolour_lib.CACHE_BYTES)
+                    if recolour else None)
     self.audio_frames = audio_frames
     self.tok, self.seed, self.max_len = tok, seed, max_len
     self.max_images, self.train = max_images, train
@@ -191,7 +194,7 @@ class _RowMaker:
       try:
         record = self.source[record_index]
         record_id = str(record.get("id", record_index))
-        prepared = self._prepare(record, item, row, attempt)
+        prepared = self._prepare(record, item, row, attempt, record_index)
       except (ValueError, KeyError, IndexError, TypeError, AttributeError,
               OSError) as e:
         kind = _classify(e)
@@ -221,16 +224,19 @@ class _RowMaker:
         f"source is mostly unusable for fmt={self.fmt!r} under this config")
 
   def _prepare(self, record: Mapping[str, Any], item: int, row: int,
-               attempt: int) -> dict[str, Any]:
+               attempt: int, record_index: int) -> dict[str, Any]:
     example = formats.record_example(
         record, item, self.fmt, grounding_questions=self.grounding_questions,
         extra_questions=self.extra_questions, name_heldout=self.name_heldout,
         grounded_captions=self.grounded_captions)
     if isinstance(example, formats.RegionTargets) and self.recolour:
       # Drawn per (seed, row, attempt): the same on resume.
+      pixels = self._pixels.get(
+          (record_index, item),
+          lambda: recolour_lib.object_pixels(example))
       example = recolour_lib.recolour_objects(
           example, self.recolour,
-          np.random.default_rng([self.seed, row, attempt, 1]))
+          np.random.default_rng([self.seed, row, attempt, 1]), pixels)
     raw = ([example.image] if isinstance(
         example, (formats.CaptionText, formats.RegionTargets))
            else example.images)

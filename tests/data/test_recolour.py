@@ -9,6 +9,7 @@ import pytest
 from mmjax import config as C
 from mmjax import testing
 from mmjax.data import builders, formats, pipeline, recolour
+from mmjax.data import shapes as shapes_data
 from mmjax.data.shapes import COLOUR_RGB
 from mmjax.data.text_corpus import COLOURS
 from mmjax.train import config_checks, stages
@@ -116,3 +117,24 @@ def test_bad_recolour_is_one_config_error():
   config.stages.regions.recolour = 2.0
   with pytest.raises(C.ConfigError, match=r"regions.recolour=2.0"):
     config_checks.validate_config(config)
+
+
+def test_kept_object_pixels_repaint_as_found_afresh():
+  """`recolour_objects` with `object_pixels` computed once (what a loader's
+  PixelCache keeps per record) paints exactly what it paints without:
+  the draws depend on the row, the pixels on the record."""
+  cache = recolour.PixelCache(max_bytes=1 << 20)
+  for i in range(40):
+    ex = formats.record_example(shapes_data.example("train", i), 0,
+                                "regions")
+    for row in range(3):
+      kept = cache.get(i, lambda: recolour.object_pixels(ex))
+      a = recolour.recolour_objects(ex, 0.7, np.random.default_rng([1, row]),
+                                    kept)
+      b = recolour.recolour_objects(ex, 0.7, np.random.default_rng([1, row]))
+      np.testing.assert_array_equal(a.image, b.image)
+      np.testing.assert_array_equal(a.labels, b.labels)
+  assert len(cache) == 40 and cache.cached_bytes <= cache.max_bytes
+  small = recolour.PixelCache(max_bytes=1)      # over budget: not kept
+  small.get(0, lambda: recolour.object_pixels(ex))
+  assert len(small) == 0
