@@ -1,5 +1,6 @@
-"""optim.clip_by_global_norm: optax's clip, bit for bit, that reuses the
-norm the train step has already computed."""
+"""optim.clip_by_global_norm: optax's clip (to an ulp: it multiplies by
+one scalar factor where optax divides every element), reusing the norm the
+train step has already computed."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ def test_same_updates_as_optax_with_or_without_the_norm(max_norm):
   for kwargs in ({}, {"grad_norm": optax.tree.norm(_GRADS)}):
     got, _ = ours.update(_GRADS, state, _PARAMS, **kwargs)
     for k in _GRADS:
-      np.testing.assert_array_equal(got[k], expected[k])
+      np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=0)
 
 
 def test_the_norm_handed_in_is_the_one_used():
@@ -32,6 +33,20 @@ def test_the_norm_handed_in_is_the_one_used():
                        grad_norm=jnp.float32(2 * true_norm))
   np.testing.assert_allclose(got["b"], _GRADS["b"] / (2 * true_norm),
                              rtol=1e-6)
+
+
+def test_the_clip_divides_once_not_per_element():
+  """One scalar factor (max_norm / norm) multiplies every leaf: a division
+  per leaf made XLA:CPU write each divided gradient to memory."""
+  clip = optim.clip_by_global_norm(1.0)
+  jaxpr = jax.make_jaxpr(lambda g, n: clip.update(g, clip.init(_PARAMS),
+                                                  grad_norm=n)[0])(
+      _GRADS, optax.tree.norm(_GRADS))
+  divs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "div"]
+  assert [d.outvars[0].aval.shape for d in divs] == [()]
+  got = jax.jit(lambda g: clip.update(g, clip.init(_PARAMS))[0])(_GRADS)
+  norm = float(optax.tree.norm(_GRADS))
+  np.testing.assert_allclose(got["a"], _GRADS["a"] / norm, rtol=1e-6)
 
 
 def test_the_train_step_reduces_the_gradient_once():
