@@ -62,15 +62,23 @@ def rope_angles(positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
       jnp.float32)
 
 
-def tables_from_angles(angles: jax.Array) -> tuple[jax.Array, jax.Array]:
+def tables_from_angles(angles: jax.Array, write_once: bool = False
+                       ) -> tuple[jax.Array, jax.Array]:
   """(cos, sin) of the Dh/2 angles, each repeated twice over the last axis
   to match the rotate_half layout: f32[..., Dh] each.
 
   cos and sin are taken of the Dh/2 angles before they are repeated (the
   same values as taking them of the repeated angles: half the work of
-  XLA:CPU's scalar cos and sin).
+  XLA:CPU's scalar cos and sin). `write_once` passes the Dh/2-wide halves
+  through `written_once` before the repeat: the repeat (a concatenation)
+  fuses into each rotation that reads it, the cosines do not, and the
+  reduction reads half as much (the `small` benchmark step: q and k rotated
+  with their tables, 0.87 -> 0.62 ms in a micro-benchmark on a 2-core
+  AVX-512 EPYC).
   """
   cos, sin = jnp.cos(angles), jnp.sin(angles)
+  if write_once:
+    cos, sin = written_once(cos, sin)
   return (jnp.concatenate([cos, cos], axis=-1),
           jnp.concatenate([sin, sin], axis=-1))
 
@@ -251,7 +259,8 @@ def rotary_tables(positions: jax.Array,
   """
   inv_freq = rope_inv_freq(head_dim, theta)
   if positions.ndim == 2:
-    return _tables_written_once(rope_angles(positions, inv_freq))
+    return tables_from_angles(rope_angles(positions, inv_freq),
+                              write_once=True)
   if positions.ndim == 3:
     if mrope_sections is None:
       raise ValueError(
@@ -259,8 +268,9 @@ def rotary_tables(positions: jax.Array,
           f"which need mrope_sections (e.g. (16, 24, 24) for head_dim 128); "
           f"set the model's mrope_sections or pass 1-D positions [B, L].")
     check_mrope_sections(mrope_sections, head_dim)
-    return _tables_written_once(mrope_angles(positions, inv_freq,
-                                             tuple(mrope_sections)))
+    return tables_from_angles(
+        mrope_angles(positions, inv_freq, tuple(mrope_sections)),
+        write_once=True)
   raise ValueError(
       f"positions must be [B, L] (RoPE / V2PE) or [3, B, L] (M-RoPE); got "
       f"shape {positions.shape}.")
@@ -293,19 +303,6 @@ def written_once(cos: jax.Array,
                      jnp.stack([sin, zero], axis=-1)])  # [2, ..., Dh, 2]
   summed = pairs.sum(axis=-1)
   return summed[0], summed[1]
-
-
-def _tables_written_once(angles: jax.Array
-                         ) -> tuple[jax.Array, jax.Array]:
-  """`tables_from_angles` with the Dh/2-wide cos and sin written to memory
-  once (`written_once`) before they are repeated: the repeat (a
-  concatenation) fuses into each rotation that reads it, the cosines do
-  not. Halving the tables before the reduction also spares it half its
-  input (the `small` benchmark step: q and k rotated with their tables,
-  0.87 -> 0.62 ms in a micro-benchmark on a 2-core AVX-512 EPYC)."""
-  cos, sin = written_once(jnp.cos(angles), jnp.sin(angles))
-  return (jnp.concatenate([cos, cos], axis=-1),
-          jnp.concatenate([sin, sin], axis=-1))
 
 
 def apply_positions(x: jax.Array,

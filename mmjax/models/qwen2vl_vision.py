@@ -187,8 +187,7 @@ def rope_2d(grid: tuple[int, int], head_dim: int, theta: float
   cols = jnp.tile(jnp.arange(gw, dtype=jnp.float32), gh)
   angles = jnp.concatenate([rows[:, None] * inv_freq, cols[:, None] * inv_freq],
                            axis=-1)  # [N, Dh/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[None]
-  return jnp.cos(angles), jnp.sin(angles)
+  return positions_lib.tables_from_angles(angles[None])
 
 
 def rope_from_ids(ids: jax.Array, head_dim: int, theta: float
@@ -202,8 +201,7 @@ def rope_from_ids(ids: jax.Array, head_dim: int, theta: float
     ids = ids[None]
   angles = jnp.concatenate([ids[..., :1] * inv_freq, ids[..., 1:] * inv_freq],
                            axis=-1)  # [B, N, Dh/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)
-  return jnp.cos(angles), jnp.sin(angles)
+  return positions_lib.tables_from_angles(angles)
 
 
 def _layer_norm(eps: float, name: str, **kw) -> nn.LayerNorm:
